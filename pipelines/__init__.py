@@ -1,0 +1,1 @@
+"""facepipe preprocessing: raw images -> TFRecord shards, tf.Transform statistics, manifest."""

@@ -1,0 +1,123 @@
+"""The TFRecord contract between the preprocessing pipeline and the trainer.
+
+This module is the one place that defines what a preprocessed example holds, what the
+output directory contains and how the manifest names things. The trainer imports it
+(it depends on TensorFlow only, never on Beam), so the two sides cannot drift apart.
+
+An example (``tf.train.Example``) holds:
+  image     bytes  uint8 pixels, row-major height x width x channels (RGB or grey)
+  label     int64  class index into the manifest's ``classes``
+  id        bytes  the source image's id (file stem or CSV id)
+  height    int64  pixel rows
+  width     int64  pixel columns
+  channels  int64  1 (grayscale) or 3 (rgb)
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any, Mapping
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+ID_KEY = "id"
+HEIGHT_KEY = "height"
+WIDTH_KEY = "width"
+CHANNELS_KEY = "channels"
+
+# The transformed (normalised) image that tf.Transform's preprocessing_fn outputs.
+NORMALIZED_IMAGE_KEY = "image_normalized"
+
+SPLITS = ("train", "validation", "test")
+COLOR_MODES = {"rgb": 3, "grayscale": 1}
+
+# Output directory layout.
+MANIFEST_FILE = "manifest.json"
+TRANSFORM_DIR = "transform"  # tft.TFTransformOutput directory: transform_fn/, *_metadata/
+DEAD_LETTER_DIR = "dead_letter"
+SHARD_SUFFIX = ".tfrecord.gz"
+MANIFEST_VERSION = 1
+
+
+def shard_prefix(output_dir: str, split: str) -> str:
+    """Path prefix of a split's shards: ``<dir>/<split>`` + ``-00000-of-00004.tfrecord.gz``."""
+    return posixpath.join(output_dir, split)
+
+
+def shard_pattern(output_dir: str, split: str) -> str:
+    """Glob matching every shard of ``split``."""
+    return shard_prefix(output_dir, split) + "-*" + SHARD_SUFFIX
+
+
+def raw_feature_spec() -> dict[str, Any]:
+    """The tf.io feature spec that parses a serialized example (shape is in the manifest)."""
+    import tensorflow as tf  # Imported here so that Beam workers that only list files stay light.
+
+    return {
+        IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+        LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+        ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
+        CHANNELS_KEY: tf.io.FixedLenFeature([], tf.int64),
+    }
+
+
+def feature_spec_description() -> dict[str, str]:
+    """The feature spec in words, as written to the manifest."""
+    return {
+        IMAGE_KEY: "bytes: uint8 pixels, row-major height x width x channels",
+        LABEL_KEY: "int64: index into classes",
+        ID_KEY: "bytes: source id",
+        HEIGHT_KEY: "int64",
+        WIDTH_KEY: "int64",
+        CHANNELS_KEY: "int64: 1 grayscale, 3 rgb",
+    }
+
+
+def encode_example(*, image: bytes, label: int, example_id: str, height: int, width: int, channels: int) -> bytes:
+    """Serializes one example; the inverse of parsing with :func:`raw_feature_spec`."""
+    import tensorflow as tf
+
+    if len(image) != height * width * channels:
+        raise ValueError(f"{example_id}: {len(image)} pixel bytes, expected {height}x{width}x{channels}")
+
+    def _int(value: int) -> tf.train.Feature:
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    def _bytes(value: bytes) -> tf.train.Feature:
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    features = {
+        IMAGE_KEY: _bytes(image),
+        LABEL_KEY: _int(label),
+        ID_KEY: _bytes(example_id.encode("utf-8")),
+        HEIGHT_KEY: _int(height),
+        WIDTH_KEY: _int(width),
+        CHANNELS_KEY: _int(channels),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
+
+
+def read_manifest(data_dir: str) -> dict[str, Any]:
+    """Reads and checks ``manifest.json`` from a preprocessed data directory (local or gs://)."""
+    import tensorflow as tf
+
+    path = tf.io.gfile.join(data_dir, MANIFEST_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {data_dir} is not a finished preprocessing output "
+            "(run `python -m pipelines.preprocess` first; a failed run leaves no manifest)"
+        )
+    with tf.io.gfile.GFile(path) as f:
+        manifest = json.load(f)
+    if manifest.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}")
+    return manifest
+
+
+def image_shape(manifest: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(height, width, channels) of the images a manifest describes."""
+    image = manifest["image"]
+    return int(image["height"]), int(image["width"]), int(image["channels"])

@@ -1,0 +1,1 @@
+"""facepipe training: tf.data over the shards, strategies, tuning, training, evaluation, export."""
