@@ -1,0 +1,35 @@
+"""Dead letters: the record of every input the pipeline could not use, and why.
+
+A dead letter is a plain dict, written one JSON object per line to ``dead_letter/``:
+``{"id", "path", "stage", "reason", "detail", "is_image"}``. ``is_image`` tells records
+about input images (they count in the manifest's accounting) from records about CSV rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apache_beam as beam
+
+DEAD_LETTER = "dead_letter"
+
+# Reasons that mean "this input is broken"; --max_bad_fraction applies to these only.
+# (Excluded, unlabelled and balanced-out images are intended, not bad.)
+BAD_INPUT_REASONS = frozenset(
+    {"zero_bytes", "not_an_image", "undecodable", "too_large", "read_error", "truncated", "file_name_mismatch"}
+)
+
+
+def dead_letter(
+    *, stage: str, reason: str, path: str = "", image_id: str = "", detail: str = "", is_image: bool = True
+) -> beam.pvalue.TaggedOutput:
+    """A dead-letter record, tagged for the ``dead_letter`` output of a DoFn."""
+    record: dict[str, Any] = {
+        "id": image_id,
+        "path": path,
+        "stage": stage,
+        "reason": reason,
+        "detail": detail,
+        "is_image": is_image,
+    }
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, record)

@@ -1,0 +1,537 @@
+"""Synthetic demo datasets in the exact file layouts of two Kaggle datasets.
+
+``glasses`` mimics "Glasses or No Glasses"::
+
+    DIR/faces-spring-2020/face-<id>.png      ids 1..N, RGB, size x size
+    DIR/train.csv                            id,v1..v512,glasses  (first 90% of the ids)
+    DIR/test.csv                             id,v1..v512          (last 10%, unlabelled)
+
+plus what a person's review of the data would produce and the generator's ground truth::
+
+    DIR/overrides.csv    id,glasses           corrected labels: wrong train labels and all test ids
+    DIR/exclusions.csv   id                   distorted images
+    DIR/truth.csv        id,glasses,distorted
+
+The seed's data problems are reproduced: about 56% of the faces wear glasses, about 10% of
+the train.csv labels are flipped and about 1% of the images are distorted.
+
+``comics`` mimics "Comic faces paired synthetic v2"::
+
+    DIR/face2comics_v2.0.0_by_Sxela/faces/<n>.jpg    n = 0..N-1, photo-like face
+    DIR/face2comics_v2.0.0_by_Sxela/comics/<n>.jpg   the same face, comic style
+
+Output is deterministic: image ``i`` is drawn from ``np.random.default_rng([seed, i, stream])``,
+so it does not depend on the generation order, and the label plan (which ids wear glasses,
+have a wrong label or are distorted) from a generator seeded with ``(seed, count)``.
+Images are streamed to disk one at a time.
+
+    python -m pipelines.demo_data --dataset glasses --out DIR [--count N] [--size 1024] [--seed S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence, TextIO
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+DATASETS = ("glasses", "comics")
+DEFAULT_COUNTS = {"glasses": 600, "comics": 300}
+
+GLASSES_IMAGE_DIR = "faces-spring-2020"
+TRAIN_CSV = "train.csv"
+TEST_CSV = "test.csv"
+OVERRIDES_CSV = "overrides.csv"
+EXCLUSIONS_CSV = "exclusions.csv"
+TRUTH_CSV = "truth.csv"
+COMICS_ROOT = "face2comics_v2.0.0_by_Sxela"
+COMICS_FACES_DIR = "faces"
+COMICS_COMICS_DIR = "comics"
+
+LATENT_DIM = 512
+TRAIN_FRACTION = 0.9
+GLASSES_FRACTION = 0.56
+WRONG_LABEL_FRACTION = 0.10
+DISTORTED_FRACTION = 0.01
+MIN_COUNT_FOR_DISTORTION = 20
+COMIC_GLASSES_FRACTION = 0.25
+
+# Noisy photos barely compress, so Huffman-only deflate with the SUB filter is about as small
+# as the default strategy and twice as fast.
+PNG_PARAMS = [
+    cv2.IMWRITE_PNG_COMPRESSION, 1,
+    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+]
+JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
+
+# Independent random streams per purpose, so the datasets never share faces.
+_PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM = 0, 1, 2
+
+Color = tuple[float, float, float]  # RGB
+_AA = cv2.LINE_AA
+
+_LIGHT_SKIN: Color = (246, 218, 196)
+_DARK_SKIN: Color = (80, 52, 38)
+_HAIR_COLORS: tuple[Color, ...] = (
+    (22, 18, 16), (58, 38, 26), (110, 72, 40), (205, 170, 105), (150, 62, 30), (168, 168, 168),
+)
+_EYE_COLORS: tuple[Color, ...] = ((70, 42, 22), (60, 110, 160), (70, 120, 70), (110, 110, 115))
+_FRAME_COLORS: tuple[Color, ...] = (
+    (14, 14, 14), (60, 34, 20), (112, 62, 30), (150, 150, 156), (190, 158, 78), (160, 28, 40),
+)
+_HAIR_STYLES = ("short", "long", "bob", "bald")
+_HAIR_STYLE_P = (0.4, 0.25, 0.25, 0.1)
+# "lenses" has no bridge and no frame; "temples" shows only the arms and lens glints.
+_GLASSES_STYLES = ("round", "rect", "sunglasses", "half_rim", "lenses", "temples")
+_GLASSES_STYLE_P = (0.22, 0.22, 0.18, 0.14, 0.14, 0.10)
+
+
+# --------------------------------------------------------------------------- label plan
+
+
+@dataclass(frozen=True)
+class GlassesPlan:
+    """Ground truth of a glasses dataset; array index ``i`` is image id ``i + 1``."""
+
+    glasses: np.ndarray  # bool: the face wears glasses
+    flipped: np.ndarray  # bool: the train.csv label is wrong (train ids only)
+    distorted: np.ndarray  # bool: the image is corrupted
+    n_train: int  # ids 1..n_train are in train.csv, the rest in test.csv
+
+
+def _mask(rng: np.random.Generator, length: int, population: int, k: int) -> np.ndarray:
+    """A bool mask of ``length`` with ``k`` True entries among the first ``population``."""
+    mask = np.zeros(length, dtype=bool)
+    mask[rng.choice(population, size=k, replace=False)] = True
+    return mask
+
+
+def plan_glasses(count: int, seed: int) -> GlassesPlan:
+    """Choose the true classes, the wrong train labels and the distorted ids."""
+    rng = np.random.default_rng([seed, count, _PLAN_STREAM])
+    n_train = round(count * TRAIN_FRACTION)
+    n_distorted = max(round(count * DISTORTED_FRACTION), int(count >= MIN_COUNT_FOR_DISTORTION))
+    return GlassesPlan(
+        glasses=_mask(rng, count, count, round(count * GLASSES_FRACTION)),
+        flipped=_mask(rng, count, n_train, round(n_train * WRONG_LABEL_FRACTION)),
+        distorted=_mask(rng, count, count, n_distorted),
+        n_train=n_train,
+    )
+
+
+# --------------------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class Face:
+    """A head's geometry (pixels, degrees) and colours."""
+
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    tilt: float
+    skin: Color
+    hair: Color
+    hair_style: str
+    hairline: float
+    eyes: Color
+    mouth: float
+    clothes: Color
+
+    def at(self, u: float, v: float) -> tuple[int, int]:
+        """Pixel of head coordinates ``(u, v)``, in units of the radii, rotated by the tilt."""
+        x, y = u * self.rx, v * self.ry
+        c, s = math.cos(math.radians(self.tilt)), math.sin(math.radians(self.tilt))
+        return round(self.cx + c * x - s * y), round(self.cy + s * x + c * y)
+
+    def axes(self, u: float, v: float) -> tuple[int, int]:
+        """Ellipse semi-axes in pixels for semi-axes ``(u, v)`` in units of the radii."""
+        return max(1, round(u * self.rx)), max(1, round(v * self.ry))
+
+    def width(self, u: float) -> int:
+        """A line thickness of ``u`` head radii, at least one pixel."""
+        return max(1, round(u * self.rx))
+
+
+def _shade(color: Color, factor: float) -> Color:
+    """``color`` darkened (factor < 1) or lightened (factor > 1)."""
+    return tuple(min(255.0, c * factor) for c in color)  # type: ignore[return-value]
+
+
+def _mix(a: Color, b: Color, t: float) -> Color:
+    """Linear interpolation from ``a`` (t=0) to ``b`` (t=1)."""
+    return tuple(x + (y - x) * t for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _pick(rng: np.random.Generator, colors: Sequence[Color], jitter: float = 0.12) -> Color:
+    """One of ``colors`` with a random brightness jitter per channel."""
+    base = colors[rng.integers(len(colors))]
+    return tuple(min(255.0, c * f) for c, f in zip(base, rng.uniform(1 - jitter, 1 + jitter, 3)))  # type: ignore[return-value]
+
+
+def sample_face(rng: np.random.Generator, size: int) -> Face:
+    """A random face: position, size, tilt, skin tone, hair and clothes."""
+    rx = size * rng.uniform(0.2, 0.26)
+    return Face(
+        cx=size * (0.5 + rng.uniform(-0.06, 0.06)),
+        cy=size * (0.47 + rng.uniform(-0.05, 0.05)),
+        rx=rx,
+        ry=rx * rng.uniform(1.2, 1.4),
+        tilt=rng.uniform(-10, 10),
+        skin=_pick(rng, [_mix(_LIGHT_SKIN, _DARK_SKIN, rng.uniform())], 0.05),
+        hair=_pick(rng, _HAIR_COLORS),
+        hair_style=str(rng.choice(_HAIR_STYLES, p=_HAIR_STYLE_P)),
+        hairline=rng.uniform(-0.55, -0.38),
+        eyes=_pick(rng, _EYE_COLORS),
+        mouth=rng.uniform(0.22, 0.34),
+        clothes=tuple(rng.uniform(20, 235, 3)),  # type: ignore[arg-type]
+    )
+
+
+def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random colour gradient, uint8 RGB ``size x size``."""
+    corners = rng.uniform(15, 240, (3, 3, 3)).astype(np.uint8)
+    return cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+# Eye centres in head coordinates; glasses are drawn around them.
+_EYE_U, _EYE_V = 0.36, -0.08
+
+
+def draw_face(img: np.ndarray, f: Face) -> None:
+    """Draw hair, shoulders, neck, ears, head and facial features of ``f`` onto ``img``."""
+    if f.hair_style == "long":
+        cv2.ellipse(img, f.at(0, 0.35), f.axes(1.25, 1.3), f.tilt, 0, 360, f.hair, -1, _AA)
+    elif f.hair_style == "bob":
+        cv2.ellipse(img, f.at(0, 0), f.axes(1.17, 1.02), f.tilt, 0, 360, f.hair, -1, _AA)
+    cv2.ellipse(img, f.at(0, 1.8), f.axes(1.9, 0.8), f.tilt, 0, 360, f.clothes, -1, _AA)
+    neck = np.array([f.at(-0.42, 0.6), f.at(0.42, 0.6), f.at(0.5, 1.4), f.at(-0.5, 1.4)], np.int32)
+    cv2.fillConvexPoly(img, neck, _shade(f.skin, 0.85), _AA)
+    for side in (-1, 1):
+        cv2.ellipse(img, f.at(side * 0.97, 0.02), f.axes(0.16, 0.2), f.tilt, 0, 360, _shade(f.skin, 0.93), -1, _AA)
+    cv2.ellipse(img, f.at(0, 0), f.axes(1, 1), f.tilt, 0, 360, f.skin, -1, _AA)
+    if f.hair_style != "bald":
+        cap = f.axes(1.05, 1.1 + f.hairline)
+        cv2.ellipse(img, f.at(0, f.hairline), cap, f.tilt, 180, 360, f.hair, -1, _AA)
+    _draw_eyes(img, f)
+    _draw_nose_and_mouth(img, f)
+
+
+def _draw_eyes(img: np.ndarray, f: Face) -> None:
+    """Eye whites, irises, pupils, upper lids and brows."""
+    for side in (-1, 1):
+        centre = f.at(side * _EYE_U, _EYE_V)
+        eye = f.axes(0.15, 0.065)
+        cv2.ellipse(img, centre, eye, f.tilt, 0, 360, (238, 236, 232), -1, _AA)
+        cv2.circle(img, centre, f.width(0.06), f.eyes, -1, _AA)
+        cv2.circle(img, centre, f.width(0.028), (18, 14, 14), -1, _AA)
+        cv2.ellipse(img, centre, eye, f.tilt, 180, 360, _shade(f.skin, 0.35), f.width(0.025), _AA)
+        brow = f.at(side * _EYE_U, _EYE_V - 0.2)
+        cv2.ellipse(img, brow, f.axes(0.19, 0.06), f.tilt, 200, 340, _shade(f.hair, 0.8), f.width(0.05), _AA)
+
+
+def _draw_nose_and_mouth(img: np.ndarray, f: Face) -> None:
+    """A nose line and closed lips with a slight smile."""
+    nose = np.array([f.at(0.03, -0.02), f.at(-0.08, 0.27), f.at(0.05, 0.3)], np.int32)
+    cv2.polylines(img, [nose], False, _shade(f.skin, 0.7), f.width(0.03), _AA)
+    lips = _mix(_shade(f.skin, 0.8), (170, 60, 70), 0.35)
+    cv2.ellipse(img, f.at(0, 0.55), f.axes(f.mouth, 0.07), f.tilt, 0, 360, lips, -1, _AA)
+    cv2.ellipse(img, f.at(0, 0.52), f.axes(f.mouth, 0.04), f.tilt, 20, 160, _shade(lips, 0.5), f.width(0.02), _AA)
+
+
+def _lens_points(f: Face, cu: float, du: float, dv: float, rect: bool, upper_only: bool) -> np.ndarray:
+    """Outline of a lens centred at head coordinates ``(cu, eye level)`` with half-size ``(du, dv)``."""
+    if rect:
+        c = 0.3  # chamfered corners
+        ring = [(-1, -1 + c), (-1 + c, -1), (1 - c, -1), (1, -1 + c), (1, 1 - c), (1 - c, 1), (-1 + c, 1), (-1, 1 - c)]
+        ring = ring[:4] if upper_only else ring
+    else:
+        angles = np.linspace(np.pi, 2 * np.pi if upper_only else 3 * np.pi, 19 if upper_only else 37)
+        ring = [(math.cos(a), math.sin(a)) for a in angles]
+    return np.array([f.at(cu + du * x, _EYE_V + dv * y) for x, y in ring], np.int32)
+
+
+def _blend(img: np.ndarray, draw: Callable[[np.ndarray], object], alpha: float) -> None:
+    """Apply ``draw`` to ``img`` with opacity ``alpha``."""
+    overlay = img.copy()
+    draw(overlay)
+    cv2.addWeighted(overlay, alpha, img, 1 - alpha, 0, dst=img)
+
+
+def draw_glasses(img: np.ndarray, f: Face, rng: np.random.Generator) -> None:
+    """Draw glasses of a random style (see ``_GLASSES_STYLES``) over the eyes of ``f``."""
+    style = str(rng.choice(_GLASSES_STYLES, p=_GLASSES_STYLE_P))
+    rect = style == "rect" or (style != "round" and rng.random() < 0.5)
+    du = rng.uniform(0.25, 0.31)  # lens half-width in head radii
+    dv = du * f.rx / f.ry * (rng.uniform(0.55, 0.75) if rect else rng.uniform(0.75, 0.95))
+    frame = _pick(rng, _FRAME_COLORS)
+    thick = f.width(rng.uniform(0.06, 0.1) if rng.random() < 0.5 else rng.uniform(0.025, 0.045))
+    tint = rng.uniform(0.85, 0.97) if style == "sunglasses" else rng.uniform(0.1, 0.3)
+    tint_color: Color = (18, 18, 22) if style == "sunglasses" else (200, 222, 236)
+    lenses = [_lens_points(f, side * _EYE_U, du, dv, rect, upper_only=False) for side in (-1, 1)]
+
+    if style != "temples":
+        _blend(img, lambda o: cv2.fillPoly(o, lenses, tint_color, _AA), tint)
+    if style in ("round", "rect", "sunglasses"):
+        cv2.polylines(img, lenses, True, frame, thick, _AA)
+    elif style == "half_rim":
+        tops = [_lens_points(f, side * _EYE_U, du, dv, rect, upper_only=True) for side in (-1, 1)]
+        cv2.polylines(img, tops, False, frame, thick, _AA)
+    elif style == "lenses":
+        cv2.polylines(img, lenses, True, (205, 205, 210), f.width(0.015), _AA)
+    if style != "lenses":
+        gap = _EYE_U - du
+        bridge = np.array([f.at(-gap, _EYE_V - 0.3 * dv), f.at(0, _EYE_V - 0.45 * dv), f.at(gap, _EYE_V - 0.3 * dv)])
+        cv2.polylines(img, [bridge.astype(np.int32)], False, frame, thick, _AA)
+    for side in (-1, 1):
+        temple = np.array([f.at(side * (_EYE_U + du), _EYE_V - 0.4 * dv), f.at(side * 0.99, _EYE_V - 0.06)], np.int32)
+        cv2.polylines(img, [temple], False, frame, max(1, round(thick * 0.8)), _AA)
+    glints = [
+        np.array([f.at(side * _EYE_U - 0.5 * du, _EYE_V + 0.3 * dv), f.at(side * _EYE_U - 0.1 * du, _EYE_V - 0.5 * dv)], np.int32)
+        for side in (-1, 1)
+    ]
+    _blend(img, lambda o: cv2.polylines(o, glints, False, (255, 255, 255), f.width(0.04), _AA), 0.45)
+
+
+def draw_portrait(rng: np.random.Generator, size: int, wears_glasses: bool) -> np.ndarray:
+    """A clean (noise-free) face on a gradient background, uint8 RGB ``size x size``."""
+    img = draw_background(rng, size)
+    face = sample_face(rng, size)
+    draw_face(img, face)
+    if wears_glasses:
+        draw_glasses(img, face, rng)
+    return img
+
+
+# --------------------------------------------------------------------------- rendering styles
+
+
+def light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smooth, uneven illumination: multiply by a random low-frequency gain field."""
+    size = img.shape[0]
+    gain = cv2.resize(rng.uniform(0.8, 1.15, (3, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    return np.clip(img * gain[..., None], 0, 255).astype(np.uint8)
+
+
+def add_camera_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Photographic look: slight lens blur plus Gaussian (luminance) sensor noise."""
+    size = img.shape[0]
+    blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.5, 1.2) * size / 512)
+    noise = rng.standard_normal((size, size, 1), dtype=np.float32) * rng.uniform(2.0, 7.0)
+    return np.clip(blurred + noise, 0, 255).astype(np.uint8)
+
+
+_COMIC_LEVELS = 5
+_COMIC_OUTLINE: Color = (16, 12, 12)
+
+
+def comicify(img: np.ndarray) -> np.ndarray:
+    """Comic style: saturated colours, posterised brightness and thick dark outlines."""
+    size = img.shape[0]
+    hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
+    sat = cv2.convertScaleAbs(sat, alpha=1.6)
+    step = 256 // _COMIC_LEVELS
+    val = (val // step * step + step // 2).astype(np.uint8)
+    comic = cv2.cvtColor(cv2.merge([hue, sat, val]), cv2.COLOR_HSV2RGB)
+    edges = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 30, 90)
+    radius = max(1, round(size / 256))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    comic[cv2.dilate(edges, kernel) > 0] = _COMIC_OUTLINE
+    return comic
+
+
+def _scramble(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Shuffle an 8x8 grid of blocks."""
+    n, tile = 8, img.shape[0] // 8
+    side = n * tile
+    blocks = img[:side, :side].reshape(n, tile, n, tile, 3).swapaxes(1, 2).reshape(n * n, tile, tile, 3)
+    out = img.copy()
+    out[:side, :side] = blocks[rng.permutation(n * n)].reshape(n, n, tile, tile, 3).swapaxes(1, 2).reshape(side, side, 3)
+    return out
+
+
+def _smear(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Smear along one axis (squash to 1/40, stretch back)."""
+    size = img.shape[0]
+    horizontal = rng.random() < 0.5
+    squashed = (max(1, size // 40), size) if horizontal else (size, max(1, size // 40))
+    small = cv2.resize(img, squashed, interpolation=cv2.INTER_AREA)
+    return cv2.resize(small, (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def _warp(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Heavy sinusoidal warp."""
+    size = img.shape[0]
+    amplitude = size * rng.uniform(0.05, 0.1)
+    period = size / rng.uniform(1.5, 4.0)
+    grid = np.arange(size, dtype=np.float32)
+    map_x = (grid[None, :] + amplitude * np.sin(2 * np.pi * grid[:, None] / period)).astype(np.float32)
+    map_y = (grid[:, None] + amplitude * np.cos(2 * np.pi * grid[None, :] / period)).astype(np.float32)
+    return cv2.remap(img, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+_DISTORTIONS = (_scramble, _smear, _warp)
+
+
+def distort(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Corrupt an image beyond use (scrambled blocks, smear or warp); it stays a valid image."""
+    return _DISTORTIONS[rng.integers(len(_DISTORTIONS))](img, rng)
+
+
+def glasses_photo(rng: np.random.Generator, size: int, wears_glasses: bool, distorted: bool) -> np.ndarray:
+    """One image of the glasses dataset."""
+    img = add_camera_noise(light(draw_portrait(rng, size, wears_glasses), rng), rng)
+    return distort(img, rng) if distorted else img
+
+
+def comic_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A photo-like face and its comic rendering with the same geometry."""
+    lit = light(draw_portrait(rng, size, wears_glasses=rng.random() < COMIC_GLASSES_FRACTION), rng)
+    return add_camera_noise(lit, rng), comicify(lit)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _write_image(path: Path, rgb: np.ndarray, params: list[int]) -> None:
+    """Encode by the file extension and write via a temporary file and a rename."""
+    ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise OSError(f"could not encode {path}")
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _atomic_csv(path: Path) -> Iterator[Any]:
+    """A ``csv.writer`` on a temporary file that is renamed to ``path`` on success."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", newline="") as fh:
+            yield csv.writer(fh, lineterminator="\n")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
+    """Write a small CSV atomically."""
+    with _atomic_csv(path) as writer:
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _image_rng(seed: int, index: int, stream: int) -> np.random.Generator:
+    """The generator of one image: independent of every other image and of the order."""
+    return np.random.default_rng([seed, index, stream])
+
+
+def _progress(dataset: str, count: int, size: int) -> tqdm:
+    return tqdm(range(count), desc=f"{dataset} {size}px", unit="img", file=sys.stderr)
+
+
+def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:
+    """Write the glasses layout; see the module docstring."""
+    plan = plan_glasses(count, seed)
+    image_dir = out / GLASSES_IMAGE_DIR
+    image_dir.mkdir(parents=True, exist_ok=True)
+    header = ["id", *(f"v{i}" for i in range(1, LATENT_DIM + 1))]
+    with _atomic_csv(out / TRAIN_CSV) as train, _atomic_csv(out / TEST_CSV) as test:
+        train.writerow([*header, "glasses"])
+        test.writerow(header)
+        for index in _progress("glasses", count, size):
+            image_id = index + 1
+            rng = _image_rng(seed, image_id, _GLASSES_STREAM)
+            row = [image_id, *(f"{x:.3f}" for x in rng.standard_normal(LATENT_DIM))]
+            img = glasses_photo(rng, size, bool(plan.glasses[index]), bool(plan.distorted[index]))
+            _write_image(image_dir / f"face-{image_id}.png", img, PNG_PARAMS)
+            if index < plan.n_train:
+                train.writerow([*row, int(plan.glasses[index] != plan.flipped[index])])
+            else:
+                test.writerow(row)
+
+    ids = range(1, count + 1)
+    corrected = plan.flipped | (np.arange(count) >= plan.n_train)
+    _write_csv(out / OVERRIDES_CSV, ["id", "glasses"], ([i, int(plan.glasses[i - 1])] for i in ids if corrected[i - 1]))
+    _write_csv(out / EXCLUSIONS_CSV, ["id"], ([i] for i in ids if plan.distorted[i - 1]))
+    _write_csv(
+        out / TRUTH_CSV,
+        ["id", "glasses", "distorted"],
+        ([i, int(plan.glasses[i - 1]), int(plan.distorted[i - 1])] for i in ids),
+    )
+    return {
+        "images": count,
+        "train": plan.n_train,
+        "test": count - plan.n_train,
+        "glasses": int(plan.glasses.sum()),
+        "wrong_labels": int(plan.flipped.sum()),
+        "distorted": int(plan.distorted.sum()),
+        "paths": {
+            "images": str(image_dir),
+            **{name: str(out / name) for name in (TRAIN_CSV, TEST_CSV, OVERRIDES_CSV, EXCLUSIONS_CSV, TRUTH_CSV)},
+        },
+    }
+
+
+def _generate_comics(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:
+    """Write the comics layout; see the module docstring."""
+    faces_dir = out / COMICS_ROOT / COMICS_FACES_DIR
+    comics_dir = out / COMICS_ROOT / COMICS_COMICS_DIR
+    faces_dir.mkdir(parents=True, exist_ok=True)
+    comics_dir.mkdir(parents=True, exist_ok=True)
+    for index in _progress("comics", count, size):
+        face, comic = comic_pair(_image_rng(seed, index, _COMICS_STREAM), size)
+        _write_image(faces_dir / f"{index}.jpg", face, JPEG_PARAMS)
+        _write_image(comics_dir / f"{index}.jpg", comic, JPEG_PARAMS)
+    return {"images": 2 * count, "pairs": count, "paths": {"faces": str(faces_dir), "comics": str(comics_dir)}}
+
+
+def generate(dataset: str, out_dir: str, *, count: int, size: int = 1024, seed: int = 0) -> dict[str, Any]:
+    """Write a demo dataset to ``out_dir`` and return a summary (counts and paths).
+
+    ``dataset`` is "glasses" (``count`` images) or "comics" (``count`` face/comic pairs).
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if count < 1 or size < 16 or seed < 0:
+        raise ValueError(f"need count >= 1, size >= 16 and seed >= 0, got {count}, {size}, {seed}")
+    out = Path(out_dir)
+    write = _generate_glasses if dataset == "glasses" else _generate_comics
+    summary = write(out, count, size, seed)
+    return {"dataset": dataset, "out_dir": str(out), "count": count, "size": size, "seed": seed, **summary}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command line: generate a demo dataset and print its summary as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--count", type=int, help=f"images (glasses) or pairs (comics); default {DEFAULT_COUNTS}")
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    count = DEFAULT_COUNTS[args.dataset] if args.count is None else args.count
+    try:
+        summary = generate(args.dataset, args.out, count=count, size=args.size, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

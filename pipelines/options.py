@@ -1,0 +1,219 @@
+"""The preprocessing job's own flags; everything else is Beam's PipelineOptions.
+
+As in Beam's wordcount example, ``parse_args`` splits argv with ``parse_known_args``: the
+flags below become a :class:`PreprocessConfig`, the rest (``--runner``,
+``--direct_num_workers``, ``--project``, ``--flink_master``, ...) go to PipelineOptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import posixpath
+from typing import Any, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import features
+
+# Named dataset layouts: the two Kaggle sets (and facepipe's demo data, which copies them).
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "glasses": {
+        # Kaggle "Glasses or No Glasses": faces-spring-2020/face-<id>.png, train.csv, test.csv.
+        "image_globs": ["faces-spring-2020/face-*.png", "faces-spring-2020/faces-spring-2020/face-*.png"],
+        "labels_csv": ["train.csv", "test.csv"],
+        "label_column": "glasses",
+        "file_pattern": "face-{id}.png",
+        "classes": ["no_glasses", "glasses"],
+        "image_size": (50, 50),
+        "color_mode": "rgb",
+    },
+    "comics": {
+        # Kaggle "Comic faces paired synthetic v2": <root>/comics/<n>.jpg and <root>/faces/<n>.jpg.
+        "image_globs": [
+            "face2comics_v2.0.0_by_Sxela/comics/*",
+            "face2comics_v2.0.0_by_Sxela/faces/*",
+            "comics/*",
+            "faces/*",
+        ],
+        "class_folders": {"comics": 0, "faces": 1},
+        "classes": ["comic", "face"],
+        # A face and its comic are one pair: keep them in the same split.
+        "group_by": "stem",
+        "image_size": (128, 128),
+        "color_mode": "grayscale",
+    },
+}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+DEFAULT_SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+FROM_SOURCE = "from_source"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything the pipeline needs to know besides Beam's own options."""
+
+    image_globs: tuple[str, ...]
+    output_dir: str
+    classes: tuple[str, ...]
+    labels_csv: tuple[str, ...] = ()
+    id_column: str = "id"
+    label_column: str = "label"
+    file_pattern: str = "{id}"
+    class_folders: dict[str, int] | None = None
+    overrides_csv: tuple[str, ...] = ()
+    exclude_csv: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+    balance: str = "downsample"
+    splits: dict[str, float] | None = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLITS))
+    validation_fraction: float = 0.1
+    group_by: str | None = None
+    image_size: tuple[int, int] = (50, 50)  # (width, height)
+    color_mode: str = "rgb"
+    seed: int = 0
+    num_shards: int = 0
+    max_bad_fraction: float = 0.5
+    max_pixels: int = 64_000_000
+    overwrite: bool = False
+
+    @property
+    def channels(self) -> int:
+        return features.COLOR_MODES[self.color_mode]
+
+    @property
+    def from_source(self) -> bool:
+        return self.splits is None
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``50`` -> (50, 50); ``64,48`` -> (64, 48) as (width, height)."""
+    parts = [int(p) for p in text.replace("x", ",").split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"--image_size {text!r}: expected N or W,H with positive integers")
+    return parts[0], parts[1]
+
+
+def parse_splits(text: str) -> dict[str, float] | None:
+    """``train=0.8,validation=0.1,test=0.1`` -> fractions summing to 1; ``from_source`` -> None."""
+    if text == FROM_SOURCE:
+        return None
+    splits: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in features.SPLITS:
+            raise argparse.ArgumentTypeError(f"--splits: unknown split {name!r}; use {features.SPLITS}")
+        splits[name] = float(value)
+    total = sum(splits.values())
+    if abs(total - 1.0) > 1e-6 or min(splits.values()) < 0:
+        raise argparse.ArgumentTypeError(f"--splits {text!r}: fractions must be >= 0 and sum to 1 (got {total})")
+    return splits
+
+
+def parse_class_folders(text: str) -> dict[str, int]:
+    """``comics=0,faces=1`` -> {"comics": 0, "faces": 1}."""
+    mapping = {}
+    for part in text.split(","):
+        name, _, index = part.partition("=")
+        mapping[name.strip()] = int(index)
+    return mapping
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.preprocess",
+        description="Raw images -> TFRecord shards, tf.Transform statistics and a manifest. "
+        "Flags not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).",
+    )
+    add = parser.add_argument
+    add("--images", required=True, help="Directory (or glob) of PNG/JPG images; local, gs://, s3://, ...")
+    add("--output", required=True, help="Output directory (local or any Beam filesystem).")
+    add("--dataset", choices=sorted(DATASET_PRESETS), help="Preset for a known layout: --images is its root.")
+    add("--labels_csv", action="append", help="CSV(s) of id,label; repeat for several files.")
+    add("--id_column", default=None, help="Id column of the labels CSV (default: id).")
+    add("--label_column", default=None, help="Label column of the labels CSV (default: label or preset).")
+    add("--file_pattern", default=None, help="File name of an id, e.g. 'face-{id}.png' (default: '{id}' = stem).")
+    add("--class_folders", type=parse_class_folders, help="One folder per class: 'comics=0,faces=1'.")
+    add("--classes", help="Class names in label order, e.g. 'no_glasses,glasses'.")
+    add("--overrides_csv", action="append", default=[], help="Hand-corrected labels (id,label); they always win.")
+    add("--exclude", action="append", default=[], help="CSV with an id column, or comma-separated ids.")
+    add("--balance", choices=["downsample", "none"], default="downsample")
+    add("--splits", type=parse_splits, default=dict(DEFAULT_SPLITS), help="train=0.8,validation=0.1,test=0.1 or from_source")
+    add("--validation_fraction", type=float, default=0.1, help="With from_source: part of train kept for validation.")
+    add("--group_by", default=None, help="Labels-CSV column (or 'stem') whose values never span two splits.")
+    add("--image_size", type=parse_image_size, default=None, help="N or W,H (default: preset's, else 50).")
+    add("--color_mode", choices=sorted(features.COLOR_MODES), default=None)
+    add("--seed", type=int, default=0, help="Seed of the split and balancing hashes.")
+    add("--num_shards", type=int, default=0, help="Shards per split (0: from the data size).")
+    add("--max_bad_fraction", type=float, default=0.5, help="Fail when more input than this is unreadable.")
+    add("--max_pixels", type=int, default=64_000_000, help="Refuse larger images before decoding (bombs).")
+    add("--overwrite", action="store_true", help="Replace an existing output directory.")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]:
+    """Returns the app's config and the remaining argv for Beam's PipelineOptions."""
+    args, beam_args = build_arg_parser().parse_known_args(argv)
+    preset = DATASET_PRESETS.get(args.dataset, {})
+    images = args.images.rstrip("/")
+
+    def in_root(name: str) -> str:
+        return posixpath.join(images, name) if "://" in images else os.path.join(images, name)
+
+    if preset:
+        image_globs = [in_root(g) for g in preset["image_globs"]]
+        labels = args.labels_csv or [p for p in map(in_root, preset.get("labels_csv", [])) if FileSystems.exists(p)]
+    elif _is_glob(images):
+        image_globs, labels = [images], args.labels_csv or []
+    else:
+        image_globs, labels = [in_root("**")], args.labels_csv or []
+    class_folders = args.class_folders or preset.get("class_folders")
+    if args.classes:
+        classes = [c.strip() for c in args.classes.split(",")]
+    elif "classes" in preset:
+        classes = preset["classes"]
+    elif class_folders:
+        classes = [name for name, _ in sorted(class_folders.items(), key=lambda kv: kv[1])]
+    else:
+        classes = ["0", "1"]
+    if not labels and not class_folders:
+        raise SystemExit("error: give --labels_csv, --class_folders or --dataset: images need labels")
+    exclude_csv = tuple(e for e in args.exclude if e.endswith(".csv") or FileSystems.exists(e))
+    exclude_ids = tuple(i.strip() for e in args.exclude if e not in exclude_csv for i in e.split(",") if i.strip())
+    config = PreprocessConfig(
+        image_globs=tuple(image_globs),
+        output_dir=args.output,
+        classes=tuple(classes),
+        labels_csv=tuple(labels),
+        id_column=args.id_column or "id",
+        label_column=args.label_column or preset.get("label_column", "label"),
+        file_pattern=args.file_pattern or preset.get("file_pattern", "{id}"),
+        class_folders=class_folders,
+        overrides_csv=tuple(args.overrides_csv),
+        exclude_csv=exclude_csv,
+        exclude_ids=exclude_ids,
+        balance=args.balance,
+        splits=args.splits,
+        validation_fraction=args.validation_fraction,
+        group_by=args.group_by or preset.get("group_by"),
+        image_size=args.image_size or preset.get("image_size", (50, 50)),
+        color_mode=args.color_mode or preset.get("color_mode", "rgb"),
+        seed=args.seed,
+        num_shards=args.num_shards,
+        max_bad_fraction=args.max_bad_fraction,
+        max_pixels=args.max_pixels,
+        overwrite=args.overwrite,
+    )
+    return config, beam_args
+
+
+def _is_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?[")

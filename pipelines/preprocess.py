@@ -1,0 +1,144 @@
+"""Preprocessing job: raw images -> TFRecord shards, tf.Transform statistics and a manifest.
+
+    python -m pipelines.preprocess --dataset glasses --images DIR --output OUT \
+        [--overrides_csv F] [--exclude F] [app flags] [Beam pipeline options]
+
+Runs in-process on the DirectRunner by default; ``--direct_running_mode=multi_processing
+--direct_num_workers=N`` spreads it over local processes, and ``--runner DataflowRunner``
+or ``--runner FlinkRunner`` over a cluster (see README).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import time
+from typing import Any, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines import features, manifest
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.options import PreprocessConfig, parse_args
+from pipelines.sinks import (
+    WriteDeadLetters,
+    WriteRunStatistics,
+    WriteShards,
+    WriteTransformStatistics,
+)
+from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
+from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
+
+# Beam's DirectRunner first tries the Prism runner, which downloads a binary: facepipe's
+# default run must not touch the network, so "DirectRunner" means the FnApiRunner here
+# (the runner the DirectRunner falls back to for batch pipelines, with the same options).
+_LOCAL_RUNNER = "FnApiRunner"
+
+
+def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
+    """PipelineOptions from the non-app flags, with the offline local runner by default."""
+    options = PipelineOptions(list(beam_args))
+    standard = options.view_as(StandardOptions)
+    if standard.runner in (None, "DirectRunner", "direct"):
+        standard.runner = _LOCAL_RUNNER
+    return options
+
+
+def prepare_output_dir(config: PreprocessConfig) -> None:
+    """Refuses a non-empty output directory unless --overwrite, then empties it."""
+    output = config.output_dir
+    existing = FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
+    if existing and not config.overwrite:
+        raise SystemExit(f"error: output directory {output} is not empty; pass --overwrite to replace it")
+    if "://" not in output:
+        if existing:
+            shutil.rmtree(output)
+        os.makedirs(output, exist_ok=True)
+    elif existing:
+        everything = FileSystems.match([FileSystems.join(output, "**")])[0].metadata_list
+        FileSystems.delete([m.path for m in everything])
+
+
+def count_images(config: PreprocessConfig) -> int:
+    """How many image files the globs match: sizes the shards before the run."""
+    total = 0
+    for result in FileSystems.match(list(config.image_globs)):
+        total += sum(1 for m in result.metadata_list if m.path.lower().endswith((".png", ".jpg", ".jpeg")))
+    return total
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimated_images: int, temp_dir: str) -> None:
+    """Wires sources -> transforms -> sinks onto ``pipeline``."""
+    import tensorflow_transform.beam as tft_beam
+
+    sources = pipeline | "Sources" >> LabelledImages(config)
+    # sources["images"]: LabelledImage
+    decoded = (
+        sources["images"]
+        | "AssignSplit" >> beam.Map(lambda image: (assign_split(image, config), image))
+        # (split, LabelledImage)
+        | "SpreadOverWorkers" >> beam.Reshuffle()
+        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
+        # DecodedImage(id, label, split, pixels, content_hash)
+    )
+    dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
+    if config.balance == "downsample":
+        balanced = decoded.images | "Balance" >> DownsampleToSmallestClass(config.seed)
+        written = balanced["kept"]
+        dead_letters.append(balanced[DEAD_LETTER])
+    else:
+        written = decoded.images
+    # written: DecodedImage, the examples that go into the shards
+
+    _ = written | "WriteShards" >> WriteShards(config, estimated_images)
+    train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
+    with tft_beam.Context(temp_dir=temp_dir):
+        _ = train | "TransformStatistics" >> WriteTransformStatistics(config)
+
+    all_dead_letters = dead_letters | "FlattenDeadLetters" >> beam.Flatten()
+    _ = all_dead_letters | "WriteDeadLetters" >> WriteDeadLetters(config.output_dir)
+    _ = {
+        "listed": sources["fingerprint"],
+        "non_image_files": sources[NOT_IMAGE_FILE],
+        "labelled": sources["images"],
+        "dead_letters": all_dead_letters,
+        "decoded": decoded.images,
+        "written": written,
+        "file_hashes": sources["fingerprint"],
+        "content_hashes": decoded.images | "ContentHash" >> beam.Map(lambda image: image.content_hash),
+    } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the job; returns the manifest it wrote."""
+    config, beam_args = parse_args(argv)
+    options = pipeline_options(beam_args)
+    prepare_output_dir(config)
+    estimated = count_images(config)
+    logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
+    started = time.monotonic()
+    temp_dir = FileSystems.join(config.output_dir, ".tft_tmp")
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
+    elapsed = time.monotonic() - started
+    result = manifest.finalize(config, options, elapsed_seconds=elapsed)
+    print(manifest.summary_table(result), file=sys.stderr)
+    return result
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    try:
+        result = run(sys.argv[1:])
+    except manifest.PipelineError as e:
+        sys.exit(f"error: {e}")
+    print(FileSystems.join(result["output_dir"], features.MANIFEST_FILE))
+
+
+if __name__ == "__main__":
+    main()

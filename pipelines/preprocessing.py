@@ -1,0 +1,46 @@
+"""tf.Transform's preprocessing_fn: full-pass per-channel pixel statistics, nothing else.
+
+The pipeline analyses the train split only, and writes the resulting transform graph;
+the trainer applies that graph in its tf.data map and the exported model applies it to
+served images, so training and serving normalise with the very same constants.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipelines import features
+
+# Keeps the division finite for a channel that is constant over the whole train split.
+_MIN_STDDEV = 1e-6
+
+
+def decode_pixels(image_bytes: tf.Tensor, *, height: int, width: int, channels: int) -> tf.Tensor:
+    """[batch] uint8-pixel strings -> [batch, height, width, channels] float32 in [0, 1]."""
+    pixels = tf.io.decode_raw(image_bytes, tf.uint8)
+    pixels = tf.reshape(pixels, [-1, height, width, channels])
+    return tf.cast(pixels, tf.float32) / 255.0
+
+
+def make_preprocessing_fn(*, height: int, width: int, channels: int) -> Callable[[dict], dict]:
+    """Returns the preprocessing_fn for images of the given shape."""
+
+    def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        image = decode_pixels(inputs[features.IMAGE_KEY], height=height, width=width, channels=channels)
+        # Every image has the same number of pixels, so the mean over images of the
+        # per-image channel means is the channel mean over all pixels of the split.
+        per_image_mean = tf.reduce_mean(image, axis=[1, 2])  # [batch, channels]
+        per_image_mean_square = tf.reduce_mean(tf.square(image), axis=[1, 2])  # [batch, channels]
+        mean = tft.mean(per_image_mean, reduce_instance_dims=False)  # [channels]
+        mean_square = tft.mean(per_image_mean_square, reduce_instance_dims=False)  # [channels]
+        stddev = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))
+        stddev = tf.maximum(stddev, _MIN_STDDEV)
+        return {
+            features.NORMALIZED_IMAGE_KEY: (image - mean) / stddev,
+            features.LABEL_KEY: inputs[features.LABEL_KEY],
+        }
+
+    return preprocessing_fn

@@ -1,0 +1,203 @@
+"""Sinks: TFRecord shards, tf.Transform statistics, dead letters, run statistics, manifest."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import operator
+import posixpath
+from typing import Any, Mapping
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import features
+from pipelines.options import PreprocessConfig
+from pipelines.transforms import DecodedImage
+
+# Beam's file sinks write to temp files and rename them when the bundle commits, so a
+# failed run never leaves a shard that looks complete; the manifest is written last.
+EXAMPLES_PER_SHARD = 1000
+STATS_FILE = "_stats"  # Run statistics, read by the driver into the manifest, then removed.
+
+
+def num_shards_for(estimated_examples: float, requested: int) -> int:
+    """Shards for a split: the requested number, else one per ~1000 examples (>= 2 once the
+    split is big enough that two readers or workers are worth having)."""
+    if requested:
+        return requested
+    shards = math.ceil(estimated_examples / EXAMPLES_PER_SHARD)
+    if estimated_examples >= 64:
+        shards = max(shards, 2)
+    return max(1, min(shards, 1024))
+
+
+class WriteShards(beam.PTransform):
+    """DecodedImage -> ``<split>-SSSSS-of-NNNNN.tfrecord.gz`` for each split."""
+
+    def __init__(self, config: PreprocessConfig, estimated_images: int):
+        super().__init__()
+        self._config = config
+        self._estimated = estimated_images
+
+    def expand(self, images):
+        config = self._config
+        width, height = config.image_size
+        fractions = config.splits or {"train": 1.0, "validation": config.validation_fraction, "test": 1.0}
+        for split in features.SPLITS:
+            num_shards = num_shards_for(self._estimated * fractions.get(split, 0.0), config.num_shards)
+            _ = (
+                images
+                | f"Filter_{split}" >> beam.Filter(lambda im, s=split: im.split == s)
+                | f"Encode_{split}"
+                >> beam.Map(
+                    lambda im: features.encode_example(
+                        image=im.pixels,
+                        label=im.label,
+                        example_id=im.id,
+                        height=height,
+                        width=width,
+                        channels=config.channels,
+                    )
+                )
+                | f"Write_{split}"
+                >> beam.io.WriteToTFRecord(
+                    features.shard_prefix(config.output_dir, split),
+                    file_name_suffix=features.SHARD_SUFFIX,
+                    num_shards=num_shards,
+                    compression_type=CompressionTypes.GZIP,
+                )
+            )
+        return images.pipeline
+
+
+class WriteTransformStatistics(beam.PTransform):
+    """Train-split DecodedImage -> tf.Transform's ``transform/`` (transform_fn, metadata).
+
+    Must be applied inside ``tft_beam.Context``; the statistics cover the train split only,
+    so validation and test never leak into the normalisation.
+    """
+
+    def __init__(self, config: PreprocessConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, train_images):
+        import tensorflow as tf
+        import tensorflow_transform.beam as tft_beam
+        from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
+
+        from pipelines.preprocessing import make_preprocessing_fn
+
+        config = self._config
+        width, height = config.image_size
+        raw_metadata = dataset_metadata.DatasetMetadata(
+            schema_utils.schema_from_feature_spec(
+                {
+                    features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+                    features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+                }
+            )
+        )
+        transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
+        raw = train_images | "ToRawFeatures" >> beam.Map(
+            lambda im: {features.IMAGE_KEY: im.pixels, features.LABEL_KEY: im.label}
+        )
+        transform_fn = (raw, raw_metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
+            make_preprocessing_fn(height=height, width=width, channels=config.channels)
+        )
+        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
+        _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
+            FileSystems.join(transform_dir, "metadata"), train_images.pipeline
+        )
+        return train_images.pipeline
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Dead-letter dicts -> ``dead_letter/dead_letter-*.jsonl``."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._prefix = FileSystems.join(output_dir, features.DEAD_LETTER_DIR, "dead_letter")
+
+    def expand(self, dead_letters):
+        return (
+            dead_letters
+            | "ToJson" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
+        )
+
+
+def _xor_all(values) -> int:
+    return functools.reduce(operator.xor, values, 0)
+
+
+class WriteRunStatistics(beam.PTransform):
+    """Counts and fingerprints of the whole run -> one JSON object in ``_stats.json``.
+
+    Input: a dict of PCollections — ``listed`` (paths), ``non_image_files`` (paths),
+    ``labelled`` (LabelledImage), ``dead_letters`` (dicts), ``decoded`` and ``written``
+    (DecodedImage), ``file_hashes`` and ``content_hashes`` (ints).
+    """
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._path = FileSystems.join(output_dir, STATS_FILE)
+
+    def expand(self, inputs: Mapping[str, Any]):
+        def dead_letter_key(record: dict) -> str:
+            kind = "dead_letter" if record["is_image"] else "rejected_rows"
+            return f"{kind}/{record['reason']}"
+
+        keyed = [
+            inputs["listed"] | "KeyListed" >> beam.Map(lambda _: "images_listed"),
+            inputs["non_image_files"] | "KeyNonImage" >> beam.Map(lambda _: "non_image_files"),
+            inputs["labelled"]
+            | "Overridden" >> beam.Filter(lambda im: im.overridden)
+            | "KeyOverride" >> beam.Map(lambda _: "overrides_applied"),
+            inputs["dead_letters"] | "KeyDeadLetter" >> beam.Map(dead_letter_key),
+            inputs["decoded"] | "KeyDecoded" >> beam.Map(lambda im: f"before_balance/{im.split}/{im.label}"),
+            inputs["written"] | "KeyWritten" >> beam.Map(lambda im: f"written/{im.split}/{im.label}"),
+        ]
+        counts = (
+            keyed
+            | "FlattenKeys" >> beam.Flatten()
+            | "Count" >> beam.combiners.Count.PerElement()
+            # (key, count)
+        )
+        fingerprints = [
+            inputs[name]
+            | f"Xor_{name}" >> beam.CombineGlobally(_xor_all)
+            | f"Hex_{name}" >> beam.Map(lambda value, n=name: (f"fingerprint/{n}", f"{value:064x}"))
+            for name in ("file_hashes", "content_hashes")
+        ]
+        return (
+            [counts, *fingerprints]
+            | "FlattenStats" >> beam.Flatten()
+            | "ToDict" >> beam.combiners.ToDict()
+            | "ToJson" >> beam.Map(lambda stats: json.dumps(stats, sort_keys=True))
+            | "Write" >> beam.io.WriteToText(self._path, file_name_suffix=".json", shard_name_template="")
+        )
+
+
+def read_run_statistics(output_dir: str) -> dict[str, Any]:
+    """Reads back what :class:`WriteRunStatistics` wrote."""
+    with FileSystems.open(FileSystems.join(output_dir, STATS_FILE + ".json")) as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes JSON to any Beam filesystem via a temp file and a rename."""
+    temp = path + ".tmp"
+    with FileSystems.create(temp) as f:
+        f.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
+    FileSystems.rename([temp], [path])
+
+
+def list_shards(output_dir: str, split: str) -> list[str]:
+    """File names (not paths) of a split's shards, sorted."""
+    pattern = features.shard_pattern(output_dir, split)
+    matched = FileSystems.match([pattern])[0].metadata_list
+    return sorted(posixpath.basename(m.path) for m in matched)

@@ -1,0 +1,321 @@
+"""Per-image transforms: split assignment, decode + resize, deterministic class balancing."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from typing import Iterator, NamedTuple
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from PIL import Image
+
+from pipelines import features
+from pipelines.dead_letters import DEAD_LETTER, dead_letter
+from pipelines.options import PreprocessConfig
+from pipelines.sources import LabelledImage
+
+NAMESPACE = "facepipe.transforms"
+BALANCED_OUT = "balanced_out"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_REDUCED_FLAGS = {
+    "rgb": {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8},
+    "grayscale": {
+        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
+        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
+        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+    },
+}
+
+
+class DecodedImage(NamedTuple):
+    """A labelled image reduced to the pixels that go into a shard."""
+
+    id: str
+    label: int
+    split: str
+    pixels: bytes  # uint8, row-major height x width x channels
+    content_hash: int
+
+
+def unit_hash(*parts: object) -> float:
+    """A stable hash of ``parts`` mapped to [0, 1): the same on every worker and every run."""
+    digest = hashlib.sha256("\0".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(image: LabelledImage, config: PreprocessConfig) -> str:
+    """The split of an image: a stable hash of its group, or its source CSV's split."""
+    u = unit_hash(config.seed, image.group)
+    if config.from_source:
+        if image.source_split in ("validation", "test"):
+            return image.source_split
+        return "validation" if u < config.validation_fraction else "train"
+    cumulative = 0.0
+    for split in features.SPLITS:
+        cumulative += config.splits.get(split, 0.0)
+        if u < cumulative:
+            return split
+    return max(config.splits, key=lambda s: features.SPLITS.index(s) if config.splits[s] > 0 else -1)
+
+
+class UndecodableImage(ValueError):
+    """An image that cannot be used; ``reason`` is the dead-letter reason."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _check_container(data: bytes) -> str:
+    """'png' or 'jpeg' after cheap checks on the bytes; raises UndecodableImage otherwise."""
+    if not data:
+        raise UndecodableImage("zero_bytes")
+    if data.startswith(_PNG_MAGIC):
+        # Every complete PNG ends with an IEND chunk (12 bytes incl. its CRC).
+        if b"IEND" not in data[-16:]:
+            raise UndecodableImage("truncated", "PNG without IEND chunk")
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        # A complete JPEG ends with the EOI marker, possibly followed by a little padding.
+        if b"\xff\xd9" not in data[-1024:]:
+            raise UndecodableImage("truncated", "JPEG without end-of-image marker")
+        return "jpeg"
+    raise UndecodableImage("not_an_image", f"starts with {data[:8]!r}")
+
+
+def image_dimensions(data: bytes) -> tuple[int, int]:
+    """(width, height) from the image header alone, without decoding pixels."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            return header.size
+    except Image.DecompressionBombError as e:
+        raise UndecodableImage("too_large", str(e)) from e
+    except Exception as e:  # PIL raises many types for broken headers.
+        raise UndecodableImage("undecodable", f"header: {type(e).__name__}: {e}") from e
+
+
+def reduction_factor(source: tuple[int, int], target: tuple[int, int]) -> int:
+    """Largest JPEG DCT scaling (1, 2, 4, 8) whose output is still at least ``target``."""
+    for factor in (8, 4, 2):
+        if source[0] // factor >= target[0] and source[1] // factor >= target[1]:
+            return factor
+    return 1
+
+
+def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
+    """An OpenCV-decoded array (any depth, grey/BGR/BGRA) -> uint8 RGB or grey, HxWxC."""
+    if image.dtype == np.uint16:
+        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise UndecodableImage("undecodable", f"unsupported pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
+        image = image[:, :, 0]
+    if image.ndim == 3 and image.shape[2] == 4:  # Alpha is dropped, as tf.io.decode_image(channels=3) does.
+        image = image[:, :, :3]
+    if color_mode == "grayscale":
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return image[:, :, np.newaxis]
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def decode_and_resize(data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int) -> np.ndarray:
+    """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
+    container = _check_container(data)
+    width, height = image_dimensions(data)
+    if width * height > max_pixels:
+        raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
+    factor = reduction_factor((width, height), size) if container == "jpeg" else 1
+    flags = _REDUCED_FLAGS[color_mode][factor] if factor > 1 else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:
+        raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
+    image = to_uint8_color(image, color_mode)
+    if (image.shape[1], image.shape[0]) != size:
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if image.ndim == 2:
+            image = image[:, :, np.newaxis]
+    return np.ascontiguousarray(image)
+
+
+class DecodeAndResize(beam.DoFn):
+    """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not."""
+
+    _LOG_EVERY = 500
+
+    def __init__(self, config: PreprocessConfig):
+        self._size = config.image_size
+        self._color_mode = config.color_mode
+        self._max_pixels = config.max_pixels
+        self._decoded = Metrics.counter(NAMESPACE, "decoded")
+        self._failed = Metrics.counter(NAMESPACE, "decode_failed")
+        self._bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
+
+    def setup(self):
+        self._count = 0
+        self._started = time.monotonic()
+
+    def process(self, element: tuple[str, LabelledImage]) -> Iterator:
+        split, image = element
+        try:
+            with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                data = f.read()
+        except Exception as e:  # Any filesystem's error: the image is lost, not the job.
+            self._failed.inc()
+            yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason="read_error", detail=repr(e))
+            return
+        self._bytes_read.inc(len(data))
+        try:
+            pixels = decode_and_resize(data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels)
+        except UndecodableImage as e:
+            self._failed.inc()
+            yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)
+            return
+        except Exception as e:  # An unexpected decoder failure is one bad image, never a crashed job.
+            self._failed.inc()
+            yield dead_letter(
+                path=image.path, image_id=image.id, stage="decode", reason="undecodable", detail=f"{type(e).__name__}: {e}"
+            )
+            return
+        self._decoded.inc()
+        self._log_progress()
+        content_hash = int.from_bytes(hashlib.sha256(data).digest(), "big")
+        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash)
+
+    def _log_progress(self) -> None:
+        self._count += 1
+        if self._count % self._LOG_EVERY == 0:
+            rate = self._count / max(time.monotonic() - self._started, 1e-9)
+            logging.info("decoded %d images in this worker (%.1f images/s)", self._count, rate)
+
+
+# --- Balancing -------------------------------------------------------------------------
+
+_HISTOGRAM_BUCKETS = 1024
+
+
+def balance_priority(image_id: str, seed: int) -> float:
+    """The survivor order of balancing: smaller survives. Stable across runs and workers."""
+    return unit_hash("balance", seed, image_id)
+
+
+def _bucket(priority: float) -> int:
+    return int(priority * _HISTOGRAM_BUCKETS)
+
+
+class _HistogramFn(beam.CombineFn):
+    """Counts bucket numbers into a fixed-size histogram (a list of ints)."""
+
+    def create_accumulator(self) -> list[int]:
+        return [0] * _HISTOGRAM_BUCKETS
+
+    def add_input(self, accumulator: list[int], bucket: int) -> list[int]:
+        accumulator[bucket] += 1
+        return accumulator
+
+    def merge_accumulators(self, accumulators) -> list[int]:
+        return [sum(counts) for counts in zip(*accumulators)]
+
+    def extract_output(self, accumulator: list[int]) -> list[int]:
+        return accumulator
+
+
+def balance_plan(histograms: dict, split: str, label: int) -> tuple[int, int]:
+    """(cutoff bucket, survivors wanted from that bucket) for one split and class.
+
+    Each split keeps ``k`` = its smallest present class's count of every class: the ``k``
+    images of lowest priority. Buckets below the cutoff survive whole; the cutoff bucket
+    is ranked exactly; buckets above it are dropped.
+    """
+    totals = [sum(h) for (s, _), h in histograms.items() if s == split and sum(h) > 0]
+    keep = min(totals)
+    before = 0
+    for bucket, count in enumerate(histograms[(split, label)]):
+        if before + count >= keep:
+            return bucket, keep - before
+        before += count
+    raise AssertionError(f"balance plan for {split}/{label}: fewer images than the smallest class")
+
+
+class _RouteByBucket(beam.DoFn):
+    """DecodedImage -> kept (main), ``boundary`` ((split, label), image) or a dead letter."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+        self._dropped = Metrics.counter(NAMESPACE, "balanced_out")
+
+    def process(self, image: DecodedImage, histograms: dict) -> Iterator:
+        cutoff, _ = balance_plan(histograms, image.split, image.label)
+        bucket = _bucket(balance_priority(image.id, self._seed))
+        if bucket < cutoff:
+            yield image
+        elif bucket == cutoff:
+            yield beam.pvalue.TaggedOutput("boundary", ((image.split, image.label), image))
+        else:
+            self._dropped.inc()
+            yield dead_letter(image_id=image.id, stage="balance", reason=BALANCED_OUT, detail=image.split)
+
+
+class _RankBoundaryBucket(beam.DoFn):
+    """((split, label), [DecodedImage]) -> the wanted number of lowest-priority images."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+        self._dropped = Metrics.counter(NAMESPACE, "balanced_out")
+
+    def process(self, element, histograms: dict) -> Iterator:
+        (split, label), images = element
+        _, wanted = balance_plan(histograms, split, label)
+        ranked = sorted(images, key=lambda image: (balance_priority(image.id, self._seed), image.id))
+        yield from ranked[:wanted]
+        for image in ranked[wanted:]:
+            self._dropped.inc()
+            yield dead_letter(image_id=image.id, stage="balance", reason=BALANCED_OUT, detail=split)
+
+
+class DownsampleToSmallestClass(beam.PTransform):
+    """Keeps, per split, as many images of each class as the smallest class has.
+
+    Survivors are the images with the lowest hash of (seed, id): deterministic, and
+    computed on the workers from per-class histograms (a side input of 1024 counts per
+    split and class), so neither the driver nor any worker ever holds the ids of a class.
+    Output: ``kept`` DecodedImage and ``dead_letter`` records with reason ``balanced_out``.
+    """
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self._seed = seed
+
+    def expand(self, images):
+        seed = self._seed
+        histograms = (
+            images
+            | "KeyBucket" >> beam.Map(lambda im: ((im.split, im.label), _bucket(balance_priority(im.id, seed))))
+            | "Histogram" >> beam.CombinePerKey(_HistogramFn())
+            # ((split, label), [count per bucket])
+        )
+        side = beam.pvalue.AsDict(histograms)
+        routed = images | "Route" >> beam.ParDo(_RouteByBucket(seed), side).with_outputs(
+            "boundary", DEAD_LETTER, main="kept"
+        )
+        ranked = (
+            routed.boundary
+            | "GroupBoundary" >> beam.GroupByKey()
+            # ((split, label), [DecodedImage in the cutoff bucket])
+            | "Rank" >> beam.ParDo(_RankBoundaryBucket(seed), side).with_outputs(DEAD_LETTER, main="kept")
+        )
+        return {
+            "kept": (routed.kept, ranked.kept) | "FlattenKept" >> beam.Flatten(),
+            DEAD_LETTER: (routed[DEAD_LETTER], ranked[DEAD_LETTER]) | "FlattenDropped" >> beam.Flatten(),
+        }
