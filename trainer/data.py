@@ -1,0 +1,167 @@
+"""tf.data input pipeline: GZIP TFRecord shards -> parsed examples -> normalised batches.
+
+The normalisation is the pipeline's own tf.Transform graph (``<data_dir>/transform``),
+applied in the dataset map: ``TFTransformOutput.transform_features_layer()`` is a tf_keras
+model, which cannot be a layer of a Keras 3 functional model, so the trainer's models take
+already-normalised images and the exported serving module applies the same graph itself.
+
+Element shapes (B = global batch):
+  training / evaluation: (image [B, H, W, C] float32, label [B] int64)
+  with_metadata=True:    {image, label, id [B] string, pixels [B, H, W, C] uint8}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import tensorflow as tf
+import tensorflow_transform as tft
+
+from pipelines import features
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+# Splits whose serialized examples take less than this are cached in memory after the
+# first pass: the gzip decode is then paid once, not once per epoch.
+DEFAULT_CACHE_MAX_BYTES = 1 << 30
+# Upper bound of the shuffle buffer when the split is not cached (memory, not randomness).
+MAX_SHUFFLE_BUFFER = 10_000
+
+
+def list_shards(data_dir: str, split: str) -> list[str]:
+    """Sorted shard files of ``split`` (local or gs://); fails loudly when there are none."""
+    files = sorted(tf.io.gfile.glob(features.shard_pattern(data_dir, split)))
+    if not files:
+        raise FileNotFoundError(f"no shards match {features.shard_pattern(data_dir, split)}")
+    return files
+
+
+def split_size(manifest: Mapping[str, Any], split: str) -> int:
+    """Number of examples the pipeline wrote to ``split`` (from the manifest's counts)."""
+    written = manifest["counts"]["written"].get(split)
+    if written is None:
+        raise KeyError(f"manifest has no written count for split {split!r}")
+    return int(sum(int(n) for n in written.values()))
+
+
+def load_transform(data_dir: str, manifest: Mapping[str, Any]) -> tft.TFTransformOutput:
+    """The tf.Transform output the pipeline wrote next to the shards."""
+    path = tf.io.gfile.join(data_dir, manifest.get("transform_dir", features.TRANSFORM_DIR))
+    if not tf.io.gfile.isdir(path):
+        raise FileNotFoundError(f"{path}: no tf.Transform output (transform_fn/) in the data directory")
+    return tft.TFTransformOutput(path)
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
+    """Batches that see every example once (the last partial batch is topped up by repeat)."""
+    return max(1, math.ceil(num_examples / global_batch_size))
+
+
+def _read_serialized(files: list[str], *, shuffle_files: bool, seed: int, deterministic: bool) -> tf.data.Dataset:
+    """Serialized examples of all shards, read several files at a time."""
+    ds = tf.data.Dataset.from_tensor_slices(files)  # (file name)
+    if shuffle_files:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # Parallel interleave hides per-file latency (gs:// reads, gzip decode); with
+    # deterministic=False the reader takes whichever file is ready first.
+    return ds.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        cycle_length=min(len(files), 16),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )  # (serialized example)
+
+
+def make_parse_and_transform(
+    tft_output: tft.TFTransformOutput, *, image_shape: tuple[int, int, int], with_metadata: bool = False
+):
+    """Returns ``fn(serialized [B]) -> element``: parse + the tf.Transform normalisation.
+
+    The transform layer is created once, here, and not inside the map function: creating
+    it per trace would reload the transform SavedModel each time (see the TFT docstring of
+    ``transform_raw_features``).
+    """
+    tft_layer = tft_output.transform_features_layer()
+    height, width, channels = image_shape
+
+    def parse_and_transform(serialized: tf.Tensor):
+        parsed = tf.io.parse_example(serialized, features.raw_feature_spec())
+        # The transform graph takes exactly the raw inputs the pipeline analysed.
+        transformed = tft_layer({features.IMAGE_KEY: parsed[features.IMAGE_KEY], features.LABEL_KEY: parsed[features.LABEL_KEY]})
+        image = tf.ensure_shape(transformed[features.NORMALIZED_IMAGE_KEY], [None, height, width, channels])
+        label = parsed[features.LABEL_KEY]
+        if not with_metadata:
+            return image, label
+        pixels = tf.reshape(tf.io.decode_raw(parsed[features.IMAGE_KEY], tf.uint8), [-1, height, width, channels])
+        return {"image": image, "label": label, "id": parsed[features.ID_KEY], "pixels": pixels}
+
+    return parse_and_transform
+
+
+def make_dataset(
+    data_dir: str,
+    split: str,
+    *,
+    manifest: Mapping[str, Any],
+    tft_output: tft.TFTransformOutput,
+    global_batch_size: int,
+    training: bool,
+    seed: int = 0,
+    deterministic: bool = True,
+    cache: bool | None = None,
+    with_metadata: bool = False,
+) -> tf.data.Dataset:
+    """Batches of one split, normalised with the pipeline's transform graph.
+
+    Args:
+      data_dir: The preprocessing output directory (local or gs://).
+      split: "train", "validation" or "test".
+      manifest: ``features.read_manifest(data_dir)``.
+      tft_output: ``load_transform(data_dir, manifest)``.
+      global_batch_size: per-replica batch x ``strategy.num_replicas_in_sync``; the strategy
+        splits each global batch between the replicas.
+      training: shuffle, repeat forever and drop the remainder (static batch shape, the same
+        number of examples on every replica). Fit it with ``steps_per_epoch``. Otherwise
+        one ordered pass, last batch partial.
+      seed: Shuffle seed. Defaults to 0.
+      deterministic: Keep element order reproducible (for a given seed); False lets the
+        parallel reader and map return whatever is ready first. Defaults to True.
+      cache: Cache serialized examples in memory. Defaults to caching when the split's
+        pixels take less than ``DEFAULT_CACHE_MAX_BYTES``.
+      with_metadata: Yield dicts with id and the stored uint8 pixels too (evaluation).
+    """
+    image_shape = features.image_shape(manifest)
+    num_examples = split_size(manifest, split)
+    if cache is None:
+        cache = num_examples * math.prod(image_shape) < DEFAULT_CACHE_MAX_BYTES
+    files = list_shards(data_dir, split)
+    logging.info(
+        "%s: %d examples in %d shards, global batch %d, training=%s, cache=%s",
+        split, num_examples, len(files), global_batch_size, training, cache,
+    )
+
+    ds = _read_serialized(files, shuffle_files=training and not cache, seed=seed, deterministic=deterministic)
+    if cache:
+        # Cache the small serialized records (not the float images: 4x the bytes) before
+        # shuffling, so that every epoch still sees a fresh order.
+        ds = ds.cache()
+    if training:
+        # Shuffle before repeat: each epoch is a full permutation and no example shows up
+        # twice before every other example has been seen once.
+        buffer = num_examples if cache else min(num_examples, MAX_SHUFFLE_BUFFER)
+        ds = ds.shuffle(max(buffer, 1), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.repeat()
+    # Batch first, then parse and transform whole batches: one vectorised call per batch.
+    # drop_remainder only matters for training (static shapes; the data repeats anyway).
+    ds = ds.batch(global_batch_size, drop_remainder=training)  # (serialized [B])
+    ds = ds.map(
+        make_parse_and_transform(tft_output, image_shape=image_shape, with_metadata=with_metadata),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )  # (image [B, H, W, C], label [B]) or a dict with id and pixels
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    ds = ds.with_options(options)
+    return ds.prefetch(AUTOTUNE)

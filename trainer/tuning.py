@@ -1,0 +1,235 @@
+"""Hyperparameter search with keras-tuner's own tuners, resumable after a kill.
+
+``tune()`` runs grid (default), random, hyperband or bayesian search over a preset's
+space, with ``overwrite=False``: the same command restarted after a crash or SIGKILL
+reloads the oracle from ``<job_dir>/tuning/<project>/`` and continues; the interrupted
+trial is retried from scratch, finished trials are not run again.
+
+Outputs in job_dir:
+  tuning/<model>_<tuner>/     keras-tuner's project (oracle.json, trial_*/)
+  tuning/results.csv, .md     one row per trial, best first
+  best_hyperparameters.json   {"model", "tuner", "trial_id", "score", "hyperparameters"}
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import logging
+import os
+from typing import Any, Callable, Mapping
+
+import keras
+import keras_tuner as kt
+import tensorflow as tf
+from keras_tuner.src.tuners import gridsearch
+
+from trainer import models
+
+TUNERS = ("grid", "random", "hyperband", "bayesian")
+OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+BEST_HPARAMS_FILE = "best_hyperparameters.json"
+TUNING_DIR = "tuning"
+
+
+class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
+    """``GridSearchOracle`` whose grid position survives a reload (keras-tuner 1.4.8 bug).
+
+    The stock oracle walks the grid with two in-memory structures that ``get_state`` does
+    not save: ``_ordered_ids`` (a linked list of trial ids sorted by grid position, used to
+    see whether a trial's next grid point was already tried) and ``_populate_next`` (trial
+    ids whose successor is still to be proposed). After ``reload()`` both are empty while
+    ``start_order`` is not, so ``populate_space`` skips its first-trial branch and then:
+      * if a trial was running when the process died, it is retried, ``end_trial`` queues
+        its id, and ``self._ordered_ids.next(id)`` raises ``KeyError: '<trial id>'``;
+      * if the process died between trials, nothing is queued and the search stops
+        early, silently, with part of the grid never tried.
+    The fix rebuilds both from the reloaded trials: the linked list from every started
+    trial in grid order (``_compare``), the queue from every finished trial (a queued id
+    whose successor was already tried is skipped by the oracle itself, so over-filling
+    the queue is harmless). It is derived from the trials rather than saved, so it also
+    resumes projects written by the stock oracle.
+    """
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        super().set_state(state)
+        in_grid_order = sorted(
+            self.start_order,
+            key=functools.cmp_to_key(
+                lambda a, b: self._compare(self.trials[a].hyperparameters.values, self.trials[b].hyperparameters.values)
+            ),
+        )
+        self._ordered_ids = gridsearch.LinkedList()
+        for trial_id in in_grid_order:
+            self._ordered_ids.insert(trial_id)
+        self._populate_next = list(self.end_order)
+
+    def reload(self) -> None:
+        super().reload()
+        # A kill between saving a new trial's file and saving oracle.json leaves a RUNNING
+        # trial that neither start_order nor ongoing_trials knows: retry it too.
+        for trial_id, trial in self.trials.items():
+            if trial.status == kt.engine.trial.TrialStatus.RUNNING and trial_id not in self._retry_queue:
+                if trial_id not in self.start_order:
+                    self.start_order.append(trial_id)
+                    self._ordered_ids.insert(trial_id)
+                self._retry_queue.append(trial_id)
+
+
+def make_tuner(
+    name: str,
+    hypermodel: models.FaceHyperModel,
+    *,
+    directory: str,
+    project_name: str,
+    max_trials: int | None,
+    executions_per_trial: int,
+    seed: int,
+    distribution_strategy: tf.distribute.Strategy | None,
+) -> kt.Tuner:
+    """One of keras-tuner's tuners over the hypermodel's space, resuming an existing project."""
+    common = dict(
+        hypermodel=hypermodel,
+        executions_per_trial=executions_per_trial,
+        directory=directory,
+        project_name=project_name,
+        overwrite=False,
+        distribution_strategy=distribution_strategy,
+    )
+    if name == "grid":
+        oracle = ResumableGridSearchOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
+        return kt.Tuner(oracle=oracle, **common)
+    if name == "random":
+        return kt.RandomSearch(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
+    if name == "bayesian":
+        return kt.BayesianOptimization(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
+    if name == "hyperband":
+        return kt.Hyperband(
+            objective=OBJECTIVE, max_epochs=max(hypermodel.space["epochs"]), factor=3, seed=seed, **common
+        )
+    raise ValueError(f"unknown tuner {name!r}, expected one of {TUNERS}")
+
+
+def grid_size(space: Mapping[str, list]) -> int:
+    """Number of points of a (non-conditional) grid."""
+    size = 1
+    for values in space.values():
+        size *= len(values)
+    return size
+
+
+def results_rows(tuner: kt.Tuner) -> list[dict[str, Any]]:
+    """One row per trial: id, status, score and the hyperparameter values; best first."""
+    rows = []
+    for trial_id, trial in tuner.oracle.trials.items():
+        values = {k: v for k, v in trial.hyperparameters.values.items() if not k.startswith("tuner/")}
+        rows.append({"trial": trial_id, "status": trial.status, "score": trial.score, **values})
+    return sorted(rows, key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["trial"]))
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """A markdown table of ``rows`` (all keys as columns)."""
+    if not rows:
+        return "(no trials)\n"
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def fmt(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict[str, Any]], job_dir: str) -> tuple[str, str]:
+    """Writes tuning/results.csv and tuning/results.md; returns their paths."""
+    out_dir = tf.io.gfile.join(job_dir, TUNING_DIR)
+    tf.io.gfile.makedirs(out_dir)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    csv_path, md_path = tf.io.gfile.join(out_dir, "results.csv"), tf.io.gfile.join(out_dir, "results.md")
+    with tf.io.gfile.GFile(csv_path, "w") as f:
+        f.write(buffer.getvalue())
+    with tf.io.gfile.GFile(md_path, "w") as f:
+        f.write(format_markdown(rows))
+    return csv_path, md_path
+
+
+def read_best_hyperparameters(job_dir: str, *, model: str) -> dict[str, Any] | None:
+    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model)."""
+    path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        best = json.load(f)
+    if best.get("model") != model:
+        logging.warning("%s was tuned for %s, not %s: ignoring it", path, best.get("model"), model)
+        return None
+    return dict(best["hyperparameters"])
+
+
+def tune(
+    *,
+    job_dir: str,
+    hypermodel: models.FaceHyperModel,
+    tuner_name: str = "grid",
+    max_trials: int | None = None,
+    executions_per_trial: int = 1,
+    seed: int = 0,
+    patience: int = 2,
+    strategy: tf.distribute.Strategy | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Runs (or resumes) the search; writes the results table and the best hyperparameters.
+
+    Returns:
+      The contents of ``best_hyperparameters.json``.
+    """
+    project_name = f"{hypermodel.preset.name}_{tuner_name}"
+    directory = tf.io.gfile.join(job_dir, TUNING_DIR)
+    tuner = make_tuner(
+        tuner_name,
+        hypermodel,
+        directory=directory,
+        project_name=project_name,
+        max_trials=max_trials,
+        executions_per_trial=executions_per_trial,
+        seed=seed,
+        distribution_strategy=strategy,
+    )
+    done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
+    logging.info(
+        "tuning %s with %s search in %s: grid of %d points, %d trial(s) already completed",
+        hypermodel.preset.name, tuner_name, os.path.join(directory, project_name), grid_size(hypermodel.space), done,
+    )
+    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+    tuner.search(callbacks=[early_stopping], verbose=verbose)
+
+    rows = results_rows(tuner)
+    csv_path, md_path = write_results(rows, job_dir)
+    print(format_markdown(rows))
+    best_trial = tuner.oracle.get_best_trials(1)
+    if not best_trial:
+        raise RuntimeError(f"no trial completed in {directory}/{project_name}; see the trial logs there")
+    best_trial = best_trial[0]
+    best = {
+        "model": hypermodel.preset.name,
+        "tuner": tuner_name,
+        "trial_id": best_trial.trial_id,
+        "score": best_trial.score,
+        "objective": OBJECTIVE.name,
+        "hyperparameters": {
+            k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")
+        },
+    }
+    best_path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
+    with tf.io.gfile.GFile(best_path, "w") as f:
+        json.dump(best, f, indent=2)
+    logging.info("results: %s, %s; best hyperparameters: %s", csv_path, md_path, best_path)
+    return best
+
