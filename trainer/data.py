@@ -156,6 +156,10 @@ def make_dataset(
     # Batch first, then parse and transform whole batches: one vectorised call per batch.
     # drop_remainder only matters for training (static shapes; the data repeats anyway).
     ds = ds.batch(global_batch_size, drop_remainder=training)  # (serialized [B])
+    if not training:
+        # The manifest's count is the contract: a split with other than that many examples
+        # fails here, and Keras knows the epoch length (no "ran out of data" guessing).
+        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(num_examples / global_batch_size)))
     ds = ds.map(
         make_parse_and_transform(tft_output, image_shape=image_shape, with_metadata=with_metadata),
         num_parallel_calls=AUTOTUNE,

@@ -1,0 +1,178 @@
+"""The trainer's command line: tune | train | evaluate | predict.
+
+  python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small]
+  python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
+  python -m trainer.task evaluate --data_dir DATA --job_dir JOB
+  python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
+
+``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn). ``train``
+reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
+preset's defaults. Killed ``tune`` and ``train`` runs resume when restarted with the same
+command. Paths may be local or gs://.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+from trainer import distribute, models, tuning
+
+COMMANDS = ("tune", "train", "evaluate", "predict")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
+        p.add_argument("--data_dir", required=data, help="preprocessing output (shards, transform/, manifest.json)")
+        p.add_argument("--job_dir", required=True, help="where this job's outputs go (local or gs://)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+
+    def modelling(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+        p.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
+        p.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
+        p.add_argument("--tpu", help="TPU name or address (also TPU_NAME); implies TPUStrategy under auto")
+        p.add_argument(
+            "--nondeterministic", action="store_true", help="let tf.data return elements out of order (faster)"
+        )
+
+    tune = commands.add_parser("tune", help="hyperparameter search (resumable)")
+    common(tune)
+    modelling(tune)
+    tune.add_argument("--tuner", choices=tuning.TUNERS, default="grid")
+    tune.add_argument("--search_space", choices=models.SEARCH_SPACES, default="full")
+    tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
+    tune.add_argument("--executions_per_trial", type=int, default=1)
+    tune.add_argument("--patience", type=int, default=2, help="EarlyStopping patience on val_loss")
+
+    train = commands.add_parser("train", help="final training, checkpoints, export (resumable)")
+    common(train)
+    modelling(train)
+    train.add_argument(
+        "--hyperparameters", help="JSON written by tune (default: JOB/best_hyperparameters.json if present)"
+    )
+
+    evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
+    common(evaluate)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch_size", type=int, default=64)
+
+    predict = commands.add_parser("predict", help="probabilities for image files with the exported model")
+    common(predict, data=False)
+    predict.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    predict.add_argument("--output", help="CSV to write (default: print only)")
+    predict.add_argument("--export_dir", help="default: JOB/export")
+    predict.add_argument("--batch_size", type=int, default=32)
+    return parser
+
+
+def _preset(args: argparse.Namespace, manifest) -> models.Preset:
+    from pipelines import features
+
+    preset = models.get_preset(args.model, channels=features.image_shape(manifest)[2])
+    logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
+    return preset
+
+
+def run_tune(args: argparse.Namespace) -> None:
+    from pipelines import features
+    from trainer import training
+
+    manifest = features.read_manifest(args.data_dir)
+    preset = _preset(args, manifest)
+    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
+    overrides = {}
+    if args.epochs:
+        overrides["epochs"] = [args.epochs]
+    elif args.tuner == "hyperband":
+        # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
+        overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
+    hypermodel = models.FaceHyperModel(
+        preset,
+        input_shape=features.image_shape(manifest),
+        make_datasets=training.make_datasets_fn(
+            args.data_dir, manifest, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
+        ),
+        space=args.search_space,
+        overrides=overrides,
+        num_classes=len(manifest["classes"]),
+    )
+    best = tuning.tune(
+        job_dir=args.job_dir,
+        hypermodel=hypermodel,
+        tuner_name=args.tuner,
+        max_trials=args.max_trials,
+        executions_per_trial=args.executions_per_trial,
+        seed=args.seed,
+        patience=args.patience,
+        strategy=None if distribute.is_default(strategy) else strategy,
+        verbose=args.verbose,
+    )
+    print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
+    print(f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}")
+
+
+def run_train(args: argparse.Namespace) -> None:
+    import json
+
+    import tensorflow as tf
+
+    from pipelines import features
+    from trainer import training
+
+    manifest = features.read_manifest(args.data_dir)
+    preset = _preset(args, manifest)
+    if args.hyperparameters:
+        with tf.io.gfile.GFile(args.hyperparameters) as f:
+            loaded = json.load(f)
+        values = loaded.get("hyperparameters", loaded)
+        source = args.hyperparameters
+    else:
+        values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
+        source = f"{args.job_dir}/{tuning.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
+    logging.info("hyperparameters from %s", source)
+    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
+    training.train(
+        data_dir=args.data_dir,
+        job_dir=args.job_dir,
+        preset=preset,
+        hyperparameters=values,
+        epochs=args.epochs,
+        strategy=strategy,
+        seed=args.seed,
+        deterministic=not args.nondeterministic,
+        verbose=args.verbose,
+    )
+    print(f"trained model in {args.job_dir}/{training.MODEL_FILE}, serving export in {args.job_dir}/export")
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from trainer import evaluation
+
+    evaluation.evaluate(data_dir=args.data_dir, job_dir=args.job_dir, split=args.split, batch_size=args.batch_size)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    import tensorflow as tf
+
+    from trainer import export, predict
+
+    export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, export.EXPORT_DIR)
+    predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    {"tune": run_tune, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
