@@ -37,9 +37,10 @@ import json
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TextIO
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -75,9 +76,13 @@ PNG_PARAMS = [
 ]
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
 
+# Threads that draw and encode images; more than the cores, as encoding and writing overlap.
+_WORKERS = min(8, (os.cpu_count() or 1) + 1)
+
 # Independent random streams per purpose, so the datasets never share faces.
 _PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM = 0, 1, 2
 
+_T = TypeVar("_T")
 Color = tuple[float, float, float]  # RGB
 _AA = cv2.LINE_AA
 
@@ -201,8 +206,9 @@ def sample_face(rng: np.random.Generator, size: int) -> Face:
 
 
 def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random colour gradient, uint8 RGB ``size x size``."""
-    corners = rng.uniform(15, 240, (3, 3, 3)).astype(np.uint8)
+    """A smooth gradient around a random colour, uint8 RGB ``size x size``."""
+    base = rng.uniform(30, 225, 3)
+    corners = np.clip(base + rng.normal(0, 35, (2, 2, 3)), 0, 255).astype(np.uint8)
     return cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR)
 
 
@@ -322,18 +328,22 @@ def light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Smooth, uneven illumination: multiply by a random low-frequency gain field."""
     size = img.shape[0]
     gain = cv2.resize(rng.uniform(0.8, 1.15, (3, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
-    return np.clip(img * gain[..., None], 0, 255).astype(np.uint8)
+    return cv2.multiply(img, cv2.merge([gain] * 3), dtype=cv2.CV_8U)
 
 
 def add_camera_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Photographic look: slight lens blur plus Gaussian (luminance) sensor noise."""
     size = img.shape[0]
     blurred = cv2.GaussianBlur(img, (0, 0), sigmaX=rng.uniform(0.5, 1.2) * size / 512)
-    noise = rng.standard_normal((size, size, 1), dtype=np.float32) * rng.uniform(2.0, 7.0)
-    return np.clip(blurred + noise, 0, 255).astype(np.uint8)
+    sigma = rng.uniform(2.0, 7.0)
+    noise = rng.standard_normal((size, size), dtype=np.float32) * sigma
+    return cv2.add(blurred, cv2.merge([noise] * 3), dtype=cv2.CV_8U)
 
 
 _COMIC_LEVELS = 5
+_COMIC_STEP = 256 // _COMIC_LEVELS
+# Brightness lookup table: every value maps to the middle of its band.
+_POSTERISE = np.array([min(v // _COMIC_STEP, _COMIC_LEVELS - 1) * _COMIC_STEP + _COMIC_STEP // 2 for v in range(256)], np.uint8)
 _COMIC_OUTLINE: Color = (16, 12, 12)
 
 
@@ -342,9 +352,7 @@ def comicify(img: np.ndarray) -> np.ndarray:
     size = img.shape[0]
     hue, sat, val = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV))
     sat = cv2.convertScaleAbs(sat, alpha=1.6)
-    step = 256 // _COMIC_LEVELS
-    val = (val // step * step + step // 2).astype(np.uint8)
-    comic = cv2.cvtColor(cv2.merge([hue, sat, val]), cv2.COLOR_HSV2RGB)
+    comic = cv2.cvtColor(cv2.merge([hue, sat, cv2.LUT(val, _POSTERISE)]), cv2.COLOR_HSV2RGB)
     edges = cv2.Canny(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), 30, 90)
     radius = max(1, round(size / 256))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -441,8 +449,14 @@ def _image_rng(seed: int, index: int, stream: int) -> np.random.Generator:
     return np.random.default_rng([seed, index, stream])
 
 
-def _progress(dataset: str, count: int, size: int) -> tqdm:
-    return tqdm(range(count), desc=f"{dataset} {size}px", unit="img", file=sys.stderr)
+def _run(task: Callable[[int], _T], count: int, desc: str) -> Iterator[_T]:
+    """Yield ``task(index)`` for ``index`` in ``range(count)``, in order, with a progress bar.
+
+    A few threads overlap drawing with encoding (OpenCV releases the GIL); each task writes
+    its own files, so at most ``_WORKERS`` images are in memory at once.
+    """
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        yield from tqdm(pool.map(task, range(count)), total=count, desc=desc, unit="img", file=sys.stderr)
 
 
 def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:
@@ -450,16 +464,21 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
     plan = plan_glasses(count, seed)
     image_dir = out / GLASSES_IMAGE_DIR
     image_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_image(index: int) -> list[Any]:
+        """Write image ``index`` and return its CSV row: id and latent vector."""
+        image_id = index + 1
+        rng = _image_rng(seed, image_id, _GLASSES_STREAM)
+        row = [image_id, *(f"{x:.3f}" for x in rng.standard_normal(LATENT_DIM))]
+        img = glasses_photo(rng, size, bool(plan.glasses[index]), bool(plan.distorted[index]))
+        _write_image(image_dir / f"face-{image_id}.png", img, PNG_PARAMS)
+        return row
+
     header = ["id", *(f"v{i}" for i in range(1, LATENT_DIM + 1))]
     with _atomic_csv(out / TRAIN_CSV) as train, _atomic_csv(out / TEST_CSV) as test:
         train.writerow([*header, "glasses"])
         test.writerow(header)
-        for index in _progress("glasses", count, size):
-            image_id = index + 1
-            rng = _image_rng(seed, image_id, _GLASSES_STREAM)
-            row = [image_id, *(f"{x:.3f}" for x in rng.standard_normal(LATENT_DIM))]
-            img = glasses_photo(rng, size, bool(plan.glasses[index]), bool(plan.distorted[index]))
-            _write_image(image_dir / f"face-{image_id}.png", img, PNG_PARAMS)
+        for index, row in enumerate(_run(write_image, count, f"glasses {size}px")):
             if index < plan.n_train:
                 train.writerow([*row, int(plan.glasses[index] != plan.flipped[index])])
             else:
@@ -494,10 +513,14 @@ def _generate_comics(out: Path, count: int, size: int, seed: int) -> dict[str, A
     comics_dir = out / COMICS_ROOT / COMICS_COMICS_DIR
     faces_dir.mkdir(parents=True, exist_ok=True)
     comics_dir.mkdir(parents=True, exist_ok=True)
-    for index in _progress("comics", count, size):
+
+    def write_pair(index: int) -> None:
         face, comic = comic_pair(_image_rng(seed, index, _COMICS_STREAM), size)
         _write_image(faces_dir / f"{index}.jpg", face, JPEG_PARAMS)
         _write_image(comics_dir / f"{index}.jpg", comic, JPEG_PARAMS)
+
+    for _ in _run(write_pair, count, f"comics {size}px"):
+        pass
     return {"images": 2 * count, "pairs": count, "paths": {"faces": str(faces_dir), "comics": str(comics_dir)}}
 
 

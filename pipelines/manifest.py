@@ -77,6 +77,8 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
         )
     width, height = config.image_size
     options_json = config.to_json()
+    # What decides the examples: not where they are written, nor whether that was allowed.
+    content_options = {k: v for k, v in options_json.items() if k not in ("output_dir", "overwrite")}
     return {
         "version": features.MANIFEST_VERSION,
         "output_dir": config.output_dir,
@@ -101,7 +103,7 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
         "fingerprint": {
             "files": stats.get("fingerprint/file_hashes", ""),
             "contents": stats.get("fingerprint/content_hashes", ""),
-            "options": hashlib.sha256(json.dumps(options_json, sort_keys=True).encode()).hexdigest(),
+            "options": hashlib.sha256(json.dumps(content_options, sort_keys=True).encode()).hexdigest(),
             "about": "XOR of SHA-256 over (path, size) of every listed image, and over the bytes of every "
             "decoded image; independent of order",
         },

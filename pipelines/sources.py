@@ -51,14 +51,14 @@ class LabelRow(NamedTuple):
 def file_name_regex(file_pattern: str) -> re.Pattern[str]:
     """``face-{id}.png`` -> a regex whose group ``id`` captures the id from a file name.
 
-    The default pattern ``{id}`` means: the id is the file name without its extension.
+    A pattern that ends at ``{id}`` (the default ``{id}``, or ``face-{id}``) accepts any
+    extension: the id is the rest of the name without it.
     """
-    if file_pattern == "{id}":
-        return re.compile(r"^(?P<id>.+?)\.[^.]+$")
     before, found, after = file_pattern.partition("{id}")
     if not found:
         raise ValueError(f"--file_pattern {file_pattern!r} must contain '{{id}}'")
-    return re.compile("^" + re.escape(before) + "(?P<id>.+?)" + re.escape(after) + "$", re.IGNORECASE)
+    ending = re.escape(after) if after else r"\.[^.]+"
+    return re.compile("^" + re.escape(before) + "(?P<id>.+?)" + ending + "$", re.IGNORECASE)
 
 
 def parse_label(value: str, classes: tuple[str, ...]) -> int:

@@ -112,13 +112,12 @@ def reduction_factor(source: tuple[int, int], target: tuple[int, int]) -> int:
 
 
 def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
-    """An OpenCV-decoded array (any depth, grey/BGR/BGRA) -> uint8 RGB or grey, HxWxC."""
+    """An OpenCV-decoded array (8 or 16 bit; grey, BGR or BGRA — OpenCV expands palettes and
+    grey+alpha to BGR(A)) -> uint8 RGB or grey, HxWxC."""
     if image.dtype == np.uint16:
         image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
     elif image.dtype != np.uint8:
         raise UndecodableImage("undecodable", f"unsupported pixel type {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 2:  # grey + alpha
-        image = image[:, :, 0]
     if image.ndim == 3 and image.shape[2] == 4:  # Alpha is dropped, as tf.io.decode_image(channels=3) does.
         image = image[:, :, :3]
     if color_mode == "grayscale":

@@ -1,0 +1,38 @@
+"""Small image files for tests, written into a tmp dir (never real data)."""
+
+from __future__ import annotations
+
+import pathlib
+
+import cv2
+import numpy as np
+from apache_beam.testing.test_pipeline import TestPipeline
+
+
+def offline_test_pipeline() -> TestPipeline:
+    """A TestPipeline on the FnApiRunner: the DirectRunner would first try to download Prism."""
+    return TestPipeline(runner="FnApiRunner")
+
+
+def labelled_image(label: int, index: int, *, height: int = 60, width: int = 48) -> np.ndarray:
+    """A BGR image whose class is visible at any size: class 1 has a bright horizontal band."""
+    rng = np.random.default_rng([label, index])
+    image = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+    if label == 1:
+        image[height // 3 : height // 2] = 230
+    return image
+
+
+def write_glasses_like(
+    directory: pathlib.Path, labels: list[int], *, start_id: int = 1, extension: str = "png"
+) -> pathlib.Path:
+    """Writes ``face-<id>.<ext>`` images and ``labels.csv`` (id,label); returns the images dir."""
+    images = directory / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    rows = ["id,label"]
+    for offset, label in enumerate(labels):
+        image_id = start_id + offset
+        cv2.imwrite(str(images / f"face-{image_id}.{extension}"), labelled_image(label, image_id))
+        rows.append(f"{image_id},{label}")
+    (directory / "labels.csv").write_text("\n".join(rows) + "\n")
+    return images

@@ -1,0 +1,155 @@
+"""End to end: the preprocessing job on small generated images in a tmp dir."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+from image_files import write_glasses_like
+
+from pipelines import features
+from pipelines.manifest import PipelineError
+from pipelines.preprocess import run
+
+LABELS = [0, 1, 1] * 20  # 60 images, 20 of class 0 and 40 of class 1
+
+
+def _write_bad_corpus(images_dir) -> dict[str, str]:
+    """Adds broken files next to good ones; returns {file name: expected reason}."""
+    good = (images_dir / "face-1.png").read_bytes()
+    corpus = {
+        "face-101.png": (b"", "zero_bytes"),
+        "face-102.png": (b"this is text, not an image", "not_an_image"),
+        "face-103.png": (good[: len(good) // 2], "truncated"),
+        "face-104.jpg": (b"\xff\xd8\xff\xe0" + b"\x00" * 64 + b"\xff\xd9", "undecodable"),
+    }
+    for name, (data, _) in corpus.items():
+        (images_dir / name).write_bytes(data)
+    (images_dir / "notes.txt").write_text("not an image file")
+    return {name: reason for name, (data, reason) in corpus.items()}
+
+
+def _preprocess(tmp_path, name: str, *extra: str) -> dict:
+    return run(
+        ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv"),
+         "--file_pattern", "face-{id}",
+         "--output", str(tmp_path / name), "--image_size", "12,10", "--seed", "1", *extra]
+    )
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("corpus")
+    images = write_glasses_like(tmp_path, LABELS)
+    bad = _write_bad_corpus(images)
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.writelines(f"{name.split('-')[1].split('.')[0]},1\n" for name in bad)
+    manifest = _preprocess(tmp_path, "out")
+    return tmp_path, manifest, bad
+
+
+def _read_split(output_dir: str, split: str) -> list[dict]:
+    spec = features.raw_feature_spec()
+    files = sorted(glob.glob(features.shard_pattern(output_dir, split)))
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+        lambda record: tf.io.parse_single_example(record, spec)
+    )
+    return [{k: v.numpy() for k, v in example.items()} for example in dataset]
+
+
+def test_manifest_counts_add_up_and_every_image_is_accounted_for(corpus):
+    _, manifest, bad = corpus
+    counts = manifest["counts"]
+    assert counts["images_seen"] == len(LABELS) + len(bad)
+    assert counts["non_image_files"] == 1
+    assert counts["written_total"] + counts["dead_letter_total"] == counts["images_seen"]
+    for split, per_class in counts["written"].items():
+        before = counts["before_balance"][split]
+        present = [n for n in before.values() if n]
+        assert sorted(set(per_class.values()) - {0}) == ([min(present)] if present else [])
+    assert sum(sum(c.values()) for c in counts["before_balance"].values()) == len(LABELS)
+    assert counts["dead_letter"]["balanced_out"] == len(LABELS) - counts["written_total"]
+    assert manifest["image"] == {"height": 10, "width": 12, "channels": 3, "color_mode": "rgb"}
+
+
+def test_bad_files_are_dead_letters_with_their_reasons(corpus):
+    tmp_path, _, bad = corpus
+    records = [
+        json.loads(line)
+        for path in glob.glob(str(tmp_path / "out" / "dead_letter" / "*.jsonl"))
+        for line in open(path)
+    ]
+    by_file = {os.path.basename(r["path"]): r["reason"] for r in records if r["stage"] == "decode"}
+    assert by_file == bad
+
+
+def test_shards_parse_with_the_feature_spec_and_match_the_manifest(corpus):
+    tmp_path, manifest, _ = corpus
+    for split in features.SPLITS:
+        examples = _read_split(str(tmp_path / "out"), split)
+        assert len(examples) == sum(manifest["counts"]["written"][split].values())
+        for example in examples:
+            assert len(example["image"]) == 10 * 12 * 3
+            assert (example["height"], example["width"], example["channels"]) == (10, 12, 3)
+        ids = [e["id"].decode() for e in examples]
+        assert len(ids) == len(set(ids))
+    train_pixels = np.stack([np.frombuffer(e["image"], np.uint8) for e in _read_split(str(tmp_path / "out"), "train")])
+    # The pixels are the area-resized RGB image, not floats: check one against OpenCV directly.
+    example = _read_split(str(tmp_path / "out"), "train")[0]
+    source = cv2.imread(str(tmp_path / "images" / f"face-{example['id'].decode()}.png"))
+    expected = cv2.cvtColor(cv2.resize(source, (12, 10), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(np.frombuffer(example["image"], np.uint8).reshape(10, 12, 3), expected)
+    assert train_pixels.dtype == np.uint8
+
+
+def test_transform_statistics_equal_numpy_on_the_train_split(corpus):
+    tmp_path, _, _ = corpus
+    output = str(tmp_path / "out")
+    train = np.stack(
+        [np.frombuffer(e["image"], np.uint8).reshape(10, 12, 3) for e in _read_split(output, "train")]
+    ).astype(np.float64) / 255.0
+    mean = train.mean(axis=(0, 1, 2))
+    std = train.std(axis=(0, 1, 2))
+    transform = tft.TFTransformOutput(os.path.join(output, features.TRANSFORM_DIR))
+    test = _read_split(output, "test")
+    raw = {
+        features.IMAGE_KEY: tf.constant([e["image"] for e in test]),
+        features.LABEL_KEY: tf.constant([e["label"] for e in test], tf.int64),
+    }
+    transformed = transform.transform_raw_features(raw)[features.NORMALIZED_IMAGE_KEY].numpy()
+    pixels = np.stack([np.frombuffer(e["image"], np.uint8).reshape(10, 12, 3) for e in test]) / 255.0
+    np.testing.assert_allclose(transformed, (pixels - mean) / std, atol=1e-4)
+
+
+def test_multi_process_run_writes_the_same_examples(corpus):
+    tmp_path, manifest, _ = corpus
+    other = _preprocess(tmp_path, "out_mp", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert other["counts"] == manifest["counts"]
+    assert other["fingerprint"] == manifest["fingerprint"]
+    for split in features.SPLITS:
+        first = sorted((e["id"], e["image"]) for e in _read_split(str(tmp_path / "out"), split))
+        second = sorted((e["id"], e["image"]) for e in _read_split(str(tmp_path / "out_mp"), split))
+        assert first == second
+
+
+def test_existing_output_refused_without_overwrite(corpus):
+    tmp_path, _, _ = corpus
+    with pytest.raises(SystemExit, match="--overwrite"):
+        _preprocess(tmp_path, "out")
+
+
+def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1])
+    for i in range(10, 16):
+        (images / f"face-{i}.png").write_bytes(b"garbage")
+        with open(tmp_path / "labels.csv", "a") as f:
+            f.write(f"{i},1\n")
+    with pytest.raises(PipelineError, match="max_bad_fraction"):
+        _preprocess(tmp_path, "out")
+    assert not (tmp_path / "out" / features.MANIFEST_FILE).exists()

@@ -1,0 +1,124 @@
+"""Labels, overrides, exclusions and dead letters of the source stage."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+from image_files import offline_test_pipeline, write_glasses_like
+
+from pipelines.options import parse_args
+from pipelines.sources import LabelledImages, file_name_regex, parse_label, source_split_of
+
+
+def _write_images(tmp_path):
+    return write_glasses_like(tmp_path, [0, 1, 0, 1, 0, 1])  # ids 1..6, labels.csv: id i -> (i + 1) % 2
+
+
+def _config(tmp_path, *extra_args: str):
+    images = tmp_path / "images"
+    config, _ = parse_args(
+        ["--images", str(images), "--output", str(tmp_path / "out"), "--labels_csv", str(tmp_path / "labels.csv"),
+         "--file_pattern", "face-{id}.png", *extra_args]
+    )
+    return config
+
+
+def _run(config):
+    """Runs LabelledImages; returns PCollections of (id, label, overridden) and (id, reason)."""
+    p = offline_test_pipeline()
+    sources = p | LabelledImages(config)
+    labels = sources["images"] | "Labels" >> beam.Map(lambda im: (im.id, im.label, im.overridden))
+    reasons = sources["dead_letter"] | "Reasons" >> beam.Map(lambda r: (r["id"], r["reason"], r["is_image"]))
+    return p, labels, reasons
+
+
+def test_labels_from_csv(tmp_path):
+    _write_images(tmp_path)
+    p, labels, reasons = _run(_config(tmp_path))
+    assert_that(labels, equal_to([(str(i), (i + 1) % 2, False) for i in range(1, 7)]), label="Labels")
+    assert_that(reasons, equal_to([]), label="NoDeadLetters")
+    p.run().wait_until_finish()
+
+
+def test_override_wins_also_for_unlabelled_ids_and_exclusions_never_reach_output(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "overrides.csv").write_text("id,glasses\n1,1\n7,0\n404,1\n")
+    (tmp_path / "exclusions.csv").write_text("id\n2\n")
+    config = _config(tmp_path, "--overrides_csv", str(tmp_path / "overrides.csv"),
+                       "--exclude", str(tmp_path / "exclusions.csv"), "--exclude", "3")
+    # id 7 has an image but no labels-CSV row: only the override labels it.
+    write_glasses_like(tmp_path / "extra", [1], start_id=7)
+    (tmp_path / "extra" / "images" / "face-7.png").rename(tmp_path / "images" / "face-7.png")
+    p, labels, reasons = _run(config)
+    assert_that(
+        labels,
+        equal_to([("1", 1, True), ("4", 1, False), ("5", 0, False), ("6", 1, False), ("7", 0, True)]),
+        label="Labels",
+    )
+    assert_that(
+        reasons,
+        equal_to([("2", "excluded", True), ("3", "excluded", True), ("404", "unknown_override_id", False)]),
+        label="DeadLetters",
+    )
+    p.run().wait_until_finish()
+
+
+def test_bad_rows_unlabelled_conflicts_and_duplicates_are_dead_letters(tmp_path):
+    _write_images(tmp_path)
+    csv = tmp_path / "labels.csv"
+    csv.write_text(csv.read_text() + "1,1\n2,,\n,1\n5,cat\n9,1\n")  # conflict, malformed, no id, bad label, no image
+    (tmp_path / "more.csv").write_text("id,label\n3,\n")  # 3: no label here, label 0 in labels.csv -> fine
+    (tmp_path / "images" / "face-6.PNG").write_bytes((tmp_path / "images" / "face-6.png").read_bytes())
+    config = _config(tmp_path, "--labels_csv", str(tmp_path / "more.csv"))
+    p, labels, reasons = _run(config)
+    assert_that(labels, equal_to([("2", 1, False), ("3", 0, False), ("4", 1, False), ("6", 1, False)]), label="Labels")
+    assert_that(
+        reasons,
+        equal_to([
+            ("1", "conflicting_labels", True),
+            ("", "malformed_csv_row", False),
+            ("", "malformed_csv_row", False),
+            ("5", "bad_label", True),
+            ("9", "label_without_image", False),
+            ("6", "duplicate_id", True),
+        ]),
+        label="DeadLetters",
+    )
+    p.run().wait_until_finish()
+
+
+def test_class_folders_label_by_folder_and_group_by_stem(tmp_path):
+    for folder in ("comics", "faces"):
+        write_glasses_like(tmp_path / folder, [0, 0])
+        for path in (tmp_path / folder / "images").iterdir():
+            path.rename(tmp_path / folder / path.name.replace("face-", ""))
+    config, _ = parse_args(["--dataset", "comics", "--images", str(tmp_path), "--output", str(tmp_path / "out")])
+    p = offline_test_pipeline()
+    images = p | LabelledImages(config)
+    rows = images["images"] | beam.Map(lambda im: (im.id, im.label, im.group))
+    assert_that(
+        rows, equal_to([("comics/1", 0, "1"), ("comics/2", 0, "2"), ("faces/1", 1, "1"), ("faces/2", 1, "2")])
+    )
+    p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+    "pattern, name, expected",
+    [("face-{id}.png", "face-12.png", "12"), ("face-{id}.png", "FACE-3.PNG", "3"), ("{id}", "0042.jpg", "0042"),
+     ("face-{id}.png", "other.png", None)],
+)
+def test_file_name_regex(pattern, name, expected):
+    match = file_name_regex(pattern).match(name)
+    assert (match.group("id") if match else None) == expected
+
+
+def test_parse_label_and_source_split():
+    assert parse_label("1", ("no", "yes")) == 1
+    assert parse_label("1.0", ("no", "yes")) == 1
+    assert parse_label("yes", ("no", "yes")) == 1
+    for bad in ("2", "0.5", "maybe"):
+        with pytest.raises(ValueError):
+            parse_label(bad, ("no", "yes"))
+    assert [source_split_of(p) for p in ("gs://b/train.csv", "/x/test.csv", "val.csv", "labels.csv")] == [
+        "train", "test", "validation", ""]

@@ -1,0 +1,184 @@
+"""Decode/resize, colour conversions, split assignment and balancing."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+
+import apache_beam as beam
+import cv2
+import numpy as np
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+from image_files import offline_test_pipeline
+from PIL import Image
+
+from pipelines.options import PreprocessConfig
+from pipelines.sources import LabelledImage
+from pipelines.transforms import (
+    DecodedImage,
+    DownsampleToSmallestClass,
+    UndecodableImage,
+    assign_split,
+    balance_priority,
+    decode_and_resize,
+    reduction_factor,
+)
+
+
+def _png(array: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", array)
+    assert ok
+    return encoded.tobytes()
+
+
+def _pil_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _decode(data: bytes, *, size=(4, 4), color_mode="rgb", max_pixels=10**8) -> np.ndarray:
+    return decode_and_resize(data, size=size, color_mode=color_mode, max_pixels=max_pixels)
+
+
+class TestDecodeAndResize:
+    def test_bgr_png_becomes_rgb_and_area_resized(self):
+        bgr = np.zeros((8, 8, 3), np.uint8)
+        bgr[:, :4] = (255, 0, 0)  # blue on the left half (OpenCV's BGR order)
+        out = _decode(_png(bgr), size=(2, 2))
+        assert out.shape == (2, 2, 3) and out.dtype == np.uint8
+        np.testing.assert_array_equal(out[0, 0], [0, 0, 255])  # RGB: blue is last
+        np.testing.assert_array_equal(out[0, 1], [0, 0, 0])
+
+    def test_non_square_size_is_width_height(self):
+        out = _decode(_png(np.zeros((20, 30, 3), np.uint8)), size=(6, 4))
+        assert out.shape == (4, 6, 3)
+
+    def test_grayscale_input_to_rgb_repeats_the_grey(self):
+        out = _decode(_png(np.full((8, 8), 77, np.uint8)))
+        assert out.shape == (4, 4, 3)
+        assert (out == 77).all()
+
+    def test_rgb_to_grayscale_uses_luma_weights(self):
+        out = _decode(_png(np.full((8, 8, 3), (0, 0, 255), np.uint8)), color_mode="grayscale")  # pure red
+        assert out.shape == (4, 4, 1)
+        assert abs(int(out[0, 0, 0]) - round(0.299 * 255)) <= 1
+
+    def test_rgba_drops_alpha(self):
+        rgba = np.zeros((8, 8, 4), np.uint8)
+        rgba[..., 2] = 200  # red in BGRA
+        rgba[..., 3] = 0  # fully transparent: the colour is kept, as tf.io.decode_image does
+        out = _decode(_png(rgba))
+        np.testing.assert_array_equal(out[0, 0], [200, 0, 0])
+
+    def test_palette_png(self):
+        rgb = np.zeros((8, 8, 3), np.uint8)
+        rgb[:4] = (10, 200, 30)
+        rgb[4:] = (250, 5, 120)
+        palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+        out = _decode(_pil_png(palette), size=(8, 8))
+        np.testing.assert_array_equal(out, np.asarray(palette.convert("RGB")))
+
+    def test_grey_alpha_png(self):
+        out = _decode(_pil_png(Image.fromarray(np.full((8, 8), 90, np.uint8)).convert("LA")), color_mode="grayscale")
+        assert out.shape == (4, 4, 1) and (out == 90).all()
+
+    def test_16_bit_png_scaled_to_8_bit(self):
+        out = _decode(_png(np.full((8, 8, 3), 257 * 100, np.uint16)))
+        assert out.dtype == np.uint8 and (out == 100).all()
+
+    def test_reduced_jpeg_decode_matches_full_decode(self):
+        rng = np.random.default_rng(0)
+        smooth = cv2.GaussianBlur(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8), (31, 31), 8)
+        ok, jpeg = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        reduced = _decode(jpeg.tobytes(), size=(50, 50))
+        full = cv2.resize(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), (50, 50), interpolation=cv2.INTER_AREA)
+        full = cv2.cvtColor(full, cv2.COLOR_BGR2RGB)
+        assert reduction_factor((512, 512), (50, 50)) == 8
+        assert np.abs(reduced.astype(int) - full.astype(int)).mean() < 2.0
+
+    @pytest.mark.parametrize(
+        "data, reason",
+        [
+            (b"", "zero_bytes"),
+            (b"hello, not an image", "not_an_image"),
+            (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "truncated"),
+            (b"\xff\xd8\xff\xe0" + b"\0" * 40, "truncated"),
+        ],
+    )
+    def test_bad_bytes_raise_with_reason(self, data, reason):
+        with pytest.raises(UndecodableImage) as error:
+            _decode(data)
+        assert error.value.reason == reason
+
+    def test_truncated_png_body(self):
+        data = _png(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        with pytest.raises(UndecodableImage) as error:
+            _decode(data[: len(data) // 2])
+        assert error.value.reason == "truncated"
+
+    def test_decompression_bomb_refused_before_decoding(self):
+        # 4000x4000 zeros compress to a few KB; the header alone says it is too large.
+        data = _png(np.zeros((4000, 4000), np.uint8))
+        with pytest.raises(UndecodableImage) as error:
+            _decode(data, max_pixels=1_000_000)
+        assert error.value.reason == "too_large"
+
+
+def _image(image_id: str, group: str = "", source_split: str = "") -> LabelledImage:
+    return LabelledImage(image_id, f"/x/{image_id}.png", 1, 0, group or image_id, source_split, False)
+
+
+class TestAssignSplit:
+    def test_fractions_and_determinism(self):
+        config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), seed=3)
+        splits = [assign_split(_image(str(i)), config) for i in range(5000)]
+        counts = Counter(splits)
+        assert abs(counts["train"] / 5000 - 0.8) < 0.03
+        assert abs(counts["validation"] / 5000 - 0.1) < 0.02
+        assert splits == [assign_split(_image(str(i)), config) for i in range(5000)]
+        other_seed = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), seed=4)
+        assert splits != [assign_split(_image(str(i)), other_seed) for i in range(5000)]
+
+    def test_group_never_spans_two_splits(self):
+        config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"))
+        by_group: dict[str, set[str]] = {}
+        for i in range(2000):
+            group = f"subject{i % 40}"
+            by_group.setdefault(group, set()).add(assign_split(_image(str(i), group), config))
+        assert all(len(splits) == 1 for splits in by_group.values())
+        assert len({s for splits in by_group.values() for s in splits}) == 3
+
+    def test_from_source_keeps_test_and_carves_validation_from_train(self):
+        config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), splits=None)
+        assert {assign_split(_image(str(i), source_split="test"), config) for i in range(200)} == {"test"}
+        train = Counter(assign_split(_image(str(i), source_split="train"), config) for i in range(2000))
+        assert set(train) == {"train", "validation"}
+        assert abs(train["validation"] / 2000 - 0.1) < 0.03
+
+
+def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:
+    return DecodedImage(image_id, label, split, b"\0", 0)
+
+
+class TestDownsampleToSmallestClass:
+    def test_each_split_keeps_smallest_class_count_of_lowest_priority_ids(self):
+        images = [_decoded(f"a{i}", 0) for i in range(300)] + [_decoded(f"b{i}", 1) for i in range(120)]
+        images += [_decoded(f"v{i}", i % 2, "validation") for i in range(31)]
+        expected_train_0 = sorted((f"a{i}" for i in range(300)), key=lambda i: (balance_priority(i, 7), i))[:120]
+        with offline_test_pipeline() as p:
+            result = p | beam.Create(images) | DownsampleToSmallestClass(seed=7)
+            kept = result["kept"] | "Key" >> beam.Map(lambda im: (im.split, im.label))
+            counts = kept | beam.combiners.Count.PerElement()
+            assert_that(
+                counts,
+                equal_to([(("train", 0), 120), (("train", 1), 120), (("validation", 0), 15), (("validation", 1), 15)]),
+                label="BalancedCounts",
+            )
+            train_0 = result["kept"] | beam.Filter(lambda im: im.split == "train" and im.label == 0) | beam.Map(
+                lambda im: im.id
+            )
+            assert_that(train_0, equal_to(expected_train_0), label="LowestPriorityKept")
+            dropped = result["dead_letter"] | beam.Map(lambda r: r["reason"]) | "CountDropped" >> beam.combiners.Count.PerElement()
+            assert_that(dropped, equal_to([("balanced_out", 180 + 1)]), label="DroppedAccounted")
