@@ -23,7 +23,8 @@ the train.csv labels are flipped and about 1% of the images are distorted.
 Output is deterministic: image ``i`` is drawn from ``np.random.default_rng([seed, i, stream])``,
 so it does not depend on the generation order, and the label plan (which ids wear glasses,
 have a wrong label or are distorted) from a generator seeded with ``(seed, count)``.
-Images are streamed to disk one at a time.
+Images are streamed to disk by a few threads, each writing its own files, so memory stays
+bounded whatever the count.
 
     python -m pipelines.demo_data --dataset glasses --out DIR [--count N] [--size 1024] [--seed S]
 """
@@ -40,7 +41,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -55,6 +56,7 @@ TEST_CSV = "test.csv"
 OVERRIDES_CSV = "overrides.csv"
 EXCLUSIONS_CSV = "exclusions.csv"
 TRUTH_CSV = "truth.csv"
+_GLASSES_CSVS = (TRAIN_CSV, TEST_CSV, OVERRIDES_CSV, EXCLUSIONS_CSV, TRUTH_CSV)
 COMICS_ROOT = "face2comics_v2.0.0_by_Sxela"
 COMICS_FACES_DIR = "faces"
 COMICS_COMICS_DIR = "comics"
@@ -97,7 +99,8 @@ _FRAME_COLORS: tuple[Color, ...] = (
 )
 _HAIR_STYLES = ("short", "long", "bob", "bald")
 _HAIR_STYLE_P = (0.4, 0.25, 0.25, 0.1)
-# "lenses" has no bridge and no frame; "temples" shows only the arms and lens glints.
+# Partial styles: "lenses" has neither rims nor a bridge; "temples" has no lenses or rims, only
+# the arms, the bridge and glints where the lenses would be.
 _GLASSES_STYLES = ("round", "rect", "sunglasses", "half_rim", "lenses", "temples")
 _GLASSES_STYLE_P = (0.22, 0.22, 0.18, 0.14, 0.14, 0.10)
 
@@ -183,7 +186,8 @@ def _mix(a: Color, b: Color, t: float) -> Color:
 def _pick(rng: np.random.Generator, colors: Sequence[Color], jitter: float = 0.12) -> Color:
     """One of ``colors`` with a random brightness jitter per channel."""
     base = colors[rng.integers(len(colors))]
-    return tuple(min(255.0, c * f) for c, f in zip(base, rng.uniform(1 - jitter, 1 + jitter, 3)))  # type: ignore[return-value]
+    factors = rng.uniform(1 - jitter, 1 + jitter, 3)
+    return tuple(min(255.0, c * f) for c, f in zip(base, factors))  # type: ignore[return-value]
 
 
 def sample_face(rng: np.random.Generator, size: int) -> Face:
@@ -226,7 +230,8 @@ def draw_face(img: np.ndarray, f: Face) -> None:
     neck = np.array([f.at(-0.42, 0.6), f.at(0.42, 0.6), f.at(0.5, 1.4), f.at(-0.5, 1.4)], np.int32)
     cv2.fillConvexPoly(img, neck, _shade(f.skin, 0.85), _AA)
     for side in (-1, 1):
-        cv2.ellipse(img, f.at(side * 0.97, 0.02), f.axes(0.16, 0.2), f.tilt, 0, 360, _shade(f.skin, 0.93), -1, _AA)
+        ear = f.at(side * 0.97, 0.02)
+        cv2.ellipse(img, ear, f.axes(0.16, 0.2), f.tilt, 0, 360, _shade(f.skin, 0.93), -1, _AA)
     cv2.ellipse(img, f.at(0, 0), f.axes(1, 1), f.tilt, 0, 360, f.skin, -1, _AA)
     if f.hair_style != "bald":
         cap = f.axes(1.05, 1.1 + f.hairline)
@@ -254,14 +259,15 @@ def _draw_nose_and_mouth(img: np.ndarray, f: Face) -> None:
     cv2.polylines(img, [nose], False, _shade(f.skin, 0.7), f.width(0.03), _AA)
     lips = _mix(_shade(f.skin, 0.8), (170, 60, 70), 0.35)
     cv2.ellipse(img, f.at(0, 0.55), f.axes(f.mouth, 0.07), f.tilt, 0, 360, lips, -1, _AA)
-    cv2.ellipse(img, f.at(0, 0.52), f.axes(f.mouth, 0.04), f.tilt, 20, 160, _shade(lips, 0.5), f.width(0.02), _AA)
+    smile = f.axes(f.mouth, 0.04)
+    cv2.ellipse(img, f.at(0, 0.52), smile, f.tilt, 20, 160, _shade(lips, 0.5), f.width(0.02), _AA)
 
 
 def _lens_points(f: Face, cu: float, du: float, dv: float, rect: bool, upper_only: bool) -> np.ndarray:
     """Outline of a lens centred at head coordinates ``(cu, eye level)`` with half-size ``(du, dv)``."""
     if rect:
-        c = 0.3  # chamfered corners
-        ring = [(-1, -1 + c), (-1 + c, -1), (1 - c, -1), (1, -1 + c), (1, 1 - c), (1 - c, 1), (-1 + c, 1), (-1, 1 - c)]
+        c = 0.7  # chamfered corners; the first four points are the upper edge
+        ring = [(-1, -c), (-c, -1), (c, -1), (1, -c), (1, c), (c, 1), (-c, 1), (-1, c)]
         ring = ring[:4] if upper_only else ring
     else:
         angles = np.linspace(np.pi, 2 * np.pi if upper_only else 3 * np.pi, 19 if upper_only else 37)
@@ -299,14 +305,16 @@ def draw_glasses(img: np.ndarray, f: Face, rng: np.random.Generator) -> None:
         cv2.polylines(img, lenses, True, (205, 205, 210), f.width(0.015), _AA)
     if style != "lenses":
         gap = _EYE_U - du
-        bridge = np.array([f.at(-gap, _EYE_V - 0.3 * dv), f.at(0, _EYE_V - 0.45 * dv), f.at(gap, _EYE_V - 0.3 * dv)])
-        cv2.polylines(img, [bridge.astype(np.int32)], False, frame, thick, _AA)
-    for side in (-1, 1):
-        temple = np.array([f.at(side * (_EYE_U + du), _EYE_V - 0.4 * dv), f.at(side * 0.99, _EYE_V - 0.06)], np.int32)
-        cv2.polylines(img, [temple], False, frame, max(1, round(thick * 0.8)), _AA)
-    glints = [
-        np.array([f.at(side * _EYE_U - 0.5 * du, _EYE_V + 0.3 * dv), f.at(side * _EYE_U - 0.1 * du, _EYE_V - 0.5 * dv)], np.int32)
+        bridge = [f.at(-gap, _EYE_V - 0.3 * dv), f.at(0, _EYE_V - 0.45 * dv), f.at(gap, _EYE_V - 0.3 * dv)]
+        cv2.polylines(img, [np.array(bridge, np.int32)], False, frame, thick, _AA)
+    temples = [
+        np.array([f.at(side * (_EYE_U + du), _EYE_V - 0.4 * dv), f.at(side * 0.99, _EYE_V - 0.06)], np.int32)
         for side in (-1, 1)
+    ]
+    cv2.polylines(img, temples, False, frame, max(1, round(thick * 0.8)), _AA)
+    glints = [
+        np.array([f.at(cu - 0.5 * du, _EYE_V + 0.3 * dv), f.at(cu - 0.1 * du, _EYE_V - 0.5 * dv)], np.int32)
+        for cu in (-_EYE_U, _EYE_U)
     ]
     _blend(img, lambda o: cv2.polylines(o, glints, False, (255, 255, 255), f.width(0.04), _AA), 0.45)
 
@@ -327,7 +335,8 @@ def draw_portrait(rng: np.random.Generator, size: int, wears_glasses: bool) -> n
 def light(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Smooth, uneven illumination: multiply by a random low-frequency gain field."""
     size = img.shape[0]
-    gain = cv2.resize(rng.uniform(0.8, 1.15, (3, 3)).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+    coarse = rng.uniform(0.8, 1.15, (3, 3)).astype(np.float32)
+    gain = cv2.resize(coarse, (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.multiply(img, cv2.merge([gain] * 3), dtype=cv2.CV_8U)
 
 
@@ -343,7 +352,9 @@ def add_camera_noise(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 _COMIC_LEVELS = 5
 _COMIC_STEP = 256 // _COMIC_LEVELS
 # Brightness lookup table: every value maps to the middle of its band.
-_POSTERISE = np.array([min(v // _COMIC_STEP, _COMIC_LEVELS - 1) * _COMIC_STEP + _COMIC_STEP // 2 for v in range(256)], np.uint8)
+_POSTERISE = np.array(
+    [min(v // _COMIC_STEP, _COMIC_LEVELS - 1) * _COMIC_STEP + _COMIC_STEP // 2 for v in range(256)], np.uint8
+)
 _COMIC_OUTLINE: Color = (16, 12, 12)
 
 
@@ -366,7 +377,8 @@ def _scramble(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     side = n * tile
     blocks = img[:side, :side].reshape(n, tile, n, tile, 3).swapaxes(1, 2).reshape(n * n, tile, tile, 3)
     out = img.copy()
-    out[:side, :side] = blocks[rng.permutation(n * n)].reshape(n, n, tile, tile, 3).swapaxes(1, 2).reshape(side, side, 3)
+    shuffled = blocks[rng.permutation(n * n)]
+    out[:side, :side] = shuffled.reshape(n, n, tile, tile, 3).swapaxes(1, 2).reshape(side, side, 3)
     return out
 
 
@@ -437,7 +449,7 @@ def _atomic_csv(path: Path) -> Iterator[Any]:
     os.replace(tmp, path)
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterator[Sequence[Any]]) -> None:
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """Write a small CSV atomically."""
     with _atomic_csv(path) as writer:
         writer.writerow(header)
@@ -457,6 +469,16 @@ def _run(task: Callable[[int], _T], count: int, desc: str) -> Iterator[_T]:
     """
     with ThreadPoolExecutor(_WORKERS) as pool:
         yield from tqdm(pool.map(task, range(count)), total=count, desc=desc, unit="img", file=sys.stderr)
+
+
+def _write_review_files(out: Path, plan: GlassesPlan) -> None:
+    """overrides.csv and exclusions.csv as a person's review would write them, and truth.csv."""
+    ids = np.arange(1, len(plan.glasses) + 1)
+    glasses, distorted = plan.glasses.astype(int), plan.distorted.astype(int)
+    corrected = plan.flipped | (ids > plan.n_train)  # wrong train labels and all unlabelled test ids
+    _write_csv(out / OVERRIDES_CSV, ["id", "glasses"], zip(ids[corrected], glasses[corrected]))
+    _write_csv(out / EXCLUSIONS_CSV, ["id"], ([i] for i in ids[plan.distorted]))
+    _write_csv(out / TRUTH_CSV, ["id", "glasses", "distorted"], zip(ids, glasses, distorted))
 
 
 def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:
@@ -484,15 +506,7 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
             else:
                 test.writerow(row)
 
-    ids = range(1, count + 1)
-    corrected = plan.flipped | (np.arange(count) >= plan.n_train)
-    _write_csv(out / OVERRIDES_CSV, ["id", "glasses"], ([i, int(plan.glasses[i - 1])] for i in ids if corrected[i - 1]))
-    _write_csv(out / EXCLUSIONS_CSV, ["id"], ([i] for i in ids if plan.distorted[i - 1]))
-    _write_csv(
-        out / TRUTH_CSV,
-        ["id", "glasses", "distorted"],
-        ([i, int(plan.glasses[i - 1]), int(plan.distorted[i - 1])] for i in ids),
-    )
+    _write_review_files(out, plan)
     return {
         "images": count,
         "train": plan.n_train,
@@ -502,7 +516,7 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
         "distorted": int(plan.distorted.sum()),
         "paths": {
             "images": str(image_dir),
-            **{name: str(out / name) for name in (TRAIN_CSV, TEST_CSV, OVERRIDES_CSV, EXCLUSIONS_CSV, TRUTH_CSV)},
+            **{name: str(out / name) for name in _GLASSES_CSVS},
         },
     }
 
@@ -515,13 +529,15 @@ def _generate_comics(out: Path, count: int, size: int, seed: int) -> dict[str, A
     comics_dir.mkdir(parents=True, exist_ok=True)
 
     def write_pair(index: int) -> None:
+        """Write face and comic number ``index``."""
         face, comic = comic_pair(_image_rng(seed, index, _COMICS_STREAM), size)
         _write_image(faces_dir / f"{index}.jpg", face, JPEG_PARAMS)
         _write_image(comics_dir / f"{index}.jpg", comic, JPEG_PARAMS)
 
     for _ in _run(write_pair, count, f"comics {size}px"):
         pass
-    return {"images": 2 * count, "pairs": count, "paths": {"faces": str(faces_dir), "comics": str(comics_dir)}}
+    paths = {"faces": str(faces_dir), "comics": str(comics_dir)}
+    return {"images": 2 * count, "pairs": count, "paths": paths}
 
 
 def generate(dataset: str, out_dir: str, *, count: int, size: int = 1024, seed: int = 0) -> dict[str, Any]:
@@ -544,7 +560,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--count", type=int, help=f"images (glasses) or pairs (comics); default {DEFAULT_COUNTS}")
+    parser.add_argument(
+        "--count", type=int, help=f"images (glasses) or face/comic pairs (comics); default {DEFAULT_COUNTS}"
+    )
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels (default 1024)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
