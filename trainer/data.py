@@ -143,6 +143,9 @@ def make_dataset(
     )
 
     ds = _read_serialized(files, shuffle_files=training and not cache, seed=seed, deterministic=deterministic)
+    # The manifest's count is the contract: a split with any other number of examples fails
+    # at the end of its first pass, and Keras knows the length of an evaluation epoch.
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     if cache:
         # Cache the small serialized records (not the float images: 4x the bytes) before
         # shuffling, so that every epoch still sees a fresh order.
@@ -156,10 +159,6 @@ def make_dataset(
     # Batch first, then parse and transform whole batches: one vectorised call per batch.
     # drop_remainder only matters for training (static shapes; the data repeats anyway).
     ds = ds.batch(global_batch_size, drop_remainder=training)  # (serialized [B])
-    if not training:
-        # The manifest's count is the contract: a split with other than that many examples
-        # fails here, and Keras knows the epoch length (no "ran out of data" guessing).
-        ds = ds.apply(tf.data.experimental.assert_cardinality(math.ceil(num_examples / global_batch_size)))
     ds = ds.map(
         make_parse_and_transform(tft_output, image_shape=image_shape, with_metadata=with_metadata),
         num_parallel_calls=AUTOTUNE,

@@ -42,8 +42,9 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
     see whether a trial's next grid point was already tried) and ``_populate_next`` (trial
     ids whose successor is still to be proposed). After ``reload()`` both are empty while
     ``start_order`` is not, so ``populate_space`` skips its first-trial branch and then:
-      * if a trial was running when the process died, it is retried, ``end_trial`` queues
-        its id, and ``self._ordered_ids.next(id)`` raises ``KeyError: '<trial id>'``;
+      * if a trial was running when the process died, ``reload`` queues it for retry, its
+        ``end_trial`` queues its id, and ``self._ordered_ids.next(id)`` raises
+        ``KeyError: '<trial id>'`` (gridsearch.py, ``LinkedList.next``);
       * if the process died between trials, nothing is queued and the search stops
         early, silently, with part of the grid never tried.
     The fix rebuilds both from the reloaded trials: the linked list from every started
@@ -51,10 +52,18 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
     whose successor was already tried is skipped by the oracle itself, so over-filling
     the queue is harmless). It is derived from the trials rather than saved, so it also
     resumes projects written by the stock oracle.
+
+    ``reload`` also repairs two kill windows of the base ``Oracle``: ``end_trial`` saves
+    oracle.json while the finished trial is still listed as ongoing (reload would retry,
+    i.e. rerun, a COMPLETED trial), and ``create_trial`` saves the new trial's file before
+    oracle.json (reload would load a RUNNING trial that nothing ever runs).
     """
 
     def set_state(self, state: dict[str, Any]) -> None:
         super().set_state(state)
+        self._rebuild_grid_walk()
+
+    def _rebuild_grid_walk(self) -> None:
         in_grid_order = sorted(
             self.start_order,
             key=functools.cmp_to_key(
@@ -67,16 +76,17 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
         self._populate_next = list(self.end_order)
 
     def reload(self) -> None:
-        super().reload()
-        # A kill between saving a new trial's file and saving oracle.json leaves a RUNNING
-        # trial that neither start_order nor ongoing_trials knows: retry it too.
+        super().reload()  # Calls set_state.
+        running, invalid = kt.engine.trial.TrialStatus.RUNNING, kt.engine.trial.TrialStatus.INVALID
+        retry = [t for t in self._retry_queue if self.trials[t].status in (running, invalid)]
+        orphans = [t for t, trial in self.trials.items() if trial.status == running and t not in self.start_order]
         for trial_id, trial in self.trials.items():
-            if trial.status == kt.engine.trial.TrialStatus.RUNNING and trial_id not in self._retry_queue:
-                if trial_id not in self.start_order:
-                    self.start_order.append(trial_id)
-                    self._ordered_ids.insert(trial_id)
-                self._retry_queue.append(trial_id)
-
+            if trial.status == running and trial_id not in retry:
+                retry.append(trial_id)
+        self._retry_queue = retry
+        if orphans:
+            self.start_order.extend(orphans)
+            self._rebuild_grid_walk()
 
 def make_tuner(
     name: str,
