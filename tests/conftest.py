@@ -14,6 +14,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 CLASSES = ("no", "yes")
+
+
+def pytest_configure(config):
+    # Marks the trainer's multi-process (SIGKILL/restart) tests; they still run by default.
+    config.addinivalue_line("markers", "slow: starts subprocesses; deselect with -m 'not slow'")
 N_SHARDS = 2
 
 
