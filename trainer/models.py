@@ -221,5 +221,9 @@ class FaceHyperModel(kt.HyperModel):
         logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
         train_ds, validation_ds, steps = self.make_datasets(hp.get("batch_size"))
         return model.fit(
-            train_ds, validation_data=validation_ds, epochs=epochs, steps_per_epoch=steps, **kwargs
+            train_ds,
+            validation_data=validation_ds,
+            epochs=epochs,
+            steps_per_epoch=steps,
+            **{"shuffle": False, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.
         )

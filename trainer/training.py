@@ -132,6 +132,7 @@ def train(
         steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # The dataset shuffles (with a seed); Keras cannot shuffle a tf.data input.
     )
 
     model_path = _join(job_dir, MODEL_FILE)

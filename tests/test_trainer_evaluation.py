@@ -1,0 +1,141 @@
+"""trainer/evaluation.py and predict: outputs exist and the metrics agree with numpy."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import features
+from trainer import data, evaluation, models, predict, task, training
+
+
+@pytest.fixture(scope="module")
+def trained_job(make_data_dir, tmp_path_factory):
+    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    job_dir = tmp_path_factory.mktemp("eval_job")
+    training.train(data_dir=data_dir, job_dir=str(job_dir), preset=models.GLASSES_CNN, epochs=2, verbose=0)
+    task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
+    return data_dir, job_dir
+
+
+def _brute_force_auc(labels, scores):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return wins / (len(pos) * len(neg))
+
+
+def test_evaluate_writes_metrics_plots_and_predictions(trained_job):
+    _, job_dir = trained_job
+    out = job_dir / "eval"
+    for name in ("metrics.json", "predictions.csv", "training_curves.png", "confusion_matrix.png", "misclassified.png"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("training_curves.png", "confusion_matrix.png", "misclassified.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 100 and image.height > 100
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_examples"] == 16 and metrics["split"] == "test"
+    for key in ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "confusion_matrix", "errors_per_class", "misclassified"):
+        assert key in metrics
+    assert [row["class"] for row in metrics["errors_per_class"]] == ["no", "yes"]
+
+
+def test_metrics_recomputed_with_numpy_from_saved_predictions(trained_job):
+    _, job_dir = trained_job
+    metrics = json.loads((job_dir / "eval/metrics.json").read_text())
+    with open(job_dir / "eval/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    labels = np.array([int(r["label"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows])
+    predicted = (probs >= 0.5).astype(int)
+    np.testing.assert_array_equal(predicted, [int(r["predicted"]) for r in rows])
+
+    tp = int(((predicted == 1) & (labels == 1)).sum())
+    tn = int(((predicted == 0) & (labels == 0)).sum())
+    fp = int(((predicted == 1) & (labels == 0)).sum())
+    fn = int(((predicted == 0) & (labels == 1)).sum())
+    assert metrics["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    assert metrics["accuracy"] == pytest.approx((tp + tn) / len(rows))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    assert metrics["precision"] == pytest.approx(precision) and metrics["recall"] == pytest.approx(recall)
+    assert metrics["f1"] == pytest.approx(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    assert metrics["roc_auc"] == pytest.approx(_brute_force_auc(labels, probs))
+    p = np.clip(probs, 1e-7, 1 - 1e-7)
+    assert metrics["loss"] == pytest.approx(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)), rel=1e-6)
+    for index, row in enumerate(metrics["errors_per_class"]):
+        assert row["count"] == int((labels == index).sum())
+        assert row["errors"] == int(((labels == index) & (predicted != labels)).sum())
+    wrong = {r["id"] for r, pr, lab in zip(rows, predicted, labels) if pr != lab}
+    assert {m["id"] for m in metrics["misclassified"]} == wrong
+
+
+def test_saved_predictions_agree_with_keras_evaluate(trained_job):
+    data_dir, job_dir = trained_job
+    metrics = json.loads((job_dir / "eval/metrics.json").read_text())
+    manifest = features.read_manifest(data_dir)
+    model = keras.saving.load_model(job_dir / "model.keras")
+    ds = data.make_dataset(
+        data_dir, "test", manifest=manifest, tft_output=data.load_transform(data_dir, manifest), global_batch_size=7, training=False
+    )
+    loss, accuracy = model.evaluate(ds, verbose=0)
+    assert metrics["loss"] == pytest.approx(loss, abs=1e-4)
+    assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+
+
+def test_compute_metrics_on_known_values():
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    probs = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.6])
+    metrics = evaluation.compute_metrics(labels, probs, class_names=["a", "b"], ids=list("uvwxyz"))
+    assert metrics["confusion_matrix"] == [[1, 2], [1, 2]]
+    assert metrics["precision"] == pytest.approx(0.5) and metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(4 / 7)
+    assert metrics["roc_auc"] == pytest.approx(_brute_force_auc(labels, probs))  # 0.1, 0.6 x2 ties
+    assert metrics["errors_per_class"] == [
+        {"class": "a", "count": 3, "errors": 2, "error_rate": pytest.approx(2 / 3)},
+        {"class": "b", "count": 3, "errors": 1, "error_rate": pytest.approx(1 / 3)},
+    ]
+    assert [m["id"] for m in metrics["misclassified"]] == ["v", "x", "z"]
+    assert metrics["misclassified"][1] == {"id": "x", "label": "b", "predicted": "a", "probability": 0.4}
+    rng = np.random.default_rng(0)
+    labels, scores = rng.integers(0, 2, 200), np.round(rng.random(200), 1)  # Many ties.
+    assert evaluation.roc_auc(labels, scores) == pytest.approx(_brute_force_auc(labels, scores))
+
+
+def test_misclassified_grid_plot(tmp_path):
+    rows = [{"label": "no", "predicted": "yes", "probability": 0.7 + i / 100} for i in range(7)]
+    pixels = np.random.default_rng(0).integers(0, 255, (7, 16, 16, 1), dtype=np.uint8)
+    evaluation.plot_misclassified(pixels, rows, str(tmp_path / "grid.png"))
+    with Image.open(tmp_path / "grid.png") as image:
+        assert image.width > 300 and image.height > 250  # 5 columns x 2 rows
+
+
+def test_predict_on_a_folder_and_files(trained_job, tmp_path, capsys):
+    _, job_dir = trained_job
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(3):
+        image = rng.integers(0, 120, (40, 40, 3), dtype=np.uint8)
+        if i:
+            image[15:20] = 230
+        cv2.imwrite(str(folder / f"img{i}.png"), image)
+    (folder / "notes.txt").write_text("not an image")
+    output = tmp_path / "predictions.csv"
+    task.main(["predict", "--job_dir", str(job_dir), "--input", str(folder), "--output", str(output)])
+    printed = capsys.readouterr().out
+    with open(output) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"].rsplit("/", 1)[1] for r in rows] == ["img0.png", "img1.png", "img2.png"]
+    assert all(0.0 <= float(r["probability"]) <= 1.0 for r in rows)
+    assert all(r["label"] == ("yes" if float(r["probability"]) >= 0.5 else "no") for r in rows)
+    assert "path,probability,label" in printed
+    single = predict.predict(str(job_dir / "export"), [str(folder / "img1.png")])
+    assert single[0][1] == pytest.approx(float(rows[1]["probability"]), abs=1e-6)
+    with pytest.raises(FileNotFoundError):
+        predict.predict(str(job_dir / "export"), [str(tmp_path / "missing.png")])
