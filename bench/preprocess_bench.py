@@ -1,0 +1,144 @@
+"""Preprocessing benchmarks: throughput against the seeds' loop and the decode limit; memory.
+
+    python bench/preprocess_bench.py throughput [--count 500] [--runs 3] [--workdir DIR]
+    python bench/preprocess_bench.py memory [--counts 500,2000,8000] [--size 256] [--workdir DIR]
+
+``throughput`` generates (once, into --workdir) 1024x1024 PNGs (the glasses demo set) and
+JPGs (the comics demo set), then measures, side by side in the same run and as the median
+of --runs runs:
+  seeds_loop    the notebooks' approach: a sequential cv2.imread + cv2.resize into a list
+  decode_limit  facepipe's decode + resize alone (reduced JPEG decode included), sequential
+  pipeline_1w   python -m pipelines.preprocess, in-process (one worker)
+  pipeline_2w   the same with --direct_running_mode=multi_processing --direct_num_workers=2
+and prints images/s and the ratios the targets are stated in.
+``memory`` runs the pipeline at growing input counts in a child process and prints its
+peak RSS next to what the seeds' list of float64 arrays would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import cv2
+
+from pipelines import demo_data
+from pipelines.transforms import decode_and_resize
+
+TARGET = (50, 50)
+
+
+def _ensure_data(workdir: str, dataset: str, count: int, size: int) -> tuple[str, list[str]]:
+    """(dataset root, image paths) of a demo set generated once into ``workdir``."""
+    out = os.path.join(workdir, f"{dataset}_{count}_{size}")
+    if not os.path.exists(os.path.join(out, ".complete")):
+        demo_data.generate(dataset, out, count=count, size=size, seed=0)
+        open(os.path.join(out, ".complete"), "w").close()
+    pattern = "faces-spring-2020/*.png" if dataset == "glasses" else "face2comics_v2.0.0_by_Sxela/*/*.jpg"
+    return out, sorted(glob.glob(os.path.join(out, pattern)))
+
+
+def seeds_loop(paths: list[str]) -> int:
+    """The seeds' notebook loop: every image decoded in full and resized, kept in a list."""
+    images = []
+    for path in paths:
+        images.append(cv2.resize(cv2.imread(path), TARGET))
+    return len(images)
+
+
+def decode_limit(paths: list[str]) -> int:
+    """facepipe's per-image work without a pipeline: read, decode (reduced JPEG), resize."""
+    for path in paths:
+        with open(path, "rb") as f:
+            decode_and_resize(f.read(), size=TARGET, color_mode="rgb", max_pixels=10**9)
+    return len(paths)
+
+
+def _pipeline_args(dataset: str, root: str, output: str) -> list[str]:
+    return [sys.executable, "-m", "pipelines.preprocess", "--dataset", dataset, "--images", root,
+            "--output", output, "--overwrite", "--image_size", "50", "--color_mode", "rgb", "--balance", "none"]
+
+
+def pipeline(dataset: str, root: str, workers: int) -> float:
+    """Wall seconds of the whole preprocessing job in a fresh process."""
+    with tempfile.TemporaryDirectory() as output:
+        command = _pipeline_args(dataset, root, output)
+        if workers > 1:
+            command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+
+def _median_seconds(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    print(f"{'format':<6} {'method':<14} {'images':>7} {'median s':>9} {'images/s':>9}")
+    for dataset, fmt in (("glasses", "png"), ("comics", "jpg")):
+        count = args.count if dataset == "glasses" else args.count // 2  # comics: pairs
+        root, paths = _ensure_data(args.workdir, dataset, count, 1024)
+        rates = {}
+        measured = {
+            "seeds_loop": lambda: seeds_loop(paths),
+            "decode_limit": lambda: decode_limit(paths),
+            "pipeline_1w": lambda: pipeline(dataset, root, 1),
+            "pipeline_2w": lambda: pipeline(dataset, root, 2),
+        }
+        for method, fn in measured.items():
+            seconds = _median_seconds(fn, args.runs)
+            rates[method] = len(paths) / seconds
+            print(f"{fmt:<6} {method:<14} {len(paths):>7} {seconds:>9.2f} {rates[method]:>9.1f}", flush=True)
+        print(f"{fmt:<6} ratios: pipeline_1w/decode_limit {rates['pipeline_1w'] / rates['decode_limit']:.2f} "
+              f"(target >= 0.9), pipeline_2w/pipeline_1w {rates['pipeline_2w'] / rates['pipeline_1w']:.2f} "
+              f"(target >= 1.8), pipeline_2w/seeds_loop {rates['pipeline_2w'] / rates['seeds_loop']:.2f}, "
+              f"decode_limit/seeds_loop {rates['decode_limit'] / rates['seeds_loop']:.2f}", flush=True)
+
+
+def memory(args: argparse.Namespace) -> None:
+    print(f"{'images':>7} {'peak RSS MB':>12} {'seeds list MB (128x128 float64)':>32}")
+    for count in (int(c) for c in args.counts.split(",")):
+        root, paths = _ensure_data(args.workdir, "glasses", count, args.size)
+        with tempfile.TemporaryDirectory() as output:
+            # RUSAGE_CHILDREN's max RSS is that of the largest child so far, so a fresh
+            # `python -c` wrapper per count isolates one run's peak (the pipeline's process).
+            command = _pipeline_args("glasses", root, output)
+            wrapper = (
+                "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+            )
+            peak_kb = int(subprocess.run([sys.executable, "-c", wrapper, *command], check=True,
+                                         capture_output=True, text=True).stdout.strip())
+        seeds_mb = count * 128 * 128 * 3 * 8 / 2**20
+        print(f"{count:>7} {peak_kb / 1024:>12.0f} {seeds_mb:>32.0f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    tp = commands.add_parser("throughput")
+    tp.add_argument("--count", type=int, default=500)
+    tp.add_argument("--runs", type=int, default=3)
+    mem = commands.add_parser("memory")
+    mem.add_argument("--counts", default="500,2000,8000")
+    mem.add_argument("--size", type=int, default=256, help="image side; memory should not grow with the count")
+    for sub in (tp, mem):
+        sub.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_bench"))
+    args = parser.parse_args()
+    {"throughput": throughput, "memory": memory}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
