@@ -1,0 +1,121 @@
+"""Preflight: check a preprocessing command before paying for a cluster run.
+
+    python -m pipelines.preflight [the same flags as pipelines.preprocess]
+
+Checks what commonly fails on Dataflow or Flink — paths that workers cannot read, a missing
+``--setup_file`` or container image, a temp location on the wrong filesystem, inputs that
+match nothing, CSVs without the expected columns, an output that would be refused — and
+says exactly what to fix. Exits 1 when any check fails. Reads headers and lists files only.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import NamedTuple, Sequence
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    StandardOptions,
+    WorkerOptions,
+)
+
+from pipelines.options import PreprocessConfig, parse_args
+from pipelines.sources import read_csv_header
+
+# Runners whose workers run somewhere else: local paths are not theirs to read.
+REMOTE_RUNNERS = ("DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
+
+
+class Finding(NamedTuple):
+    ok: bool
+    message: str
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _check_inputs(config: PreprocessConfig) -> list[Finding]:
+    findings = []
+    matched = sum(len(result.metadata_list) for result in FileSystems.match(list(config.image_globs)))
+    if matched:
+        findings.append(Finding(True, f"{matched} files match {list(config.image_globs)}"))
+    else:
+        findings.append(Finding(False, f"no files match {list(config.image_globs)}: check --images (and --dataset's layout)"))
+    for path in (*config.labels_csv, *config.overrides_csv, *config.exclude_csv):
+        if not FileSystems.exists(path):
+            findings.append(Finding(False, f"{path} does not exist"))
+            continue
+        header = [h.strip() for h in read_csv_header(path)]
+        if path in config.labels_csv:
+            if config.id_column not in header:
+                findings.append(Finding(False, f"{path}: no id column {config.id_column!r} (set --id_column)"))
+            if config.label_column not in header:
+                findings.append(Finding(True, f"{path}: no label column {config.label_column!r}: its ids are "
+                                              "unlabelled unless overridden (fine for a Kaggle test.csv)"))
+        elif not header:
+            findings.append(Finding(False, f"{path} is empty: it needs a header line"))
+    return findings
+
+
+def _check_output(config: PreprocessConfig) -> list[Finding]:
+    existing = FileSystems.match([FileSystems.join(config.output_dir, "*")])[0].metadata_list
+    if existing and not config.overwrite:
+        return [Finding(False, f"{config.output_dir} is not empty: choose a new --output or pass --overwrite")]
+    return [Finding(True, f"output {config.output_dir} is free")]
+
+
+def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Finding]:
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if runner not in REMOTE_RUNNERS:
+        return [Finding(True, f"{runner} runs on this machine: local paths are fine")]
+    findings = []
+    portable = options.view_as(PortableOptions)
+    same_machine = runner == "PortableRunner" and portable.environment_type in ("EXTERNAL", "LOOPBACK")
+    paths = [*config.image_globs, *config.labels_csv, *config.overrides_csv, *config.exclude_csv, config.output_dir]
+    local = [p for p in paths if _is_local(p)]
+    if local and not same_machine:
+        findings.append(Finding(False, f"{runner} workers cannot read local paths {local}: "
+                                       "copy the data to gs:// (or s3://, hdfs://) and use that"))
+    setup = options.view_as(SetupOptions)
+    image = options.view_as(WorkerOptions).sdk_container_image
+    if runner == "DataflowRunner":
+        cloud = options.view_as(GoogleCloudOptions)
+        if not setup.setup_file and not image:
+            findings.append(Finding(False, "Dataflow workers need facepipe: pass --setup_file ./setup.py or "
+                                           "--sdk_container_image with the Dockerfile's image"))
+        for name, value in (("--project", cloud.project), ("--region", cloud.region)):
+            if not value:
+                findings.append(Finding(False, f"DataflowRunner needs {name}"))
+        if not cloud.temp_location or _is_local(cloud.temp_location):
+            findings.append(Finding(False, "DataflowRunner needs --temp_location gs://BUCKET/tmp"))
+    elif portable.environment_type == "DOCKER" and not portable.environment_config:
+        findings.append(Finding(False, f"{runner} with DOCKER workers needs --environment_config IMAGE "
+                                       "(the Dockerfile's image, which has facepipe installed)"))
+    if not findings:
+        findings.append(Finding(True, f"{runner}: paths and worker environment look right"))
+    return findings
+
+
+def preflight(argv: Sequence[str]) -> list[Finding]:
+    """All findings for a preprocessing command line (its arguments without the program)."""
+    config, beam_args = parse_args(argv)
+    options = PipelineOptions(beam_args)
+    return [*_check_inputs(config), *_check_output(config), *_check_runner(config, options)]
+
+
+def main() -> None:
+    findings = preflight(sys.argv[1:])
+    for finding in findings:
+        print(f"{'ok   ' if finding.ok else 'FAIL '} {finding.message}")
+    failed = sum(not f.ok for f in findings)
+    print(f"{failed} problem(s) found" if failed else "preflight passed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
