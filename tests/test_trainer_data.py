@@ -115,3 +115,31 @@ def test_manifest_count_mismatch_fails_loudly(rgb_dir):
     assert ds.cardinality().numpy() == 5  # ceil(17 / 4): Keras knows the epoch length.
     with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain 17 elements but contained only 16"):
         list(ds)
+
+
+NO_BEAM_SCRIPT = r"""
+import sys
+from pipelines import features
+from trainer import data, distribute, evaluation, export, models, predict, task, training, tuning
+manifest = features.read_manifest(sys.argv[1])
+ds = data.make_dataset(sys.argv[1], "test", manifest=manifest, tft_output=data.load_transform(sys.argv[1], manifest),
+                       global_batch_size=4, training=False)
+next(iter(ds))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] == "apache_beam")
+print("beam modules:", loaded[:5])
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_trainer_never_imports_apache_beam(rgb_dir):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_BEAM_SCRIPT, rgb_dir],
+        cwd=root, env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -24,6 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # No display on training machines; set before pyplot is imported.
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -159,6 +160,7 @@ def plot_training_curves(history: list[dict[str, float]], path: str) -> None:
             if history and prefix + metric in history[0]:
                 ax.plot(epochs, [row[prefix + metric] for row in history], marker="o", label=prefix + metric)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(metric)
         ax.legend()
     _save_figure(fig, path)

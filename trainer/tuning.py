@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import os
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import keras
 import keras_tuner as kt
