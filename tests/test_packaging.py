@@ -63,5 +63,6 @@ def test_sdist_for_beam_setup_file_holds_both_packages_and_requirements(tmp_path
     )
     (archive,) = tmp_path.glob("facepipe-*.tar.gz")
     names = tarfile.open(archive).getnames()
-    for expected in ("requirements.txt", "pipelines/preprocess.py", "pipelines/features.py", "trainer/task.py"):
+    for expected in ("requirements.txt", "pipelines/preprocess.py", "pipelines/features.py", "trainer/task.py",
+                     "pipelines/review_static/index.html"):
         assert any(name.endswith("/" + expected) for name in names), expected

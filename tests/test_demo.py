@@ -1,0 +1,35 @@
+"""The README's first command: the whole job end to end, on a small demo set."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import demo
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_every_stage_and_reports_where_the_results_are(tmp_path, capsys):
+    status = demo.main(["--workdir", str(tmp_path), "--count", "80", "--size", "96"])
+    assert status == 0
+    out = capsys.readouterr().out
+    for stage in ("generate demo data", "preprocess (Beam)", "tune (keras-tuner)", "train", "evaluate"):
+        assert f"{stage} done in" in out
+    job = tmp_path / "glasses" / "job"
+    metrics = json.loads((job / "eval" / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert (job / "export" / "saved_model.pb").exists()
+    assert str(job / "eval" / "metrics.json") in out
+    manifest = json.loads((tmp_path / "glasses" / "data" / "manifest.json").read_text())
+    # The review's files were used: overrides label the unlabelled test ids, distorted ids are excluded.
+    assert manifest["counts"]["overrides_applied"] > 0
+    assert manifest["counts"]["excluded"] > 0
+    assert sum(manifest["counts"]["written"]["test"].values()) > 0
+
+
+def test_a_failing_stage_stops_the_job_with_its_status(tmp_path):
+    status = demo.main(["--workdir", str(tmp_path), "--data_root", str(tmp_path / "missing")])
+    assert status != 0
+    assert not (tmp_path / "glasses" / "job").exists()
