@@ -139,3 +139,9 @@ def test_predict_on_a_folder_and_files(trained_job, tmp_path, capsys):
     assert single[0][1] == pytest.approx(float(rows[1]["probability"]), abs=1e-6)
     with pytest.raises(FileNotFoundError):
         predict.predict(str(job_dir / "export"), [str(tmp_path / "missing.png")])
+
+
+def test_empty_test_split_fails_with_a_clear_message(make_data_dir, tmp_path):
+    data_dir = make_data_dir("no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0})
+    with pytest.raises(ValueError, match="test split .* is empty"):
+        evaluation.evaluate(data_dir=data_dir, job_dir=str(tmp_path / "job"))

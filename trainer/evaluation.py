@@ -204,6 +204,11 @@ def plot_misclassified(
 def evaluate(*, data_dir: str, job_dir: str, split: str = "test", batch_size: int = 64) -> dict[str, Any]:
     """Evaluates ``job_dir/model.keras`` on ``split``; writes job_dir/eval/."""
     manifest = features.read_manifest(data_dir)
+    if data.split_size(manifest, split) == 0:
+        raise ValueError(
+            f"the {split} split of {data_dir} is empty (see its manifest.json counts): nothing to evaluate; "
+            "check the splits and labels given to pipelines.preprocess (e.g. unlabelled test ids need overrides)"
+        )
     model_path = tf.io.gfile.join(job_dir, training.MODEL_FILE)
     model = keras.saving.load_model(model_path)
     result = predict_split(model, data_dir, split, manifest=manifest, batch_size=batch_size)

@@ -1,0 +1,137 @@
+"""Trainer benchmarks: input pipeline vs training step, and the comics tuning grid.
+
+    python bench/trainer_bench.py input [--runs 3] [--workdir DIR]
+    python bench/trainer_bench.py tune  [--workdir DIR]
+
+``input`` makes a data set per preset with facepipe's own commands (demo data ->
+pipelines.preprocess), then measures, in the same process:
+  input_cold    examples/s that trainer.data.make_dataset delivers, first pass, no cache
+  input_cached  the same once the split is cached in memory (what later epochs see)
+  train_step    examples/s one training step of the preset consumes, fed from memory
+and prints input/train ratios (target >= 5: the input pipeline is never the bottleneck).
+``tune`` times the comics preset's full 16-point grid with 1 epoch per trial on a fixed
+small data set, and how much of it one pass over the data would account for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import tensorflow as tf
+
+from pipelines import features
+from trainer import data, models
+
+# (preset, demo dataset, demo images, image side of the generated files)
+_DATASETS = {"glasses_cnn": ("glasses", 1200, 256), "comics_cnn": ("comics", 600, 256)}
+_BATCHES = 30
+
+
+def _data_dir(workdir: str, preset: str) -> str:
+    """A preprocessed data dir for ``preset``, made once with the project's own commands."""
+    dataset, count, size = _DATASETS[preset]
+    raw, out = os.path.join(workdir, f"{dataset}_raw"), os.path.join(workdir, f"{dataset}_data")
+    if not os.path.exists(os.path.join(out, features.MANIFEST_FILE)):
+        python = sys.executable
+        subprocess.run([python, "-m", "pipelines.demo_data", "--dataset", dataset, "--out", raw,
+                        "--count", str(count), "--size", str(size)], check=True, capture_output=True)
+        subprocess.run([python, "-m", "pipelines.preprocess", "--dataset", dataset, "--images", raw,
+                        "--output", out, "--overwrite", "--balance", "none"], check=True, capture_output=True)
+    return out
+
+
+def _examples_per_second(dataset: tf.data.Dataset, batches: int, batch_size: int) -> float:
+    iterator = iter(dataset)
+    next(iterator)  # Build the pipeline (and trace its functions) outside the timing.
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * batch_size / (time.perf_counter() - started)
+
+
+def _input_rates(data_dir: str, batch_size: int) -> tuple[float, float]:
+    manifest = features.read_manifest(data_dir)
+    tft_output = data.load_transform(data_dir, manifest)
+    common = dict(manifest=manifest, tft_output=tft_output, global_batch_size=batch_size, training=True)
+    cold = _examples_per_second(data.make_dataset(data_dir, "train", cache=False, **common), _BATCHES, batch_size)
+    cached_ds = data.make_dataset(data_dir, "train", cache=True, **common)
+    steps = data.steps_per_epoch(data.split_size(manifest, "train"), batch_size)
+    iterator = iter(cached_ds)
+    for _ in range(steps + 1):  # Fill the cache with one full pass.
+        next(iterator)
+    started = time.perf_counter()
+    for _ in range(_BATCHES):
+        next(iterator)
+    cached = _BATCHES * batch_size / (time.perf_counter() - started)
+    return cold, cached
+
+
+def _train_step_rate(preset: models.Preset, input_shape: tuple[int, int, int], batch_size: int) -> float:
+    model = models.build_model(models.fixed_hyperparameters(preset), preset=preset, input_shape=input_shape)
+    images = tf.random.normal([batch_size, *input_shape])
+    labels = tf.random.uniform([batch_size], maxval=2, dtype=tf.int64)
+    # One batch repeated from memory: the step alone, no input pipeline.
+    batches = tf.data.Dataset.from_tensors((images, labels)).repeat()
+    model.fit(batches, steps_per_epoch=3, epochs=1, verbose=0)  # Trace and warm up.
+    started = time.perf_counter()
+    model.fit(batches, steps_per_epoch=_BATCHES, epochs=1, verbose=0)
+    return _BATCHES * batch_size / (time.perf_counter() - started)
+
+
+def input_vs_training(args: argparse.Namespace) -> None:
+    print(f"{'preset':<12} {'batch':>5} {'input_cold/s':>12} {'input_cached/s':>14} {'train_step/s':>12} "
+          f"{'cold/train':>10} {'cached/train':>12}")
+    for name in _DATASETS:
+        preset = models.PRESETS[name]
+        data_dir = _data_dir(args.workdir, name)
+        batch_size = preset.defaults["batch_size"]
+        shape = features.image_shape(features.read_manifest(data_dir))
+        runs = [(*_input_rates(data_dir, batch_size), _train_step_rate(preset, shape, batch_size))
+                for _ in range(args.runs)]
+        cold, cached, step = (statistics.median(r[i] for r in runs) for i in range(3))
+        print(f"{name:<12} {batch_size:>5} {cold:>12.0f} {cached:>14.0f} {step:>12.0f} "
+              f"{cold / step:>10.1f} {cached / step:>12.1f}", flush=True)
+
+
+def tune_grid(args: argparse.Namespace) -> None:
+    data_dir = _data_dir(args.workdir, "comics_cnn")
+    manifest = features.read_manifest(data_dir)
+    with tempfile.TemporaryDirectory() as job_dir:
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "trainer.task", "tune", "--data_dir", data_dir, "--job_dir", job_dir,
+                        "--model", "comics_cnn", "--search_space", "full", "--epochs", "1", "--verbose", "0"],
+                       check=True, capture_output=True)
+        wall = time.perf_counter() - started
+    batch = models.COMICS_CNN.defaults["batch_size"]
+    tft_output = data.load_transform(data_dir, manifest)
+    started = time.perf_counter()
+    for split in ("train", "validation"):  # One trial's data: a train epoch and a validation pass.
+        for _ in data.make_dataset(data_dir, split, manifest=manifest, tft_output=tft_output,
+                                   global_batch_size=batch, training=False, cache=False):
+            pass
+    data_pass = time.perf_counter() - started
+    trials = 16
+    print(f"comics_cnn full grid, {trials} trials x 1 epoch, {data.split_size(manifest, 'train')} train images "
+          f"128x128: {wall:.1f} s wall, {wall / trials:.1f} s per trial; one trial's data alone "
+          f"{data_pass:.2f} s = {trials * data_pass / wall:.0%} of the wall time (upper bound: prefetch overlaps it)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in ("input", "tune"):
+        sub = commands.add_parser(name)
+        sub.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_bench"))
+        sub.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    {"input": input_vs_training, "tune": tune_grid}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
