@@ -18,6 +18,7 @@ peak RSS next to what the seeds' list of float64 arrays would need.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import os
 import statistics
@@ -92,13 +93,13 @@ def throughput(args: argparse.Namespace) -> None:
         root, paths = _ensure_data(args.workdir, dataset, count, 1024)
         rates = {}
         measured = {
-            "seeds_loop": lambda: seeds_loop(paths),
-            "decode_limit": lambda: decode_limit(paths),
-            "pipeline_1w": lambda: pipeline(dataset, root, 1),
-            "pipeline_2w": lambda: pipeline(dataset, root, 2),
+            "seeds_loop": (seeds_loop, paths),
+            "decode_limit": (decode_limit, paths),
+            "pipeline_1w": (pipeline, dataset, root, 1),
+            "pipeline_2w": (pipeline, dataset, root, 2),
         }
-        for method, fn in measured.items():
-            seconds = _median_seconds(fn, args.runs)
+        for method, (fn, *fn_args) in measured.items():
+            seconds = _median_seconds(functools.partial(fn, *fn_args), args.runs)
             rates[method] = len(paths) / seconds
             print(f"{fmt:<6} {method:<14} {len(paths):>7} {seconds:>9.2f} {rates[method]:>9.1f}", flush=True)
         print(f"{fmt:<6} ratios: pipeline_1w/decode_limit {rates['pipeline_1w'] / rates['decode_limit']:.2f} "
@@ -110,7 +111,7 @@ def throughput(args: argparse.Namespace) -> None:
 def memory(args: argparse.Namespace) -> None:
     print(f"{'images':>7} {'peak RSS MB':>12} {'seeds list MB (128x128 float64)':>32}")
     for count in (int(c) for c in args.counts.split(",")):
-        root, paths = _ensure_data(args.workdir, "glasses", count, args.size)
+        root, _ = _ensure_data(args.workdir, "glasses", count, args.size)
         with tempfile.TemporaryDirectory() as output:
             # RUSAGE_CHILDREN's max RSS is that of the largest child so far, so a fresh
             # `python -c` wrapper per count isolates one run's peak (the pipeline's process).

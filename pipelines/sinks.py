@@ -15,7 +15,6 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import features
 from pipelines.options import PreprocessConfig
-from pipelines.transforms import DecodedImage
 
 # Beam's file sinks write to temp files and rename them when the bundle commits, so a
 # failed run never leaves a shard that looks complete; the manifest is written last.
