@@ -8,7 +8,7 @@ Beam ships both halves in Python; this module starts them bound to 127.0.0.1 (Be
     python -m pipelines.portable job_service --port P &
     python -m pipelines.portable worker_pool --port Q &
     python -m pipelines.preprocess ... --runner PortableRunner --job_endpoint localhost:P \
-        --environment_type EXTERNAL --environment_config localhost:Q
+        --environment_type EXTERNAL --environment_config localhost:Q --direct_num_workers 2
 
 which catches what a cluster would: closures that do not pickle, state kept in the driver,
 files written where workers cannot see them. SIGTERM stops a service and its workers.
@@ -26,16 +26,38 @@ import time
 from typing import Sequence
 
 import grpc
-from apache_beam.portability.api import beam_fn_api_pb2_grpc
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.portability.api import beam_fn_api_pb2_grpc, beam_job_api_pb2
 from apache_beam.runners.portability import local_job_service
+from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.worker import worker_pool_main
 from apache_beam.utils import thread_pool_executor
 
 LOOPBACK = "127.0.0.1"
 
 
+class ParallelBeamJob(local_job_service.BeamJob):
+    """A job that asks the worker pool for ``--direct_num_workers`` SDK workers.
+
+    Beam's local job service runs every job on one SDK worker: it calls the FnApiRunner's
+    ``run_via_runner_api``, which skips the option handling of ``run_pipeline`` where the
+    worker count is read. A cluster runs several workers, so the rehearsal does too.
+    """
+
+    def _invoke_runner(self):
+        self.set_state(beam_job_api_pb2.JobState.RUNNING)
+        options = self.pipeline_options()
+        runner = fn_runner.FnApiRunner(provision_info=self._provision_info)
+        # Options arrive through the job API as strings.
+        runner._num_workers = max(1, int(options.view_as(DirectOptions).direct_num_workers or 1))
+        return runner.run_via_runner_api(self._pipeline_proto, options)
+
+
 class LoopbackJobServicer(local_job_service.LocalJobServicer):
-    """Beam's local job service, listening on loopback only."""
+    """Beam's local job service, listening on loopback only, running jobs on several workers."""
+
+    def __init__(self):
+        super().__init__(beam_job_type=ParallelBeamJob)
 
     def get_bind_address(self) -> str:
         return LOOPBACK

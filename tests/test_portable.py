@@ -7,6 +7,7 @@ service and the worker pool as separate processes, and stops them by their PIDs.
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -24,11 +25,11 @@ from pipelines.preprocess import run
 pytestmark = pytest.mark.slow
 
 
-def _start(service: str) -> tuple[subprocess.Popen, int]:
-    """Starts ``python -m pipelines.portable SERVICE`` on a free loopback port."""
+def _start(service: str, log: pathlib.Path) -> tuple[subprocess.Popen, int]:
+    """Starts ``python -m pipelines.portable SERVICE`` on a free loopback port, logging to ``log``."""
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.portable", service, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
     )
     line = process.stdout.readline()  # "<service> listening on 127.0.0.1:<port>"
     assert "listening on 127.0.0.1:" in line, f"{service} did not start: {line!r}"
@@ -45,15 +46,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def portable_services() -> Iterator[tuple[int, int]]:
-    job_service, job_port = _start("job_service")
+def portable_services(tmp_path) -> Iterator[tuple[int, int, pathlib.Path]]:
+    job_service, job_port = _start("job_service", tmp_path / "job_service.log")
     try:
-        worker_pool, worker_port = _start("worker_pool")
+        worker_pool, worker_port = _start("worker_pool", tmp_path / "worker_pool.log")
     except BaseException:
         _stop(job_service)
         raise
     try:
-        yield job_port, worker_port
+        yield job_port, worker_port, tmp_path / "worker_pool.log"
     finally:
         _stop(worker_pool)
         _stop(job_service)
@@ -72,7 +73,7 @@ def _examples(output_dir: str, split: str) -> list[tuple[bytes, bytes, int]]:
 
 
 def test_portable_runner_with_external_workers_matches_direct_runner(tmp_path, portable_services):
-    job_port, worker_port = portable_services
+    job_port, worker_port, worker_log = portable_services
     write_glasses_like(tmp_path, [0, 1, 1, 0, 1] * 8)
     common = ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv"),
               "--file_pattern", "face-{id}.png", "--image_size", "8", "--exclude", "3"]
@@ -80,8 +81,9 @@ def test_portable_runner_with_external_workers_matches_direct_runner(tmp_path, p
     portable = run([
         *common, "--output", str(tmp_path / "portable"), "--runner", "PortableRunner",
         "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
-        "--environment_config", f"localhost:{worker_port}",
+        "--environment_config", f"localhost:{worker_port}", "--direct_num_workers", "2",
     ])
+    assert worker_log.read_text().count("Starting worker with command") == 2  # two SDK worker processes
     assert portable["runner"] == "PortableRunner"
     assert portable["counts"] == direct["counts"]
     assert portable["fingerprint"] == direct["fingerprint"]
