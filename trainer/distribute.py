@@ -2,9 +2,11 @@
 
 Everything that creates variables (model build, compile, optimizer) runs under
 ``strategy.scope()``; the input pipeline batches ``global_batch_size(per_replica, strategy)``
-examples and Keras splits each batch between the replicas. Training goes through
-``model.fit`` today; a custom loop would wrap its step in ``strategy.run`` with the same
-strategy and datasets (``strategy.experimental_distribute_dataset``).
+examples and the strategy splits each batch between the replicas. Training goes through
+``model.fit``, except with several workers: Keras 3's fit cannot run under
+MultiWorkerMirroredStrategy (see ``trainer/training.py``), so ``is_multi_worker``
+strategies train with the custom loop there; ``is_chief`` says which worker writes the
+job's outputs.
 """
 
 from __future__ import annotations
@@ -27,14 +29,19 @@ class StrategyError(RuntimeError):
     """An explicitly requested strategy cannot start."""
 
 
-def _tf_config_workers() -> int:
-    """Number of workers TF_CONFIG lists (0 when unset or malformed)."""
+def tf_config_workers() -> int:
+    """Number of workers (chief included) TF_CONFIG lists (0 when unset or malformed)."""
     try:
         cluster = json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {})
     except json.JSONDecodeError:
         logging.warning("TF_CONFIG is not valid JSON; ignoring it")
         return 0
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def _tf_config_workers() -> int:
+    # The name get_strategy calls, so that tests can fake a cluster without TF_CONFIG.
+    return tf_config_workers()
 
 
 def _tpu_strategy(tpu: str) -> tf.distribute.Strategy:
@@ -56,9 +63,10 @@ def get_strategy(name: str = "auto", *, tpu: str | None = None) -> tf.distribute
 
     Args:
       name: One of ``STRATEGIES``. "auto": TPUStrategy when a TPU is named (``tpu`` or
-        the TPU_NAME environment variable), MirroredStrategy with more than one GPU,
-        MultiWorkerMirroredStrategy when TF_CONFIG lists several workers, else the
-        default (no-op) strategy. Defaults to "auto".
+        the TPU_NAME environment variable), MultiWorkerMirroredStrategy when TF_CONFIG
+        lists several workers, MirroredStrategy with more than one GPU, else the
+        default (no-op) strategy. Defaults to "auto". Call it before anything else
+        initialises TensorFlow's runtime (MultiWorkerMirroredStrategy must come first).
       tpu: TPU name or grpc:// address ("local" on a TPU VM).
 
     Raises:
@@ -67,16 +75,19 @@ def get_strategy(name: str = "auto", *, tpu: str | None = None) -> tf.distribute
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}, expected one of {STRATEGIES}")
     tpu = tpu or os.environ.get("TPU_NAME")
-    gpus = tf.config.list_logical_devices("GPU")
+    # Physical, not logical, devices: listing logical devices initialises the TF runtime,
+    # after which MultiWorkerMirroredStrategy can no longer configure its collective ops
+    # ("Collective ops must be configured at program startup").
+    gpus = tf.config.list_physical_devices("GPU")
     workers = _tf_config_workers()
 
     if name == "auto":
         if tpu:
             name, why = "tpu", f"a TPU is named ({tpu!r})"
+        elif workers > 1:  # Before GPUs: each worker of a cluster may have several.
+            name, why = "multi_worker", f"TF_CONFIG lists {workers} workers"
         elif len(gpus) > 1:
             name, why = "mirrored", f"{len(gpus)} GPUs"
-        elif workers > 1:
-            name, why = "multi_worker", f"TF_CONFIG lists {workers} workers"
         else:
             name, why = "default", f"no TPU named, {len(gpus)} GPU(s), {workers or 1} worker"
     else:
@@ -115,3 +126,31 @@ def global_batch_size(per_replica_batch_size: int, strategy: tf.distribute.Strat
 def is_default(strategy: tf.distribute.Strategy) -> bool:
     """True for the no-op default strategy (keras-tuner wants None then)."""
     return not tf.distribute.has_strategy() and strategy is tf.distribute.get_strategy()
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True for a MultiWorkerMirroredStrategy whose cluster has more than one worker."""
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the job's outputs (the TF multi-worker guide's rule).
+
+    The chief is the "chief" task when the cluster has one, else worker 0; a process
+    outside any cluster (no TF_CONFIG task) is its own chief.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if task_type is None:
+        return True
+    if task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return task_type == "worker" and not has_chief and resolver.task_id == 0
+
+
+def worker_name(strategy: tf.distribute.Strategy) -> str:
+    """"worker 1", "chief 0", or "local" outside a cluster (for log lines and temp dirs)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    return f"{task_type} {resolver.task_id}" if task_type else "local"
