@@ -1,6 +1,6 @@
 """The trainer's command line: tune | train | evaluate | predict.
 
-  python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small]
+  python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
     tune.add_argument("--executions_per_trial", type=int, default=1)
     tune.add_argument("--patience", type=int, default=2, help="EarlyStopping patience on val_loss")
+    tune.add_argument(
+        "--overwrite", action="store_true",
+        help="delete JOB/tuning/<model>_<tuner> and start afresh (default: resume it); chief or single process only",
+    )
 
     train = commands.add_parser("train", help="final training, checkpoints, export (resumable)")
     common(train)
@@ -113,7 +118,11 @@ def run_tune(args: argparse.Namespace) -> None:
         patience=args.patience,
         strategy=None if distribute.is_default(strategy) else strategy,
         verbose=args.verbose,
+        overwrite=args.overwrite,
     )
+    if best is None:
+        print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
+        return
     print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
     print(f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}")
 

@@ -5,6 +5,13 @@ space, with ``overwrite=False``: the same command restarted after a crash or SIG
 reloads the oracle from ``<job_dir>/tuning/<project>/`` and continues; the interrupted
 trial is retried from scratch, finished trials are not run again.
 
+Distributed search uses keras-tuner's own chief/worker mode: with KERASTUNER_ORACLE_IP,
+KERASTUNER_ORACLE_PORT and KERASTUNER_TUNER_ID set, the process whose id contains "chief"
+serves the oracle over gRPC (it trains nothing) and every other process ("tuner0",
+"tuner1", ...) asks it for trials and trains them; all of them get the same flags and
+job_dir. The chief alone writes oracle.json, the trial.json files, the results and
+best_hyperparameters.json, and only the chief (or a single process) may ``overwrite``.
+
 Outputs in job_dir:
   tuning/<model>_<tuner>/     keras-tuner's project (oracle.json, trial_*/)
   tuning/results.csv, .md     one row per trial, best first
@@ -24,6 +31,7 @@ from typing import Any, Mapping
 import keras
 import keras_tuner as kt
 import tensorflow as tf
+from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.tuners import gridsearch
 
 from trainer import models
@@ -88,6 +96,13 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
             self.start_order.extend(orphans)
             self._rebuild_grid_walk()
 
+def role() -> str:
+    """This process's part in a search: "chief", "worker" (keras-tuner env vars) or "single"."""
+    if not dist_utils.has_chief_oracle():  # Also checks that the three variables go together.
+        return "single"
+    return "chief" if dist_utils.is_chief_oracle() else "worker"
+
+
 def make_tuner(
     name: str,
     hypermodel: models.FaceHyperModel,
@@ -98,14 +113,24 @@ def make_tuner(
     executions_per_trial: int,
     seed: int,
     distribution_strategy: tf.distribute.Strategy | None,
+    overwrite: bool = False,
 ) -> kt.Tuner:
-    """One of keras-tuner's tuners over the hypermodel's space, resuming an existing project."""
+    """One of keras-tuner's tuners over the hypermodel's space, resuming an existing project.
+
+    ``overwrite`` deletes the project first; a distributed search's workers must never do
+    that (they would delete the trials the chief and the other workers are writing).
+    """
+    if overwrite and role() == "worker":
+        raise ValueError(
+            f"tuner {os.environ.get('KERASTUNER_TUNER_ID')!r} is a worker of a distributed search: only the "
+            "chief (KERASTUNER_TUNER_ID=chief) may overwrite the project; drop --overwrite on the workers"
+        )
     common = dict(
         hypermodel=hypermodel,
         executions_per_trial=executions_per_trial,
         directory=directory,
         project_name=project_name,
-        overwrite=False,
+        overwrite=overwrite,
         distribution_strategy=distribution_strategy,
     )
     if name == "grid":
@@ -194,11 +219,20 @@ def tune(
     patience: int = 2,
     strategy: tf.distribute.Strategy | None = None,
     verbose: int = 0,
-) -> dict[str, Any]:
+    overwrite: bool = False,
+) -> dict[str, Any] | None:
     """Runs (or resumes) the search; writes the results table and the best hyperparameters.
 
+    In a distributed search (see the module docstring) the chief serves the oracle until
+    every worker has stopped, then writes the results; a worker trains the trials it is
+    given and writes nothing but its trials' checkpoints.
+
+    Args:
+      overwrite: Delete the project and start afresh (single process or chief only).
+        Defaults to False: resume.
+
     Returns:
-      The contents of ``best_hyperparameters.json``.
+      The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
     """
     project_name = f"{hypermodel.preset.name}_{tuner_name}"
     directory = tf.io.gfile.join(job_dir, TUNING_DIR)
@@ -211,14 +245,26 @@ def tune(
         executions_per_trial=executions_per_trial,
         seed=seed,
         distribution_strategy=strategy,
+        overwrite=overwrite,
     )
+    this = role()
+    if this == "worker":
+        tuner_id = os.environ["KERASTUNER_TUNER_ID"]
+        logging.info("tuner %s: a worker of the oracle at %s:%s", tuner_id,
+                     os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+        tuner.search(callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)], verbose=verbose)
+        logging.info("tuner %s: the oracle has no trial left; the chief writes the results", tuner_id)
+        return None
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     logging.info(
         "tuning %s with %s search in %s: grid of %d points, %d trial(s) already completed",
         hypermodel.preset.name, tuner_name, os.path.join(directory, project_name), grid_size(hypermodel.space), done,
     )
+    if this == "chief":
+        logging.info("chief: serving the oracle on %s:%s until the workers finish",
+                     os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
-    tuner.search(callbacks=[early_stopping], verbose=verbose)
+    tuner.search(callbacks=[early_stopping], verbose=verbose)  # The chief: blocks while it serves.
 
     rows = results_rows(tuner)
     csv_path, md_path = write_results(rows, job_dir)
@@ -240,6 +286,6 @@ def tune(
     best_path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
     with tf.io.gfile.GFile(best_path, "w") as f:
         json.dump(best, f, indent=2)
-    logging.info("results: %s, %s; best hyperparameters: %s", csv_path, md_path, best_path)
+    logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
     return best
 
