@@ -1,9 +1,10 @@
-"""The trainer's command line: tune | train | evaluate | predict.
+"""The trainer's command line: tune | train | evaluate | predict | preflight.
 
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
+  python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
 
 ``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn). ``train``
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
@@ -21,7 +22,7 @@ from typing import Sequence
 
 from trainer import distribute, models, tuning
 
-COMMANDS = ("tune", "train", "evaluate", "predict")
+COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--output", help="CSV to write (default: print only)")
     predict.add_argument("--export_dir", help="default: JOB/export")
     predict.add_argument("--batch_size", type=int, default=32)
+
+    preflight = commands.add_parser("preflight", help="check paths, data, model and strategy before a cloud run")
+    preflight.add_argument("--data_dir", required=True)
+    preflight.add_argument("--job_dir", required=True)
+    preflight.add_argument("--tpu", help="the TPU the job will run on (also TPU_NAME)")
+    preflight.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+    preflight.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
+    preflight.add_argument("--tuner", choices=tuning.TUNERS, default="grid", help="for the tuning project check")
+    preflight.add_argument("--overwrite", action="store_true", help="as tune --overwrite")
     return parser
 
 
@@ -176,11 +186,24 @@ def run_predict(args: argparse.Namespace) -> None:
     predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size)
 
 
+def run_preflight(args: argparse.Namespace) -> int:
+    from trainer import preflight
+
+    findings = preflight.preflight(
+        data_dir=args.data_dir, job_dir=args.job_dir, tpu=args.tpu, model=args.model, strategy=args.strategy,
+        tuner=args.tuner, overwrite=args.overwrite,
+    )
+    return preflight.report(findings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit status (preflight: 1 when a check fails)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    {"tune": run_tune, "train": run_train, "evaluate": run_evaluate, "predict": run_predict}[args.command](args)
-    return 0
+    commands = {
+        "tune": run_tune, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "preflight": run_preflight
+    }
+    return commands[args.command](args) or 0
 
 
 if __name__ == "__main__":
