@@ -11,8 +11,8 @@ of --runs runs:
   pipeline_1w   python -m pipelines.preprocess, in-process (one worker)
   pipeline_2w   the same with --direct_running_mode=multi_processing --direct_num_workers=2
 and prints images/s and the ratios the targets are stated in.
-``memory`` runs the pipeline at growing input counts in a child process and prints its
-peak RSS next to what the seeds' list of float64 arrays would need.
+``memory`` runs the pipeline and the seeds' notebook code at growing input counts, each in
+a child process, and prints their peak RSS.
 """
 
 from __future__ import annotations
@@ -108,22 +108,36 @@ def throughput(args: argparse.Namespace) -> None:
               f"decode_limit/seeds_loop {rates['decode_limit'] / rates['seeds_loop']:.2f}", flush=True)
 
 
+def _peak_rss_mb(command: list[str]) -> float:
+    """Peak RSS of ``command``, run in a fresh wrapper process (RUSAGE_CHILDREN's max RSS is
+    that of the largest child so far, so each measurement needs its own parent)."""
+    wrapper = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    completed = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, capture_output=True, text=True)
+    return int(completed.stdout.strip()) / 1024
+
+
+# The seeds' notebook: every image read, resized to 128x128 grey, kept in a list, then one
+# float64 array divided by 255.
+_SEEDS_NOTEBOOK = """
+import glob, sys, cv2, numpy as np
+images = [cv2.resize(cv2.imread(p, cv2.IMREAD_GRAYSCALE), (128, 128)) for p in sorted(glob.glob(sys.argv[1]))]
+data = np.array(images) / 255.0
+"""
+
+
 def memory(args: argparse.Namespace) -> None:
-    print(f"{'images':>7} {'peak RSS MB':>12} {'seeds list MB (128x128 float64)':>32}")
+    print(f"{'images':>7} {'pipeline peak RSS MB':>21} {'seeds notebook peak RSS MB':>27}")
     for count in (int(c) for c in args.counts.split(",")):
         root, _ = _ensure_data(args.workdir, "glasses", count, args.size)
         with tempfile.TemporaryDirectory() as output:
-            # RUSAGE_CHILDREN's max RSS is that of the largest child so far, so a fresh
-            # `python -c` wrapper per count isolates one run's peak (the pipeline's process).
-            command = _pipeline_args("glasses", root, output)
-            wrapper = (
-                "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
-                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-            )
-            peak_kb = int(subprocess.run([sys.executable, "-c", wrapper, *command], check=True,
-                                         capture_output=True, text=True).stdout.strip())
-        seeds_mb = count * 128 * 128 * 3 * 8 / 2**20
-        print(f"{count:>7} {peak_kb / 1024:>12.0f} {seeds_mb:>32.0f}", flush=True)
+            pipeline_mb = _peak_rss_mb(_pipeline_args("glasses", root, output))
+        seeds_mb = _peak_rss_mb(
+            [sys.executable, "-c", _SEEDS_NOTEBOOK, os.path.join(root, "faces-spring-2020", "*.png")]
+        )
+        print(f"{count:>7} {pipeline_mb:>21.0f} {seeds_mb:>27.0f}", flush=True)
 
 
 def main() -> None:
