@@ -6,6 +6,7 @@ The chief (KERASTUNER_TUNER_ID=chief) serves the ResumableGridSearchOracle over 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -61,26 +62,27 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--epochs", "1", "--verbose", "0"]
     grid = tuning.grid_size({**models.GLASSES_CNN.space("small"), "epochs": [1]})
     port = free_port()
-    procs, logs = {}, {}
-    try:
-        for tuner_id in TUNER_IDS:  # The chief first: it must be serving before the workers run out of trials.
-            env = dict(
-                os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", KERASTUNER_TUNER_ID=tuner_id,
-                KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
-            )
-            env.pop("TF_CONFIG", None)
-            logs[tuner_id] = open(tmp_path / f"{tuner_id}.log", "w+")
-            procs[tuner_id] = subprocess.Popen(
-                [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=logs[tuner_id], stderr=subprocess.STDOUT
-            )
-        codes = {tuner_id: proc.wait(timeout=TIMEOUT_S) for tuner_id, proc in procs.items()}
-    finally:
-        stop(list(procs.values()))
+    procs = {}
+    with contextlib.ExitStack() as stack:
+        logs = {tuner_id: stack.enter_context(open(tmp_path / f"{tuner_id}.log", "w+")) for tuner_id in TUNER_IDS}
+        try:
+            for tuner_id in TUNER_IDS:  # The chief first: it must be serving before the workers run out of trials.
+                env = dict(
+                    os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", KERASTUNER_TUNER_ID=tuner_id,
+                    KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
+                )
+                env.pop("TF_CONFIG", None)
+                procs[tuner_id] = subprocess.Popen(
+                    [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=logs[tuner_id],
+                    stderr=subprocess.STDOUT,
+                )
+            codes = {tuner_id: proc.wait(timeout=TIMEOUT_S) for tuner_id, proc in procs.items()}
+        finally:
+            stop(list(procs.values()))
         text = {}
         for tuner_id, log in logs.items():
             log.seek(0)
             text[tuner_id] = log.read()
-            log.close()
     assert codes == dict.fromkeys(TUNER_IDS, 0), "\n\n".join(f"== {k}\n{v[-3000:]}" for k, v in text.items())
 
     # The workers trained the whole grid between them, no point twice; the chief trained nothing.

@@ -61,24 +61,23 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def run_cluster(argv: list[str], tmp_path: pathlib.Path, name: str) -> list[str]:
     """Runs ``python -m trainer.task *argv`` as every worker of a fresh cluster; returns their logs."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(WORKERS)]}
-    procs, logs = [], []
-    try:
-        for index in range(WORKERS):
-            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
-            env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config))
-            log = open(tmp_path / f"{name}-worker{index}.log", "w+")
-            logs.append(log)
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            ))
-        codes = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
-    finally:
-        stop(procs)
+    procs = []
+    with contextlib.ExitStack() as logs:
+        files = [logs.enter_context(open(tmp_path / f"{name}-worker{i}.log", "w+")) for i in range(WORKERS)]
+        try:
+            for index, log in enumerate(files):
+                tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+                env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config))
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+                ))
+            codes = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
+        finally:
+            stop(procs)
         texts = []
-        for log in logs:
+        for log in files:
             log.seek(0)
             texts.append(log.read())
-            log.close()
     assert codes == [0] * WORKERS, "\n\n".join(text[-3000:] for text in texts)
     return texts
 

@@ -64,8 +64,10 @@ def test_fewer_train_shards_than_workers(data_dir, tmp_path, capsys, monkeypatch
     code, lines = run(capsys, data_dir, tmp_path / "job")
     assert code == 1
     assert failures(lines) == [
-        "FAIL  train has 2 shard(s) for 3 workers: each worker cannot read its own files, so every worker decodes "
-        "the whole split. Re-run pipelines.preprocess with --num_shards 3 (or a multiple of it)"
+        (
+            "FAIL  train has 2 shard(s) for 3 workers: each worker cannot read its own files, so every worker "
+            "decodes the whole split. Re-run pipelines.preprocess with --num_shards 3 (or a multiple of it)"
+        )
     ]
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker", "index": 0}}))
     assert run(capsys, data_dir, tmp_path / "job")[0] == 0
@@ -75,8 +77,10 @@ def test_a_missing_shard(data_dir, tmp_path, capsys):
     (data_dir / "test-00001-of-00002.tfrecord.gz").unlink()
     code, lines = run(capsys, data_dir, tmp_path / "job")
     assert code == 1 and failures(lines) == [
-        f"FAIL  test: 1 shard(s) in {data_dir}, the manifest lists 2 (missing test-00001-of-00002.tfrecord.gz): "
-        "copy the complete preprocessing output"
+        (
+            f"FAIL  test: 1 shard(s) in {data_dir}, the manifest lists 2 (missing test-00001-of-00002.tfrecord.gz): "
+            "copy the complete preprocessing output"
+        )
     ]
 
 
@@ -97,8 +101,10 @@ def test_missing_manifest_stops_the_data_checks(data_dir, tmp_path, capsys):
 def test_model_preset_disagrees_with_the_manifest(data_dir, tmp_path, capsys):
     code, lines = run(capsys, data_dir, tmp_path / "job", "--model", "comics_cnn")
     assert code == 1 and failures(lines) == [
-        "FAIL  --model comics_cnn expects 1-channel (grayscale) images, the data is 3-channel (rgb): pass --model "
-        "glasses_cnn or re-run pipelines.preprocess with --color_mode grayscale"
+        (
+            "FAIL  --model comics_cnn expects 1-channel (grayscale) images, the data is 3-channel (rgb): pass "
+            "--model glasses_cnn or re-run pipelines.preprocess with --color_mode grayscale"
+        )
     ]
     edit_manifest(data_dir, color_mode="grayscale")  # Says grayscale, holds 3 channels.
     code, lines = run(capsys, data_dir, tmp_path / "job")
@@ -128,8 +134,10 @@ def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, cap
     assert code == 0 and f"ok    tuning project {project} exists: tune resumes its 3 trial(s)" in lines
     code, lines = run(capsys, data_dir, tmp_path / "job", "--overwrite")
     assert code == 1 and failures(lines) == [
-        f"FAIL  --overwrite would delete {project} and its 3 trial(s): drop --overwrite to resume them, "
-        "or choose a new --job_dir"
+        (
+            f"FAIL  --overwrite would delete {project} and its 3 trial(s): drop --overwrite to resume them, "
+            "or choose a new --job_dir"
+        )
     ]
     assert run(capsys, data_dir, tmp_path / "job", "--overwrite", "--tuner", "random")[0] == 0  # Another project.
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")

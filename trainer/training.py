@@ -203,7 +203,7 @@ def weights_fingerprint(model: keras.Model) -> str:
     """sha256 of all the model's weights (equal on every worker after synchronous training)."""
     digest = hashlib.sha256()
     for weight in model.weights:
-        digest.update(keras.ops.convert_to_numpy(weight).tobytes())
+        digest.update(weight.numpy().tobytes())
     return digest.hexdigest()
 
 
