@@ -28,6 +28,10 @@ CHANNELS_KEY = "channels"
 
 # The transformed (normalised) image that tf.Transform's preprocessing_fn outputs.
 NORMALIZED_IMAGE_KEY = "image_normalized"
+# Analysis-only inputs of the preprocessing_fn: one image's per-channel mean and mean of
+# squares (pixels scaled to [0, 1]). The pipeline computes them; readers never supply them.
+PIXEL_MEAN_KEY = "pixel_mean"
+PIXEL_MEAN_SQUARE_KEY = "pixel_mean_square"
 
 SPLITS = ("train", "validation", "test")
 COLOR_MODES = {"rgb": 3, "grayscale": 1}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from collections import defaultdict
 from typing import Any
@@ -117,14 +118,20 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
 def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seconds: float) -> dict:
     """Reads the run statistics, checks them, writes ``manifest.json`` last, cleans up."""
     stats = sinks.read_run_statistics(config.output_dir)
+    for split in features.SPLITS:
+        if not sinks.list_shards(config.output_dir, split):
+            sinks.write_empty_shard(config.output_dir, split)
     manifest = build_manifest(
         config, stats, runner=str(options.view_as(StandardOptions).runner), elapsed_seconds=elapsed_seconds
     )
     sinks.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     FileSystems.delete([FileSystems.join(config.output_dir, sinks.STATS_FILE + ".json")])
-    temp_dir = FileSystems.join(config.output_dir, ".tft_tmp")
-    if "://" not in temp_dir:
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    for temp_dir in (".tft_tmp", sinks.SHARDS_TEMP_DIR):
+        leftovers = FileSystems.match([FileSystems.join(config.output_dir, temp_dir, "**")])[0].metadata_list
+        if leftovers:
+            FileSystems.delete([m.path for m in leftovers])
+        if "://" not in config.output_dir:
+            shutil.rmtree(os.path.join(config.output_dir, temp_dir), ignore_errors=True)
     return manifest
 
 

@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.options import PreprocessConfig, parse_args
+from pipelines.sinks import existing_outputs
 from pipelines.sources import read_csv_header
 
 # Runners whose workers run somewhere else: local paths are not theirs to read.
@@ -63,8 +64,7 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
 
 
 def _check_output(config: PreprocessConfig) -> list[Finding]:
-    existing = FileSystems.match([FileSystems.join(config.output_dir, "*")])[0].metadata_list
-    if existing and not config.overwrite:
+    if existing_outputs(config.output_dir) and not config.overwrite:
         return [Finding(False, f"{config.output_dir} is not empty: choose a new --output or pass --overwrite")]
     return [Finding(True, f"output {config.output_dir} is free")]
 

@@ -29,6 +29,7 @@ from pipelines.sinks import (
     WriteRunStatistics,
     WriteShards,
     WriteTransformStatistics,
+    existing_outputs,
 )
 from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
 from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
@@ -51,16 +52,14 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 def prepare_output_dir(config: PreprocessConfig) -> None:
     """Refuses a non-empty output directory unless --overwrite, then empties it."""
     output = config.output_dir
-    existing = FileSystems.match([FileSystems.join(output, "*")])[0].metadata_list
+    existing = existing_outputs(output)
     if existing and not config.overwrite:
         raise SystemExit(f"error: output directory {output} is not empty; pass --overwrite to replace it")
-    if "://" not in output:
-        if existing:
-            shutil.rmtree(output)
-        os.makedirs(output, exist_ok=True)
-    elif existing:
-        everything = FileSystems.match([FileSystems.join(output, "**")])[0].metadata_list
-        FileSystems.delete([m.path for m in everything])
+    if "://" in output:
+        FileSystems.delete(existing)
+    else:
+        shutil.rmtree(output, ignore_errors=True)
+        os.makedirs(output)
 
 
 def count_images(config: PreprocessConfig) -> int:

@@ -26,16 +26,21 @@ def decode_pixels(image_bytes: tf.Tensor, *, height: int, width: int, channels: 
 
 
 def make_preprocessing_fn(*, height: int, width: int, channels: int) -> Callable[[dict], dict]:
-    """Returns the preprocessing_fn for images of the given shape."""
+    """Returns the preprocessing_fn for images of the given shape.
+
+    Its analysers read the per-image channel statistics that the pipeline computed on the
+    workers (``pixel_mean``, ``pixel_mean_square``), not the pixels: tf.Transform's analysis
+    then moves a few floats per image instead of the image, so its memory does not grow with
+    the image size. The transform it writes takes ``image`` alone; TFT fills the analysis-only
+    inputs with zeros when a reader (trainer, exported model) leaves them out.
+    """
 
     def preprocessing_fn(inputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         image = decode_pixels(inputs[features.IMAGE_KEY], height=height, width=width, channels=channels)
         # Every image has the same number of pixels, so the mean over images of the
         # per-image channel means is the channel mean over all pixels of the split.
-        per_image_mean = tf.reduce_mean(image, axis=[1, 2])  # [batch, channels]
-        per_image_mean_square = tf.reduce_mean(tf.square(image), axis=[1, 2])  # [batch, channels]
-        mean = tft.mean(per_image_mean, reduce_instance_dims=False)  # [channels]
-        mean_square = tft.mean(per_image_mean_square, reduce_instance_dims=False)  # [channels]
+        mean = tft.mean(inputs[features.PIXEL_MEAN_KEY], reduce_instance_dims=False)  # [channels]
+        mean_square = tft.mean(inputs[features.PIXEL_MEAN_SQUARE_KEY], reduce_instance_dims=False)  # [channels]
         stddev = tf.sqrt(tf.maximum(mean_square - tf.square(mean), 0.0))
         stddev = tf.maximum(stddev, _MIN_STDDEV)
         return {

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import math
 import operator
+import os
 import posixpath
 from typing import Any, Mapping
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
+import numpy as np
+from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.value_provider import StaticValueProvider
+from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's own TFRecord framing (length, CRCs).
 
 from pipelines import features
 from pipelines.options import PreprocessConfig
+from pipelines.transforms import unit_hash
 
-# Beam's file sinks write to temp files and rename them when the bundle commits, so a
-# failed run never leaves a shard that looks complete; the manifest is written last.
+# Beam's file sinks write to temp files and rename them when complete, so a failed run
+# never leaves a shard that looks complete; the manifest is written last.
 EXAMPLES_PER_SHARD = 1000
 STATS_FILE = "_stats"  # Run statistics, read by the driver into the manifest, then removed.
+SHARDS_TEMP_DIR = ".tmp_shards"  # Shards being written; removed by the driver at the end.
+
+
+def existing_outputs(output_dir: str) -> list[str]:
+    """What is already in ``output_dir`` (files and, locally, folders): non-empty means taken."""
+    if "://" not in output_dir:
+        return sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
+    return [m.path for m in FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list]
 
 
 def num_shards_for(estimated_examples: float, requested: int) -> int:
@@ -33,8 +47,35 @@ def num_shards_for(estimated_examples: float, requested: int) -> int:
     return max(1, min(shards, 1024))
 
 
+class _GzipTFRecordSink(fileio.FileSink):
+    """A fileio sink writing GZIP-compressed TFRecords (what tf.data.TFRecordDataset reads)."""
+
+    def open(self, fh) -> None:
+        self._file = gzip.GzipFile(fileobj=fh, mode="wb")
+
+    def write(self, record: tuple[str, bytes]) -> None:
+        _TFRecordUtil.write_record(self._file, record[1])
+
+    def flush(self) -> None:
+        self._file.close()  # Writes the gzip trailer; fileio closes the file itself.
+
+
+def shard_file_name(window, pane, index, total, compression, destination: str) -> str:
+    """``train-00001-of-00004.tfrecord.gz``; a ``-N`` part is added when several bundles
+    (workers) wrote to the same shard, one file each."""
+    del window, pane, compression
+    part = "" if total in (None, 1) else f"-{index}"
+    return f"{destination}{part}{features.SHARD_SUFFIX}"
+
+
 class WriteShards(beam.PTransform):
-    """DecodedImage -> ``<split>-SSSSS-of-NNNNN.tfrecord.gz`` for each split."""
+    """DecodedImage -> ``<split>-SSSSS-of-NNNNN.tfrecord.gz`` for each split.
+
+    Written with ``fileio.WriteToFiles``: every bundle streams its examples straight into
+    one open file per shard, so no step holds the examples in memory (Beam's WriteToTFRecord
+    groups all of them by shard first, which the local runners keep in memory). Files go to
+    a temp directory first and are renamed when complete.
+    """
 
     def __init__(self, config: PreprocessConfig, estimated_images: int):
         super().__init__()
@@ -45,31 +86,56 @@ class WriteShards(beam.PTransform):
         config = self._config
         width, height = config.image_size
         fractions = config.splits or {"train": 1.0, "validation": config.validation_fraction, "test": 1.0}
-        for split in features.SPLITS:
-            num_shards = num_shards_for(self._estimated * fractions.get(split, 0.0), config.num_shards)
-            _ = (
-                images
-                | f"Filter_{split}" >> beam.Filter(lambda im, s=split: im.split == s)
-                | f"Encode_{split}"
-                >> beam.Map(
-                    lambda im: features.encode_example(
-                        image=im.pixels,
-                        label=im.label,
-                        example_id=im.id,
-                        height=height,
-                        width=width,
-                        channels=config.channels,
-                    )
-                )
-                | f"Write_{split}"
-                >> beam.io.WriteToTFRecord(
-                    features.shard_prefix(config.output_dir, split),
-                    file_name_suffix=features.SHARD_SUFFIX,
-                    num_shards=num_shards,
-                    compression_type=CompressionTypes.GZIP,
-                )
+        shards = {
+            split: num_shards_for(self._estimated * fractions.get(split, 0.0), config.num_shards)
+            for split in features.SPLITS
+        }
+
+        def keyed_example(image) -> tuple[str, bytes]:
+            count = shards[image.split]
+            shard = int(unit_hash("shard", image.id) * count)
+            serialized = features.encode_example(
+                image=image.pixels, label=image.label, example_id=image.id,
+                height=height, width=width, channels=config.channels,
             )
-        return images.pipeline
+            return f"{image.split}-{shard:05d}-of-{count:05d}", serialized
+
+        return (
+            images
+            | "Encode" >> beam.Map(keyed_example)
+            # (shard name, serialized tf.Example)
+            | "Write"
+            >> fileio.WriteToFiles(
+                path=config.output_dir,
+                destination=lambda keyed: keyed[0],
+                sink=lambda destination: _GzipTFRecordSink(),
+                file_naming=shard_file_name,
+                temp_directory=StaticValueProvider(str, FileSystems.join(config.output_dir, SHARDS_TEMP_DIR)),
+                max_writers_per_bundle=sum(shards.values()),
+            )
+        )
+
+
+def write_empty_shard(output_dir: str, split: str) -> None:
+    """An empty ``<split>-00000-of-00001`` file, so that an empty split still has a shard."""
+    with FileSystems.create(features.shard_prefix(output_dir, split) + "-00000-of-00001" + features.SHARD_SUFFIX) as f:
+        with gzip.GzipFile(fileobj=f, mode="wb"):
+            pass
+
+
+def _analysis_features(image, *, channels: int) -> dict[str, Any]:
+    """What the preprocessing_fn's analysers read of one train image: its channel statistics.
+
+    The pixels themselves are left out (an empty string): the analysers never read them, and
+    carrying them would hold every train image in the local runner's memory.
+    """
+    pixels = np.frombuffer(image.pixels, np.uint8).reshape(-1, channels).astype(np.float64) / 255.0
+    return {
+        features.IMAGE_KEY: b"",
+        features.LABEL_KEY: image.label,
+        features.PIXEL_MEAN_KEY: pixels.mean(axis=0).astype(np.float32),
+        features.PIXEL_MEAN_SQUARE_KEY: np.square(pixels).mean(axis=0).astype(np.float32),
+    }
 
 
 class WriteTransformStatistics(beam.PTransform):
@@ -92,18 +158,19 @@ class WriteTransformStatistics(beam.PTransform):
 
         config = self._config
         width, height = config.image_size
+        channels = config.channels
         raw_metadata = dataset_metadata.DatasetMetadata(
             schema_utils.schema_from_feature_spec(
                 {
                     features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
                     features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+                    features.PIXEL_MEAN_KEY: tf.io.FixedLenFeature([channels], tf.float32),
+                    features.PIXEL_MEAN_SQUARE_KEY: tf.io.FixedLenFeature([channels], tf.float32),
                 }
             )
         )
         transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
-        raw = train_images | "ToRawFeatures" >> beam.Map(
-            lambda im: {features.IMAGE_KEY: im.pixels, features.LABEL_KEY: im.label}
-        )
+        raw = train_images | "ToAnalysisFeatures" >> beam.Map(_analysis_features, channels=channels)
         transform_fn = (raw, raw_metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
             make_preprocessing_fn(height=height, width=width, channels=config.channels)
         )

@@ -99,5 +99,7 @@ def test_portable_runner_with_external_workers_matches_direct_runner(tmp_path, p
         for name in ("direct", "portable")
     ]
     np.testing.assert_allclose(
-        outputs[0][features.NORMALIZED_IMAGE_KEY].numpy(), outputs[1][features.NORMALIZED_IMAGE_KEY].numpy(), rtol=1e-6
+        # float32 sums in another order: equal to rounding.
+        outputs[0][features.NORMALIZED_IMAGE_KEY].numpy(), outputs[1][features.NORMALIZED_IMAGE_KEY].numpy(),
+        rtol=1e-5, atol=1e-6,
     )
