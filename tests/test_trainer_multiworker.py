@@ -17,12 +17,13 @@ import socket
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import export, training
+from trainer import data, export, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKERS = 2
@@ -117,12 +118,18 @@ def test_two_workers_train_identically_and_only_the_chief_writes(rgb_dir, tmp_pa
         "checkpoints", "export", "history.csv", "logs", "model.keras", "training_config.json"
     ]
 
-    # The chief's export serves the model it trained: better than chance on the test split.
+    # The chief's export serves the model it trained: the same probabilities as model.keras
+    # on the trainer's own input path. (Accuracy after 6 steps on 48 images is a coin toss
+    # between runs; bench/rehearsal.py compares accuracy with a single-process run.)
     _, serve_examples = export.load_serving(str(job_dir / "export"))
     records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, pathlib.Path(rgb_dir).glob("test-*"))), "GZIP")]
-    labels = np.array([tf.train.Example.FromString(r).features.feature[features.LABEL_KEY].int64_list.value[0] for r in records])
-    predicted = serve_examples(examples=tf.constant(records))["class"].numpy()
-    assert len(labels) == 16 and (predicted == labels).mean() >= 0.75
+    served = serve_examples(examples=tf.constant(records))["probability"].numpy().reshape(-1)
+    manifest = features.read_manifest(rgb_dir)
+    parse = data.make_parse_and_transform(data.load_transform(rgb_dir, manifest), image_shape=features.image_shape(manifest))
+    images, _ = parse(tf.constant(records))
+    trained = keras.saving.load_model(job_dir / "model.keras").predict(images, verbose=0)[:, -1]
+    assert len(records) == 16
+    np.testing.assert_allclose(served, trained, atol=1e-5)
 
     # A cluster that died after epoch 2 (no model.keras yet) resumes from the chief's
     # last checkpoint: restarted with 3 epochs, it trains only the third.

@@ -1,0 +1,159 @@
+"""Scale-out rehearsal on one machine, before paying for a cluster.
+
+    python bench/rehearsal.py [--data_root DIR] [--workdir DIR] [--count 400] [--epochs 5]
+
+1. preprocess through Beam's portable job API (what Flink, Spark and Dataflow Runner v2
+   use): a job service and an SDK worker pool started as processes on 127.0.0.1, the job on
+   two SDK workers;
+2. train with the default strategy in one process (the reference);
+3. train with MultiWorkerMirroredStrategy on two processes (TF_CONFIG on 127.0.0.1);
+4. evaluate both and export;
+and print each stage's time. Exits 1 unless the two-worker model's test accuracy matches the
+single process's within noise (3 binomial standard deviations of the test split, + 0.05).
+Every process it starts is stopped by its PID. Data: the glasses demo set (generated) or
+a Kaggle-layout folder given with --data_root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PYTHON = sys.executable
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports on 127.0.0.1."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+
+
+def stop(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM, then SIGKILL after 20 s, each process by its PID."""
+    for process in processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run(command: list[str], **kwargs) -> None:
+    completed = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    if completed.returncode:
+        sys.exit(f"failed: {' '.join(command)}\n{completed.stderr[-3000:]}")
+
+
+@contextlib.contextmanager
+def portable_services(log_dir: str):
+    """(job port, worker pool port) of a job service and worker pool on loopback."""
+    processes, ports = [], []
+    try:
+        for service in ("job_service", "worker_pool"):
+            process = subprocess.Popen(
+                [PYTHON, "-m", "pipelines.portable", service, "--port", "0"],
+                stdout=subprocess.PIPE, stderr=open(os.path.join(log_dir, f"{service}.log"), "w"), text=True,
+            )
+            processes.append(process)
+            ports.append(int(process.stdout.readline().rsplit(":", 1)[1]))
+        yield ports
+    finally:
+        stop(processes)
+
+
+def train_two_workers(argv: list[str], log_dir: str) -> None:
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    processes = []
+    try:
+        for index in range(2):
+            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            log = open(os.path.join(log_dir, f"worker{index}.log"), "w")
+            processes.append(subprocess.Popen([PYTHON, "-m", "trainer.task", *argv], env=env, stdout=log, stderr=log))
+        codes = [process.wait(timeout=1800) for process in processes]
+    finally:
+        stop(processes)
+    if any(codes):
+        sys.exit(f"two-worker training failed with exit codes {codes}; logs in {log_dir}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_root", help="Kaggle-layout glasses folder (default: generate the demo set)")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_rehearsal"))
+    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=5)
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    times: dict[str, float] = {}
+
+    def stage(name: str):
+        print(f"... {name}", flush=True)
+        return name, time.perf_counter()
+
+    def done(started: tuple[str, float]) -> None:
+        times[started[0]] = time.perf_counter() - started[1]
+
+    raw = args.data_root or os.path.join(args.workdir, "raw")
+    if not args.data_root:
+        started = stage("generate demo data")
+        run([PYTHON, "-m", "pipelines.demo_data", "--dataset", "glasses", "--out", raw, "--count", str(args.count),
+             "--size", "256"])
+        done(started)
+    data_dir = os.path.join(args.workdir, "data")
+    review = [f for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude"))
+              if os.path.exists(os.path.join(raw, name)) for f in (flag, os.path.join(raw, name))]
+    started = stage("preprocess: PortableRunner, 2 SDK workers")
+    with portable_services(args.workdir) as (job_port, worker_port):
+        run([PYTHON, "-m", "pipelines.preprocess", "--dataset", "glasses", "--images", raw, "--output", data_dir,
+             "--overwrite", "--splits", "from_source", *review, "--runner", "PortableRunner",
+             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
+             "--environment_config", f"localhost:{worker_port}", "--direct_num_workers", "2"])
+    done(started)
+
+    accuracies, test_size = {}, 0
+    for name in ("single process", "two workers"):
+        job_dir = os.path.join(args.workdir, "job_" + name.replace(" ", "_"))
+        train = ["train", "--data_dir", data_dir, "--job_dir", job_dir, "--epochs", str(args.epochs), "--verbose", "0"]
+        started = stage(f"train: {name}")
+        if name == "two workers":
+            train_two_workers([*train, "--strategy", "multi_worker"], args.workdir)
+        else:
+            run([PYTHON, "-m", "trainer.task", *train, "--strategy", "default"])
+        done(started)
+        started = stage(f"evaluate: {name}")
+        run([PYTHON, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
+        done(started)
+        with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
+            metrics = json.load(f)
+        accuracies[name], test_size = metrics["accuracy"], metrics["num_examples"]
+        if not os.path.exists(os.path.join(job_dir, "export", "saved_model.pb")):
+            sys.exit(f"no exported model in {job_dir}")
+
+    print(f"\n{'stage':<45} {'seconds':>8}")
+    for name, seconds in times.items():
+        print(f"{name:<45} {seconds:>8.1f}")
+    single, multi = accuracies["single process"], accuracies["two workers"]
+    tolerance = 3 * math.sqrt(max(single * (1 - single), 0.01) / max(test_size, 1)) + 0.05
+    verdict = "match" if abs(single - multi) <= tolerance else "DIFFER"
+    print(f"\ntest accuracy ({test_size} images): single process {single:.3f}, two workers {multi:.3f}: "
+          f"{verdict} (tolerance {tolerance:.3f})")
+    sys.exit(0 if verdict == "match" else 1)
+
+
+if __name__ == "__main__":
+    main()
