@@ -95,7 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", help="Kaggle-layout glasses folder (default: generate the demo set)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_rehearsal"))
-    parser.add_argument("--count", type=int, default=400)
+    parser.add_argument("--count", type=int, default=800)
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -131,9 +131,14 @@ def main() -> None:
         train = ["train", "--data_dir", data_dir, "--job_dir", job_dir, "--epochs", str(args.epochs), "--verbose", "0"]
         started = stage(f"train: {name}")
         if name == "two workers":
-            train_two_workers([*train, "--strategy", "multi_worker"], args.workdir)
+            # The same global batch as the single process (64 = 2 x 32), so that both take
+            # the same number of steps: the only difference left is where the steps run.
+            hp = os.path.join(args.workdir, "two_workers_hp.json")
+            with open(hp, "w") as f:
+                json.dump({"batch_size": 32}, f)
+            train_two_workers([*train, "--strategy", "multi_worker", "--hyperparameters", hp], args.workdir)
         else:
-            run([PYTHON, "-m", "trainer.task", *train, "--strategy", "default"])
+            run([PYTHON, "-m", "trainer.task", *train, "--strategy", "default"])  # batch 64, the preset's
         done(started)
         started = stage(f"evaluate: {name}")
         run([PYTHON, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
