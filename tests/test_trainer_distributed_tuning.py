@@ -10,12 +10,12 @@ import contextlib
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
 import keras_tuner as kt
 import pytest
+from processes import free_ports, stop
 
 from trainer import models, task, tuning
 
@@ -32,25 +32,6 @@ def rgb_dir(make_data_dir):
     return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """terminate -> wait -> kill, each process by its own handle (PID)."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 def fits(log: str) -> list[str]:
     """The hyperparameter values of each trial fit, as logged by FaceHyperModel.fit."""
     return [line.split("trial fit start: ", 1)[1] for line in log.splitlines() if "trial fit start: " in line]
@@ -61,7 +42,7 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--epochs", "1", "--verbose", "0"]
     grid = tuning.grid_size({**models.GLASSES_CNN.space("small"), "epochs": [1]})
-    port = free_port()
+    (port,) = free_ports(1)
     procs = {}
     with contextlib.ExitStack() as stack:
         logs = {tuner_id: stack.enter_context(open(tmp_path / f"{tuner_id}.log", "w+")) for tuner_id in TUNER_IDS}
@@ -107,7 +88,7 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
 def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
-    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_ports(1)[0]))
     project = tmp_path / "job/tuning/glasses_cnn_grid"
     project.mkdir(parents=True)
     (project / "oracle.json").write_text("{}")

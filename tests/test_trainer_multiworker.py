@@ -13,13 +13,13 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+from processes import free_ports, stop
 import tensorflow as tf
 
 from pipelines import features
@@ -35,28 +35,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def rgb_dir(make_data_dir):
     return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1 (held open together so that they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
-def stop(procs: list[subprocess.Popen]) -> None:
-    """terminate -> wait -> kill, each process by its own handle (PID)."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def run_cluster(argv: list[str], tmp_path: pathlib.Path, name: str) -> list[str]:
