@@ -161,7 +161,7 @@ def is_under(path: str, root: str) -> bool:
 def build_index(config: PreprocessConfig, root: str) -> dict[str, Item]:
     """Every listed image by id, in natural id order, with the pipeline's label for it."""
     images: dict[str, list] = collections.defaultdict(list)
-    key_by_id = sources._KeyImageById(config)
+    key_by_id = sources.KeyImageById(config)
     for file in list_image_files(config.image_globs):
         if not is_under(file[0], root):
             log.warning("skipping %s: it resolves to outside %s", file[0], root)
@@ -173,7 +173,7 @@ def build_index(config: PreprocessConfig, root: str) -> dict[str, Item]:
                 images[out[0]].append(out[1])  # (id, (path, size, folder_label, group))
     labels = collections.defaultdict(list)
     for path in config.labels_csv:
-        rows, dead = run_row_parser(path, sources._ParseLabelRows(path, header_of(path), config))
+        rows, dead = run_row_parser(path, sources.ParseLabelRows(path, header_of(path), config))
         for image_id, row in rows:
             labels[image_id].append(row)
         if dead:
@@ -200,7 +200,7 @@ def read_predictions(path: str, config: PreprocessConfig, items: dict[str, Item]
     pipeline derives ids.
     """
     by_path = {_normalized(item.path): item.id for item in items.values()}
-    key_by_id = sources._KeyImageById(config)
+    key_by_id = sources.KeyImageById(config)
     probabilities, unmatched = {}, 0
     with FileSystems.open(path) as f:
         reader = csv.DictReader(io.TextIOWrapper(f, encoding="utf-8-sig", newline=""))
@@ -235,7 +235,7 @@ def read_id_csv(path: str, config: PreprocessConfig, *, with_label: bool) -> dic
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return {}
     header = header_of(path)
-    rows, dead = run_row_parser(path, sources._ParseIdLabel(path, header, config, with_label=with_label))
+    rows, dead = run_row_parser(path, sources.ParseIdLabel(path, header, config, with_label=with_label))
     if dead:
         details = "; ".join(d["detail"] for d in dead[:3])
         raise SystemExit(f"error: {path}: {len(dead)} rows the pipeline cannot read ({details}); fix or remove them")
@@ -482,7 +482,7 @@ def make_thumbnail(data: bytes, *, side: int, max_pixels: int) -> bytes:
     Decoded by the pipeline's decoder (same checks, same failure reasons, INTER_AREA);
     raises transforms.UndecodableImage.
     """
-    transforms._check_container(data)
+    transforms.check_container(data)
     width, height = transforms.image_dimensions(data)
     scale = min(1.0, side / max(width, height, 1))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))

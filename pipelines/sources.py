@@ -130,7 +130,7 @@ class _SplitByExtension(beam.DoFn):
             yield beam.pvalue.TaggedOutput(NOT_IMAGE_FILE, file[0])
 
 
-class _KeyImageById(beam.DoFn):
+class KeyImageById(beam.DoFn):
     """(path, size) -> (id, (path, size, folder_label, group)) or a dead letter."""
 
     def __init__(self, config: PreprocessConfig):
@@ -158,7 +158,7 @@ class _KeyImageById(beam.DoFn):
         yield image_id, (path, size, folder_label, group)
 
 
-class _ParseLabelRows(beam.DoFn):
+class ParseLabelRows(beam.DoFn):
     """A labels-CSV line -> (id, LabelRow), or a dead letter for a malformed row."""
 
     def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig):
@@ -197,7 +197,7 @@ class _ParseLabelRows(beam.DoFn):
         yield image_id, LabelRow(label, self._split, group, error)
 
 
-class _ParseIdLabel(beam.DoFn):
+class ParseIdLabel(beam.DoFn):
     """An overrides or exclusions CSV line -> (id, label or None), or a dead letter."""
 
     def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig, *, with_label: bool):
@@ -265,23 +265,23 @@ class LabelledImages(beam.PTransform):
         fingerprint = listed.images | "HashPathAndSize" >> beam.Map(
             lambda file: path_hash(f"{file[0]}\0{file[1]}")
         )
-        keyed = listed.images | "KeyById" >> beam.ParDo(_KeyImageById(config)).with_outputs(DEAD_LETTER, main="keyed")
+        keyed = listed.images | "KeyById" >> beam.ParDo(KeyImageById(config)).with_outputs(DEAD_LETTER, main="keyed")
         # (id, (path, size, folder_label, group))
 
         label_rows, label_dead = _read_csvs(
-            pipeline, "Labels", config.labels_csv, lambda path, header: _ParseLabelRows(path, header, config)
+            pipeline, "Labels", config.labels_csv, lambda path, header: ParseLabelRows(path, header, config)
         )
         override_rows, override_dead = _read_csvs(
             pipeline,
             "Overrides",
             config.overrides_csv,
-            lambda path, header: _ParseIdLabel(path, header, config, with_label=True),
+            lambda path, header: ParseIdLabel(path, header, config, with_label=True),
         )
         exclusion_rows, exclusion_dead = _read_csvs(
             pipeline,
             "Exclusions",
             config.exclude_csv,
-            lambda path, header: _ParseIdLabel(path, header, config, with_label=False),
+            lambda path, header: ParseIdLabel(path, header, config, with_label=False),
         )
         if config.exclude_ids:
             exclusion_rows.append(

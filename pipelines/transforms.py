@@ -75,7 +75,7 @@ class UndecodableImage(ValueError):
         self.detail = detail
 
 
-def _check_container(data: bytes) -> str:
+def check_container(data: bytes) -> str:
     """'png' or 'jpeg' after cheap checks on the bytes; raises UndecodableImage otherwise."""
     if not data:
         raise UndecodableImage("zero_bytes")
@@ -131,7 +131,7 @@ def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
 
 def decode_and_resize(data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
-    container = _check_container(data)
+    container = check_container(data)
     width, height = image_dimensions(data)
     if width * height > max_pixels:
         raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
