@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-from collections import defaultdict
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -126,12 +125,13 @@ def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seco
     )
     sinks.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     FileSystems.delete([FileSystems.join(config.output_dir, sinks.STATS_FILE + ".json")])
-    for temp_dir in (".tft_tmp", sinks.SHARDS_TEMP_DIR):
+    for temp_dir in (sinks.TFT_TEMP_DIR, sinks.SHARDS_TEMP_DIR):
+        if "://" not in config.output_dir:
+            shutil.rmtree(os.path.join(config.output_dir, temp_dir), ignore_errors=True)
+            continue
         leftovers = FileSystems.match([FileSystems.join(config.output_dir, temp_dir, "**")])[0].metadata_list
         if leftovers:
             FileSystems.delete([m.path for m in leftovers])
-        if "://" not in config.output_dir:
-            shutil.rmtree(os.path.join(config.output_dir, temp_dir), ignore_errors=True)
     return manifest
 
 
@@ -144,10 +144,9 @@ def summary_table(manifest: dict) -> str:
         per_class = counts["written"][split]
         row = [per_class[str(i)] for i in range(len(classes))]
         lines.append(f"{split:<12}" + "".join(f"{n:>14}" for n in row) + f"{sum(row):>10}")
-    reasons = defaultdict(int, counts["dead_letter"])
     lines.append(f"images seen {counts['images_seen']}, written {counts['written_total']}, "
                  f"dead letters {counts['dead_letter_total']}: "
-                 + (", ".join(f"{r} {n}" for r, n in sorted(reasons.items())) or "none"))
+                 + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none"))
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)

@@ -23,8 +23,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import features, manifest
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.options import PreprocessConfig, parse_args
+from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args
 from pipelines.sinks import (
+    TFT_TEMP_DIR,
     WriteDeadLetters,
     WriteRunStatistics,
     WriteShards,
@@ -66,7 +67,7 @@ def count_images(config: PreprocessConfig) -> int:
     """How many image files the globs match: sizes the shards before the run."""
     total = 0
     for result in FileSystems.match(list(config.image_globs)):
-        total += sum(1 for m in result.metadata_list if m.path.lower().endswith((".png", ".jpg", ".jpeg")))
+        total += sum(1 for m in result.metadata_list if m.path.lower().endswith(IMAGE_EXTENSIONS))
     return total
 
 
@@ -120,7 +121,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     estimated = count_images(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
     started = time.monotonic()
-    temp_dir = FileSystems.join(config.output_dir, ".tft_tmp")
+    temp_dir = FileSystems.join(config.output_dir, TFT_TEMP_DIR)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
     elapsed = time.monotonic() - started

@@ -27,6 +27,7 @@ from pipelines.transforms import unit_hash
 EXAMPLES_PER_SHARD = 1000
 STATS_FILE = "_stats"  # Run statistics, read by the driver into the manifest, then removed.
 SHARDS_TEMP_DIR = ".tmp_shards"  # Shards being written; removed by the driver at the end.
+TFT_TEMP_DIR = ".tft_tmp"  # tf.Transform's working files; removed by the driver at the end.
 
 
 def existing_outputs(output_dir: str) -> list[str]:
