@@ -17,63 +17,23 @@ a Kaggle-layout folder given with --data_root.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from pipelines.portable import free_ports, running_services, stop_processes
+
 PYTHON = sys.executable
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports on 127.0.0.1."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
-def stop(processes: list[subprocess.Popen]) -> None:
-    """SIGTERM, then SIGKILL after 20 s, each process by its PID."""
-    for process in processes:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def run(command: list[str], **kwargs) -> None:
     completed = subprocess.run(command, capture_output=True, text=True, **kwargs)
     if completed.returncode:
         sys.exit(f"failed: {' '.join(command)}\n{completed.stderr[-3000:]}")
-
-
-@contextlib.contextmanager
-def portable_services(log_dir: str):
-    """(job port, worker pool port) of a job service and worker pool on loopback."""
-    processes, ports = [], []
-    try:
-        for service in ("job_service", "worker_pool"):
-            process = subprocess.Popen(
-                [PYTHON, "-m", "pipelines.portable", service, "--port", "0"],
-                stdout=subprocess.PIPE, stderr=open(os.path.join(log_dir, f"{service}.log"), "w"), text=True,
-            )
-            processes.append(process)
-            ports.append(int(process.stdout.readline().rsplit(":", 1)[1]))
-        yield ports
-    finally:
-        stop(processes)
 
 
 def train_two_workers(argv: list[str], log_dir: str) -> None:
@@ -86,7 +46,7 @@ def train_two_workers(argv: list[str], log_dir: str) -> None:
             processes.append(subprocess.Popen([PYTHON, "-m", "trainer.task", *argv], env=env, stdout=log, stderr=log))
         codes = [process.wait(timeout=1800) for process in processes]
     finally:
-        stop(processes)
+        stop_processes(processes)
     if any(codes):
         sys.exit(f"two-worker training failed with exit codes {codes}; logs in {log_dir}")
 
@@ -118,7 +78,7 @@ def main() -> None:
     review = [f for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude"))
               if os.path.exists(os.path.join(raw, name)) for f in (flag, os.path.join(raw, name))]
     started = stage("preprocess: PortableRunner, 2 SDK workers")
-    with portable_services(args.workdir) as (job_port, worker_port):
+    with running_services(args.workdir) as (job_port, worker_port):
         run([PYTHON, "-m", "pipelines.preprocess", "--dataset", "glasses", "--images", raw, "--output", data_dir,
              "--overwrite", "--splits", "from_source", *review, "--runner", "PortableRunner",
              "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",

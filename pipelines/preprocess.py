@@ -33,7 +33,11 @@ from pipelines.sinks import (
     existing_outputs,
 )
 from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
-from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
+from pipelines.transforms import (
+    DecodeAndResize,
+    DownsampleToSmallestClass,
+    assign_split,
+)
 
 # Beam's DirectRunner first tries the Prism runner, which downloads a binary: facepipe's
 # default run must not touch the network, so "DirectRunner" means the FnApiRunner here

@@ -15,8 +15,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import (
+    _TFRecordUtil,  # Beam's own TFRecord framing (length, CRCs).
+)
 from apache_beam.options.value_provider import StaticValueProvider
-from apache_beam.io.tfrecordio import _TFRecordUtil  # Beam's own TFRecord framing (length, CRCs).
 
 from pipelines import features
 from pipelines.options import PreprocessConfig

@@ -6,11 +6,7 @@ service and the worker pool as separate processes, and stops them by their PIDs.
 
 from __future__ import annotations
 
-import os
 import pathlib
-import signal
-import subprocess
-import sys
 from typing import Iterator
 
 import numpy as np
@@ -20,45 +16,16 @@ import tensorflow_transform as tft
 from image_files import write_glasses_like
 
 from pipelines import features
+from pipelines.portable import running_services
 from pipelines.preprocess import run
 
 pytestmark = pytest.mark.slow
 
 
-def _start(service: str, log: pathlib.Path) -> tuple[subprocess.Popen, int]:
-    """Starts ``python -m pipelines.portable SERVICE`` on a free loopback port, logging to ``log``."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.portable", service, "--port", "0"],
-        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
-    )
-    line = process.stdout.readline()  # "<service> listening on 127.0.0.1:<port>"
-    assert "listening on 127.0.0.1:" in line, f"{service} did not start: {line!r}"
-    return process, int(line.rsplit(":", 1)[1])
-
-
-def _stop(process: subprocess.Popen) -> None:
-    os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 @pytest.fixture
 def portable_services(tmp_path) -> Iterator[tuple[int, int, pathlib.Path]]:
-    job_service, job_port = _start("job_service", tmp_path / "job_service.log")
-    try:
-        worker_pool, worker_port = _start("worker_pool", tmp_path / "worker_pool.log")
-    except BaseException:
-        _stop(job_service)
-        raise
-    try:
+    with running_services(str(tmp_path)) as (job_port, worker_port):
         yield job_port, worker_port, tmp_path / "worker_pool.log"
-    finally:
-        _stop(worker_pool)
-        _stop(job_service)
-    assert job_service.returncode is not None and worker_pool.returncode is not None
 
 
 def _examples(output_dir: str, split: str) -> list[tuple[bytes, bytes, int]]:

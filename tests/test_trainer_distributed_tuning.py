@@ -15,8 +15,8 @@ import sys
 
 import keras_tuner as kt
 import pytest
-from processes import free_ports, stop
 
+from pipelines.portable import free_ports, stop_processes
 from trainer import models, task, tuning
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
                 )
             codes = {tuner_id: proc.wait(timeout=TIMEOUT_S) for tuner_id, proc in procs.items()}
         finally:
-            stop(list(procs.values()))
+            stop_processes(list(procs.values()))
         text = {}
         for tuner_id, log in logs.items():
             log.seek(0)

@@ -19,10 +19,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-from processes import free_ports, stop
 import tensorflow as tf
 
 from pipelines import features
+from pipelines.portable import free_ports, stop_processes
 from trainer import data, export, training
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def run_cluster(argv: list[str], tmp_path: pathlib.Path, name: str) -> list[str]
                 ))
             codes = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
         finally:
-            stop(procs)
+            stop_processes(procs)
         texts = []
         for log in files:
             log.seek(0)
