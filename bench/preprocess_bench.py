@@ -64,8 +64,24 @@ def decode_limit(paths: list[str]) -> int:
 
 
 def _pipeline_args(dataset: str, root: str, output: str) -> list[str]:
-    return [sys.executable, "-m", "pipelines.preprocess", "--dataset", dataset, "--images", root,
-            "--output", output, "--overwrite", "--image_size", "50", "--color_mode", "rgb", "--balance", "none"]
+    return [
+        sys.executable,
+        "-m",
+        "pipelines.preprocess",
+        "--dataset",
+        dataset,
+        "--images",
+        root,
+        "--output",
+        output,
+        "--overwrite",
+        "--image_size",
+        "50",
+        "--color_mode",
+        "rgb",
+        "--balance",
+        "none",
+    ]
 
 
 def pipeline(dataset: str, root: str, workers: int) -> float:
@@ -109,21 +125,32 @@ def throughput(args: argparse.Namespace) -> None:
         for method, (fn, *fn_args) in measured.items():
             seconds[method] = _median_seconds(functools.partial(fn, *fn_args), args.runs)
             count = len(small_paths) if method.endswith("_small") else len(paths)
-            print(f"{fmt:<6} {method:<18} {count:>7} {seconds[method]:>9.2f} {count / seconds[method]:>9.1f}", flush=True)
-        rates = {method: len(paths) / seconds[method] for method in ("seeds_loop", "decode_limit", "pipeline_1w", "pipeline_2w")}
+            print(
+                f"{fmt:<6} {method:<18} {count:>7} {seconds[method]:>9.2f} {count / seconds[method]:>9.1f}", flush=True
+            )
+        rates = {
+            method: len(paths) / seconds[method]
+            for method in ("seeds_loop", "decode_limit", "pipeline_1w", "pipeline_2w")
+        }
         # Steady state: the rate once the fixed cost (the small run's time) is paid.
         extra = len(paths) - len(small_paths)
         for workers in ("1w", "2w"):
             rates[f"steady_{workers}"] = extra / (seconds[f"pipeline_{workers}"] - seconds[f"pipeline_{workers}_small"])
-        print(f"{fmt:<6} whole job: 1w/decode_limit {rates['pipeline_1w'] / rates['decode_limit']:.2f}, "
-              f"2w/1w {rates['pipeline_2w'] / rates['pipeline_1w']:.2f}, 2w/seeds_loop "
-              f"{rates['pipeline_2w'] / rates['seeds_loop']:.2f}, decode_limit/seeds_loop "
-              f"{rates['decode_limit'] / rates['seeds_loop']:.2f}", flush=True)
-        print(f"{fmt:<6} steady state ({rates['steady_1w']:.1f} and {rates['steady_2w']:.1f} images/s): "
-              f"1w/decode_limit {rates['steady_1w'] / rates['decode_limit']:.2f} (target >= 0.9), "
-              f"2w/1w {rates['steady_2w'] / rates['steady_1w']:.2f} (target >= 1.8), "
-              f"2w/seeds_loop {rates['steady_2w'] / rates['seeds_loop']:.2f}; fixed cost "
-              f"{seconds['pipeline_1w_small']:.1f} s (1w), {seconds['pipeline_2w_small']:.1f} s (2w)", flush=True)
+        print(
+            f"{fmt:<6} whole job: 1w/decode_limit {rates['pipeline_1w'] / rates['decode_limit']:.2f}, "
+            f"2w/1w {rates['pipeline_2w'] / rates['pipeline_1w']:.2f}, 2w/seeds_loop "
+            f"{rates['pipeline_2w'] / rates['seeds_loop']:.2f}, decode_limit/seeds_loop "
+            f"{rates['decode_limit'] / rates['seeds_loop']:.2f}",
+            flush=True,
+        )
+        print(
+            f"{fmt:<6} steady state ({rates['steady_1w']:.1f} and {rates['steady_2w']:.1f} images/s): "
+            f"1w/decode_limit {rates['steady_1w'] / rates['decode_limit']:.2f} (target >= 0.9), "
+            f"2w/1w {rates['steady_2w'] / rates['steady_1w']:.2f} (target >= 1.8), "
+            f"2w/seeds_loop {rates['steady_2w'] / rates['seeds_loop']:.2f}; fixed cost "
+            f"{seconds['pipeline_1w_small']:.1f} s (1w), {seconds['pipeline_2w_small']:.1f} s (2w)",
+            flush=True,
+        )
 
 
 def _peak_rss_mb(command: list[str]) -> float:

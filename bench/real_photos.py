@@ -25,11 +25,29 @@ import tempfile
 
 def _preprocess_args(name: str, root: str) -> list[str]:
     if name == "orl_glasses":
-        return ["--images", os.path.join(root, "images"), "--labels_csv", os.path.join(root, "labels.csv"),
-                "--label_column", "glasses", "--file_pattern", "face-{id}.png", "--classes", "no_glasses,glasses",
-                "--group_by", "subject", "--image_size", "50", "--color_mode", "rgb",
-                # 32 people, 12 with glasses: 10% of them (3) is too few to hold both classes.
-                "--splits", "train=0.6,validation=0.2,test=0.2", "--balance", "none"]
+        return [
+            "--images",
+            os.path.join(root, "images"),
+            "--labels_csv",
+            os.path.join(root, "labels.csv"),
+            "--label_column",
+            "glasses",
+            "--file_pattern",
+            "face-{id}.png",
+            "--classes",
+            "no_glasses,glasses",
+            "--group_by",
+            "subject",
+            "--image_size",
+            "50",
+            "--color_mode",
+            "rgb",
+            # 32 people, 12 with glasses: 10% of them (3) is too few to hold both classes.
+            "--splits",
+            "train=0.6,validation=0.2,test=0.2",
+            "--balance",
+            "none",
+        ]
     return ["--dataset", "comics", "--images", root]
 
 
@@ -45,9 +63,26 @@ def evaluate_set(name: str, root: str, workdir: str, epochs: int | None) -> dict
     data_dir, job_dir = os.path.join(workdir, name, "data"), os.path.join(workdir, name, "job")
     _run([python, "-m", "pipelines.preprocess", *_preprocess_args(name, root), "--output", data_dir, "--overwrite"])
     extra = ["--epochs", str(epochs)] if epochs else []
-    _run([python, "-m", "trainer.task", "tune", "--data_dir", data_dir, "--job_dir", job_dir,
-          "--search_space", "small", "--verbose", "0", *extra])
-    _run([python, "-m", "trainer.task", "train", "--data_dir", data_dir, "--job_dir", job_dir, "--verbose", "0", *extra])
+    _run(
+        [
+            python,
+            "-m",
+            "trainer.task",
+            "tune",
+            "--data_dir",
+            data_dir,
+            "--job_dir",
+            job_dir,
+            "--search_space",
+            "small",
+            "--verbose",
+            "0",
+            *extra,
+        ]
+    )
+    _run(
+        [python, "-m", "trainer.task", "train", "--data_dir", data_dir, "--job_dir", job_dir, "--verbose", "0", *extra]
+    )
     _run([python, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
     with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
         metrics = json.load(f)
@@ -66,11 +101,14 @@ def main() -> None:
         result = evaluate_set(name, os.path.join(args.data_root, name), args.workdir, args.epochs)
         metrics = result["metrics"]
         print(f"\n{name}: written per split/class {result['written']}")
-        print(f"  test accuracy {metrics['accuracy']:.3f}, loss {metrics['loss']:.3f}, "
-              f"confusion matrix (rows true, columns predicted) {metrics['confusion_matrix']}")
+        print(
+            f"  test accuracy {metrics['accuracy']:.3f}, loss {metrics['loss']:.3f}, "
+            f"confusion matrix (rows true, columns predicted) {metrics['confusion_matrix']}"
+        )
         wrong = metrics.get("misclassified", [])
-        print(f"  misclassified ({len(wrong)}): " + ", ".join(
-            f"{m['id']} (p={m['probability']:.2f})" for m in wrong[:20]))
+        print(
+            f"  misclassified ({len(wrong)}): " + ", ".join(f"{m['id']} (p={m['probability']:.2f})" for m in wrong[:20])
+        )
         print(f"  plots and predictions: {result['eval_dir']}\n", flush=True)
 
 

@@ -17,6 +17,7 @@ a Kaggle-layout folder given with --data_root.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -25,7 +26,9 @@ import sys
 import tempfile
 import time
 
-from pipelines.portable import free_ports, running_services, stop_processes
+# The loopback process helpers are the tests' own (tests/processes.py), importable from the project root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.processes import free_ports, running_services, stop_processes
 
 PYTHON = sys.executable
 
@@ -39,14 +42,19 @@ def run(command: list[str], **kwargs) -> None:
 def train_two_workers(argv: list[str], log_dir: str) -> None:
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
     processes = []
-    try:
-        for index in range(2):
-            env = dict(os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-            log = open(os.path.join(log_dir, f"worker{index}.log"), "w")
-            processes.append(subprocess.Popen([PYTHON, "-m", "trainer.task", *argv], env=env, stdout=log, stderr=log))
-        codes = [process.wait(timeout=1800) for process in processes]
-    finally:
-        stop_processes(processes)
+    with contextlib.ExitStack() as logs:
+        try:
+            for index in range(2):
+                env = dict(
+                    os.environ, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+                )
+                log = logs.enter_context(open(os.path.join(log_dir, f"worker{index}.log"), "w"))
+                processes.append(
+                    subprocess.Popen([PYTHON, "-m", "trainer.task", *argv], env=env, stdout=log, stderr=log)
+                )
+            codes = [process.wait(timeout=1800) for process in processes]
+        finally:
+            stop_processes(processes)
     if any(codes):
         sys.exit(f"two-worker training failed with exit codes {codes}; logs in {log_dir}")
 
@@ -71,18 +79,58 @@ def main() -> None:
     raw = args.data_root or os.path.join(args.workdir, "raw")
     if not args.data_root:
         started = stage("generate demo data")
-        run([PYTHON, "-m", "pipelines.demo_data", "--dataset", "glasses", "--out", raw, "--count", str(args.count),
-             "--size", "256"])
+        run(
+            [
+                PYTHON,
+                "-m",
+                "pipelines.demo_data",
+                "--dataset",
+                "glasses",
+                "--out",
+                raw,
+                "--count",
+                str(args.count),
+                "--size",
+                "256",
+            ]
+        )
         done(started)
     data_dir = os.path.join(args.workdir, "data")
-    review = [f for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude"))
-              if os.path.exists(os.path.join(raw, name)) for f in (flag, os.path.join(raw, name))]
+    review = [
+        f
+        for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude"))
+        if os.path.exists(os.path.join(raw, name))
+        for f in (flag, os.path.join(raw, name))
+    ]
     started = stage("preprocess: PortableRunner, 2 SDK workers")
     with running_services(args.workdir) as (job_port, worker_port):
-        run([PYTHON, "-m", "pipelines.preprocess", "--dataset", "glasses", "--images", raw, "--output", data_dir,
-             "--overwrite", "--splits", "from_source", *review, "--runner", "PortableRunner",
-             "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
-             "--environment_config", f"localhost:{worker_port}", "--direct_num_workers", "2"])
+        run(
+            [
+                PYTHON,
+                "-m",
+                "pipelines.preprocess",
+                "--dataset",
+                "glasses",
+                "--images",
+                raw,
+                "--output",
+                data_dir,
+                "--overwrite",
+                "--splits",
+                "from_source",
+                *review,
+                "--runner",
+                "PortableRunner",
+                "--job_endpoint",
+                f"localhost:{job_port}",
+                "--environment_type",
+                "EXTERNAL",
+                "--environment_config",
+                f"localhost:{worker_port}",
+                "--direct_num_workers",
+                "2",
+            ]
+        )
     done(started)
 
     accuracies, test_size = {}, 0
@@ -115,8 +163,10 @@ def main() -> None:
     single, multi = accuracies["single process"], accuracies["two workers"]
     tolerance = 3 * math.sqrt(max(single * (1 - single), 0.01) / max(test_size, 1)) + 0.05
     verdict = "match" if abs(single - multi) <= tolerance else "DIFFER"
-    print(f"\ntest accuracy ({test_size} images): single process {single:.3f}, two workers {multi:.3f}: "
-          f"{verdict} (tolerance {tolerance:.3f})")
+    print(
+        f"\ntest accuracy ({test_size} images): single process {single:.3f}, two workers {multi:.3f}: "
+        f"{verdict} (tolerance {tolerance:.3f})"
+    )
     sys.exit(0 if verdict == "match" else 1)
 
 

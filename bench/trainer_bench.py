@@ -39,10 +39,41 @@ def _data_dir(workdir: str, preset: str) -> str:
     raw, out = os.path.join(workdir, f"{dataset}_raw"), os.path.join(workdir, f"{dataset}_data")
     if not os.path.exists(os.path.join(out, features.MANIFEST_FILE)):
         python = sys.executable
-        subprocess.run([python, "-m", "pipelines.demo_data", "--dataset", dataset, "--out", raw,
-                        "--count", str(count), "--size", str(size)], check=True, capture_output=True)
-        subprocess.run([python, "-m", "pipelines.preprocess", "--dataset", dataset, "--images", raw,
-                        "--output", out, "--overwrite", "--balance", "none"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "pipelines.demo_data",
+                "--dataset",
+                dataset,
+                "--out",
+                raw,
+                "--count",
+                str(count),
+                "--size",
+                str(size),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                python,
+                "-m",
+                "pipelines.preprocess",
+                "--dataset",
+                dataset,
+                "--images",
+                raw,
+                "--output",
+                out,
+                "--overwrite",
+                "--balance",
+                "none",
+            ],
+            check=True,
+            capture_output=True,
+        )
     return out
 
 
@@ -85,18 +116,24 @@ def _train_step_rate(preset: models.Preset, input_shape: tuple[int, int, int], b
 
 
 def input_vs_training(args: argparse.Namespace) -> None:
-    print(f"{'preset':<12} {'batch':>5} {'input_cold/s':>12} {'input_cached/s':>14} {'train_step/s':>12} "
-          f"{'cold/train':>10} {'cached/train':>12}")
+    print(
+        f"{'preset':<12} {'batch':>5} {'input_cold/s':>12} {'input_cached/s':>14} {'train_step/s':>12} "
+        f"{'cold/train':>10} {'cached/train':>12}"
+    )
     for name in _DATASETS:
         preset = models.PRESETS[name]
         data_dir = _data_dir(args.workdir, name)
         batch_size = preset.defaults["batch_size"]
         shape = features.image_shape(features.read_manifest(data_dir))
-        runs = [(*_input_rates(data_dir, batch_size), _train_step_rate(preset, shape, batch_size))
-                for _ in range(args.runs)]
+        runs = [
+            (*_input_rates(data_dir, batch_size), _train_step_rate(preset, shape, batch_size)) for _ in range(args.runs)
+        ]
         cold, cached, step = (statistics.median(r[i] for r in runs) for i in range(3))
-        print(f"{name:<12} {batch_size:>5} {cold:>12.0f} {cached:>14.0f} {step:>12.0f} "
-              f"{cold / step:>10.1f} {cached / step:>12.1f}", flush=True)
+        print(
+            f"{name:<12} {batch_size:>5} {cold:>12.0f} {cached:>14.0f} {step:>12.0f} "
+            f"{cold / step:>10.1f} {cached / step:>12.1f}",
+            flush=True,
+        )
 
 
 def tune_grid(args: argparse.Namespace) -> None:
@@ -104,22 +141,50 @@ def tune_grid(args: argparse.Namespace) -> None:
     manifest = features.read_manifest(data_dir)
     with tempfile.TemporaryDirectory() as job_dir:
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "trainer.task", "tune", "--data_dir", data_dir, "--job_dir", job_dir,
-                        "--model", "comics_cnn", "--search_space", "full", "--epochs", "1", "--verbose", "0"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "trainer.task",
+                "tune",
+                "--data_dir",
+                data_dir,
+                "--job_dir",
+                job_dir,
+                "--model",
+                "comics_cnn",
+                "--search_space",
+                "full",
+                "--epochs",
+                "1",
+                "--verbose",
+                "0",
+            ],
+            check=True,
+            capture_output=True,
+        )
         wall = time.perf_counter() - started
     batch = models.COMICS_CNN.defaults["batch_size"]
     tft_output = data.load_transform(data_dir, manifest)
     started = time.perf_counter()
     for split in ("train", "validation"):  # One trial's data: a train epoch and a validation pass.
-        for _ in data.make_dataset(data_dir, split, manifest=manifest, tft_output=tft_output,
-                                   global_batch_size=batch, training=False, cache=False):
+        for _ in data.make_dataset(
+            data_dir,
+            split,
+            manifest=manifest,
+            tft_output=tft_output,
+            global_batch_size=batch,
+            training=False,
+            cache=False,
+        ):
             pass
     data_pass = time.perf_counter() - started
     trials = 16
-    print(f"comics_cnn full grid, {trials} trials x 1 epoch, {data.split_size(manifest, 'train')} train images "
-          f"128x128: {wall:.1f} s wall, {wall / trials:.1f} s per trial; one trial's data alone "
-          f"{data_pass:.2f} s = {trials * data_pass / wall:.0%} of the wall time (upper bound: prefetch overlaps it)")
+    print(
+        f"comics_cnn full grid, {trials} trials x 1 epoch, {data.split_size(manifest, 'train')} train images "
+        f"128x128: {wall:.1f} s wall, {wall / trials:.1f} s per trial; one trial's data alone "
+        f"{data_pass:.2f} s = {trials * data_pass / wall:.0%} of the wall time (upper bound: prefetch overlaps it)"
+    )
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
 _PREPROCESS_EXTRA = {
@@ -40,8 +40,19 @@ def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     work = os.path.join(args.workdir, args.dataset)
     data_root = args.data_root or os.path.join(work, "raw")
     data_dir, job_dir = os.path.join(work, "data"), os.path.join(work, "job")
-    preprocess = [python, "-m", "pipelines.preprocess", "--dataset", args.dataset, "--images", data_root,
-                  "--output", data_dir, "--overwrite", *_PREPROCESS_EXTRA[args.dataset]]
+    preprocess = [
+        python,
+        "-m",
+        "pipelines.preprocess",
+        "--dataset",
+        args.dataset,
+        "--images",
+        data_root,
+        "--output",
+        data_dir,
+        "--overwrite",
+        *_PREPROCESS_EXTRA[args.dataset],
+    ]
     # The demo data comes with a review's overrides and exclusions; a user's folder may too.
     for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude")):
         review_file = os.path.join(data_root, name)
@@ -52,13 +63,44 @@ def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     epochs = [] if args.data_root else _DEMO_EPOCHS[args.dataset]
     stages = []
     if not args.data_root:
-        stages.append(("generate demo data", [python, "-m", "pipelines.demo_data", "--dataset", args.dataset,
-                                              "--out", data_root, "--count", str(args.count or _DEMO_COUNTS[args.dataset]),
-                                              "--size", str(args.size), "--seed", str(args.seed)]))
+        stages.append(
+            (
+                "generate demo data",
+                [
+                    python,
+                    "-m",
+                    "pipelines.demo_data",
+                    "--dataset",
+                    args.dataset,
+                    "--out",
+                    data_root,
+                    "--count",
+                    str(args.count or _DEMO_COUNTS[args.dataset]),
+                    "--size",
+                    str(args.size),
+                    "--seed",
+                    str(args.seed),
+                ],
+            )
+        )
     stages += [
         ("preprocess (Beam)", preprocess),
-        ("tune (keras-tuner)", [*trainer, "tune", "--data_dir", data_dir, "--job_dir", job_dir,
-                                "--tuner", args.tuner, "--search_space", args.search_space, *epochs]),
+        (
+            "tune (keras-tuner)",
+            [
+                *trainer,
+                "tune",
+                "--data_dir",
+                data_dir,
+                "--job_dir",
+                job_dir,
+                "--tuner",
+                args.tuner,
+                "--search_space",
+                args.search_space,
+                *epochs,
+            ],
+        ),
         ("train", [*trainer, "train", "--data_dir", data_dir, "--job_dir", job_dir, *epochs]),
         ("evaluate", [*trainer, "evaluate", "--data_dir", data_dir, "--job_dir", job_dir]),
     ]

@@ -38,10 +38,11 @@ import json
 import math
 import os
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import cv2
 import numpy as np
@@ -72,9 +73,12 @@ COMIC_GLASSES_FRACTION = 0.25
 # Noisy photos barely compress, so Huffman-only deflate with the SUB filter is about as small
 # as the default strategy and twice as fast.
 PNG_PARAMS = [
-    cv2.IMWRITE_PNG_COMPRESSION, 1,
-    cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
-    cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB,
+    cv2.IMWRITE_PNG_COMPRESSION,
+    1,
+    cv2.IMWRITE_PNG_STRATEGY,
+    cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY,
+    cv2.IMWRITE_PNG_FILTER,
+    cv2.IMWRITE_PNG_FILTER_SUB,
 ]
 JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
 
@@ -91,11 +95,21 @@ _AA = cv2.LINE_AA
 _LIGHT_SKIN: Color = (246, 218, 196)
 _DARK_SKIN: Color = (80, 52, 38)
 _HAIR_COLORS: tuple[Color, ...] = (
-    (22, 18, 16), (58, 38, 26), (110, 72, 40), (205, 170, 105), (150, 62, 30), (168, 168, 168),
+    (22, 18, 16),
+    (58, 38, 26),
+    (110, 72, 40),
+    (205, 170, 105),
+    (150, 62, 30),
+    (168, 168, 168),
 )
 _EYE_COLORS: tuple[Color, ...] = ((70, 42, 22), (60, 110, 160), (70, 120, 70), (110, 110, 115))
 _FRAME_COLORS: tuple[Color, ...] = (
-    (14, 14, 14), (60, 34, 20), (112, 62, 30), (150, 150, 156), (190, 158, 78), (160, 28, 40),
+    (14, 14, 14),
+    (60, 34, 20),
+    (112, 62, 30),
+    (150, 150, 156),
+    (190, 158, 78),
+    (160, 28, 40),
 )
 _HAIR_STYLES = ("short", "long", "bob", "bald")
 _HAIR_STYLE_P = (0.4, 0.25, 0.25, 0.1)
@@ -180,14 +194,14 @@ def _shade(color: Color, factor: float) -> Color:
 
 def _mix(a: Color, b: Color, t: float) -> Color:
     """Linear interpolation from ``a`` (t=0) to ``b`` (t=1)."""
-    return tuple(x + (y - x) * t for x, y in zip(a, b))  # type: ignore[return-value]
+    return tuple(x + (y - x) * t for x, y in zip(a, b, strict=True))  # type: ignore[return-value]
 
 
 def _pick(rng: np.random.Generator, colors: Sequence[Color], jitter: float = 0.12) -> Color:
     """One of ``colors`` with a random brightness jitter per channel."""
     base = colors[rng.integers(len(colors))]
     factors = rng.uniform(1 - jitter, 1 + jitter, 3)
-    return tuple(min(255.0, c * f) for c, f in zip(base, factors))  # type: ignore[return-value]
+    return tuple(min(255.0, c * f) for c, f in zip(base, factors, strict=True))  # type: ignore[return-value]
 
 
 def sample_face(rng: np.random.Generator, size: int) -> Face:
@@ -476,9 +490,9 @@ def _write_review_files(out: Path, plan: GlassesPlan) -> None:
     ids = np.arange(1, len(plan.glasses) + 1)
     glasses, distorted = plan.glasses.astype(int), plan.distorted.astype(int)
     corrected = plan.flipped | (ids > plan.n_train)  # wrong train labels and all unlabelled test ids
-    _write_csv(out / OVERRIDES_CSV, ["id", "glasses"], zip(ids[corrected], glasses[corrected]))
+    _write_csv(out / OVERRIDES_CSV, ["id", "glasses"], zip(ids[corrected], glasses[corrected], strict=True))
     _write_csv(out / EXCLUSIONS_CSV, ["id"], ([i] for i in ids[plan.distorted]))
-    _write_csv(out / TRUTH_CSV, ["id", "glasses", "distorted"], zip(ids, glasses, distorted))
+    _write_csv(out / TRUTH_CSV, ["id", "glasses", "distorted"], zip(ids, glasses, distorted, strict=True))
 
 
 def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:

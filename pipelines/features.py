@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import posixpath
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"

@@ -144,9 +144,11 @@ def summary_table(manifest: dict) -> str:
         per_class = counts["written"][split]
         row = [per_class[str(i)] for i in range(len(classes))]
         lines.append(f"{split:<12}" + "".join(f"{n:>14}" for n in row) + f"{sum(row):>10}")
-    lines.append(f"images seen {counts['images_seen']}, written {counts['written_total']}, "
-                 f"dead letters {counts['dead_letter_total']}: "
-                 + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none"))
+    lines.append(
+        f"images seen {counts['images_seen']}, written {counts['written_total']}, "
+        f"dead letters {counts['dead_letter_total']}: "
+        + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none")
+    )
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ import dataclasses
 import json
 import os
 import posixpath
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -146,7 +147,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--overrides_csv", action="append", default=[], help="Hand-corrected labels (id,label); they always win.")
     add("--exclude", action="append", default=[], help="CSV with an id column, or comma-separated ids.")
     add("--balance", choices=["downsample", "none"], default="downsample")
-    add("--splits", type=parse_splits, default=dict(DEFAULT_SPLITS), help="train=0.8,validation=0.1,test=0.1 or from_source")
+    add(
+        "--splits",
+        type=parse_splits,
+        default=dict(DEFAULT_SPLITS),
+        help="train=0.8,validation=0.1,test=0.1 or from_source",
+    )
     add("--validation_fraction", type=float, default=0.1, help="With from_source: part of train kept for validation.")
     add("--group_by", default=None, help="Labels-CSV column (or 'stem') whose values never span two splits.")
     add("--image_size", type=parse_image_size, default=None, help="N or W,H (default: preset's, else 50).")

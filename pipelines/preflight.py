@@ -11,7 +11,8 @@ says exactly what to fix. Exits 1 when any check fails. Reads headers and lists 
 from __future__ import annotations
 
 import sys
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
@@ -46,7 +47,9 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
     if matched:
         findings.append(Finding(True, f"{matched} files match {list(config.image_globs)}"))
     else:
-        findings.append(Finding(False, f"no files match {list(config.image_globs)}: check --images (and --dataset's layout)"))
+        findings.append(
+            Finding(False, f"no files match {list(config.image_globs)}: check --images (and --dataset's layout)")
+        )
     for path in (*config.labels_csv, *config.overrides_csv, *config.exclude_csv):
         if not FileSystems.exists(path):
             findings.append(Finding(False, f"{path} does not exist"))
@@ -56,8 +59,13 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
             if config.id_column not in header:
                 findings.append(Finding(False, f"{path}: no id column {config.id_column!r} (set --id_column)"))
             if config.label_column not in header:
-                findings.append(Finding(True, f"{path}: no label column {config.label_column!r}: its ids are "
-                                              "unlabelled unless overridden (fine for a Kaggle test.csv)"))
+                findings.append(
+                    Finding(
+                        True,
+                        f"{path}: no label column {config.label_column!r}: its ids are "
+                        "unlabelled unless overridden (fine for a Kaggle test.csv)",
+                    )
+                )
         elif not header:
             findings.append(Finding(False, f"{path} is empty: it needs a header line"))
     return findings
@@ -79,23 +87,38 @@ def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Fi
     paths = [*config.image_globs, *config.labels_csv, *config.overrides_csv, *config.exclude_csv, config.output_dir]
     local = [p for p in paths if _is_local(p)]
     if local and not same_machine:
-        findings.append(Finding(False, f"{runner} workers cannot read local paths {local}: "
-                                       "copy the data to gs:// (or s3://, hdfs://) and use that"))
+        findings.append(
+            Finding(
+                False,
+                f"{runner} workers cannot read local paths {local}: "
+                "copy the data to gs:// (or s3://, hdfs://) and use that",
+            )
+        )
     setup = options.view_as(SetupOptions)
     image = options.view_as(WorkerOptions).sdk_container_image
     if runner == "DataflowRunner":
         cloud = options.view_as(GoogleCloudOptions)
         if not setup.setup_file and not image:
-            findings.append(Finding(False, "Dataflow workers need facepipe: pass --setup_file ./setup.py or "
-                                           "--sdk_container_image with the Dockerfile's image"))
+            findings.append(
+                Finding(
+                    False,
+                    "Dataflow workers need facepipe: pass --setup_file ./setup.py or "
+                    "--sdk_container_image with the Dockerfile's image",
+                )
+            )
         for name, value in (("--project", cloud.project), ("--region", cloud.region)):
             if not value:
                 findings.append(Finding(False, f"DataflowRunner needs {name}"))
         if not cloud.temp_location or _is_local(cloud.temp_location):
             findings.append(Finding(False, "DataflowRunner needs --temp_location gs://BUCKET/tmp"))
     elif portable.environment_type == "DOCKER" and not portable.environment_config:
-        findings.append(Finding(False, f"{runner} with DOCKER workers needs --environment_config IMAGE "
-                                       "(the Dockerfile's image, which has facepipe installed)"))
+        findings.append(
+            Finding(
+                False,
+                f"{runner} with DOCKER workers needs --environment_config IMAGE "
+                "(the Dockerfile's image, which has facepipe installed)",
+            )
+        )
     if not findings:
         findings.append(Finding(True, f"{runner}: paths and worker environment look right"))
     return findings

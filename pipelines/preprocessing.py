@@ -7,7 +7,7 @@ served images, so training and serving normalise with the very same constants.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft

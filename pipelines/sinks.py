@@ -9,7 +9,8 @@ import math
 import operator
 import os
 import posixpath
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -98,8 +99,12 @@ class WriteShards(beam.PTransform):
             count = shards[image.split]
             shard = int(unit_hash("shard", image.id) * count)
             serialized = features.encode_example(
-                image=image.pixels, label=image.label, example_id=image.id,
-                height=height, width=width, channels=config.channels,
+                image=image.pixels,
+                label=image.label,
+                example_id=image.id,
+                height=height,
+                width=width,
+                channels=config.channels,
             )
             return f"{image.split}-{shard:05d}-of-{count:05d}", serialized
 
@@ -121,9 +126,9 @@ class WriteShards(beam.PTransform):
 
 def write_empty_shard(output_dir: str, split: str) -> None:
     """An empty ``<split>-00000-of-00001`` file, so that an empty split still has a shard."""
-    with FileSystems.create(features.shard_prefix(output_dir, split) + "-00000-of-00001" + features.SHARD_SUFFIX) as f:
-        with gzip.GzipFile(fileobj=f, mode="wb"):
-            pass
+    path = features.shard_prefix(output_dir, split) + "-00000-of-00001" + features.SHARD_SUFFIX
+    with FileSystems.create(path) as f, gzip.GzipFile(fileobj=f, mode="wb"):
+        pass
 
 
 def _analysis_features(image, *, channels: int) -> dict[str, Any]:
@@ -231,9 +236,7 @@ class WriteRunStatistics(beam.PTransform):
             inputs["written"] | "KeyWritten" >> beam.Map(lambda im: f"written/{im.split}/{im.label}"),
         ]
         counts = (
-            keyed
-            | "FlattenKeys" >> beam.Flatten()
-            | "Count" >> beam.combiners.Count.PerElement()
+            keyed | "FlattenKeys" >> beam.Flatten() | "Count" >> beam.combiners.Count.PerElement()
             # (key, count)
         )
         fingerprints = [

@@ -11,7 +11,8 @@ import hashlib
 import io
 import posixpath
 import re
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -75,9 +76,13 @@ def parse_label(value: str, classes: tuple[str, ...]) -> int:
 def source_split_of(csv_path: str) -> str:
     """The split a labels CSV stands for, from its name: train.csv -> train, test.csv -> test."""
     stem = posixpath.basename(csv_path).rsplit(".", 1)[0].lower()
-    return {"train": "train", "val": "validation", "valid": "validation", "validation": "validation", "test": "test"}.get(
-        stem, ""
-    )
+    return {
+        "train": "train",
+        "val": "validation",
+        "valid": "validation",
+        "validation": "validation",
+        "test": "test",
+    }.get(stem, "")
 
 
 def read_csv_header(path: str) -> list[str]:
@@ -150,7 +155,9 @@ class KeyImageById(beam.DoFn):
         if self._class_folders is not None:
             folder = posixpath.basename(posixpath.dirname(path.replace("\\", "/")))
             if folder not in self._class_folders:
-                yield dead_letter(path=path, image_id=image_id, stage="list", reason="unknown_class_folder", detail=folder)
+                yield dead_letter(
+                    path=path, image_id=image_id, stage="list", reason="unknown_class_folder", detail=folder
+                )
                 return
             folder_label = self._class_folders[folder]
             group = image_id if self._group_by_stem else ""
@@ -207,8 +214,8 @@ class ParseIdLabel(beam.DoFn):
         id_column = config.id_column if config.id_column in header else header[0]
         self._id_index = header.index(id_column)
         # The overrides' label column: the configured one, else the first column that is not the id.
-        label_column = config.label_column if config.label_column in header else next(
-            (h for h in header if h != id_column), None
+        label_column = (
+            config.label_column if config.label_column in header else next((h for h in header if h != id_column), None)
         )
         if with_label and label_column is None:
             raise ValueError(f"{csv_path}: an overrides CSV needs an id and a label column, header {header}")
@@ -225,7 +232,10 @@ class ParseIdLabel(beam.DoFn):
                 raise ValueError("empty id")
         except (IndexError, ValueError) as e:
             yield dead_letter(
-                path=self._csv_path, stage="overrides", reason="malformed_csv_row", detail=f"{line[:200]}: {e}",
+                path=self._csv_path,
+                stage="overrides",
+                reason="malformed_csv_row",
+                detail=f"{line[:200]}: {e}",
                 is_image=False,
             )
             return
@@ -262,9 +272,7 @@ class LabelledImages(beam.PTransform):
     def expand(self, pipeline):
         config = self._config
         listed = pipeline | "ListImages" >> ListImages(config.image_globs)
-        fingerprint = listed.images | "HashPathAndSize" >> beam.Map(
-            lambda file: path_hash(f"{file[0]}\0{file[1]}")
-        )
+        fingerprint = listed.images | "HashPathAndSize" >> beam.Map(lambda file: path_hash(f"{file[0]}\0{file[1]}"))
         keyed = listed.images | "KeyById" >> beam.ParDo(KeyImageById(config)).with_outputs(DEAD_LETTER, main="keyed")
         # (id, (path, size, folder_label, group))
 
@@ -284,9 +292,7 @@ class LabelledImages(beam.PTransform):
             lambda path, header: ParseIdLabel(path, header, config, with_label=False),
         )
         if config.exclude_ids:
-            exclusion_rows.append(
-                pipeline | "ExcludeIds" >> beam.Create([(i, None) for i in config.exclude_ids])
-            )
+            exclusion_rows.append(pipeline | "ExcludeIds" >> beam.Create([(i, None) for i in config.exclude_ids]))
 
         def flatten(name: str, pcolls: list):
             return pcolls | name >> beam.Flatten(pipeline=pipeline.pipeline)
@@ -347,7 +353,11 @@ class ResolveLabel(beam.DoFn):
         group = next((row.group for row in labels if row.group), group) or image_id
         if len(overrides) > 1:
             yield dead_letter(
-                path=path, image_id=image_id, stage="overrides", reason="conflicting_overrides", detail=str(sorted(overrides))
+                path=path,
+                image_id=image_id,
+                stage="overrides",
+                reason="conflicting_overrides",
+                detail=str(sorted(overrides)),
             )
             return
         if overrides:
@@ -364,7 +374,11 @@ class ResolveLabel(beam.DoFn):
                 return
             if len(values) > 1:
                 yield dead_letter(
-                    path=path, image_id=image_id, stage="labels", reason="conflicting_labels", detail=str(sorted(values))
+                    path=path,
+                    image_id=image_id,
+                    stage="labels",
+                    reason="conflicting_labels",
+                    detail=str(sorted(values)),
                 )
                 return
             if not values:

@@ -6,7 +6,8 @@ import hashlib
 import io
 import logging
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import apache_beam as beam
 import cv2
@@ -184,7 +185,11 @@ class DecodeAndResize(beam.DoFn):
         except Exception as e:  # An unexpected decoder failure is one bad image, never a crashed job.
             self._failed.inc()
             yield dead_letter(
-                path=image.path, image_id=image.id, stage="decode", reason="undecodable", detail=f"{type(e).__name__}: {e}"
+                path=image.path,
+                image_id=image.id,
+                stage="decode",
+                reason="undecodable",
+                detail=f"{type(e).__name__}: {e}",
             )
             return
         self._decoded.inc()
@@ -224,7 +229,7 @@ class _HistogramFn(beam.CombineFn):
         return accumulator
 
     def merge_accumulators(self, accumulators) -> list[int]:
-        return [sum(counts) for counts in zip(*accumulators)]
+        return [sum(counts) for counts in zip(*accumulators, strict=True)]
 
     def extract_output(self, accumulator: list[int]) -> list[int]:
         return accumulator

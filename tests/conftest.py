@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 import pytest
+
+from tests.image_files import labelled_image
 
 # Quieter TensorFlow in every test process (and the subprocesses the tests start).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,16 +18,6 @@ CLASSES = ("no", "yes")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: over ~15 s (processes, pipelines); still runs by default and in CI")
-
-
-
-def synthetic_image(rng: np.random.Generator, *, label: int, height: int, width: int, channels: int) -> np.ndarray:
-    """A learnable [height, width, channels] uint8 image: class 1 has a bright horizontal bar."""
-    image = rng.integers(0, 120, size=(height, width, channels), dtype=np.uint8)
-    if label == 1:
-        row = rng.integers(height // 4, 3 * height // 4)
-        image[row : row + max(2, height // 8)] = rng.integers(200, 256, dtype=np.uint8)
-    return image
 
 
 def write_data_dir(
@@ -44,24 +35,41 @@ def write_data_dir(
 
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    labels_csvs = []
+    labels_csvs, index = [], seed * 1_000_000
+
     for split, count in n_per_class_split.items():
         rows = ["id,label"]
         for label in range(len(CLASSES)):
             for i in range(count):
                 image_id = f"{split}_{CLASSES[label]}_{i:03d}"
-                image = synthetic_image(rng, label=label, height=height, width=width, channels=channels)
+                index += 1
+                image = labelled_image(label, index, height=height, width=width, channels=channels)
                 cv2.imwrite(str(images / f"{image_id}.png"), image)
                 rows.append(f"{image_id},{label}")
         (root / f"{split}.csv").write_text("\n".join(rows) + "\n")
         labels_csvs += ["--labels_csv", str(root / f"{split}.csv")]
     output = root / "data"
-    run([
-        "--images", str(images), *labels_csvs, "--output", str(output), "--classes", ",".join(CLASSES),
-        "--splits", "from_source", "--validation_fraction", "0", "--balance", "none",
-        "--image_size", f"{width},{height}", "--color_mode", {3: "rgb", 1: "grayscale"}[channels],
-    ])
+    run(
+        [
+            "--images",
+            str(images),
+            *labels_csvs,
+            "--output",
+            str(output),
+            "--classes",
+            ",".join(CLASSES),
+            "--splits",
+            "from_source",
+            "--validation_fraction",
+            "0",
+            "--balance",
+            "none",
+            "--image_size",
+            f"{width},{height}",
+            "--color_mode",
+            {3: "rgb", 1: "grayscale"}[channels],
+        ]
+    )
     return str(output)
 
 
@@ -87,3 +95,11 @@ def make_data_dir(tmp_path_factory) -> Callable[..., str]:
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def rgb_dir(make_data_dir) -> str:
+    """A 16x16 RGB data directory: 24 train, 8 validation and 8 test images per class."""
+    return make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )

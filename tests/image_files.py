@@ -14,10 +14,11 @@ def offline_test_pipeline() -> TestPipeline:
     return TestPipeline(runner="FnApiRunner")
 
 
-def labelled_image(label: int, index: int, *, height: int = 60, width: int = 48) -> np.ndarray:
-    """A BGR image whose class is visible at any size: class 1 has a bright horizontal band."""
+def labelled_image(label: int, index: int, *, height: int = 60, width: int = 48, channels: int = 3) -> np.ndarray:
+    """A [height, width, channels] uint8 image whose class is visible at any size: class 1 has
+    a bright horizontal band. The same (label, index) always gives the same image."""
     rng = np.random.default_rng([label, index])
-    image = rng.integers(0, 120, size=(height, width, 3), dtype=np.uint8)
+    image = rng.integers(0, 120, size=(height, width, channels), dtype=np.uint8)
     if label == 1:
         image[height // 3 : height // 2] = 230
     return image

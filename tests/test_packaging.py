@@ -24,12 +24,7 @@ def _requirements() -> dict[str, str]:
 
 def test_dockerfile_copies_existing_files_and_installs_the_requirements():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    copied = [
-        source
-        for line in dockerfile.splitlines()
-        if line.startswith("COPY ")
-        for source in line.split()[1:-1]
-    ]
+    copied = [source for line in dockerfile.splitlines() if line.startswith("COPY ") for source in line.split()[1:-1]]
     assert copied, "the Dockerfile copies nothing"
     for source in copied:
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
@@ -47,8 +42,12 @@ def test_dockerfile_base_image_matches_pinned_beam_and_python():
 def test_requirements_pin_the_tested_stack():
     pins = _requirements()
     expected = {
-        "apache-beam": "2.77", "tensorflow": "2.21", "tensorflow-transform": "1.21", "keras": "3.15",
-        "keras-tuner": "1.4.8", "tensorboard": "2.21",
+        "apache-beam": "2.77",
+        "tensorflow": "2.21",
+        "tensorflow-transform": "1.21",
+        "keras": "3.15",
+        "keras-tuner": "1.4.8",
+        "tensorboard": "2.21",
     }
     for name, version in expected.items():
         assert pins[name].startswith(version), (name, pins.get(name))
@@ -59,10 +58,18 @@ def test_sdist_for_beam_setup_file_holds_both_packages_and_requirements(tmp_path
     # What Dataflow's --setup_file does first: build the sdist from setup.py.
     subprocess.run(
         [sys.executable, "setup.py", "-q", "sdist", "--dist-dir", str(tmp_path)],
-        cwd=ROOT, check=True, capture_output=True,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
     )
     (archive,) = tmp_path.glob("facepipe-*.tar.gz")
-    names = tarfile.open(archive).getnames()
-    for expected in ("requirements.txt", "pipelines/preprocess.py", "pipelines/features.py", "trainer/task.py",
-                     "pipelines/review_static/index.html"):
+    with tarfile.open(archive) as tar:
+        names = tar.getnames()
+    for expected in (
+        "requirements.txt",
+        "pipelines/preprocess.py",
+        "pipelines/features.py",
+        "trainer/task.py",
+        "pipelines/review_static/index.html",
+    ):
         assert any(name.endswith("/" + expected) for name in names), expected

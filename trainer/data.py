@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -89,7 +90,9 @@ def make_parse_and_transform(
     def parse_and_transform(serialized: tf.Tensor):
         parsed = tf.io.parse_example(serialized, features.raw_feature_spec())
         # The transform graph takes exactly the raw inputs the pipeline analysed.
-        transformed = tft_layer({features.IMAGE_KEY: parsed[features.IMAGE_KEY], features.LABEL_KEY: parsed[features.LABEL_KEY]})
+        transformed = tft_layer(
+            {features.IMAGE_KEY: parsed[features.IMAGE_KEY], features.LABEL_KEY: parsed[features.LABEL_KEY]}
+        )
         image = tf.ensure_shape(transformed[features.NORMALIZED_IMAGE_KEY], [None, height, width, channels])
         label = parsed[features.LABEL_KEY]
         if not with_metadata:
@@ -139,7 +142,12 @@ def make_dataset(
     files = list_shards(data_dir, split)
     logging.info(
         "%s: %d examples in %d shards, global batch %d, training=%s, cache=%s",
-        split, num_examples, len(files), global_batch_size, training, cache,
+        split,
+        num_examples,
+        len(files),
+        global_batch_size,
+        training,
+        cache,
     )
 
     ds = _read_serialized(files, shuffle_files=training and not cache, seed=seed, deterministic=deterministic)

@@ -150,7 +150,7 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def worker_name(strategy: tf.distribute.Strategy) -> str:
-    """"worker 1", "chief 0", or "local" outside a cluster (for log lines and temp dirs)."""
+    """ "worker 1", "chief 0", or "local" outside a cluster (for log lines and temp dirs)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     task_type = getattr(resolver, "task_type", None)
     return f"{task_type} {resolver.task_id}" if task_type else "local"

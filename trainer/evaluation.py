@@ -18,19 +18,20 @@ import io
 import json
 import logging
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # No display on training machines; set before pyplot is imported.
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import tensorflow as tf
 
-from pipelines import features  # noqa: E402
-from trainer import data, models, training  # noqa: E402
+from pipelines import features
+from trainer import data, models, training
 
 EVAL_DIR = "eval"
 THRESHOLD = 0.5
@@ -155,7 +156,7 @@ def plot_training_curves(history: list[dict[str, float]], path: str) -> None:
     """Loss and accuracy per epoch, training and validation."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     epochs = [int(row["epoch"]) + 1 for row in history]
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for prefix in ("", "val_"):
             if history and prefix + metric in history[0]:
                 ax.plot(epochs, [row[prefix + metric] for row in history], marker="o", label=prefix + metric)
@@ -188,12 +189,14 @@ def plot_misclassified(
     count = min(len(rows), max_images)
     columns = max(1, min(5, count))
     fig, axes = plt.subplots(
-        max(1, math.ceil(count / columns)), columns, figsize=(2.2 * columns, 2.4 * max(1, math.ceil(count / columns))),
+        max(1, math.ceil(count / columns)),
+        columns,
+        figsize=(2.2 * columns, 2.4 * max(1, math.ceil(count / columns))),
         squeeze=False,
     )
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, row in zip(axes.flat, pixels[:count], rows[:count]):
+    for ax, image, row in zip(axes.flat, pixels[:count], rows[:count], strict=False):
         ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray" if image.shape[-1] == 1 else None)
         ax.set_title(f"{row['label']} -> {row['predicted']}\np={row['probability']:.2f}", fontsize=8)
     if count == 0:
@@ -223,7 +226,7 @@ def evaluate(*, data_dir: str, job_dir: str, split: str = "test", batch_size: in
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "label", "probability", "predicted"])
-    for id_, label, probability in zip(result["id"], result["label"], result["probability"]):
+    for id_, label, probability in zip(result["id"], result["label"], result["probability"], strict=True):
         writer.writerow([id_, int(label), repr(float(probability)), int(probability >= THRESHOLD)])
     with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, "predictions.csv"), "w") as f:
         f.write(buffer.getvalue())
@@ -234,11 +237,19 @@ def evaluate(*, data_dir: str, job_dir: str, split: str = "test", batch_size: in
         logging.warning("no usable %s in %s: training curves not plotted", training.HISTORY_FILE, job_dir)
     plot_confusion_matrix(metrics, tf.io.gfile.join(out_dir, "confusion_matrix.png"))
     wrong = np.flatnonzero((result["probability"] >= THRESHOLD).astype(np.int64) != result["label"])
-    plot_misclassified(result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, "misclassified.png"))
+    plot_misclassified(
+        result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, "misclassified.png")
+    )
 
     logging.info(
         "%s: accuracy %.4f, loss %.4f, precision %.4f, recall %.4f, f1 %.4f, roc_auc %.4f",
-        split, metrics["accuracy"], metrics["loss"], metrics["precision"], metrics["recall"], metrics["f1"], metrics["roc_auc"],
+        split,
+        metrics["accuracy"],
+        metrics["loss"],
+        metrics["precision"],
+        metrics["recall"],
+        metrics["f1"],
+        metrics["roc_auc"],
     )
     print(errors_table(metrics))
     print(f"evaluation written to {out_dir}")

@@ -15,7 +15,8 @@ Outputs of both signatures:
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -70,9 +71,7 @@ class ServingModule(tf.Module):
         """[B] raw pixel strings -> the serving outputs, through the tf.Transform graph."""
         batch = tf.shape(raw_image)[0]
         # The label input of the transform graph is passed through untouched; serving has none.
-        transformed = self.tft_layer(
-            {features.IMAGE_KEY: raw_image, features.LABEL_KEY: tf.zeros([batch], tf.int64)}
-        )
+        transformed = self.tft_layer({features.IMAGE_KEY: raw_image, features.LABEL_KEY: tf.zeros([batch], tf.int64)})
         image = tf.reshape(transformed[features.NORMALIZED_IMAGE_KEY], [-1, *self._shape])
         probability = models.positive_probability(self.model(image, training=False))
         predicted = tf.cast(probability >= THRESHOLD, tf.int64)

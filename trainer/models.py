@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -132,7 +133,9 @@ def get_preset(name: str | None, *, channels: int) -> Preset:
     raise ValueError(f"no preset for {channels}-channel images; pass --model")
 
 
-def declare_hyperparameters(hp: kt.HyperParameters, space: Mapping[str, Sequence[Any]], defaults: Mapping[str, Any]) -> None:
+def declare_hyperparameters(
+    hp: kt.HyperParameters, space: Mapping[str, Sequence[Any]], defaults: Mapping[str, Any]
+) -> None:
     """Registers every hyperparameter of ``space`` not yet in ``hp``.
 
     Several values: a Choice whose default (the first grid point) is the preset's best;
@@ -196,7 +199,9 @@ class FaceHyperModel(kt.HyperModel):
       num_classes: Defaults to 2.
     """
 
-    def __init__(self, preset: Preset, *, input_shape, make_datasets, space: str = "full", overrides=None, num_classes: int = 2):
+    def __init__(
+        self, preset: Preset, *, input_shape, make_datasets, space: str = "full", overrides=None, num_classes: int = 2
+    ):
         super().__init__(name=preset.name, tunable=True)
         self.preset = preset
         self.input_shape = tuple(input_shape)

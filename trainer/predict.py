@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import tensorflow as tf
 
@@ -35,14 +35,18 @@ def _batches(items: list[str], size: int) -> Iterable[list[str]]:
         yield items[start : start + size]
 
 
-def predict(export_dir: str, paths: Sequence[str], *, output: str | None = None, batch_size: int = 32) -> list[tuple[str, float, str]]:
+def predict(
+    export_dir: str, paths: Sequence[str], *, output: str | None = None, batch_size: int = 32
+) -> list[tuple[str, float, str]]:
     """Rows ``(path, probability, label)``; printed as CSV and written to ``output`` if given."""
     serving_default, _ = export.load_serving(export_dir)
     rows = []
     for batch in _batches(list_images(paths), batch_size):
         contents = [tf.io.gfile.GFile(p, "rb").read() for p in batch]
         outputs = serving_default(image_bytes=tf.constant(contents))
-        for path, probability, label in zip(batch, outputs["probability"].numpy(), outputs["label"].numpy()):
+        for path, probability, label in zip(
+            batch, outputs["probability"].numpy(), outputs["label"].numpy(), strict=True
+        ):
             rows.append((path, float(probability), label.decode("utf-8")))
     buffer = io.StringIO()
     writer = csv.writer(buffer)

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 
@@ -46,10 +47,15 @@ def check_paths(*, data_dir: str, job_dir: str, tpu: str | None) -> list[Finding
         if _is_gcs(path):
             findings.append(Finding(True, f"{flag} {path} is on GCS, reachable from TPU {tpu!r}"))
         else:
-            findings.append(Finding(False, (
-                f"{flag} {path} is not a gs:// path: TPU {tpu!r} reads and writes through its own hosts, "
-                f"which cannot see this machine's files; {fixes[flag]}"
-            )))
+            findings.append(
+                Finding(
+                    False,
+                    (
+                        f"{flag} {path} is not a gs:// path: TPU {tpu!r} reads and writes through its own hosts, "
+                        f"which cannot see this machine's files; {fixes[flag]}"
+                    ),
+                )
+            )
     return findings
 
 
@@ -59,10 +65,15 @@ def check_strategy(*, strategy: str, tpu: str | None) -> tuple[list[Finding], in
     if strategy == "tpu" and not tpu:
         return [Finding(False, "--strategy tpu needs --tpu NAME (or the TPU_NAME environment variable)")], 1
     if strategy == "multi_worker" and workers < 1:
-        return [Finding(False, (
-            "--strategy multi_worker needs TF_CONFIG with the cluster, e.g. "
-            '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}'
-        ))], 1
+        return [
+            Finding(
+                False,
+                (
+                    "--strategy multi_worker needs TF_CONFIG with the cluster, e.g. "
+                    '{"cluster": {"worker": ["host0:2222", "host1:2222"]}, "task": {"type": "worker", "index": 0}}'
+                ),
+            )
+        ], 1
     if strategy in ("auto", "multi_worker") and workers > 1 and not tpu:
         return [Finding(True, f"TF_CONFIG lists {workers} workers: MultiWorkerMirroredStrategy")], workers
     return [Finding(True, f"--strategy {strategy}" + (f" with TPU {tpu!r}" if tpu else ""))], 1
@@ -80,10 +91,15 @@ def check_transform(data_dir: str, manifest: Mapping[str, Any]) -> list[Finding]
     path = tf.io.gfile.join(data_dir, manifest.get("transform_dir", features.TRANSFORM_DIR))
     if tf.io.gfile.isdir(tf.io.gfile.join(path, "transform_fn")):
         return [Finding(True, f"tf.Transform output {path}")]
-    return [Finding(False, (
-        f"{path}/transform_fn is missing: the trainer and the serving export need the pipeline's tf.Transform "
-        f"output. Copy the whole preprocessing output (transform/ included) or re-run pipelines.preprocess"
-    ))]
+    return [
+        Finding(
+            False,
+            (
+                f"{path}/transform_fn is missing: the trainer and the serving export need the pipeline's tf.Transform "
+                f"output. Copy the whole preprocessing output (transform/ included) or re-run pipelines.preprocess"
+            ),
+        )
+    ]
 
 
 def check_shards(data_dir: str, manifest: Mapping[str, Any], *, input_pipelines: int) -> list[Finding]:
@@ -94,17 +110,31 @@ def check_shards(data_dir: str, manifest: Mapping[str, Any], *, input_pipelines:
         listed = list(manifest.get("shards", {}).get(split, []))
         missing = sorted(set(listed) - {os.path.basename(f) for f in found})
         if missing or not found:
-            findings.append(Finding(False, (
-                f"{split}: {len(found)} shard(s) in {data_dir}, the manifest lists {len(listed)}"
-                + (f" (missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})" if missing else "")
-                + ": copy the complete preprocessing output"
-            )))
+            findings.append(
+                Finding(
+                    False,
+                    (
+                        f"{split}: {len(found)} shard(s) in {data_dir}, the manifest lists {len(listed)}"
+                        + (
+                            f" (missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})"
+                            if missing
+                            else ""
+                        )
+                        + ": copy the complete preprocessing output"
+                    ),
+                )
+            )
         elif split == "train" and len(found) < input_pipelines:
-            findings.append(Finding(False, (
-                f"train has {len(found)} shard(s) for {input_pipelines} workers: each worker cannot read its own "
-                f"files, so every worker decodes the whole split. Re-run pipelines.preprocess with "
-                f"--num_shards {input_pipelines} (or a multiple of it)"
-            )))
+            findings.append(
+                Finding(
+                    False,
+                    (
+                        f"train has {len(found)} shard(s) for {input_pipelines} workers: each worker cannot read its own "
+                        f"files, so every worker decodes the whole split. Re-run pipelines.preprocess with "
+                        f"--num_shards {input_pipelines} (or a multiple of it)"
+                    ),
+                )
+            )
         else:
             findings.append(Finding(True, f"{split}: {len(found)} shard(s)"))
     return findings
@@ -115,10 +145,15 @@ def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Fi
     shape = features.image_shape(manifest)
     color_mode = manifest["image"].get("color_mode")
     if color_mode in features.COLOR_MODES and features.COLOR_MODES[color_mode] != shape[2]:
-        return [Finding(False, (
-            f"the manifest says color_mode {color_mode!r} but {shape[2]} channel(s): it was edited or is corrupt; "
-            "re-run pipelines.preprocess"
-        ))], None
+        return [
+            Finding(
+                False,
+                (
+                    f"the manifest says color_mode {color_mode!r} but {shape[2]} channel(s): it was edited or is corrupt; "
+                    "re-run pipelines.preprocess"
+                ),
+            )
+        ], None
     try:
         preset = models.get_preset(model, channels=shape[2])
     except ValueError as e:
@@ -126,20 +161,31 @@ def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Fi
     findings = []
     if preset.channels != shape[2]:
         modes = {channels: mode for mode, channels in features.COLOR_MODES.items()}
-        findings.append(Finding(False, (
-            f"--model {preset.name} expects {preset.channels}-channel ({modes.get(preset.channels)}) images, the data "
-            f"is {shape[2]}-channel ({color_mode}): pass --model {models.get_preset(None, channels=shape[2]).name} "
-            f"or re-run pipelines.preprocess with --color_mode {modes.get(preset.channels)}"
-        )))
+        findings.append(
+            Finding(
+                False,
+                (
+                    f"--model {preset.name} expects {preset.channels}-channel ({modes.get(preset.channels)}) images, the data "
+                    f"is {shape[2]}-channel ({color_mode}): pass --model {models.get_preset(None, channels=shape[2]).name} "
+                    f"or re-run pipelines.preprocess with --color_mode {modes.get(preset.channels)}"
+                ),
+            )
+        )
     try:
-        models.build_model(models.fixed_hyperparameters(preset), preset=preset, input_shape=shape,
-                           num_classes=len(manifest["classes"]))
+        models.build_model(
+            models.fixed_hyperparameters(preset), preset=preset, input_shape=shape, num_classes=len(manifest["classes"])
+        )
     except ValueError as e:
-        findings.append(Finding(False, (
-            f"{preset.name} cannot be built for {shape[0]}x{shape[1]}x{shape[2]} images with "
-            f"{len(manifest['classes'])} classes ({e}): re-run pipelines.preprocess with a larger --image_size "
-            f"or pick another --model"
-        )))
+        findings.append(
+            Finding(
+                False,
+                (
+                    f"{preset.name} cannot be built for {shape[0]}x{shape[1]}x{shape[2]} images with "
+                    f"{len(manifest['classes'])} classes ({e}): re-run pipelines.preprocess with a larger --image_size "
+                    f"or pick another --model"
+                ),
+            )
+        )
     if not findings:
         findings.append(Finding(True, f"{preset.name} builds on {shape[0]}x{shape[1]}x{shape[2]} {color_mode} images"))
     return findings, preset
@@ -149,18 +195,28 @@ def check_tuning_project(job_dir: str, preset: models.Preset, *, tuner: str, ove
     """An existing tuning project is resumed; --overwrite would delete it (workers may never)."""
     project = tf.io.gfile.join(job_dir, tuning.TUNING_DIR, f"{preset.name}_{tuner}")
     if overwrite and tuning.role() == "worker":
-        return [Finding(False, (
-            f"KERASTUNER_TUNER_ID={os.environ.get('KERASTUNER_TUNER_ID')} is a worker: only the chief may pass "
-            "--overwrite; drop it on the workers"
-        ))]
+        return [
+            Finding(
+                False,
+                (
+                    f"KERASTUNER_TUNER_ID={os.environ.get('KERASTUNER_TUNER_ID')} is a worker: only the chief may pass "
+                    "--overwrite; drop it on the workers"
+                ),
+            )
+        ]
     if not tf.io.gfile.isdir(project):
         return [Finding(True, f"tuning project {project} is new")]
     trials = tf.io.gfile.glob(tf.io.gfile.join(project, "trial_*", "trial.json"))
     if overwrite:
-        return [Finding(False, (
-            f"--overwrite would delete {project} and its {len(trials)} trial(s): drop --overwrite to resume "
-            f"them, or choose a new --job_dir"
-        ))]
+        return [
+            Finding(
+                False,
+                (
+                    f"--overwrite would delete {project} and its {len(trials)} trial(s): drop --overwrite to resume "
+                    f"them, or choose a new --job_dir"
+                ),
+            )
+        ]
     return [Finding(True, f"tuning project {project} exists: tune resumes its {len(trials)} trial(s)")]
 
 

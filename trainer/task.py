@@ -18,7 +18,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainer import distribute, models, tuning
 
@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--executions_per_trial", type=int, default=1)
     tune.add_argument("--patience", type=int, default=2, help="EarlyStopping patience on val_loss")
     tune.add_argument(
-        "--overwrite", action="store_true",
+        "--overwrite",
+        action="store_true",
         help="delete JOB/tuning/<model>_<tuner> and start afresh (default: resume it); chief or single process only",
     )
 
@@ -134,7 +135,9 @@ def run_tune(args: argparse.Namespace) -> None:
         print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
         return
     print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
-    print(f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}")
+    print(
+        f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}"
+    )
 
 
 def run_train(args: argparse.Namespace) -> None:
@@ -190,8 +193,13 @@ def run_preflight(args: argparse.Namespace) -> int:
     from trainer import preflight
 
     findings = preflight.preflight(
-        data_dir=args.data_dir, job_dir=args.job_dir, tpu=args.tpu, model=args.model, strategy=args.strategy,
-        tuner=args.tuner, overwrite=args.overwrite,
+        data_dir=args.data_dir,
+        job_dir=args.job_dir,
+        tpu=args.tpu,
+        model=args.model,
+        strategy=args.strategy,
+        tuner=args.tuner,
+        overwrite=args.overwrite,
     )
     return preflight.report(findings)
 
@@ -201,7 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     commands = {
-        "tune": run_tune, "train": run_train, "evaluate": run_evaluate, "predict": run_predict, "preflight": run_preflight
+        "tune": run_tune,
+        "train": run_train,
+        "evaluate": run_evaluate,
+        "predict": run_predict,
+        "preflight": run_preflight,
     }
     return commands[args.command](args) or 0
 

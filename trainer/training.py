@@ -20,7 +20,8 @@ import hashlib
 import json
 import logging
 import tempfile
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -128,8 +129,17 @@ def train(
             config=config,
         )
     else:
-        _fit(model, train_ds=train_ds, validation_ds=validation_ds, steps_per_epoch=steps, epochs=hp.get("epochs"),
-             job_dir=job_dir, config=config, verbose=verbose, extra_callbacks=extra_callbacks)
+        _fit(
+            model,
+            train_ds=train_ds,
+            validation_ds=validation_ds,
+            steps_per_epoch=steps,
+            epochs=hp.get("epochs"),
+            job_dir=job_dir,
+            config=config,
+            verbose=verbose,
+            extra_callbacks=extra_callbacks,
+        )
 
     # Saving may read distributed variables, which can take part in collectives: every
     # worker saves (TF multi-worker guide), the others to a temporary directory they delete.
@@ -138,14 +148,23 @@ def train(
     model_path = _join(out_dir, MODEL_FILE)
     model.save(model_path)
     export_dir = export.export_model(
-        model, tft_output=data.load_transform(data_dir, manifest), manifest=manifest, export_dir=_join(out_dir, export.EXPORT_DIR)
+        model,
+        tft_output=data.load_transform(data_dir, manifest),
+        manifest=manifest,
+        export_dir=_join(out_dir, export.EXPORT_DIR),
     )
     if not chief:
         tf.io.gfile.rmtree(out_dir)
         logging.info("%s: done; the chief writes the model and the export", distribute.worker_name(strategy))
         return model
     history_path = _join(job_dir, HISTORY_FILE)
-    logging.info("saved %s, exported %s, history %s, TensorBoard logs %s", model_path, export_dir, history_path, _join(job_dir, "logs"))
+    logging.info(
+        "saved %s, exported %s, history %s, TensorBoard logs %s",
+        model_path,
+        export_dir,
+        history_path,
+        _join(job_dir, "logs"),
+    )
     return model
 
 
@@ -316,15 +335,21 @@ def fit_multi_worker(
             for stale in (history_path, _join(job_dir, MODEL_FILE)):
                 if tf.io.gfile.exists(stale):
                     tf.io.gfile.remove(stale)  # A finished earlier run's; this run starts over.
-            for stale in tf.io.gfile.glob(_join(checkpoint_dir, CHECKPOINT_PREFIX + "-*")) + tf.io.gfile.glob(_join(checkpoint_dir, "checkpoint")):
+            for stale in tf.io.gfile.glob(_join(checkpoint_dir, CHECKPOINT_PREFIX + "-*")) + tf.io.gfile.glob(
+                _join(checkpoint_dir, "checkpoint")
+            ):
                 tf.io.gfile.remove(stale)
         _write_config(job_dir, config)
     manager = tf.train.CheckpointManager(
         checkpoint, _join(write_dir, "checkpoints"), max_to_keep=None, checkpoint_name=CHECKPOINT_PREFIX
     )
-    train_writer = tf.summary.create_file_writer(_join(job_dir, "logs", "train")) if chief else tf.summary.create_noop_writer()
+    train_writer = (
+        tf.summary.create_file_writer(_join(job_dir, "logs", "train")) if chief else tf.summary.create_noop_writer()
+    )
     validation_writer = (
-        tf.summary.create_file_writer(_join(job_dir, "logs", "validation")) if chief else tf.summary.create_noop_writer()
+        tf.summary.create_file_writer(_join(job_dir, "logs", "validation"))
+        if chief
+        else tf.summary.create_noop_writer()
     )
 
     # DATA autosharding: every worker runs the same (seeded, deterministic) pipeline and
@@ -346,7 +371,7 @@ def fit_multi_worker(
             if model.losses:
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
         gradients = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         return _batch_sums(labels, outputs, losses)
 
     @tf.function
@@ -379,7 +404,13 @@ def fit_multi_worker(
         }
         logging.info(
             "%s: epoch %d/%d - loss: %.4f - accuracy: %.4f - val_loss: %.4f - val_accuracy: %.4f",
-            name, epoch + 1, epochs, row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"],
+            name,
+            epoch + 1,
+            epochs,
+            row["loss"],
+            row["accuracy"],
+            row["val_loss"],
+            row["val_accuracy"],
         )
         # The CSV row before the checkpoint, as in the fit path: a failure between the two
         # repeats that epoch's row on resume (read_history keeps the last) instead of losing it.

@@ -26,7 +26,8 @@ import io
 import json
 import logging
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import keras
 import keras_tuner as kt
@@ -95,6 +96,7 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
         if orphans:
             self.start_order.extend(orphans)
             self._rebuild_grid_walk()
+
 
 def role() -> str:
     """This process's part in a search: "chief", "worker" (keras-tuner env vars) or "single"."""
@@ -250,19 +252,30 @@ def tune(
     this = role()
     if this == "worker":
         tuner_id = os.environ["KERASTUNER_TUNER_ID"]
-        logging.info("tuner %s: a worker of the oracle at %s:%s", tuner_id,
-                     os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+        logging.info(
+            "tuner %s: a worker of the oracle at %s:%s",
+            tuner_id,
+            os.environ["KERASTUNER_ORACLE_IP"],
+            os.environ["KERASTUNER_ORACLE_PORT"],
+        )
         tuner.search(callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)], verbose=verbose)
         logging.info("tuner %s: the oracle has no trial left; the chief writes the results", tuner_id)
         return None
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
     logging.info(
         "tuning %s with %s search in %s: grid of %d points, %d trial(s) already completed",
-        hypermodel.preset.name, tuner_name, os.path.join(directory, project_name), grid_size(hypermodel.space), done,
+        hypermodel.preset.name,
+        tuner_name,
+        os.path.join(directory, project_name),
+        grid_size(hypermodel.space),
+        done,
     )
     if this == "chief":
-        logging.info("chief: serving the oracle on %s:%s until the workers finish",
-                     os.environ["KERASTUNER_ORACLE_IP"], os.environ["KERASTUNER_ORACLE_PORT"])
+        logging.info(
+            "chief: serving the oracle on %s:%s until the workers finish",
+            os.environ["KERASTUNER_ORACLE_IP"],
+            os.environ["KERASTUNER_ORACLE_PORT"],
+        )
     early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
     tuner.search(callbacks=[early_stopping], verbose=verbose)  # The chief: blocks while it serves.
 
@@ -279,13 +292,10 @@ def tune(
         "trial_id": best_trial.trial_id,
         "score": best_trial.score,
         "objective": OBJECTIVE.name,
-        "hyperparameters": {
-            k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")
-        },
+        "hyperparameters": {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
     }
     best_path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
     with tf.io.gfile.GFile(best_path, "w") as f:
         json.dump(best, f, indent=2)
     logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
     return best
-

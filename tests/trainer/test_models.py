@@ -46,13 +46,17 @@ def test_comics_preset_builds_the_seed_architecture_with_its_best_values():
 
 
 def test_hyperparameters_drive_the_build():
-    hp = models.fixed_hyperparameters(models.COMICS_CNN, {"filters_1": 200, "filters_2": 25, "dropout": 0.7, "learning_rate": 1e-2})
+    hp = models.fixed_hyperparameters(
+        models.COMICS_CNN, {"filters_1": 200, "filters_2": 25, "dropout": 0.7, "learning_rate": 1e-2}
+    )
     model = models.build_model(hp, preset=models.COMICS_CNN, input_shape=(24, 24, 1))
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [200, 25]
     assert model.get_layer("dropout").rate == 0.7
     assert float(model.optimizer.learning_rate) == pytest.approx(1e-2)
 
-    hp = models.fixed_hyperparameters(models.GLASSES_CNN, {"filters": 32, "kernel_size": 5, "pool_size": 3, "units": 64})
+    hp = models.fixed_hyperparameters(
+        models.GLASSES_CNN, {"filters": 32, "kernel_size": 5, "pool_size": 3, "units": 64}
+    )
     model = models.build_model(hp, preset=models.GLASSES_CNN, input_shape=(16, 16, 3))
     assert model.get_layer("conv").kernel_size == (5, 5) and model.get_layer("pool").pool_size == (3, 3)
     assert model.get_layer("dense").units == 64

@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
-from image_files import offline_test_pipeline
 
 from pipelines import demo_data, options, review
 from pipelines.sources import LabelledImages, parse_label
+from tests.image_files import offline_test_pipeline
 
 CLASSES = ("no_glasses", "glasses")
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
-from image_files import offline_test_pipeline
 from PIL import Image
 
 from pipelines.options import PreprocessConfig
@@ -24,6 +23,7 @@ from pipelines.transforms import (
     decode_and_resize,
     reduction_factor,
 )
+from tests.image_files import offline_test_pipeline
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -91,7 +91,7 @@ class TestDecodeAndResize:
     def test_reduced_jpeg_decode_matches_full_decode(self):
         rng = np.random.default_rng(0)
         smooth = cv2.GaussianBlur(rng.integers(0, 255, (512, 512, 3), dtype=np.uint8), (31, 31), 8)
-        ok, jpeg = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])
+        _, jpeg = cv2.imencode(".jpg", smooth, [cv2.IMWRITE_JPEG_QUALITY, 95])
         reduced = _decode(jpeg.tobytes(), size=(50, 50))
         full = cv2.resize(cv2.imdecode(jpeg, cv2.IMREAD_COLOR), (50, 50), interpolation=cv2.INTER_AREA)
         full = cv2.cvtColor(full, cv2.COLOR_BGR2RGB)
@@ -176,9 +176,15 @@ class TestDownsampleToSmallestClass:
                 equal_to([(("train", 0), 120), (("train", 1), 120), (("validation", 0), 15), (("validation", 1), 15)]),
                 label="BalancedCounts",
             )
-            train_0 = result["kept"] | beam.Filter(lambda im: im.split == "train" and im.label == 0) | beam.Map(
-                lambda im: im.id
+            train_0 = (
+                result["kept"]
+                | beam.Filter(lambda im: im.split == "train" and im.label == 0)
+                | beam.Map(lambda im: im.id)
             )
             assert_that(train_0, equal_to(expected_train_0), label="LowestPriorityKept")
-            dropped = result["dead_letter"] | beam.Map(lambda r: r["reason"]) | "CountDropped" >> beam.combiners.Count.PerElement()
+            dropped = (
+                result["dead_letter"]
+                | beam.Map(lambda r: r["reason"])
+                | "CountDropped" >> beam.combiners.Count.PerElement()
+            )
             assert_that(dropped, equal_to([("balanced_out", 180 + 1)]), label="DroppedAccounted")

@@ -50,7 +50,12 @@ def comics(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_glasses_layout_and_headers(glasses: tuple[Path, dict]) -> None:
     out, summary = glasses
     assert {p.name for p in out.iterdir()} == {
-        "faces-spring-2020", "train.csv", "test.csv", "overrides.csv", "exclusions.csv", "truth.csv",
+        "faces-spring-2020",
+        "train.csv",
+        "test.csv",
+        "overrides.csv",
+        "exclusions.csv",
+        "truth.csv",
     }
     names = {p.name for p in (out / "faces-spring-2020").iterdir()}
     assert names == {f"face-{i}.png" for i in range(1, COUNT + 1)}
@@ -138,9 +143,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
     assert sum(path.endswith((".png", ".jpg")) for path in changed) == 26
 
 
-def test_images_decode_with_opencv_and_tensorflow(
-    glasses: tuple[Path, dict], comics: tuple[Path, dict]
-) -> None:
+def test_images_decode_with_opencv_and_tensorflow(glasses: tuple[Path, dict], comics: tuple[Path, dict]) -> None:
     tf = pytest.importorskip("tensorflow")
     out, _ = glasses
     comics_out, _ = comics
@@ -179,9 +182,25 @@ def test_comics_layout_and_pairs_match_by_number(comics: tuple[Path, dict]) -> N
 
 def test_cli_writes_the_dataset_and_prints_a_json_summary(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.demo_data", "--dataset", "comics", "--out", str(tmp_path),
-         "--count", "2", "--size", "32", "--seed", "5"],
-        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.demo_data",
+            "--dataset",
+            "comics",
+            "--out",
+            str(tmp_path),
+            "--count",
+            "2",
+            "--size",
+            "32",
+            "--seed",
+            "5",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
     )
     summary = json.loads(result.stdout)
     assert summary == demo_data.generate("comics", str(tmp_path), count=2, size=32, seed=5)

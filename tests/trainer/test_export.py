@@ -48,7 +48,10 @@ def _exported(tmp_path, data_dir, preset):
     tf.keras.utils.set_random_seed(3)
     model = models.build_model(kt.HyperParameters(), preset=preset, input_shape=features.image_shape(manifest))
     export_dir = export.export_model(
-        model, tft_output=data.load_transform(data_dir, manifest), manifest=manifest, export_dir=str(tmp_path / "export")
+        model,
+        tft_output=data.load_transform(data_dir, manifest),
+        manifest=manifest,
+        export_dir=str(tmp_path / "export"),
     )
     return model, manifest, export_dir
 
@@ -57,7 +60,9 @@ def _trainer_path_probability(model, data_dir, manifest, pixels: np.ndarray) -> 
     """P(class 1) of stored pixels through the trainer's input path (parse + transform map)."""
     height, width, channels = features.image_shape(manifest)
     serialized = [
-        features.encode_example(image=p.tobytes(), label=0, example_id=f"x{i}", height=height, width=width, channels=channels)
+        features.encode_example(
+            image=p.tobytes(), label=0, example_id=f"x{i}", height=height, width=width, channels=channels
+        )
         for i, p in enumerate(pixels)
     ]
     fn = data.make_parse_and_transform(data.load_transform(data_dir, manifest), image_shape=(height, width, channels))
@@ -66,20 +71,27 @@ def _trainer_path_probability(model, data_dir, manifest, pixels: np.ndarray) -> 
 
 
 @pytest.mark.parametrize(
-    "name, channels, preset", [("rgb16", 3, models.GLASSES_CNN), ("gray24", 1, models.COMICS_CNN)], ids=["rgb", "grayscale"]
+    "name, channels, preset",
+    [("rgb16", 3, models.GLASSES_CNN), ("gray24", 1, models.COMICS_CNN)],
+    ids=["rgb", "grayscale"],
 )
 def test_serving_png_matches_the_trainer_input_path(make_data_dir, tmp_path, name, channels, preset):
     size = 16 if channels == 3 else 24
-    data_dir = make_data_dir(name, height=size, width=size, channels=channels, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    data_dir = make_data_dir(
+        name, height=size, width=size, channels=channels, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     model, manifest, export_dir = _exported(tmp_path, data_dir, preset)
     rng = np.random.default_rng(7)
     # Integer and non-integer shrink factors, landscape and portrait.
-    sources = [_source_image(rng, height=h, width=w, bar=i % 2 == 1) for i, (h, w) in enumerate([(48, 48), (60, 41), (37, 90), (size * 5, size * 3)])]
+    sources = [
+        _source_image(rng, height=h, width=w, bar=i % 2 == 1)
+        for i, (h, w) in enumerate([(48, 48), (60, 41), (37, 90), (size * 5, size * 3)])
+    ]
     stored = np.stack([_stored_pixels(s, height=size, width=size, channels=channels) for s in sources])
 
     # Pixels: the serving decode reproduces the pipeline's stored uint8 values (+-1 rounding).
     module = export.ServingModule(model, data.load_transform(data_dir, manifest), manifest)
-    for source, expected in zip(sources, stored):
+    for source, expected in zip(sources, stored, strict=True):
         eager = module._decode(tf.constant(_png(source))).numpy()
         in_graph = tf.function(module._decode)(tf.constant(_png(source))).numpy()
         np.testing.assert_array_equal(eager, in_graph)
@@ -90,17 +102,24 @@ def test_serving_png_matches_the_trainer_input_path(make_data_dir, tmp_path, nam
     expected = _trainer_path_probability(model, data_dir, manifest, stored)
     np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-2)
     np.testing.assert_array_equal(served["class"].numpy(), (served["probability"].numpy() >= 0.5).astype(np.int64))
-    assert [label.decode() for label in served["label"].numpy()] == [manifest["classes"][c] for c in served["class"].numpy()]
+    assert [label.decode() for label in served["label"].numpy()] == [
+        manifest["classes"][c] for c in served["class"].numpy()
+    ]
 
     # serving_examples on the very stored pixels: the trainer path exactly.
     examples = [
-        features.encode_example(image=p.tobytes(), label=1, example_id="e", height=size, width=size, channels=channels) for p in stored
+        features.encode_example(image=p.tobytes(), label=1, example_id="e", height=size, width=size, channels=channels)
+        for p in stored
     ]
-    np.testing.assert_allclose(serving_examples(examples=tf.constant(examples))["probability"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        serving_examples(examples=tf.constant(examples))["probability"].numpy(), expected, atol=1e-5
+    )
 
 
 def test_serving_decodes_16_bit_rgba_and_grey_files(make_data_dir, tmp_path):
-    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    data_dir = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     model, manifest, _ = _exported(tmp_path, data_dir, models.GLASSES_CNN)
     module = export.ServingModule(model, data.load_transform(data_dir, manifest), manifest)
     rgb = _source_image(np.random.default_rng(1), height=32, width=32, bar=True)
@@ -132,7 +151,9 @@ print(json.dumps({
 
 
 def test_export_reloads_in_a_fresh_process_without_the_data_dir(make_data_dir, tmp_path):
-    original = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    original = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     data_dir = tmp_path / "data"
     shutil.copytree(original, data_dir)
     model, manifest, export_dir = _exported(tmp_path, str(data_dir), models.GLASSES_CNN)
@@ -143,15 +164,24 @@ def test_export_reloads_in_a_fresh_process_without_the_data_dir(make_data_dir, t
         paths.append(str(tmp_path / f"image{i}.png"))
         pathlib.Path(paths[-1]).write_bytes(_png(source))
     stored = np.stack([_stored_pixels(s, height=16, width=16, channels=3) for s in sources])
-    examples = [features.encode_example(image=p.tobytes(), label=0, example_id="e", height=16, width=16, channels=3) for p in stored]
-    in_process = export.load_serving(export_dir)[0](image_bytes=tf.constant([_png(s) for s in sources]))["probability"].numpy()
+    examples = [
+        features.encode_example(image=p.tobytes(), label=0, example_id="e", height=16, width=16, channels=3)
+        for p in stored
+    ]
+    in_process = export.load_serving(export_dir)[0](image_bytes=tf.constant([_png(s) for s in sources]))[
+        "probability"
+    ].numpy()
     keras_path = _trainer_path_probability(model, str(data_dir), manifest, stored)
 
     shutil.rmtree(data_dir)  # The export must carry the transform graph and its constants.
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
         [sys.executable, "-c", RELOAD_SCRIPT, export_dir, json.dumps(paths), json.dumps([e.hex() for e in examples])],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reloaded = json.loads(proc.stdout.strip().splitlines()[-1])

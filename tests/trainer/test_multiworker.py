@@ -22,19 +22,14 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from pipelines.portable import free_ports, stop_processes
+from tests.processes import free_ports, stop_processes
 from trainer import data, export, training
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKERS = 2
 TIMEOUT_S = 180
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def rgb_dir(make_data_dir):
-    return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
 
 
 def run_cluster(argv: list[str], tmp_path: pathlib.Path, name: str) -> list[str]:
@@ -47,9 +42,15 @@ def run_cluster(argv: list[str], tmp_path: pathlib.Path, name: str) -> list[str]
             for index, log in enumerate(files):
                 tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
                 env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(tf_config))
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "trainer.task", *argv],
+                        cwd=ROOT,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
             codes = [proc.wait(timeout=TIMEOUT_S) for proc in procs]
         finally:
             stop_processes(procs)
@@ -93,17 +94,26 @@ def test_two_workers_train_identically_and_only_the_chief_writes(rgb_dir, tmp_pa
 
     # The worker's temporary outputs are gone; nothing but the chief's files is in job_dir.
     assert sorted(p.name for p in job_dir.iterdir()) == [
-        "checkpoints", "export", "history.csv", "logs", "model.keras", "training_config.json"
+        "checkpoints",
+        "export",
+        "history.csv",
+        "logs",
+        "model.keras",
+        "training_config.json",
     ]
 
     # The chief's export serves the model it trained: the same probabilities as model.keras
     # on the trainer's own input path. (Accuracy after 6 steps on 48 images is a coin toss
     # between runs; bench/rehearsal.py compares accuracy with a single-process run.)
     _, serve_examples = export.load_serving(str(job_dir / "export"))
-    records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, pathlib.Path(rgb_dir).glob("test-*"))), "GZIP")]
+    records = [
+        r.numpy() for r in tf.data.TFRecordDataset(sorted(map(str, pathlib.Path(rgb_dir).glob("test-*"))), "GZIP")
+    ]
     served = serve_examples(examples=tf.constant(records))["probability"].numpy().reshape(-1)
     manifest = features.read_manifest(rgb_dir)
-    parse = data.make_parse_and_transform(data.load_transform(rgb_dir, manifest), image_shape=features.image_shape(manifest))
+    parse = data.make_parse_and_transform(
+        data.load_transform(rgb_dir, manifest), image_shape=features.image_shape(manifest)
+    )
     images, _ = parse(tf.constant(records))
     trained = keras.saving.load_model(job_dir / "model.keras").predict(images, verbose=0)[:, -1]
     assert len(records) == 16

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from image_files import write_glasses_like
-
 from pipelines.preflight import preflight
+from tests.image_files import write_glasses_like
 
 
 def _failures(findings) -> list[str]:
@@ -12,8 +11,17 @@ def _failures(findings) -> list[str]:
 
 
 def _args(tmp_path, *extra: str) -> list[str]:
-    return ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv"),
-            "--file_pattern", "face-{id}.png", "--output", str(tmp_path / "out"), *extra]
+    return [
+        "--images",
+        str(tmp_path / "images"),
+        "--labels_csv",
+        str(tmp_path / "labels.csv"),
+        "--file_pattern",
+        "face-{id}.png",
+        "--output",
+        str(tmp_path / "out"),
+        *extra,
+    ]
 
 
 def test_local_run_on_good_inputs_passes(tmp_path):
@@ -39,8 +47,9 @@ def test_flink_docker_without_image_fails(tmp_path):
 
 def test_portable_runner_on_this_machine_may_use_local_paths(tmp_path):
     write_glasses_like(tmp_path, [0, 1])
-    args = _args(tmp_path, "--runner", "PortableRunner", "--environment_type", "EXTERNAL",
-                 "--environment_config", "localhost:1")
+    args = _args(
+        tmp_path, "--runner", "PortableRunner", "--environment_type", "EXTERNAL", "--environment_config", "localhost:1"
+    )
     assert _failures(preflight(args)) == []
 
 
@@ -49,8 +58,14 @@ def test_missing_images_csv_columns_and_existing_output(tmp_path):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.txt").write_text("x")
     (tmp_path / "labels.csv").write_text("name,label\n1,0\n")
-    args = ["--images", str(tmp_path / "nothing"), "--labels_csv", str(tmp_path / "labels.csv"),
-            "--output", str(tmp_path / "out")]
+    args = [
+        "--images",
+        str(tmp_path / "nothing"),
+        "--labels_csv",
+        str(tmp_path / "labels.csv"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     text = "\n".join(_failures(preflight(args)))
     assert "no files match" in text
     assert "no id column 'id'" in text

@@ -10,11 +10,6 @@ from pipelines import features
 from trainer import data
 
 
-@pytest.fixture(scope="module")
-def rgb_dir(make_data_dir):
-    return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
-
-
 def _numpy_split(data_dir, split):
     """(pixels [N, H, W, C] uint8, labels [N], ids [N]) read without tf.data or tf.Transform."""
     pixels, labels, ids = [], [], []
@@ -63,7 +58,13 @@ def test_normalisation_matches_numpy_with_train_statistics(rgb_dir):
 
     test_pixels, test_labels, test_ids = _numpy_split(rgb_dir, "test")
     ds = data.make_dataset(
-        rgb_dir, "test", manifest=manifest, tft_output=tft_output, global_batch_size=5, training=False, with_metadata=True
+        rgb_dir,
+        "test",
+        manifest=manifest,
+        tft_output=tft_output,
+        global_batch_size=5,
+        training=False,
+        with_metadata=True,
     )
     got = {k: np.concatenate([b[k].numpy() for b in ds]) for k in ("image", "label", "id", "pixels")}
     order = [test_ids.index(i.decode()) for i in got["id"]]
@@ -110,10 +111,17 @@ def test_manifest_count_mismatch_fails_loudly(rgb_dir):
     manifest = features.read_manifest(rgb_dir)
     manifest["counts"]["written"]["test"] = {"0": 8, "1": 9}  # One example too many.
     ds = data.make_dataset(
-        rgb_dir, "test", manifest=manifest, tft_output=data.load_transform(rgb_dir, manifest), global_batch_size=4, training=False
+        rgb_dir,
+        "test",
+        manifest=manifest,
+        tft_output=data.load_transform(rgb_dir, manifest),
+        global_batch_size=4,
+        training=False,
     )
     assert ds.cardinality().numpy() == 5  # ceil(17 / 4): Keras knows the epoch length.
-    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain 17 elements but contained only 16"):
+    with pytest.raises(
+        tf.errors.FailedPreconditionError, match="expected to contain 17 elements but contained only 16"
+    ):
         list(ds)
 
 
@@ -140,6 +148,10 @@ def test_trainer_never_imports_apache_beam(rgb_dir):
     root = pathlib.Path(__file__).resolve().parents[1]
     proc = subprocess.run(
         [sys.executable, "-c", NO_BEAM_SCRIPT, rgb_dir],
-        cwd=root, env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2"), capture_output=True, text=True, timeout=300,
+        cwd=root,
+        env=dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2"),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -12,7 +12,9 @@ from trainer import task
 
 @pytest.fixture(scope="module")
 def gray_dir(make_data_dir):
-    return make_data_dir("gray24", height=24, width=24, channels=1, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    return make_data_dir(
+        "gray24", height=24, width=24, channels=1, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
 
 
 def test_grayscale_data_defaults_to_comics_cnn_end_to_end(gray_dir, tmp_path, capsys):
@@ -30,7 +32,21 @@ def test_grayscale_data_defaults_to_comics_cnn_end_to_end(gray_dir, tmp_path, ca
 
 def test_explicit_model_flag_wins_and_shape_comes_from_the_manifest(gray_dir, tmp_path):
     job_dir = tmp_path / "job"
-    task.main(["train", "--data_dir", gray_dir, "--job_dir", str(job_dir), "--model", "glasses_cnn", "--epochs", "1", "--verbose", "0"])
+    task.main(
+        [
+            "train",
+            "--data_dir",
+            gray_dir,
+            "--job_dir",
+            str(job_dir),
+            "--model",
+            "glasses_cnn",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+        ]
+    )
     assert json.loads((job_dir / "training_config.json").read_text())["model"] == "glasses_cnn"
     assert keras.saving.load_model(job_dir / "model.keras").input_shape == (None, 24, 24, 1)
 
@@ -40,5 +56,5 @@ def test_cli_rejects_bad_arguments(tmp_path):
         task.main(["train", "--job_dir", str(tmp_path)])  # --data_dir missing
     with pytest.raises(SystemExit):
         task.main(["tune", "--data_dir", "d", "--job_dir", "j", "--tuner", "annealing"])
-    with pytest.raises(FileNotFoundError, match="manifest.json not found"):
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json not found"):
         task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "job")])

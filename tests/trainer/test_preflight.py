@@ -20,7 +20,9 @@ def _no_cluster_env(monkeypatch):
 @pytest.fixture
 def data_dir(make_data_dir, tmp_path) -> pathlib.Path:
     """A private copy of a real pipeline output, for the tests that break it."""
-    source = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    source = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     return pathlib.Path(shutil.copytree(source, tmp_path / "data"))
 
 
@@ -50,7 +52,9 @@ def test_a_good_local_job_passes(data_dir, tmp_path, capsys):
 def test_tpu_needs_gcs_paths(data_dir, tmp_path, capsys):
     code, lines = run(capsys, data_dir, tmp_path / "job", "--tpu", "my-tpu")
     assert code == 1 and lines[-1] == "2 problem(s) found"
-    assert any(f"--data_dir {data_dir} is not a gs:// path" in line and "gsutil -m cp -r" in line for line in failures(lines))
+    assert any(
+        f"--data_dir {data_dir} is not a gs:// path" in line and "gsutil -m cp -r" in line for line in failures(lines)
+    )
     assert any("--job_dir" in line and "pass --job_dir gs://BUCKET/JOB" in line for line in failures(lines))
     assert preflight.check_paths(data_dir="gs://b/data", job_dir="gs://b/job", tpu="my-tpu") == [
         preflight.Finding(True, "--data_dir gs://b/data is on GCS, reachable from TPU 'my-tpu'"),
@@ -60,7 +64,9 @@ def test_tpu_needs_gcs_paths(data_dir, tmp_path, capsys):
 
 def test_fewer_train_shards_than_workers(data_dir, tmp_path, capsys, monkeypatch):
     workers = [f"127.0.0.1:{2222 + i}" for i in range(3)]
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": 0}})
+    )
     code, lines = run(capsys, data_dir, tmp_path / "job")
     assert code == 1
     assert failures(lines) == [
@@ -69,7 +75,9 @@ def test_fewer_train_shards_than_workers(data_dir, tmp_path, capsys, monkeypatch
             "decodes the whole split. Re-run pipelines.preprocess with --num_shards 3 (or a multiple of it)"
         )
     ]
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": workers[:2]}, "task": {"type": "worker", "index": 0}})
+    )
     assert run(capsys, data_dir, tmp_path / "job")[0] == 0
 
 
@@ -122,7 +130,9 @@ def test_strategy_prerequisites(data_dir, tmp_path, capsys):
     code, lines = run(capsys, data_dir, tmp_path / "job", "--strategy", "multi_worker")
     assert code == 1 and failures(lines)[0].startswith("FAIL  --strategy multi_worker needs TF_CONFIG")
     code, lines = run(capsys, data_dir, tmp_path / "job", "--strategy", "tpu")
-    assert code == 1 and failures(lines) == ["FAIL  --strategy tpu needs --tpu NAME (or the TPU_NAME environment variable)"]
+    assert code == 1 and failures(lines) == [
+        "FAIL  --strategy tpu needs --tpu NAME (or the TPU_NAME environment variable)"
+    ]
 
 
 def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, capsys, monkeypatch):
@@ -144,5 +154,8 @@ def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, cap
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
     code, lines = run(capsys, data_dir, tmp_path / "job", "--overwrite", "--tuner", "random")
-    assert code == 1 and "KERASTUNER_TUNER_ID=tuner1 is a worker: only the chief may pass --overwrite" in failures(lines)[0]
+    assert (
+        code == 1
+        and "KERASTUNER_TUNER_ID=tuner1 is a worker: only the chief may pass --overwrite" in failures(lines)[0]
+    )
     assert project.exists()  # Preflight deletes nothing.

@@ -19,7 +19,7 @@ import pytest
 
 from trainer import models, tuning
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 KILL_WRAPPER = r"""
 import os, signal, sys
@@ -55,11 +55,6 @@ sys.exit(task.main(sys.argv[1:]))
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def rgb_dir(make_data_dir):
-    return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
-
-
 def _env(**extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", **extra)
     env.pop("TF_CONFIG", None)
@@ -71,8 +66,11 @@ def _run_killed(tmp_path, argv, *, kill_at_fit, kill_at_epoch):
     wrapper.write_text(KILL_WRAPPER)
     proc = subprocess.run(
         [sys.executable, str(wrapper), *argv],
-        cwd=ROOT, env=_env(KILL_AT_FIT=str(kill_at_fit), KILL_AT_EPOCH=str(kill_at_epoch)),
-        capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=_env(KILL_AT_FIT=str(kill_at_fit), KILL_AT_EPOCH=str(kill_at_epoch)),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     return proc.stdout + proc.stderr
@@ -98,7 +96,19 @@ def _completed_trials(project_dir: pathlib.Path) -> list[dict]:
 
 def test_grid_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
-    argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--epochs", "1", "--verbose", "0"]
+    argv = [
+        "tune",
+        "--data_dir",
+        rgb_dir,
+        "--job_dir",
+        str(job_dir),
+        "--search_space",
+        "small",
+        "--epochs",
+        "1",
+        "--verbose",
+        "0",
+    ]
     grid = tuning.grid_size({**models.GLASSES_CNN.space("small"), "epochs": [1]})
     assert grid == 4
 
@@ -149,6 +159,8 @@ def test_training_resumes_from_the_last_epoch_after_sigkill(rgb_dir, tmp_path):
     with open(job_dir / "history.csv") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1, 2, 3]
-    assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == [f"epoch-00{i}.weights.h5" for i in range(1, 5)]
+    assert sorted(p.name for p in (job_dir / "checkpoints").iterdir()) == [
+        f"epoch-00{i}.weights.h5" for i in range(1, 5)
+    ]
     assert not (job_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run.
     assert (job_dir / "model.keras").exists() and (job_dir / "export/saved_model.pb").exists()

@@ -16,20 +16,15 @@ import sys
 import keras_tuner as kt
 import pytest
 
-from pipelines.portable import free_ports, stop_processes
+from tests.processes import free_ports, stop_processes
 from trainer import models, task, tuning
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_S = 240
 TUNER_IDS = ("chief", "tuner0", "tuner1")
 
 # keras-tuner 1.4.8 calls threading.currentThread().getName() on every oracle call.
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread:DeprecationWarning", "ignore:getName:DeprecationWarning")
-
-
-@pytest.fixture(scope="module")
-def rgb_dir(make_data_dir):
-    return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
 
 
 def fits(log: str) -> list[str]:
@@ -40,7 +35,19 @@ def fits(log: str) -> list[str]:
 @pytest.mark.slow
 def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
-    argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--epochs", "1", "--verbose", "0"]
+    argv = [
+        "tune",
+        "--data_dir",
+        rgb_dir,
+        "--job_dir",
+        str(job_dir),
+        "--search_space",
+        "small",
+        "--epochs",
+        "1",
+        "--verbose",
+        "0",
+    ]
     grid = tuning.grid_size({**models.GLASSES_CNN.space("small"), "epochs": [1]})
     (port,) = free_ports(1)
     procs = {}
@@ -49,12 +56,19 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
         try:
             for tuner_id in TUNER_IDS:  # The chief first: it must be serving before the workers run out of trials.
                 env = dict(
-                    os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2", KERASTUNER_TUNER_ID=tuner_id,
-                    KERASTUNER_ORACLE_IP="127.0.0.1", KERASTUNER_ORACLE_PORT=str(port),
+                    os.environ,
+                    PYTHONPATH=str(ROOT),
+                    TF_CPP_MIN_LOG_LEVEL="2",
+                    KERASTUNER_TUNER_ID=tuner_id,
+                    KERASTUNER_ORACLE_IP="127.0.0.1",
+                    KERASTUNER_ORACLE_PORT=str(port),
                 )
                 env.pop("TF_CONFIG", None)
                 procs[tuner_id] = subprocess.Popen(
-                    [sys.executable, "-m", "trainer.task", *argv], cwd=ROOT, env=env, stdout=logs[tuner_id],
+                    [sys.executable, "-m", "trainer.task", *argv],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=logs[tuner_id],
                     stderr=subprocess.STDOUT,
                 )
             codes = {tuner_id: proc.wait(timeout=TIMEOUT_S) for tuner_id, proc in procs.items()}
@@ -93,7 +107,9 @@ def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch):
     project.mkdir(parents=True)
     (project / "oracle.json").write_text("{}")
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--search_space", "small", "--overwrite"]
-    with pytest.raises(ValueError, match="only the chief .* may overwrite the project; drop --overwrite on the workers"):
+    with pytest.raises(
+        ValueError, match=r"only the chief .* may overwrite the project; drop --overwrite on the workers"
+    ):
         task.main(argv)
     assert (project / "oracle.json").read_text() == "{}"  # Untouched.
     assert tuning.role() == "worker"

@@ -17,7 +17,9 @@ from trainer import data, evaluation, models, predict, task, training
 
 @pytest.fixture(scope="module")
 def trained_job(make_data_dir, tmp_path_factory):
-    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    data_dir = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     job_dir = tmp_path_factory.mktemp("eval_job")
     training.train(data_dir=data_dir, job_dir=str(job_dir), preset=models.GLASSES_CNN, epochs=2, verbose=0)
     task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
@@ -40,7 +42,17 @@ def test_evaluate_writes_metrics_plots_and_predictions(trained_job):
             assert image.format == "PNG" and image.width > 100 and image.height > 100
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_examples"] == 16 and metrics["split"] == "test"
-    for key in ("accuracy", "loss", "precision", "recall", "f1", "roc_auc", "confusion_matrix", "errors_per_class", "misclassified"):
+    for key in (
+        "accuracy",
+        "loss",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "confusion_matrix",
+        "errors_per_class",
+        "misclassified",
+    ):
         assert key in metrics
     assert [row["class"] for row in metrics["errors_per_class"]] == ["no", "yes"]
 
@@ -71,7 +83,7 @@ def test_metrics_recomputed_with_numpy_from_saved_predictions(trained_job):
     for index, row in enumerate(metrics["errors_per_class"]):
         assert row["count"] == int((labels == index).sum())
         assert row["errors"] == int(((labels == index) & (predicted != labels)).sum())
-    wrong = {r["id"] for r, pr, lab in zip(rows, predicted, labels) if pr != lab}
+    wrong = {r["id"] for r, pr, lab in zip(rows, predicted, labels, strict=True) if pr != lab}
     assert {m["id"] for m in metrics["misclassified"]} == wrong
 
 
@@ -81,7 +93,12 @@ def test_saved_predictions_agree_with_keras_evaluate(trained_job):
     manifest = features.read_manifest(data_dir)
     model = keras.saving.load_model(job_dir / "model.keras")
     ds = data.make_dataset(
-        data_dir, "test", manifest=manifest, tft_output=data.load_transform(data_dir, manifest), global_batch_size=7, training=False
+        data_dir,
+        "test",
+        manifest=manifest,
+        tft_output=data.load_transform(data_dir, manifest),
+        global_batch_size=7,
+        training=False,
     )
     loss, accuracy = model.evaluate(ds, verbose=0)
     assert metrics["loss"] == pytest.approx(loss, abs=1e-4)
@@ -142,6 +159,8 @@ def test_predict_on_a_folder_and_files(trained_job, tmp_path, capsys):
 
 
 def test_empty_test_split_fails_with_a_clear_message(make_data_dir, tmp_path):
-    data_dir = make_data_dir("no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0})
-    with pytest.raises(ValueError, match="test split .* is empty"):
+    data_dir = make_data_dir(
+        "no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0}
+    )
+    with pytest.raises(ValueError, match=r"test split .* is empty"):
         evaluation.evaluate(data_dir=data_dir, job_dir=str(tmp_path / "job"))

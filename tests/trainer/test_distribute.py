@@ -42,13 +42,17 @@ def test_explicit_tpu_fails_at_once_with_a_clear_message():
 def test_auto_picks_multi_worker_from_tf_config(monkeypatch):
     monkeypatch.setattr(distribute, "_tf_config_workers", lambda: 2)
     created = []
-    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", lambda: created.append(1) or tf.distribute.get_strategy())
+    monkeypatch.setattr(
+        tf.distribute, "MultiWorkerMirroredStrategy", lambda: created.append(1) or tf.distribute.get_strategy()
+    )
     distribute.get_strategy("auto")
     assert created == [1]
 
 
 def test_tf_config_worker_count(monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}))
+    monkeypatch.setenv(
+        "TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}})
+    )
     assert distribute._tf_config_workers() == 2
     monkeypatch.setenv("TF_CONFIG", "{not json")
     assert distribute._tf_config_workers() == 0
@@ -63,7 +67,9 @@ def test_unknown_strategy():
 
 
 def test_mirrored_strategy_with_one_cpu_device_trains(make_data_dir, tmp_path):
-    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    data_dir = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     strategy = distribute.get_strategy("mirrored")
     assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == 1
     assert not distribute.is_default(strategy)
@@ -71,12 +77,19 @@ def test_mirrored_strategy_with_one_cpu_device_trains(make_data_dir, tmp_path):
         data_dir=data_dir, job_dir=str(tmp_path), preset=models.GLASSES_CNN, epochs=1, strategy=strategy, verbose=0
     )
     # Variables were created under the strategy's scope: they are mirrored.
-    assert all(isinstance(v.value, tf.distribute.DistributedValues) or "Mirrored" in type(v.value).__name__ for v in model.weights)
+    assert all(
+        isinstance(v.value, tf.distribute.DistributedValues) or "Mirrored" in type(v.value).__name__
+        for v in model.weights
+    )
     assert json.loads((tmp_path / "training_config.json").read_text())["strategy"] == "MirroredStrategy"
 
 
 def test_cli_explicit_tpu_fails_before_any_work(make_data_dir, tmp_path):
-    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
+    data_dir = make_data_dir(
+        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
+    )
     with pytest.raises(distribute.StrategyError):
-        task.main(["train", "--data_dir", data_dir, "--job_dir", str(tmp_path / "job"), "--strategy", "tpu", "--tpu", "nope"])
+        task.main(
+            ["train", "--data_dir", data_dir, "--job_dir", str(tmp_path / "job"), "--strategy", "tpu", "--tpu", "nope"]
+        )
     assert not (tmp_path / "job").exists()

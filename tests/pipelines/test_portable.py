@@ -7,17 +7,17 @@ service and the worker pool as separate processes, and stops them by their PIDs.
 from __future__ import annotations
 
 import pathlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
-from image_files import write_glasses_like
 
 from pipelines import features
-from pipelines.portable import running_services
 from pipelines.preprocess import run
+from tests.image_files import write_glasses_like
+from tests.processes import running_services
 
 pytestmark = pytest.mark.slow
 
@@ -42,14 +42,36 @@ def _examples(output_dir: str, split: str) -> list[tuple[bytes, bytes, int]]:
 def test_portable_runner_with_external_workers_matches_direct_runner(tmp_path, portable_services):
     job_port, worker_port, worker_log = portable_services
     write_glasses_like(tmp_path, [0, 1, 1, 0, 1] * 8)
-    common = ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv"),
-              "--file_pattern", "face-{id}.png", "--image_size", "8", "--exclude", "3"]
+    common = [
+        "--images",
+        str(tmp_path / "images"),
+        "--labels_csv",
+        str(tmp_path / "labels.csv"),
+        "--file_pattern",
+        "face-{id}.png",
+        "--image_size",
+        "8",
+        "--exclude",
+        "3",
+    ]
     direct = run([*common, "--output", str(tmp_path / "direct")])
-    portable = run([
-        *common, "--output", str(tmp_path / "portable"), "--runner", "PortableRunner",
-        "--job_endpoint", f"localhost:{job_port}", "--environment_type", "EXTERNAL",
-        "--environment_config", f"localhost:{worker_port}", "--direct_num_workers", "2",
-    ])
+    portable = run(
+        [
+            *common,
+            "--output",
+            str(tmp_path / "portable"),
+            "--runner",
+            "PortableRunner",
+            "--job_endpoint",
+            f"localhost:{job_port}",
+            "--environment_type",
+            "EXTERNAL",
+            "--environment_config",
+            f"localhost:{worker_port}",
+            "--direct_num_workers",
+            "2",
+        ]
+    )
     assert worker_log.read_text().count("Starting worker with command") == 2  # two SDK worker processes
     assert portable["runner"] == "PortableRunner"
     assert portable["counts"] == direct["counts"]
@@ -67,6 +89,8 @@ def test_portable_runner_with_external_workers_matches_direct_runner(tmp_path, p
     ]
     np.testing.assert_allclose(
         # float32 sums in another order: equal to rounding.
-        outputs[0][features.NORMALIZED_IMAGE_KEY].numpy(), outputs[1][features.NORMALIZED_IMAGE_KEY].numpy(),
-        rtol=1e-5, atol=1e-6,
+        outputs[0][features.NORMALIZED_IMAGE_KEY].numpy(),
+        outputs[1][features.NORMALIZED_IMAGE_KEY].numpy(),
+        rtol=1e-5,
+        atol=1e-6,
     )

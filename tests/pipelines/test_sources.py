@@ -5,10 +5,10 @@ from __future__ import annotations
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
-from image_files import offline_test_pipeline, write_glasses_like
 
 from pipelines.options import parse_args
 from pipelines.sources import LabelledImages, file_name_regex, parse_label, source_split_of
+from tests.image_files import offline_test_pipeline, write_glasses_like
 
 
 def _write_images(tmp_path):
@@ -18,8 +18,17 @@ def _write_images(tmp_path):
 def _config(tmp_path, *extra_args: str):
     images = tmp_path / "images"
     config, _ = parse_args(
-        ["--images", str(images), "--output", str(tmp_path / "out"), "--labels_csv", str(tmp_path / "labels.csv"),
-         "--file_pattern", "face-{id}.png", *extra_args]
+        [
+            "--images",
+            str(images),
+            "--output",
+            str(tmp_path / "out"),
+            "--labels_csv",
+            str(tmp_path / "labels.csv"),
+            "--file_pattern",
+            "face-{id}.png",
+            *extra_args,
+        ]
     )
     return config
 
@@ -45,8 +54,15 @@ def test_override_wins_also_for_unlabelled_ids_and_exclusions_never_reach_output
     _write_images(tmp_path)
     (tmp_path / "overrides.csv").write_text("id,glasses\n1,1\n7,0\n404,1\n")
     (tmp_path / "exclusions.csv").write_text("id\n2\n")
-    config = _config(tmp_path, "--overrides_csv", str(tmp_path / "overrides.csv"),
-                       "--exclude", str(tmp_path / "exclusions.csv"), "--exclude", "3")
+    config = _config(
+        tmp_path,
+        "--overrides_csv",
+        str(tmp_path / "overrides.csv"),
+        "--exclude",
+        str(tmp_path / "exclusions.csv"),
+        "--exclude",
+        "3",
+    )
     # id 7 has an image but no labels-CSV row: only the override labels it.
     write_glasses_like(tmp_path / "extra", [1], start_id=7)
     (tmp_path / "extra" / "images" / "face-7.png").rename(tmp_path / "images" / "face-7.png")
@@ -75,14 +91,16 @@ def test_bad_rows_unlabelled_conflicts_and_duplicates_are_dead_letters(tmp_path)
     assert_that(labels, equal_to([("2", 1, False), ("3", 0, False), ("4", 1, False), ("6", 1, False)]), label="Labels")
     assert_that(
         reasons,
-        equal_to([
-            ("1", "conflicting_labels", True),
-            ("", "malformed_csv_row", False),
-            ("", "malformed_csv_row", False),
-            ("5", "bad_label", True),
-            ("9", "label_without_image", False),
-            ("6", "duplicate_id", True),
-        ]),
+        equal_to(
+            [
+                ("1", "conflicting_labels", True),
+                ("", "malformed_csv_row", False),
+                ("", "malformed_csv_row", False),
+                ("5", "bad_label", True),
+                ("9", "label_without_image", False),
+                ("6", "duplicate_id", True),
+            ]
+        ),
         label="DeadLetters",
     )
     p.run().wait_until_finish()
@@ -97,16 +115,18 @@ def test_class_folders_label_by_folder_and_group_by_stem(tmp_path):
     p = offline_test_pipeline()
     images = p | LabelledImages(config)
     rows = images["images"] | beam.Map(lambda im: (im.id, im.label, im.group))
-    assert_that(
-        rows, equal_to([("comics/1", 0, "1"), ("comics/2", 0, "2"), ("faces/1", 1, "1"), ("faces/2", 1, "2")])
-    )
+    assert_that(rows, equal_to([("comics/1", 0, "1"), ("comics/2", 0, "2"), ("faces/1", 1, "1"), ("faces/2", 1, "2")]))
     p.run().wait_until_finish()
 
 
 @pytest.mark.parametrize(
     "pattern, name, expected",
-    [("face-{id}.png", "face-12.png", "12"), ("face-{id}.png", "FACE-3.PNG", "3"), ("{id}", "0042.jpg", "0042"),
-     ("face-{id}.png", "other.png", None)],
+    [
+        ("face-{id}.png", "face-12.png", "12"),
+        ("face-{id}.png", "FACE-3.PNG", "3"),
+        ("{id}", "0042.jpg", "0042"),
+        ("face-{id}.png", "other.png", None),
+    ],
 )
 def test_file_name_regex(pattern, name, expected):
     match = file_name_regex(pattern).match(name)
@@ -121,4 +141,8 @@ def test_parse_label_and_source_split():
         with pytest.raises(ValueError):
             parse_label(bad, ("no", "yes"))
     assert [source_split_of(p) for p in ("gs://b/train.csv", "/x/test.csv", "val.csv", "labels.csv")] == [
-        "train", "test", "validation", ""]
+        "train",
+        "test",
+        "validation",
+        "",
+    ]

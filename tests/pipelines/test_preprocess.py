@@ -5,17 +5,18 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pathlib
 
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
-from image_files import write_glasses_like
 
 from pipelines import features
 from pipelines.manifest import PipelineError
 from pipelines.preprocess import run
+from tests.image_files import write_glasses_like
 
 LABELS = [0, 1, 1] * 20  # 60 images, 20 of class 0 and 40 of class 1
 
@@ -37,9 +38,21 @@ def _write_bad_corpus(images_dir) -> dict[str, str]:
 
 def _preprocess(tmp_path, name: str, *extra: str) -> dict:
     return run(
-        ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv"),
-         "--file_pattern", "face-{id}",
-         "--output", str(tmp_path / name), "--image_size", "12,10", "--seed", "1", *extra]
+        [
+            "--images",
+            str(tmp_path / "images"),
+            "--labels_csv",
+            str(tmp_path / "labels.csv"),
+            "--file_pattern",
+            "face-{id}",
+            "--output",
+            str(tmp_path / name),
+            "--image_size",
+            "12,10",
+            "--seed",
+            "1",
+            *extra,
+        ]
     )
 
 
@@ -83,7 +96,7 @@ def test_bad_files_are_dead_letters_with_their_reasons(corpus):
     records = [
         json.loads(line)
         for path in glob.glob(str(tmp_path / "out" / "dead_letter" / "*.jsonl"))
-        for line in open(path)
+        for line in pathlib.Path(path).read_text().splitlines()
     ]
     by_file = {os.path.basename(r["path"]): r["reason"] for r in records if r["stage"] == "decode"}
     assert by_file == bad
@@ -111,9 +124,12 @@ def test_shards_parse_with_the_feature_spec_and_match_the_manifest(corpus):
 def test_transform_statistics_equal_numpy_on_the_train_split(corpus):
     tmp_path, _, _ = corpus
     output = str(tmp_path / "out")
-    train = np.stack(
-        [np.frombuffer(e["image"], np.uint8).reshape(10, 12, 3) for e in _read_split(output, "train")]
-    ).astype(np.float64) / 255.0
+    train = (
+        np.stack([np.frombuffer(e["image"], np.uint8).reshape(10, 12, 3) for e in _read_split(output, "train")]).astype(
+            np.float64
+        )
+        / 255.0
+    )
     mean = train.mean(axis=(0, 1, 2))
     std = train.std(axis=(0, 1, 2))
     transform = tft.TFTransformOutput(os.path.join(output, features.TRANSFORM_DIR))

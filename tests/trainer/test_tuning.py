@@ -16,11 +16,6 @@ from trainer import models, task, tuning
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread:DeprecationWarning", "ignore:getName:DeprecationWarning")
 
 
-@pytest.fixture(scope="module")
-def rgb_dir(make_data_dir):
-    return make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8})
-
-
 # ---------------------------------------------------------------------------------------
 # The GridSearchOracle resume bug, reproduced on the oracle alone (no training: fast).
 
@@ -136,16 +131,34 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
     grid = tuning.grid_size({**space, "epochs": [1]})
     assert grid == 4
 
-    task.main(["tune", "--data_dir", rgb_dir, "--job_dir", job_dir, "--search_space", "small", "--epochs", "1", "--verbose", "0"])
+    task.main(
+        [
+            "tune",
+            "--data_dir",
+            rgb_dir,
+            "--job_dir",
+            job_dir,
+            "--search_space",
+            "small",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+        ]
+    )
     printed = capsys.readouterr().out
 
-    trials = [json.loads(p.read_text()) for p in sorted((tmp_path / "job/tuning/glasses_cnn_grid").glob("trial_*/trial.json"))]
+    trials = [
+        json.loads(p.read_text()) for p in sorted((tmp_path / "job/tuning/glasses_cnn_grid").glob("trial_*/trial.json"))
+    ]
     assert len(trials) == grid and all(t["status"] == "COMPLETED" for t in trials)
     points = {tuple(sorted(t["hyperparameters"]["values"].items())) for t in trials}
     assert len(points) == grid
     with open(tmp_path / "job/tuning/results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == grid and {"trial", "status", "score", "filters", "units", "batch_size", "epochs"} <= set(rows[0])
+    assert len(rows) == grid and {"trial", "status", "score", "filters", "units", "batch_size", "epochs"} <= set(
+        rows[0]
+    )
     assert [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
     assert "| trial | status | score |" in (tmp_path / "job/tuning/results.md").read_text()
     assert "| trial | status | score |" in printed
@@ -155,7 +168,21 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
     assert best["hyperparameters"]["filters"] == int(rows[0]["filters"])
 
     # A rerun of the finished search trains nothing more.
-    task.main(["tune", "--data_dir", rgb_dir, "--job_dir", job_dir, "--search_space", "small", "--epochs", "1", "--verbose", "0"])
+    task.main(
+        [
+            "tune",
+            "--data_dir",
+            rgb_dir,
+            "--job_dir",
+            job_dir,
+            "--search_space",
+            "small",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+        ]
+    )
     assert len(list((tmp_path / "job/tuning/glasses_cnn_grid").glob("trial_*"))) == grid
 
     # train reads best_hyperparameters.json: make its values differ from the preset defaults.
@@ -175,7 +202,9 @@ def test_train_without_tuning_uses_preset_defaults_and_epochs_override(rgb_dir, 
     config = json.loads((job_dir / "training_config.json").read_text())
     assert config["hyperparameters"] == {**models.GLASSES_CNN.defaults, "epochs": 1}
     # A best-hyperparameters file tuned for the other model is ignored.
-    (job_dir / "best_hyperparameters.json").write_text(json.dumps({"model": "comics_cnn", "hyperparameters": {"dropout": 0.7}}))
+    (job_dir / "best_hyperparameters.json").write_text(
+        json.dumps({"model": "comics_cnn", "hyperparameters": {"dropout": 0.7}})
+    )
     assert tuning.read_best_hyperparameters(str(job_dir), model="glasses_cnn") is None
 
 
@@ -183,7 +212,9 @@ def test_train_without_tuning_uses_preset_defaults_and_epochs_override(rgb_dir, 
 def test_other_tuners_run(rgb_dir, tmp_path, tuner_name):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--tuner", tuner_name]
-    argv += ["--verbose", "0"] + (["--epochs", "2"] if tuner_name == "hyperband" else ["--epochs", "1", "--max_trials", "2"])
+    argv += ["--verbose", "0"] + (
+        ["--epochs", "2"] if tuner_name == "hyperband" else ["--epochs", "1", "--max_trials", "2"]
+    )
     task.main(argv)
     best = json.loads((job_dir / "best_hyperparameters.json").read_text())
     assert best["tuner"] == tuner_name and not any(k.startswith("tuner/") for k in best["hyperparameters"])
@@ -192,5 +223,7 @@ def test_other_tuners_run(rgb_dir, tmp_path, tuner_name):
 
 
 def test_results_markdown():
-    table = tuning.format_markdown([{"trial": "0", "score": 0.5, "units": 64}, {"trial": "1", "score": None, "units": 128}])
+    table = tuning.format_markdown(
+        [{"trial": "0", "score": 0.5, "units": 64}, {"trial": "1", "score": None, "units": 128}]
+    )
     assert table.splitlines() == ["| trial | score | units |", "|---|---|---|", "| 0 | 0.5000 | 64 |", "| 1 |  | 128 |"]
