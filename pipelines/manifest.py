@@ -18,6 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import features, sinks
 from pipelines.dead_letters import BAD_INPUT_REASONS
 from pipelines.options import PreprocessConfig
+from pipelines.paths import is_remote
 
 
 class PipelineError(RuntimeError):
@@ -126,7 +127,7 @@ def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seco
     sinks.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     FileSystems.delete([FileSystems.join(config.output_dir, sinks.STATS_FILE + ".json")])
     for temp_dir in (sinks.TFT_TEMP_DIR, sinks.SHARDS_TEMP_DIR):
-        if "://" not in config.output_dir:
+        if not is_remote(config.output_dir):
             shutil.rmtree(os.path.join(config.output_dir, temp_dir), ignore_errors=True)
             continue
         leftovers = FileSystems.match([FileSystems.join(config.output_dir, temp_dir, "**")])[0].metadata_list

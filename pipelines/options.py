@@ -18,6 +18,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import features
+from pipelines.paths import is_remote
 
 # Named dataset layouts: the two Kaggle sets (and facepipe's demo data, which copies them).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
@@ -172,7 +173,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
     images = args.images.rstrip("/")
 
     def in_root(name: str) -> str:
-        return posixpath.join(images, name) if "://" in images else os.path.join(images, name)
+        return posixpath.join(images, name) if is_remote(images) else os.path.join(images, name)
 
     if preset:
         image_globs = [in_root(g) for g in preset["image_globs"]]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
@@ -24,21 +23,14 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.findings import Finding, report
 from pipelines.options import PreprocessConfig, parse_args
+from pipelines.paths import is_remote
 from pipelines.sinks import existing_outputs
 from pipelines.sources import read_csv_header
 
 # Runners whose workers run somewhere else: local paths are not theirs to read.
 REMOTE_RUNNERS = ("DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
-
-
-class Finding(NamedTuple):
-    ok: bool
-    message: str
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path
 
 
 def _check_inputs(config: PreprocessConfig) -> list[Finding]:
@@ -85,7 +77,7 @@ def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Fi
     portable = options.view_as(PortableOptions)
     same_machine = runner == "PortableRunner" and portable.environment_type in ("EXTERNAL", "LOOPBACK")
     paths = [*config.image_globs, *config.labels_csv, *config.overrides_csv, *config.exclude_csv, config.output_dir]
-    local = [p for p in paths if _is_local(p)]
+    local = [p for p in paths if not is_remote(p)]
     if local and not same_machine:
         findings.append(
             Finding(
@@ -109,7 +101,7 @@ def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Fi
         for name, value in (("--project", cloud.project), ("--region", cloud.region)):
             if not value:
                 findings.append(Finding(False, f"DataflowRunner needs {name}"))
-        if not cloud.temp_location or _is_local(cloud.temp_location):
+        if not cloud.temp_location or not is_remote(cloud.temp_location):
             findings.append(Finding(False, "DataflowRunner needs --temp_location gs://BUCKET/tmp"))
     elif portable.environment_type == "DOCKER" and not portable.environment_config:
         findings.append(
@@ -132,12 +124,7 @@ def preflight(argv: Sequence[str]) -> list[Finding]:
 
 
 def main() -> None:
-    findings = preflight(sys.argv[1:])
-    for finding in findings:
-        print(f"{'ok   ' if finding.ok else 'FAIL '} {finding.message}")
-    failed = sum(not f.ok for f in findings)
-    print(f"{failed} problem(s) found" if failed else "preflight passed")
-    sys.exit(1 if failed else 0)
+    sys.exit(report(preflight(sys.argv[1:])))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import features, manifest
 from pipelines.dead_letters import DEAD_LETTER
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args
+from pipelines.paths import is_remote
 from pipelines.sinks import (
     TFT_TEMP_DIR,
     WriteDeadLetters,
@@ -61,7 +62,7 @@ def prepare_output_dir(config: PreprocessConfig) -> None:
     existing = existing_outputs(output)
     if existing and not config.overwrite:
         raise SystemExit(f"error: output directory {output} is not empty; pass --overwrite to replace it")
-    if "://" in output:
+    if is_remote(output):
         FileSystems.delete(existing)
     else:
         shutil.rmtree(output, ignore_errors=True)

@@ -54,6 +54,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipelines import options, sources, transforms
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig
+from pipelines.paths import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ def images_root(images: str) -> str:
 
 def is_under(path: str, root: str) -> bool:
     """Whether ``path`` (symlinks resolved, for local files) lies under ``root``."""
-    if "://" in path or "://" in root:
+    if is_remote(path) or is_remote(root):
         return path.startswith(root.rstrip("/") + "/")
     real, base = os.path.realpath(path), os.path.realpath(root)
     return os.path.commonpath([real, base]) == base
@@ -224,7 +225,7 @@ def read_predictions(path: str, config: PreprocessConfig, items: dict[str, Item]
 
 
 def _normalized(path: str) -> str:
-    return path if "://" in path else os.path.normpath(os.path.abspath(path))
+    return path if is_remote(path) else os.path.normpath(os.path.abspath(path))
 
 
 # --- The review's files ---------------------------------------------------------------------

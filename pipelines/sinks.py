@@ -23,6 +23,7 @@ from apache_beam.options.value_provider import StaticValueProvider
 
 from pipelines import features
 from pipelines.options import PreprocessConfig
+from pipelines.paths import is_remote
 from pipelines.transforms import unit_hash
 
 # Beam's file sinks write to temp files and rename them when complete, so a failed run
@@ -35,7 +36,7 @@ TFT_TEMP_DIR = ".tft_tmp"  # tf.Transform's working files; removed by the driver
 
 def existing_outputs(output_dir: str) -> list[str]:
     """What is already in ``output_dir`` (files and, locally, folders): non-empty means taken."""
-    if "://" not in output_dir:
+    if not is_remote(output_dir):
         return sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
     return [m.path for m in FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list]
 

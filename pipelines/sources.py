@@ -260,7 +260,7 @@ def _read_csvs(pipeline, label: str, paths: Iterable[str], make_dofn) -> tuple[l
 class LabelledImages(beam.PTransform):
     """Lists the images and resolves each one's label.
 
-    Output (a DoOutputsTuple): ``images`` LabelledImage; ``dead_letter`` dicts;
+    Output (a dict of PCollections): ``images`` LabelledImage; ``dead_letter`` dicts;
     ``not_image_file`` paths of skipped non-image files; ``fingerprint`` ints (XOR of
     path/size hashes of every listed file).
     """

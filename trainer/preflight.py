@@ -16,17 +16,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import tensorflow as tf
 
 from pipelines import features
+from pipelines.findings import Finding
 from trainer import distribute, models, tuning
-
-
-class Finding(NamedTuple):
-    ok: bool
-    message: str
 
 
 def _is_gcs(path: str) -> bool:
@@ -246,12 +242,3 @@ def preflight(
     if preset is not None:
         findings += check_tuning_project(job_dir, preset, tuner=tuner, overwrite=overwrite)
     return findings
-
-
-def report(findings: list[Finding]) -> int:
-    """Prints one line per finding and a summary; returns the exit status (1 on any failure)."""
-    for finding in findings:
-        print(f"{'ok   ' if finding.ok else 'FAIL '} {finding.message}")
-    failed = sum(not f.ok for f in findings)
-    print(f"{failed} problem(s) found" if failed else "preflight passed")
-    return 1 if failed else 0

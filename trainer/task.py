@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from pipelines.findings import report
 from trainer import distribute, models, tuning
 
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
@@ -201,7 +202,7 @@ def run_preflight(args: argparse.Namespace) -> int:
         tuner=args.tuner,
         overwrite=args.overwrite,
     )
-    return preflight.report(findings)
+    return report(findings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
