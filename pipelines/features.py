@@ -69,16 +69,24 @@ def raw_feature_spec() -> dict[str, Any]:
     }
 
 
+# What a feature means, beyond its type (see the module docstring).
+_MEANINGS = {
+    IMAGE_KEY: "uint8 pixels, row-major height x width x channels",
+    LABEL_KEY: "index into classes",
+    ID_KEY: "source id",
+    CHANNELS_KEY: "1 grayscale, 3 rgb",
+}
+
+
 def feature_spec_description() -> dict[str, str]:
-    """The feature spec in words, as written to the manifest."""
-    return {
-        IMAGE_KEY: "bytes: uint8 pixels, row-major height x width x channels",
-        LABEL_KEY: "int64: index into classes",
-        ID_KEY: "bytes: source id",
-        HEIGHT_KEY: "int64",
-        WIDTH_KEY: "int64",
-        CHANNELS_KEY: "int64: 1 grayscale, 3 rgb",
-    }
+    """:func:`raw_feature_spec` in words, as written to the manifest: ``"int64: meaning"``."""
+    import tensorflow as tf
+
+    described = {}
+    for key, spec in raw_feature_spec().items():
+        kind = "bytes" if spec.dtype == tf.string else spec.dtype.name
+        described[key] = f"{kind}: {_MEANINGS[key]}" if key in _MEANINGS else kind
+    return described
 
 
 def encode_example(*, image: bytes, label: int, example_id: str, height: int, width: int, channels: int) -> bytes:

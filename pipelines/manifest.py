@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import features, sinks
+from pipelines import features, output_dir
 from pipelines.dead_letters import BAD_INPUT_REASONS
 from pipelines.options import PreprocessConfig
-from pipelines.paths import is_remote
 
 
 class PipelineError(RuntimeError):
@@ -98,7 +95,7 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
             "excluded": dead.get("excluded", 0),
             "non_image_files": stats.get("non_image_files", 0),
         },
-        "shards": {split: sinks.list_shards(config.output_dir, split) for split in features.SPLITS},
+        "shards": {split: output_dir.shard_names(config.output_dir, split) for split in features.SPLITS},
         "transform_dir": features.TRANSFORM_DIR,
         "feature_spec": features.feature_spec_description(),
         "fingerprint": {
@@ -117,22 +114,15 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
 
 def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seconds: float) -> dict:
     """Reads the run statistics, checks them, writes ``manifest.json`` last, cleans up."""
-    stats = sinks.read_run_statistics(config.output_dir)
+    stats = output_dir.read_run_statistics(config.output_dir)
     for split in features.SPLITS:
-        if not sinks.list_shards(config.output_dir, split):
-            sinks.write_empty_shard(config.output_dir, split)
+        if not output_dir.shard_names(config.output_dir, split):
+            output_dir.write_empty_shard(config.output_dir, split)
     manifest = build_manifest(
         config, stats, runner=str(options.view_as(StandardOptions).runner), elapsed_seconds=elapsed_seconds
     )
-    sinks.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
-    FileSystems.delete([FileSystems.join(config.output_dir, sinks.STATS_FILE + ".json")])
-    for temp_dir in (sinks.TFT_TEMP_DIR, sinks.SHARDS_TEMP_DIR):
-        if not is_remote(config.output_dir):
-            shutil.rmtree(os.path.join(config.output_dir, temp_dir), ignore_errors=True)
-            continue
-        leftovers = FileSystems.match([FileSystems.join(config.output_dir, temp_dir, "**")])[0].metadata_list
-        if leftovers:
-            FileSystems.delete([m.path for m in leftovers])
+    output_dir.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
+    output_dir.remove_run_files(config.output_dir)
     return manifest
 
 

@@ -25,8 +25,8 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.findings import Finding, report
 from pipelines.options import PreprocessConfig, parse_args
+from pipelines.output_dir import existing_outputs
 from pipelines.paths import is_remote
-from pipelines.sinks import existing_outputs
 from pipelines.sources import read_csv_header
 
 # Runners whose workers run somewhere else: local paths are not theirs to read.

@@ -11,8 +11,6 @@ or ``--runner FlinkRunner`` over a cluster (see README).
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -22,17 +20,14 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import features, manifest
+from pipelines import features, manifest, output_dir
 from pipelines.dead_letters import DEAD_LETTER
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args
-from pipelines.paths import is_remote
 from pipelines.sinks import (
-    TFT_TEMP_DIR,
     WriteDeadLetters,
     WriteRunStatistics,
     WriteShards,
     WriteTransformStatistics,
-    existing_outputs,
 )
 from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
 from pipelines.transforms import (
@@ -54,19 +49,6 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     if standard.runner in (None, "DirectRunner", "direct"):
         standard.runner = _LOCAL_RUNNER
     return options
-
-
-def prepare_output_dir(config: PreprocessConfig) -> None:
-    """Refuses a non-empty output directory unless --overwrite, then empties it."""
-    output = config.output_dir
-    existing = existing_outputs(output)
-    if existing and not config.overwrite:
-        raise SystemExit(f"error: output directory {output} is not empty; pass --overwrite to replace it")
-    if is_remote(output):
-        FileSystems.delete(existing)
-    else:
-        shutil.rmtree(output, ignore_errors=True)
-        os.makedirs(output)
 
 
 def count_images(config: PreprocessConfig) -> int:
@@ -123,11 +105,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the job; returns the manifest it wrote."""
     config, beam_args = parse_args(argv)
     options = pipeline_options(beam_args)
-    prepare_output_dir(config)
+    output_dir.prepare(config.output_dir, overwrite=config.overwrite)
     estimated = count_images(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
     started = time.monotonic()
-    temp_dir = FileSystems.join(config.output_dir, TFT_TEMP_DIR)
+    temp_dir = FileSystems.join(config.output_dir, output_dir.TFT_TEMP_DIR)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
     elapsed = time.monotonic() - started

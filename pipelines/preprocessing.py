@@ -11,11 +11,27 @@ from collections.abc import Callable
 
 import tensorflow as tf
 import tensorflow_transform as tft
+from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
 from pipelines import features
 
 # Keeps the division finite for a channel that is constant over the whole train split.
 _MIN_STDDEV = 1e-6
+
+
+def raw_metadata(*, channels: int) -> dataset_metadata.DatasetMetadata:
+    """The schema of the preprocessing_fn's inputs: the pixels, the label and the per-image
+    channel statistics that its analysers read."""
+    return dataset_metadata.DatasetMetadata(
+        schema_utils.schema_from_feature_spec(
+            {
+                features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+                features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
+                features.PIXEL_MEAN_KEY: tf.io.FixedLenFeature([channels], tf.float32),
+                features.PIXEL_MEAN_SQUARE_KEY: tf.io.FixedLenFeature([channels], tf.float32),
+            }
+        )
+    )
 
 
 def decode_pixels(image_bytes: tf.Tensor, *, height: int, width: int, channels: int) -> tf.Tensor:

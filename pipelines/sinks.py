@@ -1,4 +1,8 @@
-"""Sinks: TFRecord shards, tf.Transform statistics, dead letters, run statistics, manifest."""
+"""Beam writers: TFRecord shards, tf.Transform statistics, dead letters, run statistics.
+
+What the driver does with the output directory before and after the run (claiming it, the
+empty shards, reading the statistics back, the manifest) is in ``pipelines.output_dir``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import gzip
 import json
 import math
 import operator
-import os
-import posixpath
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,22 +25,10 @@ from apache_beam.options.value_provider import StaticValueProvider
 
 from pipelines import features
 from pipelines.options import PreprocessConfig
-from pipelines.paths import is_remote
+from pipelines.output_dir import SHARDS_TEMP_DIR, stats_path
 from pipelines.transforms import unit_hash
 
-# Beam's file sinks write to temp files and rename them when complete, so a failed run
-# never leaves a shard that looks complete; the manifest is written last.
 EXAMPLES_PER_SHARD = 1000
-STATS_FILE = "_stats"  # Run statistics, read by the driver into the manifest, then removed.
-SHARDS_TEMP_DIR = ".tmp_shards"  # Shards being written; removed by the driver at the end.
-TFT_TEMP_DIR = ".tft_tmp"  # tf.Transform's working files; removed by the driver at the end.
-
-
-def existing_outputs(output_dir: str) -> list[str]:
-    """What is already in ``output_dir`` (files and, locally, folders): non-empty means taken."""
-    if not is_remote(output_dir):
-        return sorted(os.listdir(output_dir)) if os.path.isdir(output_dir) else []
-    return [m.path for m in FileSystems.match([FileSystems.join(output_dir, "**")])[0].metadata_list]
 
 
 def num_shards_for(estimated_examples: float, requested: int) -> int:
@@ -125,13 +115,6 @@ class WriteShards(beam.PTransform):
         )
 
 
-def write_empty_shard(output_dir: str, split: str) -> None:
-    """An empty ``<split>-00000-of-00001`` file, so that an empty split still has a shard."""
-    path = features.shard_prefix(output_dir, split) + "-00000-of-00001" + features.SHARD_SUFFIX
-    with FileSystems.create(path) as f, gzip.GzipFile(fileobj=f, mode="wb"):
-        pass
-
-
 def _analysis_features(image, *, channels: int) -> dict[str, Any]:
     """What the preprocessing_fn's analysers read of one train image: its channel statistics.
 
@@ -151,7 +134,8 @@ class WriteTransformStatistics(beam.PTransform):
     """Train-split DecodedImage -> tf.Transform's ``transform/`` (transform_fn, metadata).
 
     Must be applied inside ``tft_beam.Context``; the statistics cover the train split only,
-    so validation and test never leak into the normalisation.
+    so validation and test never leak into the normalisation. Returns WriteTransformFn's
+    output, which is complete once ``transform/`` is.
     """
 
     def __init__(self, config: PreprocessConfig):
@@ -159,35 +143,24 @@ class WriteTransformStatistics(beam.PTransform):
         self._config = config
 
     def expand(self, train_images):
-        import tensorflow as tf
         import tensorflow_transform.beam as tft_beam
-        from tensorflow_transform.tf_metadata import dataset_metadata, schema_utils
 
-        from pipelines.preprocessing import make_preprocessing_fn
+        from pipelines.preprocessing import make_preprocessing_fn, raw_metadata
 
         config = self._config
         width, height = config.image_size
         channels = config.channels
-        raw_metadata = dataset_metadata.DatasetMetadata(
-            schema_utils.schema_from_feature_spec(
-                {
-                    features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-                    features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
-                    features.PIXEL_MEAN_KEY: tf.io.FixedLenFeature([channels], tf.float32),
-                    features.PIXEL_MEAN_SQUARE_KEY: tf.io.FixedLenFeature([channels], tf.float32),
-                }
-            )
-        )
+        metadata = raw_metadata(channels=channels)
         transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
         raw = train_images | "ToAnalysisFeatures" >> beam.Map(_analysis_features, channels=channels)
-        transform_fn = (raw, raw_metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
-            make_preprocessing_fn(height=height, width=width, channels=config.channels)
+        transform_fn = (raw, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
+            make_preprocessing_fn(height=height, width=width, channels=channels)
         )
-        _ = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
-        _ = raw_metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
+        written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
+        _ = metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(
             FileSystems.join(transform_dir, "metadata"), train_images.pipeline
         )
-        return train_images.pipeline
+        return written
 
 
 class WriteDeadLetters(beam.PTransform):
@@ -210,7 +183,7 @@ def _xor_all(values) -> int:
 
 
 class WriteRunStatistics(beam.PTransform):
-    """Counts and fingerprints of the whole run -> one JSON object in ``_stats.json``.
+    """Counts and fingerprints of the whole run -> one JSON object in ``output_dir.STATS_FILE``.
 
     Input: a dict of PCollections — ``listed`` (paths), ``non_image_files`` (paths),
     ``labelled`` (LabelledImage), ``dead_letters`` (dicts), ``decoded`` and ``written``
@@ -219,7 +192,7 @@ class WriteRunStatistics(beam.PTransform):
 
     def __init__(self, output_dir: str):
         super().__init__()
-        self._path = FileSystems.join(output_dir, STATS_FILE)
+        self._path = stats_path(output_dir)
 
     def expand(self, inputs: Mapping[str, Any]):
         def dead_letter_key(record: dict) -> str:
@@ -251,26 +224,5 @@ class WriteRunStatistics(beam.PTransform):
             | "FlattenStats" >> beam.Flatten()
             | "ToDict" >> beam.combiners.ToDict()
             | "ToJson" >> beam.Map(lambda stats: json.dumps(stats, sort_keys=True))
-            | "Write" >> beam.io.WriteToText(self._path, file_name_suffix=".json", shard_name_template="")
+            | "Write" >> beam.io.WriteToText(self._path, shard_name_template="")
         )
-
-
-def read_run_statistics(output_dir: str) -> dict[str, Any]:
-    """Reads back what :class:`WriteRunStatistics` wrote."""
-    with FileSystems.open(FileSystems.join(output_dir, STATS_FILE + ".json")) as f:
-        return json.loads(f.read().decode("utf-8"))
-
-
-def write_json(path: str, value: Any) -> None:
-    """Writes JSON to any Beam filesystem via a temp file and a rename."""
-    temp = path + ".tmp"
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
-    FileSystems.rename([temp], [path])
-
-
-def list_shards(output_dir: str, split: str) -> list[str]:
-    """File names (not paths) of a split's shards, sorted."""
-    pattern = features.shard_pattern(output_dir, split)
-    matched = FileSystems.match([pattern])[0].metadata_list
-    return sorted(posixpath.basename(m.path) for m in matched)
