@@ -20,27 +20,39 @@ from apache_beam.io.filesystems import FileSystems
 from pipelines import features
 from pipelines.paths import is_remote
 
+# The two Kaggle layouts' names: the presets below read them, the demo data writes them.
+# "Glasses or No Glasses": faces-spring-2020/face-<id>.png, train.csv, test.csv (id,...,glasses).
+GLASSES_IMAGE_DIR = "faces-spring-2020"
+GLASSES_FILE_PATTERN = "face-{id}.png"
+GLASSES_LABEL_COLUMN = "glasses"
+TRAIN_CSV = "train.csv"
+TEST_CSV = "test.csv"
+# "Comic faces paired synthetic v2": <root>/comics/<n>.jpg and <root>/faces/<n>.jpg.
+COMICS_ROOT = "face2comics_v2.0.0_by_Sxela"
+COMICS_DIR = "comics"
+FACES_DIR = "faces"
+
+_GLASSES_IMAGES = f"{GLASSES_IMAGE_DIR}/{GLASSES_FILE_PATTERN.format(id='*')}"
 # Named dataset layouts: the two Kaggle sets (and facepipe's demo data, which copies them).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "glasses": {
-        # Kaggle "Glasses or No Glasses": faces-spring-2020/face-<id>.png, train.csv, test.csv.
-        "image_globs": ["faces-spring-2020/face-*.png", "faces-spring-2020/faces-spring-2020/face-*.png"],
-        "labels_csv": ["train.csv", "test.csv"],
-        "label_column": "glasses",
-        "file_pattern": "face-{id}.png",
+        # Also the image folder nested in itself, as some downloads unpack it.
+        "image_globs": [_GLASSES_IMAGES, f"{GLASSES_IMAGE_DIR}/{_GLASSES_IMAGES}"],
+        "labels_csv": [TRAIN_CSV, TEST_CSV],
+        "label_column": GLASSES_LABEL_COLUMN,
+        "file_pattern": GLASSES_FILE_PATTERN,
         "classes": ["no_glasses", "glasses"],
         "image_size": (50, 50),
         "color_mode": "rgb",
     },
     "comics": {
-        # Kaggle "Comic faces paired synthetic v2": <root>/comics/<n>.jpg and <root>/faces/<n>.jpg.
         "image_globs": [
-            "face2comics_v2.0.0_by_Sxela/comics/*",
-            "face2comics_v2.0.0_by_Sxela/faces/*",
-            "comics/*",
-            "faces/*",
+            f"{COMICS_ROOT}/{COMICS_DIR}/*",
+            f"{COMICS_ROOT}/{FACES_DIR}/*",
+            f"{COMICS_DIR}/*",
+            f"{FACES_DIR}/*",
         ],
-        "class_folders": {"comics": 0, "faces": 1},
+        "class_folders": {COMICS_DIR: 0, FACES_DIR: 1},
         "classes": ["comic", "face"],
         # A face and its comic are one pair: keep them in the same split.
         "group_by": "stem",
@@ -91,6 +103,11 @@ class PreprocessConfig:
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _default(name: str) -> Any:
+    """A :class:`PreprocessConfig` field's default: the flags default to the same values."""
+    return next(field.default for field in dataclasses.fields(PreprocessConfig) if field.name == name)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -147,21 +164,31 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--classes", help="Class names in label order, e.g. 'no_glasses,glasses'.")
     add("--overrides_csv", action="append", default=[], help="Hand-corrected labels (id,label); they always win.")
     add("--exclude", action="append", default=[], help="CSV with an id column, or comma-separated ids.")
-    add("--balance", choices=["downsample", "none"], default="downsample")
+    add("--balance", choices=["downsample", "none"], default=_default("balance"))
     add(
         "--splits",
         type=parse_splits,
         default=dict(DEFAULT_SPLITS),
         help="train=0.8,validation=0.1,test=0.1 or from_source",
     )
-    add("--validation_fraction", type=float, default=0.1, help="With from_source: part of train kept for validation.")
+    add(
+        "--validation_fraction",
+        type=float,
+        default=_default("validation_fraction"),
+        help="With from_source: part of train kept for validation.",
+    )
     add("--group_by", default=None, help="Labels-CSV column (or 'stem') whose values never span two splits.")
     add("--image_size", type=parse_image_size, default=None, help="N or W,H (default: preset's, else 50).")
     add("--color_mode", choices=sorted(features.COLOR_MODES), default=None)
-    add("--seed", type=int, default=0, help="Seed of the split and balancing hashes.")
-    add("--num_shards", type=int, default=0, help="Shards per split (0: from the data size).")
-    add("--max_bad_fraction", type=float, default=0.5, help="Fail when more input than this is unreadable.")
-    add("--max_pixels", type=int, default=64_000_000, help="Refuse larger images before decoding (bombs).")
+    add("--seed", type=int, default=_default("seed"), help="Seed of the split and balancing hashes.")
+    add("--num_shards", type=int, default=_default("num_shards"), help="Shards per split (0: from the data size).")
+    add(
+        "--max_bad_fraction",
+        type=float,
+        default=_default("max_bad_fraction"),
+        help="Fail when more input than this is unreadable.",
+    )
+    add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     return parser
 
@@ -200,9 +227,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         output_dir=args.output,
         classes=tuple(classes),
         labels_csv=tuple(labels),
-        id_column=args.id_column or "id",
-        label_column=args.label_column or preset.get("label_column", "label"),
-        file_pattern=args.file_pattern or preset.get("file_pattern", "{id}"),
+        id_column=args.id_column or _default("id_column"),
+        label_column=args.label_column or preset.get("label_column", _default("label_column")),
+        file_pattern=args.file_pattern or preset.get("file_pattern", _default("file_pattern")),
         class_folders=class_folders,
         overrides_csv=tuple(args.overrides_csv),
         exclude_csv=exclude_csv,
@@ -211,8 +238,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         splits=args.splits,
         validation_fraction=args.validation_fraction,
         group_by=args.group_by or preset.get("group_by"),
-        image_size=args.image_size or preset.get("image_size", (50, 50)),
-        color_mode=args.color_mode or preset.get("color_mode", "rgb"),
+        image_size=args.image_size or preset.get("image_size", _default("image_size")),
+        color_mode=args.color_mode or preset.get("color_mode", _default("color_mode")),
         seed=args.seed,
         num_shards=args.num_shards,
         max_bad_fraction=args.max_bad_fraction,
