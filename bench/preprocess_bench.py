@@ -31,7 +31,7 @@ import time
 
 import cv2
 
-from pipelines import demo_data
+from pipelines.demo import data as demo_data
 from pipelines.transforms import decode_and_resize
 
 TARGET = (50, 50)

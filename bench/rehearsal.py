@@ -83,7 +83,7 @@ def main() -> None:
             [
                 PYTHON,
                 "-m",
-                "pipelines.demo_data",
+                "pipelines.demo.data",
                 "--dataset",
                 "glasses",
                 "--out",

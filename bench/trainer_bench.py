@@ -43,7 +43,7 @@ def _data_dir(workdir: str, preset: str) -> str:
             [
                 python,
                 "-m",
-                "pipelines.demo_data",
+                "pipelines.demo.data",
                 "--dataset",
                 dataset,
                 "--out",

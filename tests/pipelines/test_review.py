@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import demo_data, options, review
+from pipelines import options, review
+from pipelines.demo import data as demo_data
 from pipelines.sources import LabelledImages, parse_label
 from tests.image_files import offline_test_pipeline
 

@@ -12,7 +12,8 @@ import pathlib
 
 import pytest
 
-from pipelines import demo_data, review
+from pipelines import review
+from pipelines.demo import data as demo_data
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

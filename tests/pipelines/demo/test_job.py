@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines import demo
+from pipelines.demo import job as demo
 
 pytestmark = pytest.mark.slow
 

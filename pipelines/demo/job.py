@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
+
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
 _PREPROCESS_EXTRA = {
     # The Kaggle glasses set's own split: train.csv for training (validation carved out of
@@ -26,12 +28,8 @@ _PREPROCESS_EXTRA = {
     "glasses": ["--splits", "from_source"],
     "comics": [],
 }
-# Enough demo images that the seeds' CNNs learn the classes (on 600 glasses images the
-# glasses CNN memorises), while the whole job stays within minutes on 2 cores. The demo's
-# glasses set is a third of Kaggle's 4500 train images, so its presets train longer than
-# the seed's 3 epochs (measured on 1500 demo images: 75% validation accuracy after 3 epochs,
-# 86% after 10).
-_DEMO_COUNTS = {"glasses": 1500, "comics": 300}
+# The demo's glasses set is a third of Kaggle's 4500 train images, so its preset trains
+# longer than the seed's 3 epochs (see DEFAULT_COUNTS).
 _DEMO_EPOCHS = {"glasses": ["--epochs", "10"], "comics": []}
 
 
@@ -54,7 +52,7 @@ def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         *_PREPROCESS_EXTRA[args.dataset],
     ]
     # The demo data comes with a review's overrides and exclusions; a user's folder may too.
-    for name, flag in (("overrides.csv", "--overrides_csv"), ("exclusions.csv", "--exclude")):
+    for name, flag in ((OVERRIDES_CSV, "--overrides_csv"), (EXCLUSIONS_CSV, "--exclude")):
         review_file = os.path.join(data_root, name)
         if (args.dataset == "glasses" and not args.data_root) or os.path.exists(review_file):
             preprocess += [flag, review_file]
@@ -69,13 +67,13 @@ def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
                 [
                     python,
                     "-m",
-                    "pipelines.demo_data",
+                    "pipelines.demo.data",
                     "--dataset",
                     args.dataset,
                     "--out",
                     data_root,
                     "--count",
-                    str(args.count or _DEMO_COUNTS[args.dataset]),
+                    str(args.count or DEFAULT_COUNTS[args.dataset]),
                     "--size",
                     str(args.size),
                     "--seed",
@@ -112,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=sorted(_PREPROCESS_EXTRA), default="glasses")
     parser.add_argument("--workdir", default="demo_runs", help="where data, shards and the job go")
     parser.add_argument("--data_root", help="use this folder (Kaggle layout) instead of generating demo data")
-    parser.add_argument("--count", type=int, help=f"demo images to generate (pairs for comics), default {_DEMO_COUNTS}")
-    parser.add_argument("--size", type=int, default=1024, help="side of the generated demo images")
+    parser.add_argument(
+        "--count", type=int, help=f"demo images to generate (pairs for comics), default {DEFAULT_COUNTS}"
+    )
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="side of the generated demo images")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tuner", default="grid")
     parser.add_argument("--search_space", default="small", help="small (a few trials) or full (the seed's grid)")
@@ -137,7 +137,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"  data manifest:  {os.path.join(args.workdir, args.dataset, 'data', 'manifest.json')}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

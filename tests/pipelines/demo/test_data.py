@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo-dataset generator (pipelines/demo_data.py)."""
+"""Tests of the synthetic demo-dataset generator (pipelines/demo/data.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipelines import demo_data
+from pipelines.demo import data as demo_data
 
 COUNT, SIZE = 40, 128
 N_TRAIN = 36  # 90% of COUNT
@@ -185,7 +185,7 @@ def test_cli_writes_the_dataset_and_prints_a_json_summary(tmp_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "pipelines.demo_data",
+            "pipelines.demo.data",
             "--dataset",
             "comics",
             "--out",
@@ -200,7 +200,7 @@ def test_cli_writes_the_dataset_and_prints_a_json_summary(tmp_path: Path) -> Non
         capture_output=True,
         text=True,
         check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[3],
     )
     summary = json.loads(result.stdout)
     assert summary == demo_data.generate("comics", str(tmp_path), count=2, size=32, seed=5)
