@@ -26,7 +26,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import demo_data, options, review
-from pipelines.sources import LabelledImages, parse_label
+from pipelines.labels import parse_label
+from pipelines.sources import LabelledImages
 from tests.image_files import offline_test_pipeline
 
 CLASSES = ("no_glasses", "glasses")
