@@ -23,7 +23,7 @@ setuptools.setup(
     description="Image-classification pipeline: Apache Beam preprocessing and Keras training",
     packages=setuptools.find_packages(include=["pipelines", "pipelines.*", "trainer", "trainer.*"]),
     # The label review page (python -m pipelines.review) is served from these files.
-    package_data={"pipelines": ["review_static/*"]},
+    package_data={"pipelines.review": ["static/*"]},
     python_requires=">=3.11,<3.12",
     install_requires=_requirements(),
 )

@@ -1,88 +1,33 @@
 """Sources: list images and read labels, overrides and exclusions, joined by id.
 
 Output of :class:`LabelledImages`: ``LabelledImage`` records (one per usable input image)
-and dead-letter dicts (images that cannot be labelled, CSV rows that cannot be used).
+and dead-letter dicts (images that cannot be labelled, CSV rows that cannot be used). The
+rules themselves are plain functions in pipelines/labels.py; the DoFns here call them, count
+and yield the result or its dead letter.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
-import posixpath
-import re
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from pipelines import labels
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
+from pipelines.labels import LabelledImage
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig
 
 NAMESPACE = "facepipe.sources"
 
 # Tag of files that were listed but are not images (by extension): counted, not processed.
 NOT_IMAGE_FILE = "not_image_file"
-
-
-class LabelledImage(NamedTuple):
-    """One input image with its resolved label, before decoding."""
-
-    id: str
-    path: str
-    size: int
-    label: int
-    group: str
-    source_split: str  # "train"/"validation"/"test" from the labels CSV name, else "".
-    overridden: bool
-
-
-class LabelRow(NamedTuple):
-    """A labels-CSV row reduced to what the pipeline uses."""
-
-    label: int | None  # None: the row has no label (e.g. the Kaggle test.csv).
-    source_split: str
-    group: str
-    error: str  # Non-empty when the label value could not be parsed.
-
-
-def file_name_regex(file_pattern: str) -> re.Pattern[str]:
-    """``face-{id}.png`` -> a regex whose group ``id`` captures the id from a file name.
-
-    A pattern that ends at ``{id}`` (the default ``{id}``, or ``face-{id}``) accepts any
-    extension: the id is the rest of the name without it.
-    """
-    before, found, after = file_pattern.partition("{id}")
-    if not found:
-        raise ValueError(f"--file_pattern {file_pattern!r} must contain '{{id}}'")
-    ending = re.escape(after) if after else r"\.[^.]+"
-    return re.compile("^" + re.escape(before) + "(?P<id>.+?)" + ending + "$", re.IGNORECASE)
-
-
-def parse_label(value: str, classes: tuple[str, ...]) -> int:
-    """A label cell ('1', '1.0', or a class name) -> class index; ValueError when invalid."""
-    value = value.strip()
-    if value in classes:
-        return classes.index(value)
-    number = float(value)
-    if number != int(number) or not 0 <= int(number) < len(classes):
-        raise ValueError(f"label {value!r} is not one of 0..{len(classes) - 1} or {list(classes)}")
-    return int(number)
-
-
-def source_split_of(csv_path: str) -> str:
-    """The split a labels CSV stands for, from its name: train.csv -> train, test.csv -> test."""
-    stem = posixpath.basename(csv_path).rsplit(".", 1)[0].lower()
-    return {
-        "train": "train",
-        "val": "validation",
-        "valid": "validation",
-        "validation": "validation",
-        "test": "test",
-    }.get(stem, "")
 
 
 def read_csv_header(path: str) -> list[str]:
@@ -135,111 +80,50 @@ class _SplitByExtension(beam.DoFn):
             yield beam.pvalue.TaggedOutput(NOT_IMAGE_FILE, file[0])
 
 
+def _dead_letter(rejection: labels.Rejection) -> beam.pvalue.TaggedOutput:
+    return dead_letter(**dataclasses.asdict(rejection))
+
+
+def _outputs(result: tuple | labels.Rejection | None) -> Iterator:
+    """A label rule's result as DoFn output: the element, its dead letter, or nothing."""
+    if isinstance(result, labels.Rejection):
+        yield _dead_letter(result)
+    elif result is not None:
+        yield result
+
+
 class KeyImageById(beam.DoFn):
     """(path, size) -> (id, (path, size, folder_label, group)) or a dead letter."""
 
     def __init__(self, config: PreprocessConfig):
-        self._regex = file_name_regex(config.file_pattern)
-        self._class_folders = config.class_folders
-        self._group_by_stem = config.group_by == "stem"
+        self._rule = labels.id_rule(config)
 
     def process(self, file: tuple[str, int]) -> Iterator:
-        path, size = file
-        name = posixpath.basename(path.replace("\\", "/"))
-        match = self._regex.match(name)
-        if not match:
-            yield dead_letter(path=path, stage="list", reason="file_name_mismatch", detail=name)
-            return
-        image_id, group = match.group("id"), ""
-        folder_label = None
-        if self._class_folders is not None:
-            folder = posixpath.basename(posixpath.dirname(path.replace("\\", "/")))
-            if folder not in self._class_folders:
-                yield dead_letter(
-                    path=path, image_id=image_id, stage="list", reason="unknown_class_folder", detail=folder
-                )
-                return
-            folder_label = self._class_folders[folder]
-            group = image_id if self._group_by_stem else ""
-            image_id = f"{folder}/{image_id}"
-        yield image_id, (path, size, folder_label, group)
+        yield from _outputs(labels.key_image(*file, self._rule))
 
 
 class ParseLabelRows(beam.DoFn):
     """A labels-CSV line -> (id, LabelRow), or a dead letter for a malformed row."""
 
     def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig):
-        self._csv_path = csv_path
-        self._split = source_split_of(csv_path)
-        self._classes = config.classes
-        if config.id_column not in header:
-            raise ValueError(f"{csv_path}: no id column {config.id_column!r} in header {header[:8]}...")
-        self._id_index = header.index(config.id_column)
-        self._label_index = header.index(config.label_column) if config.label_column in header else None
-        group_by = config.group_by if config.group_by not in (None, "stem") else None
-        if group_by is not None and group_by not in header:
-            raise ValueError(f"{csv_path}: --group_by column {group_by!r} not in header")
-        self._group_index = header.index(group_by) if group_by else None
-        self._width = len(header)
+        self._layout = labels.labels_csv_layout(csv_path, header, config)
         self._bad_rows = Metrics.counter(NAMESPACE, "malformed_label_rows")
 
     def process(self, line: str) -> Iterator:
-        if not line.strip():
-            return
-        row = next(csv.reader([line]))
-        if len(row) != self._width or not row[self._id_index].strip():
+        row = labels.parse_label_row(line, self._layout)
+        if isinstance(row, labels.Rejection):
             self._bad_rows.inc()
-            yield dead_letter(
-                path=self._csv_path, stage="labels", reason="malformed_csv_row", detail=line[:200], is_image=False
-            )
-            return
-        image_id = row[self._id_index].strip()
-        label, error = None, ""
-        if self._label_index is not None and row[self._label_index].strip():
-            try:
-                label = parse_label(row[self._label_index], self._classes)
-            except ValueError as e:
-                error = str(e)
-        group = row[self._group_index].strip() if self._group_index is not None else ""
-        yield image_id, LabelRow(label, self._split, group, error)
+        yield from _outputs(row)
 
 
 class ParseIdLabel(beam.DoFn):
     """An overrides or exclusions CSV line -> (id, label or None), or a dead letter."""
 
     def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig, *, with_label: bool):
-        self._csv_path = csv_path
-        self._classes = config.classes
-        self._with_label = with_label
-        id_column = config.id_column if config.id_column in header else header[0]
-        self._id_index = header.index(id_column)
-        # The overrides' label column: the configured one, else the first column that is not the id.
-        label_column = (
-            config.label_column if config.label_column in header else next((h for h in header if h != id_column), None)
-        )
-        if with_label and label_column is None:
-            raise ValueError(f"{csv_path}: an overrides CSV needs an id and a label column, header {header}")
-        self._label_index = header.index(label_column) if with_label else None
+        self._layout = labels.id_csv_layout(csv_path, header, config, with_label=with_label)
 
     def process(self, line: str) -> Iterator:
-        if not line.strip():
-            return
-        row = next(csv.reader([line]))
-        try:
-            image_id = row[self._id_index].strip()
-            label = parse_label(row[self._label_index], self._classes) if self._with_label else None
-            if not image_id:
-                raise ValueError("empty id")
-        except (IndexError, ValueError) as e:
-            yield dead_letter(
-                path=self._csv_path,
-                stage="overrides",
-                reason="malformed_csv_row",
-                detail=f"{line[:200]}: {e}",
-                is_image=False,
-            )
-            return
-        yield image_id, label
+        yield from _outputs(labels.parse_id_row(line, self._layout))
 
 
 def _read_csvs(pipeline, label: str, paths: Iterable[str], make_dofn) -> tuple[list, list]:
@@ -318,74 +202,22 @@ class LabelledImages(beam.PTransform):
 
 
 class ResolveLabel(beam.DoFn):
-    """Decides each id's fate: a label (override > folder > CSV) or a dead letter with a reason."""
+    """Decides each id's fate (labels.resolve_label): a LabelledImage or dead letters."""
 
     def __init__(self):
-        self._overridden = Metrics.counter(NAMESPACE, "overrides_applied")
-        self._excluded = Metrics.counter(NAMESPACE, "excluded")
-        self._unlabelled = Metrics.counter(NAMESPACE, "unlabelled")
-        self._labelled = Metrics.counter(NAMESPACE, "labelled")
+        self._counters = {name: Metrics.counter(NAMESPACE, name) for name in labels.COUNTED_OUTCOMES}
 
-    def process(self, element) -> Iterator:
+    def process(self, element) -> Iterator[LabelledImage | beam.pvalue.TaggedOutput]:
         image_id, joined = element
-        images = sorted(joined["images"])
-        labels: list[LabelRow] = list(joined["labels"])
-        overrides = set(joined["overrides"])
-        excluded = bool(list(joined["exclusions"]))
-        if not images:
-            # Not an input image: a CSV row with no file. Report the overrides and exclusions
-            # that name unknown ids, since they usually point at a typo in the reviewed CSV.
-            if overrides:
-                yield dead_letter(image_id=image_id, stage="overrides", reason="unknown_override_id", is_image=False)
-            if excluded:
-                yield dead_letter(image_id=image_id, stage="exclusions", reason="unknown_exclusion_id", is_image=False)
-            if labels:
-                yield dead_letter(image_id=image_id, stage="labels", reason="label_without_image", is_image=False)
-            return
-        (path, size, folder_label, group), duplicates = images[0], images[1:]
-        for dup_path, *_ in duplicates:
-            yield dead_letter(path=dup_path, image_id=image_id, stage="labels", reason="duplicate_id", detail=path)
-        if excluded:
-            self._excluded.inc()
-            yield dead_letter(path=path, image_id=image_id, stage="exclusions", reason="excluded")
-            return
-        source_split = next((row.source_split for row in labels if row.source_split), "")
-        group = next((row.group for row in labels if row.group), group) or image_id
-        if len(overrides) > 1:
-            yield dead_letter(
-                path=path,
-                image_id=image_id,
-                stage="overrides",
-                reason="conflicting_overrides",
-                detail=str(sorted(overrides)),
-            )
-            return
-        if overrides:
-            self._overridden.inc()
-            yield LabelledImage(image_id, path, size, overrides.pop(), group, source_split, True)
-            return
-        if folder_label is not None:
-            label = folder_label
-        else:
-            errors = [row.error for row in labels if row.error]
-            values = {row.label for row in labels if row.label is not None}
-            if errors:
-                yield dead_letter(path=path, image_id=image_id, stage="labels", reason="bad_label", detail=errors[0])
-                return
-            if len(values) > 1:
-                yield dead_letter(
-                    path=path,
-                    image_id=image_id,
-                    stage="labels",
-                    reason="conflicting_labels",
-                    detail=str(sorted(values)),
-                )
-                return
-            if not values:
-                self._unlabelled.inc()
-                reason = "unlabelled" if labels else "no_label_row"
-                yield dead_letter(path=path, image_id=image_id, stage="labels", reason=reason)
-                return
-            label = values.pop()
-        self._labelled.inc()
-        yield LabelledImage(image_id, path, size, label, group, source_split, False)
+        resolution = labels.resolve_label(
+            image_id,
+            joined["images"],
+            joined["labels"],
+            overrides=joined["overrides"],
+            excluded=bool(list(joined["exclusions"])),
+        )
+        if resolution.outcome:
+            self._counters[resolution.outcome].inc()
+        yield from map(_dead_letter, resolution.rejections)
+        if resolution.image is not None:
+            yield resolution.image

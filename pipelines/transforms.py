@@ -19,8 +19,8 @@ from PIL import Image
 
 from pipelines import features
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
+from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
-from pipelines.sources import LabelledImage
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"

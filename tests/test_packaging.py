@@ -70,6 +70,6 @@ def test_sdist_for_beam_setup_file_holds_both_packages_and_requirements(tmp_path
         "pipelines/preprocess.py",
         "pipelines/features.py",
         "trainer/task.py",
-        "pipelines/review_static/index.html",
+        "pipelines/review/static/index.html",
     ):
         assert any(name.endswith("/" + expected) for name in names), expected

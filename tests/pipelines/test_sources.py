@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import apache_beam as beam
-import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.options import parse_args
-from pipelines.sources import LabelledImages, file_name_regex, parse_label, source_split_of
+from pipelines.sources import LabelledImages
 from tests.image_files import offline_test_pipeline, write_glasses_like
 
 
@@ -117,32 +116,3 @@ def test_class_folders_label_by_folder_and_group_by_stem(tmp_path):
     rows = images["images"] | beam.Map(lambda im: (im.id, im.label, im.group))
     assert_that(rows, equal_to([("comics/1", 0, "1"), ("comics/2", 0, "2"), ("faces/1", 1, "1"), ("faces/2", 1, "2")]))
     p.run().wait_until_finish()
-
-
-@pytest.mark.parametrize(
-    "pattern, name, expected",
-    [
-        ("face-{id}.png", "face-12.png", "12"),
-        ("face-{id}.png", "FACE-3.PNG", "3"),
-        ("{id}", "0042.jpg", "0042"),
-        ("face-{id}.png", "other.png", None),
-    ],
-)
-def test_file_name_regex(pattern, name, expected):
-    match = file_name_regex(pattern).match(name)
-    assert (match.group("id") if match else None) == expected
-
-
-def test_parse_label_and_source_split():
-    assert parse_label("1", ("no", "yes")) == 1
-    assert parse_label("1.0", ("no", "yes")) == 1
-    assert parse_label("yes", ("no", "yes")) == 1
-    for bad in ("2", "0.5", "maybe"):
-        with pytest.raises(ValueError):
-            parse_label(bad, ("no", "yes"))
-    assert [source_split_of(p) for p in ("gs://b/train.csv", "/x/test.csv", "val.csv", "labels.csv")] == [
-        "train",
-        "test",
-        "validation",
-        "",
-    ]

@@ -12,8 +12,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
-from pipelines.sources import LabelledImage
 from pipelines.transforms import (
     DecodedImage,
     DownsampleToSmallestClass,

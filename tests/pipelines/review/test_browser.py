@@ -1,7 +1,8 @@
 """The review page end to end in headless Chromium: keys change labels, the CSVs follow.
 
 Uses Debian's chromium (``apt-get install chromium``) driven by Playwright; Playwright's own
-browser downloads are never used. Skipped only when /usr/bin/chromium is missing.
+browser downloads are never used. Skipped only when /usr/bin/chromium is missing. The images
+are a copy of the glasses demo data (conftest.py).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import pathlib
 
 import pytest
 
-from pipelines import review
-from pipelines.demo import data as demo_data
+from pipelines.review.cli import create_app, parse_args
+from pipelines.review.server import running_server
+from tests.pipelines.review.client import read_rows
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,18 +32,6 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"
 )
-
-
-def read_rows(path: pathlib.Path) -> list[list[str]]:
-    with open(path, newline="") as f:
-        return list(csv.reader(f))
-
-
-@pytest.fixture
-def images(tmp_path) -> pathlib.Path:
-    root = tmp_path / "data"
-    demo_data.generate("glasses", str(root), count=40, size=256)
-    return root
 
 
 def write_predictions(path: pathlib.Path, images: pathlib.Path, truth: dict[str, int]) -> pathlib.Path:
@@ -63,10 +53,8 @@ def test_keyboard_review_in_a_real_browser(images, tmp_path, capsys):
     overrides, exclusions = tmp_path / "overrides.csv", tmp_path / "exclusions.csv"
     predictions = write_predictions(tmp_path / "predictions.csv", images, truth)
     argv = ["--images", str(images), "--dataset", "glasses", "--port", "0", "--predictions", str(predictions)]
-    app = review.create_app(
-        *review.parse_args([*argv, "--overrides_csv", str(overrides), "--exclude_csv", str(exclusions)])
-    )
-    with review.running_server(app) as server, sync_playwright() as playwright:
+    app = create_app(*parse_args([*argv, "--overrides_csv", str(overrides), "--exclude_csv", str(exclusions)]))
+    with running_server(app) as server, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 1000})

@@ -1,0 +1,313 @@
+"""The label rules, in plain Python: ids from file names, CSV rows, and each id's one label.
+
+The Beam sources (pipelines/sources.py) and the label review (pipelines/review/) both call
+these, so the review shows exactly the labels and the reasons the pipeline would. A row or
+an image that cannot be used comes back as a :class:`Rejection`, the fields of its dead letter.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import posixpath
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from pipelines.options import PreprocessConfig
+
+# (path, size, folder_label, group): one listed image file, keyed by its id.
+ImageFile = tuple[str, int, int | None, str]
+
+# The outcomes of resolve_label that are counted, by the name of their counter.
+COUNTED_OUTCOMES = ("overrides_applied", "excluded", "unlabelled", "labelled")
+
+
+class LabelledImage(NamedTuple):
+    """One input image with its resolved label, before decoding."""
+
+    id: str
+    path: str
+    size: int
+    label: int
+    group: str
+    source_split: str  # "train"/"validation"/"test" from the labels CSV name, else "".
+    overridden: bool
+
+
+class LabelRow(NamedTuple):
+    """A labels-CSV row reduced to what the pipeline uses."""
+
+    label: int | None  # None: the row has no label (e.g. the Kaggle test.csv).
+    source_split: str
+    group: str
+    error: str  # Non-empty when the label value could not be parsed.
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejection:
+    """Why an image or a CSV row cannot be used: the fields of its dead letter."""
+
+    stage: str
+    reason: str
+    path: str = ""
+    image_id: str = ""
+    detail: str = ""
+    is_image: bool = True
+
+
+class Resolution(NamedTuple):
+    """What one id comes to: its image (None when it has none) and its rejections, in order."""
+
+    image: LabelledImage | None
+    rejections: list[Rejection]
+    outcome: str  # One of COUNTED_OUTCOMES, or "" when nothing is counted.
+
+
+# --- Ids from file names --------------------------------------------------------------------
+
+
+def file_name_regex(file_pattern: str) -> re.Pattern[str]:
+    """``face-{id}.png`` -> a regex whose group ``id`` captures the id from a file name.
+
+    A pattern that ends at ``{id}`` (the default ``{id}``, or ``face-{id}``) accepts any
+    extension: the id is the rest of the name without it.
+    """
+    before, found, after = file_pattern.partition("{id}")
+    if not found:
+        raise ValueError(f"--file_pattern {file_pattern!r} must contain '{{id}}'")
+    ending = re.escape(after) if after else r"\.[^.]+"
+    return re.compile("^" + re.escape(before) + "(?P<id>.+?)" + ending + "$", re.IGNORECASE)
+
+
+class IdRule(NamedTuple):
+    """How an image's id (and folder label and group) follow from its path."""
+
+    regex: re.Pattern[str]
+    class_folders: dict[str, int] | None
+    group_by_stem: bool
+
+
+def id_rule(config: PreprocessConfig) -> IdRule:
+    """The id rule of a job's --file_pattern, --class_folders and --group_by."""
+    return IdRule(file_name_regex(config.file_pattern), config.class_folders, config.group_by == "stem")
+
+
+def key_image(path: str, size: int, rule: IdRule) -> tuple[str, ImageFile] | Rejection:
+    """A listed file -> (id, (path, size, folder_label, group)), or why it has no id."""
+    name = posixpath.basename(path.replace("\\", "/"))
+    match = rule.regex.match(name)
+    if not match:
+        return Rejection(path=path, stage="list", reason="file_name_mismatch", detail=name)
+    image_id, group = match.group("id"), ""
+    folder_label = None
+    if rule.class_folders is not None:
+        folder = posixpath.basename(posixpath.dirname(path.replace("\\", "/")))
+        if folder not in rule.class_folders:
+            return Rejection(path=path, image_id=image_id, stage="list", reason="unknown_class_folder", detail=folder)
+        folder_label = rule.class_folders[folder]
+        group = image_id if rule.group_by_stem else ""
+        image_id = f"{folder}/{image_id}"
+    return image_id, (path, size, folder_label, group)
+
+
+# --- Label cells and CSV rows ---------------------------------------------------------------
+
+
+def parse_label(value: str, classes: tuple[str, ...]) -> int:
+    """A label cell ('1', '1.0', or a class name) -> class index; ValueError when invalid."""
+    value = value.strip()
+    if value in classes:
+        return classes.index(value)
+    number = float(value)
+    if number != int(number) or not 0 <= int(number) < len(classes):
+        raise ValueError(f"label {value!r} is not one of 0..{len(classes) - 1} or {list(classes)}")
+    return int(number)
+
+
+def source_split_of(csv_path: str) -> str:
+    """The split a labels CSV stands for, from its name: train.csv -> train, test.csv -> test."""
+    stem = posixpath.basename(csv_path).rsplit(".", 1)[0].lower()
+    return {
+        "train": "train",
+        "val": "validation",
+        "valid": "validation",
+        "validation": "validation",
+        "test": "test",
+    }.get(stem, "")
+
+
+class LabelsCsvLayout(NamedTuple):
+    """Where a labels CSV keeps what the pipeline reads (from its header and the job's flags)."""
+
+    csv_path: str
+    source_split: str
+    classes: tuple[str, ...]
+    width: int
+    id_index: int
+    label_index: int | None
+    group_index: int | None
+
+
+def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig) -> LabelsCsvLayout:
+    """The layout of a labels CSV; ValueError when its header lacks the id or --group_by column."""
+    if config.id_column not in header:
+        raise ValueError(f"{csv_path}: no id column {config.id_column!r} in header {header[:8]}...")
+    group_by = config.group_by if config.group_by not in (None, "stem") else None
+    if group_by is not None and group_by not in header:
+        raise ValueError(f"{csv_path}: --group_by column {group_by!r} not in header")
+    return LabelsCsvLayout(
+        csv_path=csv_path,
+        source_split=source_split_of(csv_path),
+        classes=config.classes,
+        width=len(header),
+        id_index=header.index(config.id_column),
+        label_index=header.index(config.label_column) if config.label_column in header else None,
+        group_index=header.index(group_by) if group_by else None,
+    )
+
+
+def parse_label_row(line: str, layout: LabelsCsvLayout) -> tuple[str, LabelRow] | Rejection | None:
+    """A labels-CSV line -> (id, LabelRow), a Rejection for a malformed row, None for a blank line.
+
+    A label that cannot be parsed is not a rejection: the row keeps it as ``error``, and the
+    image is rejected as ``bad_label`` when its label is resolved.
+    """
+    if not line.strip():
+        return None
+    row = next(csv.reader([line]))
+    if len(row) != layout.width or not row[layout.id_index].strip():
+        return Rejection(
+            path=layout.csv_path, stage="labels", reason="malformed_csv_row", detail=line[:200], is_image=False
+        )
+    image_id = row[layout.id_index].strip()
+    label, error = None, ""
+    if layout.label_index is not None and row[layout.label_index].strip():
+        try:
+            label = parse_label(row[layout.label_index], layout.classes)
+        except ValueError as e:
+            error = str(e)
+    group = row[layout.group_index].strip() if layout.group_index is not None else ""
+    return image_id, LabelRow(label, layout.source_split, group, error)
+
+
+class IdCsvLayout(NamedTuple):
+    """Where an overrides (id,label) or exclusions (id) CSV keeps its columns."""
+
+    csv_path: str
+    classes: tuple[str, ...]
+    id_index: int
+    label_index: int | None  # None: an exclusions CSV (ids only).
+
+
+def id_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig, *, with_label: bool) -> IdCsvLayout:
+    """The layout of an overrides (``with_label``) or exclusions CSV; ValueError when it cannot be read.
+
+    The id column is the configured one, else the first; the overrides' label column is the
+    configured one, else the first column that is not the id.
+    """
+    id_column = config.id_column if config.id_column in header else header[0]
+    label_column = (
+        config.label_column if config.label_column in header else next((h for h in header if h != id_column), None)
+    )
+    if with_label and label_column is None:
+        raise ValueError(f"{csv_path}: an overrides CSV needs an id and a label column, header {header}")
+    return IdCsvLayout(
+        csv_path=csv_path,
+        classes=config.classes,
+        id_index=header.index(id_column),
+        label_index=header.index(label_column) if with_label else None,
+    )
+
+
+def parse_id_row(line: str, layout: IdCsvLayout) -> tuple[str, int | None] | Rejection | None:
+    """An overrides or exclusions CSV line -> (id, label or None), a Rejection, or None for a blank line."""
+    if not line.strip():
+        return None
+    row = next(csv.reader([line]))
+    try:
+        image_id = row[layout.id_index].strip()
+        label = parse_label(row[layout.label_index], layout.classes) if layout.label_index is not None else None
+        if not image_id:
+            raise ValueError("empty id")
+    except (IndexError, ValueError) as e:
+        return Rejection(
+            path=layout.csv_path,
+            stage="overrides",
+            reason="malformed_csv_row",
+            detail=f"{line[:200]}: {e}",
+            is_image=False,
+        )
+    return image_id, label
+
+
+# --- One id's label -------------------------------------------------------------------------
+
+
+def resolve_label(
+    image_id: str,
+    images: Iterable[ImageFile],
+    labels: Iterable[LabelRow],
+    *,
+    overrides: Iterable[int] = (),
+    excluded: bool = False,
+) -> Resolution:
+    """Decides an id's fate: a label (override > folder > CSV) or rejections with a reason.
+
+    ``images`` are the id's listed files (the first by path is used, the others are
+    duplicates), ``labels`` its labels-CSV rows and ``overrides`` its override labels.
+    """
+    images = sorted(images)
+    labels = list(labels)
+    overrides = set(overrides)
+    if not images:
+        # Not an input image: a CSV row with no file. Report the overrides and exclusions
+        # that name unknown ids, since they usually point at a typo in the reviewed CSV.
+        rejections = []
+        if overrides:
+            rejections.append(
+                Rejection(image_id=image_id, stage="overrides", reason="unknown_override_id", is_image=False)
+            )
+        if excluded:
+            rejections.append(
+                Rejection(image_id=image_id, stage="exclusions", reason="unknown_exclusion_id", is_image=False)
+            )
+        if labels:
+            rejections.append(
+                Rejection(image_id=image_id, stage="labels", reason="label_without_image", is_image=False)
+            )
+        return Resolution(None, rejections, "")
+    (path, size, folder_label, group), duplicates = images[0], images[1:]
+    rejections = [
+        Rejection(path=dup_path, image_id=image_id, stage="labels", reason="duplicate_id", detail=path)
+        for dup_path, *_ in duplicates
+    ]
+    source_split = next((row.source_split for row in labels if row.source_split), "")
+    group = next((row.group for row in labels if row.group), group) or image_id
+
+    def rejected(stage: str, reason: str, detail: str = "", outcome: str = "") -> Resolution:
+        rejection = Rejection(path=path, image_id=image_id, stage=stage, reason=reason, detail=detail)
+        return Resolution(None, [*rejections, rejection], outcome)
+
+    def labelled(label: int, overridden: bool) -> Resolution:
+        image = LabelledImage(image_id, path, size, label, group, source_split, overridden)
+        return Resolution(image, rejections, "overrides_applied" if overridden else "labelled")
+
+    if excluded:
+        return rejected("exclusions", "excluded", outcome="excluded")
+    if len(overrides) > 1:
+        return rejected("overrides", "conflicting_overrides", str(sorted(overrides)))
+    if overrides:
+        return labelled(overrides.pop(), True)
+    if folder_label is not None:
+        return labelled(folder_label, False)
+    errors = [row.error for row in labels if row.error]
+    values = {row.label for row in labels if row.label is not None}
+    if errors:
+        return rejected("labels", "bad_label", errors[0])
+    if len(values) > 1:
+        return rejected("labels", "conflicting_labels", str(sorted(values)))
+    if not values:
+        return rejected("labels", "unlabelled" if labels else "no_label_row", outcome="unlabelled")
+    return labelled(values.pop(), False)

@@ -1,0 +1,280 @@
+"""Persistence: the review's state (overrides, exclusions, reviewed ids, undo) and its files.
+
+The overrides and exclusions CSVs are rewritten atomically after every decision; the journal
+is appended to and fsynced, and replayed on a restart.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from pipelines import labels
+from pipelines.options import PreprocessConfig
+from pipelines.review.listing import Item, header_of, natural_key, read_csv_rows
+
+log = logging.getLogger(__name__)
+
+FILTERS = ("all", "unlabelled", "overridden", "disagree")
+JOURNAL_HEADER = ["time", "action", "id", "field", "before", "after"]
+
+
+class Decision(NamedTuple):
+    """One change of one field: ``label`` (the override; None = none) or ``excluded`` (bool)."""
+
+    id: str
+    field: str
+    before: int | bool | None
+    after: int | bool | None
+
+
+def read_id_csv(path: str, config: PreprocessConfig, *, with_label: bool) -> dict[str, int | None]:
+    """An overrides (id,label) or exclusions (id) CSV as the pipeline parses it; the last row of an id wins."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return {}
+    layout = labels.id_csv_layout(path, header_of(path), config, with_label=with_label)
+    rows, rejected = read_csv_rows(path, labels.parse_id_row, layout)
+    if rejected:
+        details = "; ".join(r.detail for r in rejected[:3])
+        raise SystemExit(
+            f"error: {path}: {len(rejected)} rows the pipeline cannot read ({details}); fix or remove them"
+        )
+    return dict(rows)
+
+
+def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    """Writes a whole CSV to a temp file in the same folder, fsyncs it and renames it over ``path``."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Makes a rename durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append_rows(path: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Appends CSV rows with one write and fsyncs them."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    with open(path, "a", encoding="utf-8", newline="") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _encode(value: int | bool | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value))
+
+
+def _decode(field: str, text: str) -> int | bool | None:
+    if field == "excluded":
+        return text == "1"
+    return int(text) if text else None
+
+
+def read_journal(path: str) -> tuple[set[str], list[Decision]]:
+    """Replays the journal: (reviewed ids, undo stack)."""
+    reviewed: set[str] = set()
+    stack: list[Decision] = []
+    if not os.path.exists(path):
+        return reviewed, stack
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            try:
+                action, image_id, field = row["action"], row["id"], row["field"]
+                if action == "set":
+                    stack.append(Decision(image_id, field, _decode(field, row["before"]), _decode(field, row["after"])))
+                elif action == "undo" and stack:
+                    stack.pop()
+            except (KeyError, TypeError, ValueError):
+                log.warning("%s: unreadable journal row %s skipped", path, row)
+                continue
+            reviewed.add(image_id)
+    return reviewed, stack
+
+
+class ReviewStore:
+    """The review's state (overrides, exclusions, reviewed ids, undo history) and its files.
+
+    Every change rewrites the CSV it touches atomically and then appends to the journal; a
+    failed write leaves memory as it was and raises.
+    """
+
+    def __init__(
+        self,
+        items: dict[str, Item],
+        config: PreprocessConfig,
+        *,
+        overrides_csv: str,
+        exclude_csv: str,
+        journal: str,
+        probabilities: dict[str, float] | None = None,
+    ):
+        self.items = items
+        self.classes = config.classes
+        self.probabilities = probabilities or {}
+        self._overrides_csv, self._exclude_csv, self._journal = overrides_csv, exclude_csv, journal
+        self._id_column, self._label_column = config.id_column, config.label_column
+        self._lock = threading.Lock()
+        # Rows of ids not in the index are kept: they may be another folder's decisions.
+        self.overrides: dict[str, int] = read_id_csv(overrides_csv, config, with_label=True)  # type: ignore[assignment]
+        self.excluded: dict[str, None] = dict.fromkeys(read_id_csv(exclude_csv, config, with_label=False))
+        self.reviewed, self._undo = read_journal(journal)
+        self.reviewed |= set(self.overrides) | set(self.excluded)
+        self._save("label")
+        self._save("excluded")
+        if not os.path.exists(journal) or os.path.getsize(journal) == 0:
+            append_rows(journal, [JOURNAL_HEADER])
+
+    # Reading.
+
+    def label(self, image_id: str) -> int | None:
+        return self.overrides.get(image_id, self.items[image_id].label)
+
+    def tile(self, image_id: str) -> dict[str, Any]:
+        """What the page shows of one image."""
+        item = self.items[image_id]
+        with self._lock:
+            label = self.label(image_id)
+            return {
+                "id": image_id,
+                "label": label,
+                "original": item.label,
+                "overridden": image_id in self.overrides,
+                "excluded": image_id in self.excluded,
+                "reviewed": image_id in self.reviewed,
+                "probability": self.probabilities.get(image_id),
+                "note": item.note if label is None else "",
+            }
+
+    def progress(self) -> dict[str, int]:
+        with self._lock:
+            return {
+                "reviewed": len(self.reviewed.intersection(self.items)),
+                "total": len(self.items),
+                "overridden": len(self.items.keys() & self.overrides.keys()),
+                "excluded": len(self.items.keys() & self.excluded.keys()),
+            }
+
+    def ids(self, name: str) -> list[str]:
+        """The ids a filter shows, in review order."""
+        with self._lock:
+            if name == "unlabelled":
+                return [i for i in self.items if self.label(i) is None]
+            if name == "overridden":
+                return [i for i in self.items if i in self.overrides or i in self.excluded]
+            if name == "disagree":
+                return sorted(self.items, key=self._disagreement_key)
+            return list(self.items)
+
+    def first_unreviewed(self, ids: Sequence[str]) -> int:
+        """The position of the first id not reviewed yet (0 when all are)."""
+        with self._lock:
+            return next((n for n, i in enumerate(ids) if i not in self.reviewed), 0)
+
+    def _disagreement_key(self, image_id: str) -> tuple[int, float]:
+        """|P(class 1) - current label| descending; ids without a prediction or label last."""
+        probability, label = self.probabilities.get(image_id), self.label(image_id)
+        if probability is None or label is None:
+            return (1, 0.0)
+        return (0, -abs(probability - label))
+
+    # Deciding.
+
+    def flip(self, image_id: str) -> Decision:
+        """Next class (unlabelled -> class 0); back at the original label the override goes."""
+        with self._lock:
+            current = self.label(image_id)
+            new = 0 if current is None else (current + 1) % len(self.classes)
+            after = None if new == self.items[image_id].label else new
+            return self._apply(Decision(image_id, "label", self.overrides.get(image_id), after), "set")
+
+    def toggle_exclude(self, image_id: str) -> Decision:
+        with self._lock:
+            before = image_id in self.excluded
+            return self._apply(Decision(image_id, "excluded", before, not before), "set")
+
+    def undo(self) -> Decision | None:
+        """Reverts the last decision still in effect (also one made before a restart)."""
+        with self._lock:
+            if not self._undo:
+                return None
+            last = self._undo[-1]
+            return self._apply(Decision(last.id, last.field, last.after, last.before), "undo")
+
+    def mark_reviewed(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            new = [i for i in dict.fromkeys(ids) if i in self.items and i not in self.reviewed]
+            if new:
+                append_rows(self._journal, [[_now(), "reviewed", i, "", "", ""] for i in new])
+                self.reviewed.update(new)
+
+    def _apply(self, decision: Decision, action: str) -> Decision:
+        self._set(decision.id, decision.field, decision.after)
+        try:
+            self._save(decision.field)
+        except BaseException:
+            self._set(decision.id, decision.field, decision.before)
+            raise
+        row = [_now(), action, decision.id, decision.field, _encode(decision.before), _encode(decision.after)]
+        append_rows(self._journal, [row])
+        if action == "undo":
+            self._undo.pop()
+        else:
+            self._undo.append(decision)
+        self.reviewed.add(decision.id)
+        return decision
+
+    def _set(self, image_id: str, field: str, value: int | bool | None) -> None:
+        if field == "label":
+            if value is None:
+                self.overrides.pop(image_id, None)
+            else:
+                self.overrides[image_id] = int(value)
+        elif value:
+            self.excluded[image_id] = None
+        else:
+            self.excluded.pop(image_id, None)
+
+    def _save(self, field: str) -> None:
+        if field == "label":
+            rows = [(i, self.overrides[i]) for i in sorted(self.overrides, key=natural_key)]
+            write_csv_atomic(self._overrides_csv, [self._id_column, self._label_column], rows)
+        else:
+            write_csv_atomic(
+                self._exclude_csv, [self._id_column], [(i,) for i in sorted(self.excluded, key=natural_key)]
+            )
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

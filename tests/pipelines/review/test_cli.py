@@ -1,0 +1,50 @@
+"""The review's command line: python -m pipelines.review prints its address and serves.
+
+The test starts it as a process over a copy of the glasses demo data (conftest.py).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import pathlib
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.pipelines.review.client import review_argv
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def test_the_command_line_prints_its_address_and_serves(images, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.review", *review_argv(images, tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(60, process.kill)  # A server that never prints must not hang the tests.
+    watchdog.start()
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("Open http://127.0.0.1:"):
+                break
+        else:
+            pytest.fail("no address printed:\n" + "".join(lines))
+        port = int(lines[-1].split(":")[2].split("/")[0])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/api/state")
+        assert json.loads(connection.getresponse().read())["progress"]["total"] == 40
+        connection.close()
+    finally:
+        watchdog.cancel()
+        process.terminate()
+        process.wait(timeout=10)
+    assert (tmp_path / "overrides.csv").read_text() == "id,glasses\n"  # Created for the pipeline at once.
+    assert (tmp_path / "exclusions.csv").read_text() == "id\n"

@@ -1,0 +1,177 @@
+"""The label rules as plain functions: ids, label cells, CSV rows and each id's resolved label."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines import labels
+from pipelines.labels import (
+    LabelledImage,
+    LabelRow,
+    Rejection,
+    file_name_regex,
+    parse_label,
+    resolve_label,
+    source_split_of,
+)
+from pipelines.options import PreprocessConfig, parse_args
+
+CLASSES = ("no", "yes")
+IMAGE = ("/data/face-7.png", 123, None, "")  # (path, size, folder_label, group)
+
+
+def _config(*extra: str) -> PreprocessConfig:
+    config, _ = parse_args(["--images", "/data", "--output", "/dev/null", "--classes", "no,yes", *extra])
+    return config
+
+
+def _labels_config() -> PreprocessConfig:
+    return _config("--labels_csv", "/data/train.csv")
+
+
+def _row(label: int | None = None, error: str = "") -> LabelRow:
+    return LabelRow(label, "train", "", error)
+
+
+@pytest.mark.parametrize(
+    "pattern, name, expected",
+    [
+        ("face-{id}.png", "face-12.png", "12"),
+        ("face-{id}.png", "FACE-3.PNG", "3"),
+        ("{id}", "0042.jpg", "0042"),
+        ("face-{id}.png", "other.png", None),
+    ],
+)
+def test_file_name_regex(pattern, name, expected):
+    match = file_name_regex(pattern).match(name)
+    assert (match.group("id") if match else None) == expected
+
+
+def test_parse_label_and_source_split():
+    assert parse_label("1", ("no", "yes")) == 1
+    assert parse_label("1.0", ("no", "yes")) == 1
+    assert parse_label("yes", ("no", "yes")) == 1
+    for bad in ("2", "0.5", "maybe"):
+        with pytest.raises(ValueError):
+            parse_label(bad, ("no", "yes"))
+    assert [source_split_of(p) for p in ("gs://b/train.csv", "/x/test.csv", "val.csv", "labels.csv")] == [
+        "train",
+        "test",
+        "validation",
+        "",
+    ]
+
+
+@pytest.mark.parametrize("cell, expected", [("no", 0), (" yes ", 1), ("1", 1), ("1.0", 1), ("0", 0)])
+def test_a_label_cell_is_a_class_name_or_its_index(cell, expected):
+    assert parse_label(cell, CLASSES) == expected
+
+
+@pytest.mark.parametrize("cell", ["0.5", "maybe", "2", "-1", ""])
+def test_other_label_cells_are_invalid(cell):
+    with pytest.raises(ValueError):
+        parse_label(cell, CLASSES)
+
+
+def test_key_image_takes_the_id_from_the_file_name_or_rejects_it():
+    rule = labels.id_rule(_config("--labels_csv", "/data/l.csv", "--file_pattern", "face-{id}.png"))
+    assert labels.key_image("/data/face-7.png", 5, rule) == ("7", ("/data/face-7.png", 5, None, ""))
+    assert labels.key_image("/data/cat.png", 5, rule) == Rejection(
+        stage="list", reason="file_name_mismatch", path="/data/cat.png", detail="cat.png"
+    )
+
+
+def test_key_image_with_class_folders_labels_and_groups_by_folder():
+    rule = labels.id_rule(_config("--dataset", "comics"))
+    assert labels.key_image("/d/faces/12.jpg", 1, rule) == ("faces/12", ("/d/faces/12.jpg", 1, 1, "12"))
+    rejected = labels.key_image("/d/other/12.jpg", 1, rule)
+    assert (rejected.reason, rejected.image_id, rejected.detail) == ("unknown_class_folder", "12", "other")
+
+
+def test_a_labels_csv_row():
+    layout = labels.labels_csv_layout("/data/train.csv", ["id", "label", "note"], _labels_config())
+    assert labels.parse_label_row("7,yes,x", layout) == ("7", LabelRow(1, "train", "", ""))
+    assert labels.parse_label_row("8,,x", layout) == ("8", LabelRow(None, "train", "", ""))
+    _, bad = labels.parse_label_row("9,maybe,x", layout)
+    assert bad.label is None and "maybe" in bad.error  # Rejected later, as bad_label.
+    assert labels.parse_label_row("  ", layout) is None
+    for malformed in ("7,yes", ",1,x"):
+        assert labels.parse_label_row(malformed, layout) == Rejection(
+            stage="labels", reason="malformed_csv_row", path="/data/train.csv", detail=malformed, is_image=False
+        )
+    with pytest.raises(ValueError, match="no id column"):
+        labels.labels_csv_layout("/data/train.csv", ["name", "label"], _labels_config())
+
+
+def test_an_overrides_or_exclusions_row():
+    overrides = labels.id_csv_layout("/r/o.csv", ["id", "glasses"], _labels_config(), with_label=True)
+    assert labels.parse_id_row("7,1.0", overrides) == ("7", 1)
+    assert labels.parse_id_row("", overrides) is None
+    for malformed in ("7,maybe", "7", " ,1"):
+        rejected = labels.parse_id_row(malformed, overrides)
+        assert (rejected.stage, rejected.reason, rejected.is_image) == ("overrides", "malformed_csv_row", False)
+        assert rejected.detail.startswith(f"{malformed}: ")
+    exclusions = labels.id_csv_layout("/r/e.csv", ["id"], _labels_config(), with_label=False)
+    assert labels.parse_id_row("7", exclusions) == ("7", None)
+    with pytest.raises(ValueError, match="needs an id and a label column"):
+        labels.id_csv_layout("/r/o.csv", ["id"], _labels_config(), with_label=True)
+
+
+def test_the_csv_label_is_used_when_nothing_else_decides():
+    resolution = resolve_label("7", [IMAGE], [_row(1)])
+    assert resolution == (LabelledImage("7", "/data/face-7.png", 123, 1, "7", "train", False), [], "labelled")
+
+
+def test_an_override_wins_over_the_csv_label():
+    resolution = resolve_label("7", [IMAGE], [_row(1)], overrides=[0])
+    assert (resolution.image.label, resolution.image.overridden, resolution.outcome) == (0, True, "overrides_applied")
+
+
+def test_an_exclusion_wins_over_labels_and_overrides():
+    resolution = resolve_label("7", [IMAGE], [_row(1)], overrides=[0], excluded=True)
+    assert resolution.image is None and resolution.outcome == "excluded"
+    assert [(r.reason, r.stage, r.path) for r in resolution.rejections] == [
+        ("excluded", "exclusions", "/data/face-7.png")
+    ]
+
+
+def test_conflicting_labels_and_overrides_are_rejected():
+    labelled = resolve_label("7", [IMAGE], [_row(0), _row(1)])
+    assert [(r.reason, r.detail) for r in labelled.rejections] == [("conflicting_labels", "[0, 1]")]
+    overridden = resolve_label("7", [IMAGE], [_row(0)], overrides=[0, 1])
+    assert [(r.reason, r.detail) for r in overridden.rejections] == [("conflicting_overrides", "[0, 1]")]
+    assert labelled.image is overridden.image is None and labelled.outcome == overridden.outcome == ""
+
+
+def test_a_bad_label_is_rejected_with_its_error():
+    resolution = resolve_label("7", [IMAGE], [_row(error="label 'maybe' is not ...")])
+    assert [(r.reason, r.detail) for r in resolution.rejections] == [("bad_label", "label 'maybe' is not ...")]
+
+
+def test_unlabelled_rows_and_no_label_row_differ():
+    unlabelled = resolve_label("7", [IMAGE], [_row(None)])
+    no_row = resolve_label("7", [IMAGE], [])
+    assert [r.reason for r in unlabelled.rejections] == ["unlabelled"]
+    assert [r.reason for r in no_row.rejections] == ["no_label_row"]
+    assert unlabelled.outcome == no_row.outcome == "unlabelled"
+
+
+def test_a_folder_label_needs_no_csv_and_duplicates_are_reported():
+    duplicate = ("/data/b/face-7.png", 9, 1, "g")
+    resolution = resolve_label("7", [duplicate, ("/data/a/face-7.png", 5, 1, "g")], [])
+    assert resolution.image == LabelledImage("7", "/data/a/face-7.png", 5, 1, "g", "", False)
+    assert resolution.rejections == [
+        Rejection(
+            stage="labels", reason="duplicate_id", path="/data/b/face-7.png", image_id="7", detail="/data/a/face-7.png"
+        )
+    ]
+
+
+def test_rows_without_an_image_name_what_they_refer_to():
+    resolution = resolve_label("404", [], [_row(1)], overrides=[1], excluded=True)
+    assert resolution.image is None and resolution.outcome == ""
+    assert [(r.reason, r.is_image) for r in resolution.rejections] == [
+        ("unknown_override_id", False),
+        ("unknown_exclusion_id", False),
+        ("label_without_image", False),
+    ]
