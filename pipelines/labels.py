@@ -7,8 +7,10 @@ an image that cannot be used comes back as a :class:`Rejection`, the fields of i
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import math
 import posixpath
 import re
 from collections.abc import Iterable
@@ -121,9 +123,53 @@ def parse_label(value: str, classes: tuple[str, ...]) -> int:
     if value in classes:
         return classes.index(value)
     number = float(value)
-    if number != int(number) or not 0 <= int(number) < len(classes):
+    # inf, 1e400 and nan are no class index (int() of them would raise OverflowError).
+    if not math.isfinite(number) or number != int(number) or not 0 <= int(number) < len(classes):
         raise ValueError(f"label {value!r} is not one of 0..{len(classes) - 1} or {list(classes)}")
     return int(number)
+
+
+class CsvError(ValueError):
+    """A CSV the job cannot read at all (missing, wrong encoding, wrong columns): one line for the user."""
+
+
+# Byte-order marks of encodings that are not an 8-bit superset of ASCII.
+_FOREIGN_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+
+
+def decode_header(first_line: bytes, csv_path: str, encoding: str) -> list[str]:
+    """A CSV's raw first line -> its column names, stripped; CsvError when the file is not ``encoding`` text.
+
+    UTF-8 accepts (and drops) a byte-order mark. A UTF-16/32 mark or a NUL byte means the file
+    is in another encoding from the start: rejecting it here beats a dead letter on every row.
+    """
+    problem = ""
+    if first_line.startswith(_FOREIGN_BOMS):
+        problem = "it starts with a UTF-16/32 byte-order mark"
+    elif b"\0" in first_line:
+        problem = "its header has NUL bytes (UTF-16?)"
+    else:
+        try:
+            text = first_line.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
+        except UnicodeDecodeError as e:
+            problem = f"header: {e}"
+    if problem:
+        raise CsvError(
+            f"{csv_path} is not {encoding} text ({problem}); re-save it as UTF-8 or pass --csv_encoding latin-1"
+        )
+    return [h.strip() for h in next(csv.reader([text.rstrip("\r\n")]), [])]
+
+
+def _decoded(line: bytes | str, csv_path: str, encoding: str, stage: str) -> str | Rejection:
+    """A CSV line as read (bytes on the workers) -> text, or a ``malformed_csv_row`` when it cannot be decoded."""
+    if isinstance(line, str):
+        return line
+    try:
+        return line.decode(encoding)
+    except UnicodeDecodeError as e:
+        return Rejection(
+            path=csv_path, stage=stage, reason="malformed_csv_row", detail=f"{line[:200]!r}: {e}", is_image=False
+        )
 
 
 def source_split_of(csv_path: str) -> str:
@@ -148,15 +194,16 @@ class LabelsCsvLayout(NamedTuple):
     id_index: int
     label_index: int | None
     group_index: int | None
+    encoding: str = "utf-8"
 
 
 def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig) -> LabelsCsvLayout:
     """The layout of a labels CSV; ValueError when its header lacks the id or --group_by column."""
     if config.id_column not in header:
-        raise ValueError(f"{csv_path}: no id column {config.id_column!r} in header {header[:8]}...")
+        raise CsvError(f"{csv_path}: no id column {config.id_column!r} in header {header[:8]} (set --id_column)")
     group_by = config.group_by if config.group_by not in (None, "stem") else None
     if group_by is not None and group_by not in header:
-        raise ValueError(f"{csv_path}: --group_by column {group_by!r} not in header")
+        raise CsvError(f"{csv_path}: --group_by column {group_by!r} not in header {header[:8]}")
     return LabelsCsvLayout(
         csv_path=csv_path,
         source_split=source_split_of(csv_path),
@@ -165,15 +212,20 @@ def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig
         id_index=header.index(config.id_column),
         label_index=header.index(config.label_column) if config.label_column in header else None,
         group_index=header.index(group_by) if group_by else None,
+        encoding=config.csv_encoding,
     )
 
 
-def parse_label_row(line: str, layout: LabelsCsvLayout) -> tuple[str, LabelRow] | Rejection | None:
+def parse_label_row(line: bytes | str, layout: LabelsCsvLayout) -> tuple[str, LabelRow] | Rejection | None:
     """A labels-CSV line -> (id, LabelRow), a Rejection for a malformed row, None for a blank line.
 
     A label that cannot be parsed is not a rejection: the row keeps it as ``error``, and the
-    image is rejected as ``bad_label`` when its label is resolved.
+    image is rejected as ``bad_label`` when its label is resolved. A line as read (bytes) is
+    decoded with the layout's encoding; one that cannot be is a malformed row.
     """
+    line = _decoded(line, layout.csv_path, layout.encoding, "labels")
+    if isinstance(line, Rejection):
+        return line
     if not line.strip():
         return None
     row = next(csv.reader([line]))
@@ -199,30 +251,44 @@ class IdCsvLayout(NamedTuple):
     classes: tuple[str, ...]
     id_index: int
     label_index: int | None  # None: an exclusions CSV (ids only).
+    encoding: str = "utf-8"
 
 
 def id_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig, *, with_label: bool) -> IdCsvLayout:
-    """The layout of an overrides (``with_label``) or exclusions CSV; ValueError when it cannot be read.
+    """The layout of an overrides (``with_label``) or exclusions CSV; CsvError when its columns are not known.
 
-    The id column is the configured one, else the first; the overrides' label column is the
-    configured one, else the first column that is not the id.
+    Columns are found by name: --id_column (and, for overrides, --label_column), or the plain
+    ``id`` / ``id,label`` / ``id,<--label_column>`` files the review writes. A file with other
+    names is refused rather than read by position: ``foo,bar`` is more likely a wrong file.
     """
-    id_column = config.id_column if config.id_column in header else header[0]
-    label_column = (
-        config.label_column if config.label_column in header else next((h for h in header if h != id_column), None)
-    )
-    if with_label and label_column is None:
-        raise ValueError(f"{csv_path}: an overrides CSV needs an id and a label column, header {header}")
+    wanted = [config.id_column, config.label_column] if with_label else [config.id_column]
+    plain = [["id", "label"], ["id", config.label_column]] if with_label else [["id"]]
+    if all(name in header for name in wanted):
+        id_index, label_index = header.index(wanted[0]), header.index(wanted[-1])
+    elif header in plain:
+        id_index, label_index = 0, len(header) - 1
+    else:
+        kind = "an overrides CSV" if with_label else "an exclusions CSV"
+        expected = " and ".join(repr(name) for name in wanted)
+        raise CsvError(
+            f"{csv_path}: header {header[:8]} has no column {expected}: {kind} needs those columns "
+            f"(or the header {','.join(plain[-1])}); set --id_column/--label_column or fix the header"
+        )
     return IdCsvLayout(
         csv_path=csv_path,
         classes=config.classes,
-        id_index=header.index(id_column),
-        label_index=header.index(label_column) if with_label else None,
+        id_index=id_index,
+        label_index=label_index if with_label else None,
+        encoding=config.csv_encoding,
     )
 
 
-def parse_id_row(line: str, layout: IdCsvLayout) -> tuple[str, int | None] | Rejection | None:
-    """An overrides or exclusions CSV line -> (id, label or None), a Rejection, or None for a blank line."""
+def parse_id_row(line: bytes | str, layout: IdCsvLayout) -> tuple[str, int | None] | Rejection | None:
+    """An overrides or exclusions CSV line (text, or bytes as read) -> (id, label or None), a Rejection,
+    or None for a blank line."""
+    line = _decoded(line, layout.csv_path, layout.encoding, "overrides")
+    if isinstance(line, Rejection):
+        return line
     if not line.strip():
         return None
     row = next(csv.reader([line]))

@@ -8,12 +8,14 @@ flags below become a :class:`PreprocessConfig`, the rest (``--runner``,
 from __future__ import annotations
 
 import argparse
+import codecs
 import dataclasses
 import json
 import os
 import posixpath
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -81,6 +83,7 @@ class PreprocessConfig:
     overrides_csv: tuple[str, ...] = ()
     exclude_csv: tuple[str, ...] = ()
     exclude_ids: tuple[str, ...] = ()
+    csv_encoding: str = "utf-8"
     balance: str = "downsample"
     splits: dict[str, float] | None = dataclasses.field(default_factory=lambda: dict(DEFAULT_SPLITS))
     validation_fraction: float = 0.1
@@ -164,6 +167,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--classes", help="Class names in label order, e.g. 'no_glasses,glasses'.")
     add("--overrides_csv", action="append", default=[], help="Hand-corrected labels (id,label); they always win.")
     add("--exclude", action="append", default=[], help="CSV with an id column, or comma-separated ids.")
+    add(
+        "--csv_encoding",
+        default=_default("csv_encoding"),
+        help="Text encoding of every CSV (default utf-8, a byte-order mark is fine; e.g. latin-1, cp1252).",
+    )
     add("--balance", choices=["downsample", "none"], default=_default("balance"))
     add(
         "--splits",
@@ -220,8 +228,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         classes = ["0", "1"]
     if not labels and not class_folders:
         raise SystemExit("error: give --labels_csv, --class_folders or --dataset: images need labels")
-    exclude_csv = tuple(e for e in args.exclude if e.endswith(".csv") or FileSystems.exists(e))
-    exclude_ids = tuple(i.strip() for e in args.exclude if e not in exclude_csv for i in e.split(",") if i.strip())
+    exclude_csv, exclude_ids = split_exclude(args.exclude, ids_have_folders=bool(class_folders))
+    try:
+        codecs.lookup(args.csv_encoding)
+    except LookupError:
+        _usage_error(f"--csv_encoding {args.csv_encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1)")
     config = PreprocessConfig(
         image_globs=tuple(image_globs),
         output_dir=args.output,
@@ -234,6 +245,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         overrides_csv=tuple(args.overrides_csv),
         exclude_csv=exclude_csv,
         exclude_ids=exclude_ids,
+        csv_encoding=args.csv_encoding,
         balance=args.balance,
         splits=args.splits,
         validation_fraction=args.validation_fraction,
@@ -247,6 +259,30 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         overwrite=args.overwrite,
     )
     return config, beam_args
+
+
+def split_exclude(values: Sequence[str], *, ids_have_folders: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--exclude values -> (CSV paths, ids). A value that exists is a CSV; one that looks like a
+    path (a ``/``, a .csv or .txt suffix) but does not exist is a usage error, not an id.
+
+    With --class_folders ids are ``folder/stem``, so there a ``/`` alone does not make a path.
+    """
+    csvs, ids = [], []
+    for value in values:
+        looks_like_path = value.lower().endswith((".csv", ".txt")) or ("/" in value and not ids_have_folders)
+        if FileSystems.exists(value):
+            csvs.append(value)
+        elif looks_like_path:
+            _usage_error(f"--exclude {value}: no such file (give an existing CSV or comma-separated ids)")
+        else:
+            ids.extend(i.strip() for i in value.split(",") if i.strip())
+    return tuple(csvs), tuple(ids)
+
+
+def _usage_error(message: str) -> NoReturn:
+    """Ends the program with one line ``error: …`` and exit status 2, as argparse does for usage errors."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _is_glob(path: str) -> bool:

@@ -8,14 +8,13 @@ and yield the result or its dead letter.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
-import io
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -30,11 +29,31 @@ NAMESPACE = "facepipe.sources"
 NOT_IMAGE_FILE = "not_image_file"
 
 
-def read_csv_header(path: str) -> list[str]:
-    """Reads a CSV's header line (the driver needs only this to plan the parsing)."""
-    with FileSystems.open(path) as f:
-        first = io.TextIOWrapper(f, encoding="utf-8-sig").readline()
-    return next(csv.reader([first]), [])
+# The kinds of CSV the job reads: the PreprocessConfig fields that list them.
+CSV_KINDS = ("labels_csv", "overrides_csv", "exclude_csv")
+
+
+def read_csv_header(path: str, encoding: str = "utf-8") -> list[str]:
+    """A CSV's column names, stripped (the driver needs only these to plan the parsing).
+
+    Raises labels.CsvError when the file is missing or not ``encoding`` text.
+    """
+    if not FileSystems.exists(path):
+        raise labels.CsvError(f"{path} does not exist")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        first = f.readline()
+    return labels.decode_header(first, path, encoding)
+
+
+def csv_layout(path: str, kind: str, config: PreprocessConfig) -> labels.LabelsCsvLayout | labels.IdCsvLayout:
+    """Reads a CSV's header and checks it for its ``kind`` (one of CSV_KINDS); labels.CsvError if unusable.
+
+    The one check of a CSV before the run: the job and ``pipelines.preflight`` both call it.
+    """
+    header = read_csv_header(path, config.csv_encoding)
+    if kind == "labels_csv":
+        return labels.labels_csv_layout(path, header, config)
+    return labels.id_csv_layout(path, header, config, with_label=kind == "overrides_csv")
 
 
 def path_hash(value: str) -> int:
@@ -103,13 +122,13 @@ class KeyImageById(beam.DoFn):
 
 
 class ParseLabelRows(beam.DoFn):
-    """A labels-CSV line -> (id, LabelRow), or a dead letter for a malformed row."""
+    """A labels-CSV line (bytes) -> (id, LabelRow), or a dead letter for a malformed row."""
 
-    def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig):
-        self._layout = labels.labels_csv_layout(csv_path, header, config)
+    def __init__(self, layout: labels.LabelsCsvLayout):
+        self._layout = layout
         self._bad_rows = Metrics.counter(NAMESPACE, "malformed_label_rows")
 
-    def process(self, line: str) -> Iterator:
+    def process(self, line: bytes) -> Iterator:
         row = labels.parse_label_row(line, self._layout)
         if isinstance(row, labels.Rejection):
             self._bad_rows.inc()
@@ -117,24 +136,32 @@ class ParseLabelRows(beam.DoFn):
 
 
 class ParseIdLabel(beam.DoFn):
-    """An overrides or exclusions CSV line -> (id, label or None), or a dead letter."""
+    """An overrides or exclusions CSV line (bytes) -> (id, label or None), or a dead letter."""
 
-    def __init__(self, csv_path: str, header: list[str], config: PreprocessConfig, *, with_label: bool):
-        self._layout = labels.id_csv_layout(csv_path, header, config, with_label=with_label)
+    def __init__(self, layout: labels.IdCsvLayout):
+        self._layout = layout
 
-    def process(self, line: str) -> Iterator:
+    def process(self, line: bytes) -> Iterator:
         yield from _outputs(labels.parse_id_row(line, self._layout))
 
 
-def _read_csvs(pipeline, label: str, paths: Iterable[str], make_dofn) -> tuple[list, list]:
-    """Reads each CSV (header in the driver, rows on the workers); returns (rows, dead letters)."""
+def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_dofn) -> tuple[list, list]:
+    """Reads each CSV of a kind (header in the driver, rows on the workers); returns (rows, dead letters).
+
+    Rows are read as bytes and decoded one by one by the label rules, so that a row that is
+    not text in --csv_encoding is one dead letter, not a failed job. A CSV that cannot be
+    used at all ends the program with one line ``error: …``.
+    """
     rows, dead = [], []
-    for i, path in enumerate(paths):
-        header = [h.strip() for h in read_csv_header(path)]
+    for i, path in enumerate(getattr(config, kind)):
+        try:
+            layout = csv_layout(path, kind, config)
+        except labels.CsvError as e:
+            raise SystemExit(f"error: {e}") from None
         parsed = (
             pipeline
-            | f"Read{label}{i}" >> beam.io.ReadFromText(path, skip_header_lines=1)
-            | f"Parse{label}{i}" >> beam.ParDo(make_dofn(path, header)).with_outputs(DEAD_LETTER, main="rows")
+            | f"Read{label}{i}" >> beam.io.ReadFromText(path, skip_header_lines=1, coder=beam.coders.BytesCoder())
+            | f"Parse{label}{i}" >> beam.ParDo(make_dofn(layout)).with_outputs(DEAD_LETTER, main="rows")
         )
         rows.append(parsed.rows)
         dead.append(parsed[DEAD_LETTER])
@@ -160,21 +187,9 @@ class LabelledImages(beam.PTransform):
         keyed = listed.images | "KeyById" >> beam.ParDo(KeyImageById(config)).with_outputs(DEAD_LETTER, main="keyed")
         # (id, (path, size, folder_label, group))
 
-        label_rows, label_dead = _read_csvs(
-            pipeline, "Labels", config.labels_csv, lambda path, header: ParseLabelRows(path, header, config)
-        )
-        override_rows, override_dead = _read_csvs(
-            pipeline,
-            "Overrides",
-            config.overrides_csv,
-            lambda path, header: ParseIdLabel(path, header, config, with_label=True),
-        )
-        exclusion_rows, exclusion_dead = _read_csvs(
-            pipeline,
-            "Exclusions",
-            config.exclude_csv,
-            lambda path, header: ParseIdLabel(path, header, config, with_label=False),
-        )
+        label_rows, label_dead = _read_csvs(pipeline, "Labels", "labels_csv", config, ParseLabelRows)
+        override_rows, override_dead = _read_csvs(pipeline, "Overrides", "overrides_csv", config, ParseIdLabel)
+        exclusion_rows, exclusion_dead = _read_csvs(pipeline, "Exclusions", "exclude_csv", config, ParseIdLabel)
         if config.exclude_ids:
             exclusion_rows.append(pipeline | "ExcludeIds" >> beam.Create([(i, None) for i in config.exclude_ids]))
 

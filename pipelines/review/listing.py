@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple, TypeVar
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import labels, sources
@@ -51,13 +52,13 @@ def list_image_files(globs: Iterable[str]) -> list[tuple[str, int]]:
     return sorted(files.items())
 
 
-def csv_lines(path: str) -> Iterator[str]:
-    """A CSV's lines after the header, as ``ReadFromText(skip_header_lines=1)`` gives them."""
-    with FileSystems.open(path) as f:
-        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
-        next(text, None)
-        for line in text:
-            yield line.rstrip("\r\n")
+def csv_lines(path: str) -> Iterator[bytes]:
+    """A CSV's lines after the header, as bytes, as ``ReadFromText(skip_header_lines=1, coder=BytesCoder())``
+    gives them: the label rules decode each one, as they do in the pipeline."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        next(f, None)
+        for line in f:
+            yield line.rstrip(b"\r\n")
 
 
 def read_csv_rows(
@@ -74,9 +75,9 @@ def read_csv_rows(
     return rows, rejections
 
 
-def header_of(path: str) -> list[str]:
-    """A CSV's column names, stripped, as the pipeline reads them."""
-    return [h.strip() for h in sources.read_csv_header(path)]
+def header_of(path: str, encoding: str = "utf-8") -> list[str]:
+    """A CSV's column names, stripped, as the pipeline reads them (labels.CsvError when it cannot)."""
+    return sources.read_csv_header(path, encoding)
 
 
 def images_root(images: str) -> str:
@@ -114,7 +115,10 @@ def build_index(config: PreprocessConfig, root: str) -> dict[str, Item]:
             images[image_id].append(image)
     label_rows: dict[str, list[labels.LabelRow]] = collections.defaultdict(list)
     for path in config.labels_csv:
-        layout = labels.labels_csv_layout(path, header_of(path), config)
+        try:
+            layout = sources.csv_layout(path, "labels_csv", config)
+        except labels.CsvError as e:
+            raise SystemExit(f"error: {e}") from None
         rows, rejected = read_csv_rows(path, labels.parse_label_row, layout)
         for image_id, row in rows:
             label_rows[image_id].append(row)

@@ -104,7 +104,8 @@ def test_a_labels_csv_row():
 
 
 def test_an_overrides_or_exclusions_row():
-    overrides = labels.id_csv_layout("/r/o.csv", ["id", "glasses"], _labels_config(), with_label=True)
+    glasses = _config("--labels_csv", "/data/train.csv", "--label_column", "glasses")
+    overrides = labels.id_csv_layout("/r/o.csv", ["id", "glasses"], glasses, with_label=True)
     assert labels.parse_id_row("7,1.0", overrides) == ("7", 1)
     assert labels.parse_id_row("", overrides) is None
     for malformed in ("7,maybe", "7", " ,1"):
@@ -113,8 +114,84 @@ def test_an_overrides_or_exclusions_row():
         assert rejected.detail.startswith(f"{malformed}: ")
     exclusions = labels.id_csv_layout("/r/e.csv", ["id"], _labels_config(), with_label=False)
     assert labels.parse_id_row("7", exclusions) == ("7", None)
-    with pytest.raises(ValueError, match="needs an id and a label column"):
+    with pytest.raises(labels.CsvError, match="an overrides CSV needs those columns"):
         labels.id_csv_layout("/r/o.csv", ["id"], _labels_config(), with_label=True)
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "1e400", "nan", "Infinity"])
+def test_non_finite_label_cells_are_invalid_not_a_crash(cell):
+    with pytest.raises(ValueError, match="is not one of"):
+        parse_label(cell, CLASSES)
+    layout = labels.labels_csv_layout("/data/train.csv", ["id", "label"], _labels_config())
+    _, row = labels.parse_label_row(f"7,{cell}", layout)
+    assert row.label is None and cell in row.error
+    assert resolve_label("7", [IMAGE], [row]).rejections[0].reason == "bad_label"
+    overrides = labels.id_csv_layout("/r/o.csv", ["id", "label"], _labels_config(), with_label=True)
+    assert labels.parse_id_row(f"7,{cell}", overrides).reason == "malformed_csv_row"
+
+
+def test_rows_are_decoded_with_the_csv_encoding_and_undecodable_ones_are_malformed():
+    layout = labels.labels_csv_layout("/data/train.csv", ["id", "label", "note"], _labels_config())
+    assert labels.parse_label_row("7,yes,café".encode(), layout) == ("7", LabelRow(1, "train", "", ""))
+    bad = labels.parse_label_row(b"8,yes,caf\xe9", layout)
+    assert (bad.reason, bad.stage, bad.is_image) == ("malformed_csv_row", "labels", False)
+    assert "caf" in bad.detail and "utf-8" in bad.detail
+    latin = labels.labels_csv_layout(
+        "/data/train.csv", ["id", "label", "note"], _config("--labels_csv", "/data/l.csv", "--csv_encoding", "latin-1")
+    )
+    assert labels.parse_label_row(b"8,yes,caf\xe9", latin) == ("8", LabelRow(1, "train", "", ""))
+    overrides = labels.id_csv_layout("/r/o.csv", ["id", "label"], _labels_config(), with_label=True)
+    assert labels.parse_id_row(b"\xff7,1", overrides).reason == "malformed_csv_row"
+
+
+@pytest.mark.parametrize(
+    "first_line, problem",
+    [
+        ("id,label\n".encode("utf-16"), "byte-order mark"),
+        ("id,label\n".encode("utf-16-le"), "NUL bytes"),
+        (b"id,l\xe9bel\n", "header: 'utf-8' codec"),
+    ],
+)
+def test_a_header_in_another_encoding_is_one_clear_error(first_line, problem):
+    with pytest.raises(labels.CsvError) as error:
+        labels.decode_header(first_line, "/d/l.csv", "utf-8")
+    message = str(error.value)
+    assert message.startswith("/d/l.csv is not utf-8 text (") and problem in message
+    assert message.endswith("re-save it as UTF-8 or pass --csv_encoding latin-1")
+
+
+def test_a_header_may_have_a_utf8_bom_or_be_latin1_when_told():
+    assert labels.decode_header(b"\xef\xbb\xbfid, label\r\n", "/d/l.csv", "utf-8") == ["id", "label"]
+    assert labels.decode_header(b"id,l\xe9bel\n", "/d/l.csv", "latin-1") == ["id", "lébel"]
+
+
+@pytest.mark.parametrize(
+    "header, extra, with_label, expected",
+    [
+        (["image", "glasses", "x"], ("--id_column", "image", "--label_column", "glasses"), True, (0, 1)),
+        (["note", "label", "id"], (), True, (2, 1)),
+        (["id", "label"], ("--id_column", "image", "--label_column", "glasses"), True, (0, 1)),
+        (["id", "glasses"], ("--id_column", "image", "--label_column", "glasses"), True, (0, 1)),
+        (["id"], ("--id_column", "image"), False, (0, None)),
+        (["x", "id"], (), False, (1, None)),
+    ],
+)
+def test_overrides_and_exclusions_columns_are_found_by_name(header, extra, with_label, expected):
+    layout = labels.id_csv_layout(
+        "/r/o.csv", header, _config("--labels_csv", "/d/l.csv", *extra), with_label=with_label
+    )
+    assert (layout.id_index, layout.label_index) == expected
+
+
+@pytest.mark.parametrize(
+    "header, with_label",
+    [(["foo", "bar"], True), (["id", "glasses"], True), (["label", "id2"], True), (["foo"], False)],
+)
+def test_overrides_and_exclusions_with_unknown_columns_are_refused(header, with_label):
+    with pytest.raises(labels.CsvError) as error:
+        labels.id_csv_layout("/r/o.csv", header, _labels_config(), with_label=with_label)
+    message = str(error.value)
+    assert message.startswith("/r/o.csv: header ") and str(header) in message and "'id'" in message
 
 
 def test_the_csv_label_is_used_when_nothing_else_decides():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.options import parse_args
@@ -51,7 +52,7 @@ def test_labels_from_csv(tmp_path):
 
 def test_override_wins_also_for_unlabelled_ids_and_exclusions_never_reach_output(tmp_path):
     _write_images(tmp_path)
-    (tmp_path / "overrides.csv").write_text("id,glasses\n1,1\n7,0\n404,1\n")
+    (tmp_path / "overrides.csv").write_text("id,label\n1,1\n7,0\n404,1\n")
     (tmp_path / "exclusions.csv").write_text("id\n2\n")
     config = _config(
         tmp_path,
@@ -103,6 +104,46 @@ def test_bad_rows_unlabelled_conflicts_and_duplicates_are_dead_letters(tmp_path)
         label="DeadLetters",
     )
     p.run().wait_until_finish()
+
+
+def test_an_undecodable_row_is_a_dead_letter_and_the_rest_of_the_file_is_used(tmp_path):
+    _write_images(tmp_path)
+    rows = [f"{i},{(i + 1) % 2},ok\n".encode() for i in range(1, 7)]
+    rows[2] = b"3,0,caf\xe9\n"  # A latin-1 byte in the middle of an otherwise UTF-8 file.
+    (tmp_path / "labels.csv").write_bytes(b"id,label,note\n" + b"".join(rows))
+    p, labels, reasons = _run(_config(tmp_path))
+    assert_that(labels, equal_to([(str(i), (i + 1) % 2, False) for i in (1, 2, 4, 5, 6)]), label="Labels")
+    assert_that(reasons, equal_to([("", "malformed_csv_row", False), ("3", "no_label_row", True)]), label="DeadLetters")
+    p.run().wait_until_finish()
+
+
+def test_csv_encoding_latin1_reads_the_same_file(tmp_path):
+    _write_images(tmp_path)
+    (tmp_path / "labels.csv").write_bytes(
+        b"id,label,note\n" + b"".join(f"{i},{(i + 1) % 2},caf\xe9\n".encode("latin-1") for i in range(1, 7))
+    )
+    p, labels, reasons = _run(_config(tmp_path, "--csv_encoding", "latin-1"))
+    assert_that(labels, equal_to([(str(i), (i + 1) % 2, False) for i in range(1, 7)]), label="Labels")
+    assert_that(reasons, equal_to([]), label="NoDeadLetters")
+    p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+    "flag, content, expected",
+    [
+        ("--labels_csv", "id,label\n1,0\n".encode("utf-16"), "is not utf-8 text (it starts with a UTF-16/32 byte"),
+        ("--overrides_csv", b"foo,bar\n1,0\n", "header ['foo', 'bar'] has no column 'id' and 'label'"),
+        ("--exclude", b"image\n1\n", "header ['image'] has no column 'id'"),
+    ],
+)
+def test_an_unusable_csv_ends_the_job_with_one_line_naming_it(tmp_path, flag, content, expected):
+    _write_images(tmp_path)
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(SystemExit) as error:
+        _run(_config(tmp_path, flag, str(path)))
+    assert str(error.value).startswith(f"error: {path}") and expected in str(error.value)
+    assert "\n" not in str(error.value)
 
 
 def test_class_folders_label_by_folder_and_group_by_stem(tmp_path):
