@@ -24,10 +24,11 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.findings import Finding, report
+from pipelines.labels import CsvError, LabelsCsvLayout
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.output_dir import existing_outputs
 from pipelines.paths import is_remote
-from pipelines.sources import read_csv_header
+from pipelines.sources import CSV_KINDS, csv_layout
 
 # Runners whose workers run somewhere else: local paths are not theirs to read.
 REMOTE_RUNNERS = ("DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
@@ -42,15 +43,14 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
         findings.append(
             Finding(False, f"no files match {list(config.image_globs)}: check --images (and --dataset's layout)")
         )
-    for path in (*config.labels_csv, *config.overrides_csv, *config.exclude_csv):
-        if not FileSystems.exists(path):
-            findings.append(Finding(False, f"{path} does not exist"))
-            continue
-        header = [h.strip() for h in read_csv_header(path)]
-        if path in config.labels_csv:
-            if config.id_column not in header:
-                findings.append(Finding(False, f"{path}: no id column {config.id_column!r} (set --id_column)"))
-            if config.label_column not in header:
+    for kind in CSV_KINDS:
+        for path in getattr(config, kind):
+            try:
+                layout = csv_layout(path, kind, config)  # The run's own check of the file.
+            except CsvError as e:
+                findings.append(Finding(False, str(e)))
+                continue
+            if isinstance(layout, LabelsCsvLayout) and layout.label_index is None:
                 findings.append(
                     Finding(
                         True,
@@ -58,8 +58,6 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
                         "unlabelled unless overridden (fine for a Kaggle test.csv)",
                     )
                 )
-        elif not header:
-            findings.append(Finding(False, f"{path} is empty: it needs a header line"))
     return findings
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pipelines.preflight import preflight
 from tests.image_files import write_glasses_like
 
@@ -70,3 +72,38 @@ def test_missing_images_csv_columns_and_existing_output(tmp_path):
     assert "no files match" in text
     assert "no id column 'id'" in text
     assert "--overwrite" in text
+
+
+def test_preflight_refuses_what_the_run_would_refuse(tmp_path):
+    """The same header checks as the run: id-only overrides, unknown columns, another encoding."""
+    write_glasses_like(tmp_path, [0, 1])
+    (tmp_path / "overrides.csv").write_text("id\n1\n")
+    (tmp_path / "exclusions.csv").write_text("foo,bar\n1,2\n")
+    (tmp_path / "more.csv").write_bytes("id,label\n1,0\n".encode("utf-16"))
+    args = _args(
+        tmp_path,
+        "--overrides_csv",
+        str(tmp_path / "overrides.csv"),
+        "--exclude",
+        str(tmp_path / "exclusions.csv"),
+        "--labels_csv",
+        str(tmp_path / "more.csv"),
+    )
+    failures = _failures(preflight(args))
+    assert len(failures) == 3
+    assert failures[0].startswith(f"{tmp_path / 'more.csv'} is not utf-8 text")
+    assert failures[1].startswith(f"{tmp_path / 'overrides.csv'}: header ['id'] has no column 'id' and 'label'")
+    assert failures[2].startswith(f"{tmp_path / 'exclusions.csv'}: header ['foo', 'bar'] has no column 'id'")
+
+
+def test_a_missing_exclusions_file_is_a_usage_error_not_an_id(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1])
+    for missing in ("missing_file.txt", "gone.csv", str(tmp_path / "no" / "ids")):
+        with pytest.raises(SystemExit) as exited:
+            preflight(_args(tmp_path, "--exclude", missing))
+        assert exited.value.code == 2
+        assert (
+            capsys.readouterr().err
+            == f"error: --exclude {missing}: no such file (give an existing CSV or comma-separated ids)\n"
+        )
+    assert _failures(preflight(_args(tmp_path, "--exclude", "1,2"))) == []
