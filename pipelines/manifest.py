@@ -126,8 +126,27 @@ def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seco
     return manifest
 
 
+# Rejected rows that usually mean a typo in a CSV the user wrote by hand (e.g. in the review).
+_UNKNOWN_ID_REASONS = {"unknown_override_id": "overrides", "unknown_exclusion_id": "exclusions"}
+_IDS_SHOWN = 5
+
+
+def first_ids(output_dir: str, reason: str, limit: int = _IDS_SHOWN) -> list[str]:
+    """Up to ``limit`` ids of the dead letters with ``reason``, sorted, read line by line from dead_letter/."""
+    pattern = FileSystems.join(output_dir, features.DEAD_LETTER_DIR, "*.jsonl")
+    ids: set[str] = set()
+    for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
+        with FileSystems.open(metadata.path) as f:
+            for line in f:
+                record = json.loads(line)
+                if record["reason"] == reason:
+                    # Keep the smallest ``limit``: bounded memory however many there are.
+                    ids = set(sorted(ids | {record["id"]})[:limit])
+    return sorted(ids)
+
+
 def summary_table(manifest: dict) -> str:
-    """A short human summary: counts per split and class, dead letters by reason, speed."""
+    """A short human summary: counts per split and class, dead letters by reason, unknown ids, speed."""
     counts = manifest["counts"]
     classes = manifest["classes"]
     lines = [f"{'split':<12}" + "".join(f"{name:>14}" for name in classes) + f"{'total':>10}"]
@@ -140,6 +159,12 @@ def summary_table(manifest: dict) -> str:
         f"dead letters {counts['dead_letter_total']}: "
         + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none")
     )
+    for reason, what in _UNKNOWN_ID_REASONS.items():
+        count = counts["rejected_rows"].get(reason, 0)
+        if count:
+            shown = ", ".join(first_ids(manifest["output_dir"], reason))
+            more = ", ..." if count > _IDS_SHOWN else ""
+            lines.append(f"{count} {what} name no listed image (a typo?): {shown}{more}")
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)
