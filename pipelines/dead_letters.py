@@ -16,7 +16,16 @@ DEAD_LETTER = "dead_letter"
 # Reasons that mean "this input is broken"; --max_bad_fraction applies to these only.
 # (Excluded, unlabelled and balanced-out images are intended, not bad.)
 BAD_INPUT_REASONS = frozenset(
-    {"zero_bytes", "not_an_image", "undecodable", "too_large", "read_error", "truncated", "file_name_mismatch"}
+    {
+        "zero_bytes",
+        "not_an_image",
+        "undecodable",
+        "too_large",
+        "read_error",
+        "truncated",
+        "corrupt_jpeg",
+        "file_name_mismatch",
+    }
 )
 
 

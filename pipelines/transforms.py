@@ -12,6 +12,7 @@ from typing import NamedTuple
 import apache_beam as beam
 import cv2
 import numpy as np
+import simplejpeg
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -26,14 +27,6 @@ NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-_REDUCED_FLAGS = {
-    "rgb": {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8},
-    "grayscale": {
-        2: cv2.IMREAD_REDUCED_GRAYSCALE_2,
-        4: cv2.IMREAD_REDUCED_GRAYSCALE_4,
-        8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
-    },
-}
 
 
 class DecodedImage(NamedTuple):
@@ -104,14 +97,6 @@ def image_dimensions(data: bytes) -> tuple[int, int]:
         raise UndecodableImage("undecodable", f"header: {type(e).__name__}: {e}") from e
 
 
-def reduction_factor(source: tuple[int, int], target: tuple[int, int]) -> int:
-    """Largest JPEG DCT scaling (1, 2, 4, 8) whose output is still at least ``target``."""
-    for factor in (8, 4, 2):
-        if source[0] // factor >= target[0] and source[1] // factor >= target[1]:
-            return factor
-    return 1
-
-
 def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
     """An OpenCV-decoded array (8 or 16 bit; grey, BGR or BGRA — OpenCV expands palettes and
     grey+alpha to BGR(A)) -> uint8 RGB or grey, HxWxC."""
@@ -130,18 +115,42 @@ def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def decode_jpeg(data: bytes, *, color_mode: str, at_least: tuple[int, int]) -> np.ndarray:
+    """JPEG bytes (YCbCr, grey or CMYK) -> uint8 RGB or grey HxWxC, decoded by libjpeg-turbo
+    DCT-scaled down as far as ``at_least`` (width, height) allows: a large photo costs a
+    fraction of a full decode.
+
+    Strict: libjpeg's warnings about corrupt data are errors here. A truncated JPEG with an
+    end-of-image marker glued on decodes "successfully" with OpenCV or PIL (the missing rows
+    flat grey, a warning on stderr), and would go into the training data.
+    """
+    try:
+        return simplejpeg.decode_jpeg(
+            data,
+            colorspace="gray" if color_mode == "grayscale" else "rgb",
+            min_width=at_least[0],
+            min_height=at_least[1],
+            strict=True,
+        )
+    except ValueError as e:
+        if "Corrupt JPEG" in str(e) or "Premature end" in str(e):
+            raise UndecodableImage("corrupt_jpeg", str(e)) from e
+        raise UndecodableImage("undecodable", f"JPEG: {e}") from e
+
+
 def decode_and_resize(data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
     container = check_container(data)
     width, height = image_dimensions(data)
     if width * height > max_pixels:
         raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
-    factor = reduction_factor((width, height), size) if container == "jpeg" else 1
-    flags = _REDUCED_FLAGS[color_mode][factor] if factor > 1 else cv2.IMREAD_UNCHANGED
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
-    if image is None:
-        raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
-    image = to_uint8_color(image, color_mode)
+    if container == "jpeg":
+        image = decode_jpeg(data, color_mode=color_mode, at_least=size)
+    else:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image is None:
+            raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
+        image = to_uint8_color(image, color_mode)
     if (image.shape[1], image.shape[0]) != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         if image.ndim == 2:

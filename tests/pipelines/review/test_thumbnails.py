@@ -42,9 +42,17 @@ def test_bad_images_show_a_placeholder_with_the_reason(images, tmp_path):
     (faces / "face-41.png").write_bytes(b"")
     (faces / "face-42.png").write_bytes((faces / "face-1.png").read_bytes()[:5000])
     (faces / "face-43.png").write_bytes(b"hello, not a picture")
+    jpeg = cv2.imencode(".jpg", cv2.imread(str(faces / "face-2.png")))[1].tobytes()
+    (faces / "face-44.png").write_bytes(jpeg[: len(jpeg) // 3] + b"\xff\xd9")  # Truncated, end marker glued on.
     with serving(review_argv(images, tmp_path)) as (client, _):
         (faces / "face-5.png").unlink()  # Gone after the start.
-        expected = {"41": "zero_bytes", "42": "truncated", "43": "not_an_image", "5": "read_error"}
+        expected = {
+            "41": "zero_bytes",
+            "42": "truncated",
+            "43": "not_an_image",
+            "44": "corrupt_jpeg",
+            "5": "read_error",
+        }
         for image_id, reason in expected.items():
             response = client.get(f"/thumb/{image_id}")
             assert response.status == 200 and response.headers["Content-Type"] == "image/jpeg", image_id
