@@ -15,13 +15,20 @@ command. Paths may be local or gs://.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import tensorflow as tf
 
 from pipelines.findings import report
-from trainer import distribute, models, tuning
+from trainer import distribute, job_layout, models, tuning
+
+if TYPE_CHECKING:
+    from trainer import data
 
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
 
@@ -89,20 +96,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _preset(args: argparse.Namespace, manifest) -> models.Preset:
-    from pipelines import features
-
-    preset = models.get_preset(args.model, channels=features.image_shape(manifest)[2])
+def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
+    preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
     logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
     return preset
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from pipelines import features
-    from trainer import training
+    from trainer import data
 
-    manifest = features.read_manifest(args.data_dir)
-    preset = _preset(args, manifest)
+    data_dir = data.DataDir.read(args.data_dir)
+    preset = _preset(args, data_dir)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     overrides = {}
     if args.epochs:
@@ -112,13 +116,13 @@ def run_tune(args: argparse.Namespace) -> None:
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
     hypermodel = models.FaceHyperModel(
         preset,
-        input_shape=features.image_shape(manifest),
-        make_datasets=training.make_datasets_fn(
-            args.data_dir, manifest, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
+        input_shape=data_dir.image_shape,
+        make_datasets=data.make_datasets_fn(
+            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
         ),
         space=args.search_space,
         overrides=overrides,
-        num_classes=len(manifest["classes"]),
+        num_classes=len(data_dir.classes),
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -137,20 +141,15 @@ def run_tune(args: argparse.Namespace) -> None:
         return
     print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
     print(
-        f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}"
+        f"tuning outputs in {args.job_dir}/{job_layout.TUNING_DIR}, best hyperparameters in {args.job_dir}/{job_layout.BEST_HPARAMS_FILE}"
     )
 
 
 def run_train(args: argparse.Namespace) -> None:
-    import json
+    from trainer import data, training
 
-    import tensorflow as tf
-
-    from pipelines import features
-    from trainer import training
-
-    manifest = features.read_manifest(args.data_dir)
-    preset = _preset(args, manifest)
+    data_dir = data.DataDir.read(args.data_dir)
+    preset = _preset(args, data_dir)
     if args.hyperparameters:
         with tf.io.gfile.GFile(args.hyperparameters) as f:
             loaded = json.load(f)
@@ -158,11 +157,11 @@ def run_train(args: argparse.Namespace) -> None:
         source = args.hyperparameters
     else:
         values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
-        source = f"{args.job_dir}/{tuning.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
+        source = f"{args.job_dir}/{job_layout.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
     logging.info("hyperparameters from %s", source)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     training.train(
-        data_dir=args.data_dir,
+        data_dir=data_dir,
         job_dir=args.job_dir,
         preset=preset,
         hyperparameters=values,
@@ -172,21 +171,23 @@ def run_train(args: argparse.Namespace) -> None:
         deterministic=not args.nondeterministic,
         verbose=args.verbose,
     )
-    print(f"trained model in {args.job_dir}/{training.MODEL_FILE}, serving export in {args.job_dir}/export")
+    print(
+        f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from trainer import evaluation
+    from trainer import data, evaluation
 
-    evaluation.evaluate(data_dir=args.data_dir, job_dir=args.job_dir, split=args.split, batch_size=args.batch_size)
+    evaluation.evaluate(
+        data_dir=data.DataDir.read(args.data_dir), job_dir=args.job_dir, split=args.split, batch_size=args.batch_size
+    )
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    import tensorflow as tf
+    from trainer import predict
 
-    from trainer import export, predict
-
-    export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, export.EXPORT_DIR)
+    export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, job_layout.EXPORT_DIR)
     predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size)
 
 
