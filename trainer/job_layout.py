@@ -6,7 +6,7 @@ directory: the commands, the tests and the benchmarks name these paths only thro
   best_hyperparameters.json   tune: {"model", "tuner", "trial_id", "score", "hyperparameters"}
   tuning/<model>_<tuner>/     tune: keras-tuner's project (oracle.json, trial_*/)
   tuning/results.csv, .md     tune: one row per trial, best first
-  training_config.json        train: model, hyperparameters, data, strategy
+  training_config.json        train: what was trained, and the command's flags (usable as --config)
   backup/                     train: BackupAndRestore state while training runs
   checkpoints/                train: epoch-NNN.weights.h5 (several workers: tf.train epoch-N.*)
   logs/train, logs/validation train: TensorBoard
@@ -28,6 +28,8 @@ TUNING_RESULTS_MD = "results.md"
 
 # train
 CONFIG_FILE = "training_config.json"
+# The key of CONFIG_FILE that holds the train command's flags (see trainer/task.py).
+CONFIG_FLAGS_KEY = "flags"
 BACKUP_DIR = "backup"
 BACKUP_METADATA_FILE = "training_metadata.json"  # Written by keras.callbacks.BackupAndRestore.
 CHECKPOINT_DIR = "checkpoints"

@@ -10,6 +10,16 @@
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
 preset's defaults. Killed ``tune`` and ``train`` runs resume when restarted with the same
 command. Paths may be local or gs://.
+
+A job's settings in one file: every command takes ``--config FILE``, a JSON object whose
+keys are the command's flags by dest name (``{"data_dir": "gs://b/data", "epochs": 5}``).
+Its values are defaults: flags given on the command line win. A key that is not a flag of
+the command (or a value outside a flag's choices) is an error, exit 2. ``train`` records its
+flags in JOB/training_config.json under "flags", so ``train --config JOB/training_config.json``
+reruns the same command. They are nested there because that file's top-level keys record
+what was trained, under names that are also flags but hold other values ("model": the
+preset chosen, "hyperparameters": their values, "strategy": the strategy's class); a config
+file with a "flags" object uses that object and ignores the rest of the file.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
@@ -31,9 +41,13 @@ if TYPE_CHECKING:
     from trainer import data
 
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
+# Dests that are not a command's flags: the subcommand itself, and --config (a config
+# file does not name another one).
+_NOT_FLAGS = ("command", "config", "help")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subcommands' parsers by name."""
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -93,7 +107,57 @@ def _parser() -> argparse.ArgumentParser:
     preflight.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
     preflight.add_argument("--tuner", choices=tuning.TUNERS, default="grid", help="for the tuning project check")
     preflight.add_argument("--overwrite", action="store_true", help="as tune --overwrite")
-    return parser
+
+    subparsers = {name: commands.choices[name] for name in COMMANDS}
+    for sub in subparsers.values():
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help="JSON object of this command's flags (dest names) used as defaults, e.g. JOB/training_config.json",
+        )
+    return parser, subparsers
+
+
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """Makes the flags in the JSON file ``path`` the defaults of ``parser`` (exit 2 when it cannot)."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            values = json.load(f)
+    except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+        parser.error(f"--config {path}: {e}")
+    if isinstance(values, dict) and isinstance(values.get(job_layout.CONFIG_FLAGS_KEY), dict):
+        values = values[job_layout.CONFIG_FLAGS_KEY]  # A training_config.json: the flags it recorded.
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a JSON object of flags, got {type(values).__name__}")
+    actions = {action.dest: action for action in parser._actions if action.dest not in _NOT_FLAGS}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}")
+        # argparse checks choices on the command line only; a file's values get the same check.
+        if action.choices is not None and value != action.default and value not in action.choices:
+            parser.error(f"--config {path}: {key} {value!r} is not one of {list(action.choices)}")
+        action.default = value
+        action.required = False  # The file gives it; the command line may still override it.
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with defaults from ``--config FILE`` when it names one."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = _parser()
+    if argv and argv[0] in subparsers:
+        # --config is read before the real parse, which checks required flags the file may give.
+        peek = argparse.ArgumentParser(add_help=False)
+        peek.add_argument("--config")
+        config = peek.parse_known_args(argv[1:])[0].config
+        if config:
+            _apply_config(subparsers[argv[0]], config)
+    return parser.parse_args(argv)
+
+
+def command_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags by dest name, as a ``--config`` file holds them."""
+    return {key: value for key, value in vars(args).items() if key not in _NOT_FLAGS}
 
 
 def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
@@ -170,6 +234,7 @@ def run_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         deterministic=not args.nondeterministic,
         verbose=args.verbose,
+        flags=command_flags(args),
     )
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
@@ -208,7 +273,7 @@ def run_preflight(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit status (preflight: 1 when a check fails)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     commands = {
         "tune": run_tune,

@@ -8,7 +8,8 @@ Outputs in job_dir (names in trainer/job_layout.py):
                              which are also what a restarted cluster resumes from)
   logs/                      TensorBoard
   history.csv                one row per epoch (CSVLogger, appended across restarts)
-  training_config.json       model, hyperparameters, data, strategy
+  training_config.json       model, hyperparameters, data, strategy; with the train
+                             command's flags under "flags" (see trainer/task.py)
   model.keras                the trained Keras model
   export/                    the serving SavedModel (trainer/export.py)
 """
@@ -43,6 +44,7 @@ def train(
     deterministic: bool = True,
     verbose: int | str = 2,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    flags: Mapping[str, Any] | None = None,
 ) -> keras.Model:
     """Trains ``preset`` with ``hyperparameters`` (else its defaults), saves and exports it.
 
@@ -50,6 +52,7 @@ def train(
     finished epoch and appends to ``history.csv``; otherwise it starts afresh. Under a
     multi-worker strategy every worker calls this with the same arguments; training goes
     through :func:`multiworker.fit_multi_worker` and only the chief writes to ``job_dir``.
+    ``flags`` (the train command's, by dest name) are recorded in training_config.json.
     """
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = distribute.is_multi_worker(strategy)
@@ -77,6 +80,8 @@ def train(
         "replicas": strategy.num_replicas_in_sync,
         "seed": seed,
     }
+    if flags is not None:
+        config[job_layout.CONFIG_FLAGS_KEY] = dict(flags)
     make_datasets = data.make_datasets_fn(data_dir, strategy=strategy, seed=seed, deterministic=deterministic)
     train_ds, validation_ds, steps = make_datasets(hp.get("batch_size"))
     with strategy.scope():
