@@ -22,6 +22,11 @@ import subprocess
 import sys
 import tempfile
 
+# The project root, so that its packages import from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pipelines import features
+from trainer import job_layout
+
 
 def _preprocess_args(name: str, root: str) -> list[str]:
     if name == "orl_glasses":
@@ -84,11 +89,11 @@ def evaluate_set(name: str, root: str, workdir: str, epochs: int | None) -> dict
         [python, "-m", "trainer.task", "train", "--data_dir", data_dir, "--job_dir", job_dir, "--verbose", "0", *extra]
     )
     _run([python, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
-    with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
+    with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.METRICS_FILE)) as f:
         metrics = json.load(f)
-    with open(os.path.join(data_dir, "manifest.json")) as f:
+    with open(os.path.join(data_dir, features.MANIFEST_FILE)) as f:
         counts = json.load(f)["counts"]["written"]
-    return {"metrics": metrics, "written": counts, "eval_dir": os.path.join(job_dir, "eval")}
+    return {"metrics": metrics, "written": counts, "eval_dir": os.path.join(job_dir, job_layout.EVAL_DIR)}
 
 
 def main() -> None:

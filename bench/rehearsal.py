@@ -29,6 +29,7 @@ import time
 # The loopback process helpers are the tests' own (tests/processes.py), importable from the project root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from tests.processes import free_ports, running_services, stop_processes
+from trainer import job_layout
 
 PYTHON = sys.executable
 
@@ -151,10 +152,10 @@ def main() -> None:
         started = stage(f"evaluate: {name}")
         run([PYTHON, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
         done(started)
-        with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
+        with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.METRICS_FILE)) as f:
             metrics = json.load(f)
         accuracies[name], test_size = metrics["accuracy"], metrics["num_examples"]
-        if not os.path.exists(os.path.join(job_dir, "export", "saved_model.pb")):
+        if not os.path.exists(os.path.join(job_dir, job_layout.EXPORT_DIR, "saved_model.pb")):
             sys.exit(f"no exported model in {job_dir}")
 
     print(f"\n{'stage':<45} {'seconds':>8}")

@@ -12,15 +12,18 @@ Element shapes (B = global batch):
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipelines import features
+from trainer import distribute
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -53,6 +56,34 @@ def load_transform(data_dir: str, manifest: Mapping[str, Any]) -> tft.TFTransfor
     if not tf.io.gfile.isdir(path):
         raise FileNotFoundError(f"{path}: no tf.Transform output (transform_fn/) in the data directory")
     return tft.TFTransformOutput(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataDir:
+    """A preprocessing output directory, read once per command and passed down.
+
+    ``DataDir.read`` reads the manifest; the tf.Transform output is loaded on first use
+    (once), so that a command fails on the manifest before it touches the transform.
+    """
+
+    path: str
+    manifest: Mapping[str, Any]
+
+    @classmethod
+    def read(cls, path: str) -> DataDir:
+        return cls(path, features.read_manifest(path))
+
+    @functools.cached_property
+    def tft_output(self) -> tft.TFTransformOutput:
+        return load_transform(self.path, self.manifest)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return features.image_shape(self.manifest)
+
+    @property
+    def classes(self) -> list[Any]:
+        return list(self.manifest["classes"])
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -176,3 +207,24 @@ def make_dataset(
     options.deterministic = deterministic
     ds = ds.with_options(options)
     return ds.prefetch(AUTOTUNE)
+
+
+def make_datasets_fn(
+    data_dir: DataDir, *, strategy: tf.distribute.Strategy, seed: int = 0, deterministic: bool = True
+) -> Callable[[int], tuple[tf.data.Dataset, tf.data.Dataset, int]]:
+    """``fn(per_replica_batch_size) -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning."""
+    tft_output = data_dir.tft_output  # Now: a missing transform fails before any trial or epoch.
+
+    def make_datasets(per_replica_batch_size: int):
+        batch = distribute.global_batch_size(per_replica_batch_size, strategy)
+        common = dict(
+            manifest=data_dir.manifest,
+            tft_output=tft_output,
+            global_batch_size=batch,
+            deterministic=deterministic,
+        )
+        train_ds = make_dataset(data_dir.path, "train", training=True, seed=seed, **common)
+        validation_ds = make_dataset(data_dir.path, "validation", training=False, **common)
+        return train_ds, validation_ds, steps_per_epoch(split_size(data_dir.manifest, "train"), batch)
+
+    return make_datasets

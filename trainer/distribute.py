@@ -4,7 +4,7 @@ Everything that creates variables (model build, compile, optimizer) runs under
 ``strategy.scope()``; the input pipeline batches ``global_batch_size(per_replica, strategy)``
 examples and the strategy splits each batch between the replicas. Training goes through
 ``model.fit``, except with several workers: Keras 3's fit cannot run under
-MultiWorkerMirroredStrategy (see ``trainer/training.py``), so ``is_multi_worker``
+MultiWorkerMirroredStrategy (see ``trainer/multiworker.py``), so ``is_multi_worker``
 strategies train with the custom loop there; ``is_chief`` says which worker writes the
 job's outputs.
 """

@@ -1,6 +1,6 @@
 """Test-split evaluation: metrics, per-class errors, misclassified examples, plots.
 
-Outputs in job_dir/eval/:
+Outputs in job_dir/eval/ (names in trainer/job_layout.py):
   metrics.json              accuracy, loss, precision, recall, f1, roc_auc, confusion
                             matrix, errors per class, misclassified ids + probabilities
   predictions.csv           id, label, probability, predicted (every test example)
@@ -30,11 +30,8 @@ import matplotlib.ticker
 import numpy as np
 import tensorflow as tf
 
-from pipelines import features
-from trainer import data, models, training
+from trainer import data, job_layout, models, records
 
-EVAL_DIR = "eval"
-THRESHOLD = 0.5
 # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; the same here.
 _EPSILON = 1e-7
 
@@ -66,7 +63,7 @@ def compute_metrics(
     *,
     class_names: Sequence[str],
     ids: Sequence[str] | None = None,
-    threshold: float = THRESHOLD,
+    threshold: float = models.THRESHOLD,
 ) -> dict[str, Any]:
     """Binary classification metrics of P(class 1) against 0/1 labels."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -114,14 +111,14 @@ def compute_metrics(
 
 
 def predict_split(
-    model: keras.Model, data_dir: str, split: str, *, manifest: Mapping[str, Any], batch_size: int = 64
+    model: keras.Model, data_dir: data.DataDir, split: str, *, batch_size: int = 64
 ) -> dict[str, np.ndarray]:
     """Ids, labels, P(class 1) and stored pixels of every example of ``split``, in file order."""
     ds = data.make_dataset(
-        data_dir,
+        data_dir.path,
         split,
-        manifest=manifest,
-        tft_output=data.load_transform(data_dir, manifest),
+        manifest=data_dir.manifest,
+        tft_output=data_dir.tft_output,
         global_batch_size=batch_size,
         training=False,
         with_metadata=True,
@@ -204,41 +201,40 @@ def plot_misclassified(
     _save_figure(fig, path)
 
 
-def evaluate(*, data_dir: str, job_dir: str, split: str = "test", batch_size: int = 64) -> dict[str, Any]:
+def evaluate(*, data_dir: data.DataDir, job_dir: str, split: str = "test", batch_size: int = 64) -> dict[str, Any]:
     """Evaluates ``job_dir/model.keras`` on ``split``; writes job_dir/eval/."""
-    manifest = features.read_manifest(data_dir)
-    if data.split_size(manifest, split) == 0:
+    if data.split_size(data_dir.manifest, split) == 0:
         raise ValueError(
-            f"the {split} split of {data_dir} is empty (see its manifest.json counts): nothing to evaluate; "
+            f"the {split} split of {data_dir.path} is empty (see its manifest.json counts): nothing to evaluate; "
             "check the splits and labels given to pipelines.preprocess (e.g. unlabelled test ids need overrides)"
         )
-    model_path = tf.io.gfile.join(job_dir, training.MODEL_FILE)
+    model_path = tf.io.gfile.join(job_dir, job_layout.MODEL_FILE)
     model = keras.saving.load_model(model_path)
-    result = predict_split(model, data_dir, split, manifest=manifest, batch_size=batch_size)
-    class_names = [str(c) for c in manifest["classes"]]
+    result = predict_split(model, data_dir, split, batch_size=batch_size)
+    class_names = [str(c) for c in data_dir.classes]
     metrics = compute_metrics(result["label"], result["probability"], class_names=class_names, ids=result["id"])
-    metrics.update({"split": split, "model": model_path, "data_dir": data_dir})
+    metrics.update({"split": split, "model": model_path, "data_dir": data_dir.path})
 
-    out_dir = tf.io.gfile.join(job_dir, EVAL_DIR)
+    out_dir = tf.io.gfile.join(job_dir, job_layout.EVAL_DIR)
     tf.io.gfile.makedirs(out_dir)
-    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, "metrics.json"), "w") as f:
+    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, job_layout.METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "label", "probability", "predicted"])
     for id_, label, probability in zip(result["id"], result["label"], result["probability"], strict=True):
-        writer.writerow([id_, int(label), repr(float(probability)), int(probability >= THRESHOLD)])
-    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, "predictions.csv"), "w") as f:
+        writer.writerow([id_, int(label), repr(float(probability)), int(probability >= models.THRESHOLD)])
+    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, job_layout.PREDICTIONS_FILE), "w") as f:
         f.write(buffer.getvalue())
 
     try:
-        plot_training_curves(training.read_history(job_dir), tf.io.gfile.join(out_dir, "training_curves.png"))
+        plot_training_curves(records.read_history(job_dir), tf.io.gfile.join(out_dir, job_layout.TRAINING_CURVES_PLOT))
     except (tf.errors.NotFoundError, FileNotFoundError, KeyError):
-        logging.warning("no usable %s in %s: training curves not plotted", training.HISTORY_FILE, job_dir)
-    plot_confusion_matrix(metrics, tf.io.gfile.join(out_dir, "confusion_matrix.png"))
-    wrong = np.flatnonzero((result["probability"] >= THRESHOLD).astype(np.int64) != result["label"])
+        logging.warning("no usable %s in %s: training curves not plotted", job_layout.HISTORY_FILE, job_dir)
+    plot_confusion_matrix(metrics, tf.io.gfile.join(out_dir, job_layout.CONFUSION_MATRIX_PLOT))
+    wrong = np.flatnonzero((result["probability"] >= models.THRESHOLD).astype(np.int64) != result["label"])
     plot_misclassified(
-        result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, "misclassified.png")
+        result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, job_layout.MISCLASSIFIED_PLOT)
     )
 
     logging.info(

@@ -8,7 +8,7 @@ input pipeline applies, so served and trained images are normalised identically.
 
 Outputs of both signatures:
   probability  float32 [B]   P(class 1)
-  class        int64   [B]   1 when probability >= 0.5
+  class        int64   [B]   1 when probability >= models.THRESHOLD (0.5)
   label        string  [B]   the class name from the manifest
 """
 
@@ -24,9 +24,6 @@ import tensorflow_transform as tft
 
 from pipelines import features
 from trainer import models
-
-EXPORT_DIR = "export"
-THRESHOLD = 0.5
 
 
 class ServingModule(tf.Module):
@@ -74,7 +71,7 @@ class ServingModule(tf.Module):
         transformed = self.tft_layer({features.IMAGE_KEY: raw_image, features.LABEL_KEY: tf.zeros([batch], tf.int64)})
         image = tf.reshape(transformed[features.NORMALIZED_IMAGE_KEY], [-1, *self._shape])
         probability = models.positive_probability(self.model(image, training=False))
-        predicted = tf.cast(probability >= THRESHOLD, tf.int64)
+        predicted = tf.cast(probability >= models.THRESHOLD, tf.int64)
         return {
             "probability": probability,
             "class": predicted,

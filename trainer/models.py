@@ -23,6 +23,9 @@ import keras_tuner as kt
 SEARCH_SPACES = ("small", "full")
 # Hyperparameters read by the fit step rather than by the model builder.
 FIT_HPARAMS = ("batch_size", "epochs")
+# The decision rule of every head: class 1 when P(class 1) >= THRESHOLD (serving,
+# evaluation and the multi-worker loop's accuracy alike).
+THRESHOLD = 0.5
 
 
 @dataclasses.dataclass(frozen=True)

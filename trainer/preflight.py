@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.findings import Finding
-from trainer import distribute, models, tuning
+from trainer import distribute, job_layout, models, tuning
 
 
 def _is_gcs(path: str) -> bool:
@@ -75,7 +75,8 @@ def check_strategy(*, strategy: str, tpu: str | None) -> tuple[list[Finding], in
     return [Finding(True, f"--strategy {strategy}" + (f" with TPU {tpu!r}" if tpu else ""))], 1
 
 
-def read_manifest(data_dir: str) -> tuple[list[Finding], dict[str, Any] | None]:
+def check_manifest(data_dir: str) -> tuple[list[Finding], dict[str, Any] | None]:
+    """The manifest reads and parses; returns it too (None when it does not)."""
     try:
         manifest = features.read_manifest(data_dir)
     except (FileNotFoundError, ValueError, json.JSONDecodeError) as e:
@@ -189,7 +190,7 @@ def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Fi
 
 def check_tuning_project(job_dir: str, preset: models.Preset, *, tuner: str, overwrite: bool) -> list[Finding]:
     """An existing tuning project is resumed; --overwrite would delete it (workers may never)."""
-    project = tf.io.gfile.join(job_dir, tuning.TUNING_DIR, f"{preset.name}_{tuner}")
+    project = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR, job_layout.tuning_project(preset.name, tuner))
     if overwrite and tuning.role() == "worker":
         return [
             Finding(
@@ -231,7 +232,7 @@ def preflight(
     findings = check_paths(data_dir=data_dir, job_dir=job_dir, tpu=tpu)
     strategy_findings, input_pipelines = check_strategy(strategy=strategy, tpu=tpu)
     findings += strategy_findings
-    manifest_findings, manifest = read_manifest(data_dir)
+    manifest_findings, manifest = check_manifest(data_dir)
     findings += manifest_findings
     if manifest is None:
         return findings

@@ -10,23 +10,44 @@
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
 preset's defaults. Killed ``tune`` and ``train`` runs resume when restarted with the same
 command. Paths may be local or gs://.
+
+A job's settings in one file: every command takes ``--config FILE``, a JSON object whose
+keys are the command's flags by dest name (``{"data_dir": "gs://b/data", "epochs": 5}``).
+Its values are defaults: flags given on the command line win. A key that is not a flag of
+the command (or a value outside a flag's choices) is an error, exit 2. ``train`` records its
+flags in JOB/training_config.json under "flags", so ``train --config JOB/training_config.json``
+reruns the same command. They are nested there because that file's top-level keys record
+what was trained, under names that are also flags but hold other values ("model": the
+preset chosen, "hyperparameters": their values, "strategy": the strategy's class); a config
+file with a "flags" object uses that object and ignores the rest of the file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import tensorflow as tf
 
 from pipelines.findings import report
-from trainer import distribute, models, tuning
+from trainer import distribute, job_layout, models, tuning
+
+if TYPE_CHECKING:
+    from trainer import data
 
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
+# Dests that are not a command's flags: the subcommand itself, and --config (a config
+# file does not name another one).
+_NOT_FLAGS = ("command", "config", "help")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The parser and its subcommands' parsers by name."""
     parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -86,23 +107,70 @@ def _parser() -> argparse.ArgumentParser:
     preflight.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
     preflight.add_argument("--tuner", choices=tuning.TUNERS, default="grid", help="for the tuning project check")
     preflight.add_argument("--overwrite", action="store_true", help="as tune --overwrite")
-    return parser
+
+    subparsers = {name: commands.choices[name] for name in COMMANDS}
+    for sub in subparsers.values():
+        sub.add_argument(
+            "--config",
+            metavar="FILE",
+            help="JSON object of this command's flags (dest names) used as defaults, e.g. JOB/training_config.json",
+        )
+    return parser, subparsers
 
 
-def _preset(args: argparse.Namespace, manifest) -> models.Preset:
-    from pipelines import features
+def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """Makes the flags in the JSON file ``path`` the defaults of ``parser`` (exit 2 when it cannot)."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            values = json.load(f)
+    except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+        parser.error(f"--config {path}: {e}")
+    if isinstance(values, dict) and isinstance(values.get(job_layout.CONFIG_FLAGS_KEY), dict):
+        values = values[job_layout.CONFIG_FLAGS_KEY]  # A training_config.json: the flags it recorded.
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a JSON object of flags, got {type(values).__name__}")
+    actions = {action.dest: action for action in parser._actions if action.dest not in _NOT_FLAGS}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}")
+        # argparse checks choices on the command line only; a file's values get the same check.
+        if action.choices is not None and value != action.default and value not in action.choices:
+            parser.error(f"--config {path}: {key} {value!r} is not one of {list(action.choices)}")
+        action.default = value
+        action.required = False  # The file gives it; the command line may still override it.
 
-    preset = models.get_preset(args.model, channels=features.image_shape(manifest)[2])
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with defaults from ``--config FILE`` when it names one."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser, subparsers = _parser()
+    if argv and argv[0] in subparsers:
+        # --config is read before the real parse, which checks required flags the file may give.
+        peek = argparse.ArgumentParser(add_help=False)
+        peek.add_argument("--config")
+        config = peek.parse_known_args(argv[1:])[0].config
+        if config:
+            _apply_config(subparsers[argv[0]], config)
+    return parser.parse_args(argv)
+
+
+def command_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The parsed flags by dest name, as a ``--config`` file holds them."""
+    return {key: value for key, value in vars(args).items() if key not in _NOT_FLAGS}
+
+
+def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
+    preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
     logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
     return preset
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from pipelines import features
-    from trainer import training
+    from trainer import data
 
-    manifest = features.read_manifest(args.data_dir)
-    preset = _preset(args, manifest)
+    data_dir = data.DataDir.read(args.data_dir)
+    preset = _preset(args, data_dir)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     overrides = {}
     if args.epochs:
@@ -112,13 +180,13 @@ def run_tune(args: argparse.Namespace) -> None:
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
     hypermodel = models.FaceHyperModel(
         preset,
-        input_shape=features.image_shape(manifest),
-        make_datasets=training.make_datasets_fn(
-            args.data_dir, manifest, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
+        input_shape=data_dir.image_shape,
+        make_datasets=data.make_datasets_fn(
+            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
         ),
         space=args.search_space,
         overrides=overrides,
-        num_classes=len(manifest["classes"]),
+        num_classes=len(data_dir.classes),
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -137,20 +205,15 @@ def run_tune(args: argparse.Namespace) -> None:
         return
     print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
     print(
-        f"tuning outputs in {args.job_dir}/{tuning.TUNING_DIR}, best hyperparameters in {args.job_dir}/{tuning.BEST_HPARAMS_FILE}"
+        f"tuning outputs in {args.job_dir}/{job_layout.TUNING_DIR}, best hyperparameters in {args.job_dir}/{job_layout.BEST_HPARAMS_FILE}"
     )
 
 
 def run_train(args: argparse.Namespace) -> None:
-    import json
+    from trainer import data, training
 
-    import tensorflow as tf
-
-    from pipelines import features
-    from trainer import training
-
-    manifest = features.read_manifest(args.data_dir)
-    preset = _preset(args, manifest)
+    data_dir = data.DataDir.read(args.data_dir)
+    preset = _preset(args, data_dir)
     if args.hyperparameters:
         with tf.io.gfile.GFile(args.hyperparameters) as f:
             loaded = json.load(f)
@@ -158,11 +221,11 @@ def run_train(args: argparse.Namespace) -> None:
         source = args.hyperparameters
     else:
         values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
-        source = f"{args.job_dir}/{tuning.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
+        source = f"{args.job_dir}/{job_layout.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
     logging.info("hyperparameters from %s", source)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     training.train(
-        data_dir=args.data_dir,
+        data_dir=data_dir,
         job_dir=args.job_dir,
         preset=preset,
         hyperparameters=values,
@@ -171,22 +234,25 @@ def run_train(args: argparse.Namespace) -> None:
         seed=args.seed,
         deterministic=not args.nondeterministic,
         verbose=args.verbose,
+        flags=command_flags(args),
     )
-    print(f"trained model in {args.job_dir}/{training.MODEL_FILE}, serving export in {args.job_dir}/export")
+    print(
+        f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
+    )
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
-    from trainer import evaluation
+    from trainer import data, evaluation
 
-    evaluation.evaluate(data_dir=args.data_dir, job_dir=args.job_dir, split=args.split, batch_size=args.batch_size)
+    evaluation.evaluate(
+        data_dir=data.DataDir.read(args.data_dir), job_dir=args.job_dir, split=args.split, batch_size=args.batch_size
+    )
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    import tensorflow as tf
+    from trainer import predict
 
-    from trainer import export, predict
-
-    export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, export.EXPORT_DIR)
+    export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, job_layout.EXPORT_DIR)
     predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size)
 
 
@@ -207,7 +273,7 @@ def run_preflight(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit status (preflight: 1 when a check fails)."""
-    args = _parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     commands = {
         "tune": run_tune,

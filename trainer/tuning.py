@@ -12,7 +12,7 @@ serves the oracle over gRPC (it trains nothing) and every other process ("tuner0
 job_dir. The chief alone writes oracle.json, the trial.json files, the results and
 best_hyperparameters.json, and only the chief (or a single process) may ``overwrite``.
 
-Outputs in job_dir:
+Outputs in job_dir (names in trainer/job_layout.py):
   tuning/<model>_<tuner>/     keras-tuner's project (oracle.json, trial_*/)
   tuning/results.csv, .md     one row per trial, best first
   best_hyperparameters.json   {"model", "tuner", "trial_id", "score", "hyperparameters"}
@@ -35,12 +35,10 @@ import tensorflow as tf
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import models
+from trainer import job_layout, models
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
-BEST_HPARAMS_FILE = "best_hyperparameters.json"
-TUNING_DIR = "tuning"
 
 
 class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
@@ -182,14 +180,15 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
 
 def write_results(rows: list[dict[str, Any]], job_dir: str) -> tuple[str, str]:
     """Writes tuning/results.csv and tuning/results.md; returns their paths."""
-    out_dir = tf.io.gfile.join(job_dir, TUNING_DIR)
+    out_dir = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR)
     tf.io.gfile.makedirs(out_dir)
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    csv_path, md_path = tf.io.gfile.join(out_dir, "results.csv"), tf.io.gfile.join(out_dir, "results.md")
+    csv_path = tf.io.gfile.join(out_dir, job_layout.TUNING_RESULTS_CSV)
+    md_path = tf.io.gfile.join(out_dir, job_layout.TUNING_RESULTS_MD)
     with tf.io.gfile.GFile(csv_path, "w") as f:
         f.write(buffer.getvalue())
     with tf.io.gfile.GFile(md_path, "w") as f:
@@ -199,7 +198,7 @@ def write_results(rows: list[dict[str, Any]], job_dir: str) -> tuple[str, str]:
 
 def read_best_hyperparameters(job_dir: str, *, model: str) -> dict[str, Any] | None:
     """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model)."""
-    path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
+    path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path) as f:
@@ -236,8 +235,8 @@ def tune(
     Returns:
       The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
     """
-    project_name = f"{hypermodel.preset.name}_{tuner_name}"
-    directory = tf.io.gfile.join(job_dir, TUNING_DIR)
+    project_name = job_layout.tuning_project(hypermodel.preset.name, tuner_name)
+    directory = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR)
     tuner = make_tuner(
         tuner_name,
         hypermodel,
@@ -294,7 +293,7 @@ def tune(
         "objective": OBJECTIVE.name,
         "hyperparameters": {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
     }
-    best_path = tf.io.gfile.join(job_dir, BEST_HPARAMS_FILE)
+    best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     with tf.io.gfile.GFile(best_path, "w") as f:
         json.dump(best, f, indent=2)
     logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)

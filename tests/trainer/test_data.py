@@ -128,7 +128,8 @@ def test_manifest_count_mismatch_fails_loudly(rgb_dir):
 NO_BEAM_SCRIPT = r"""
 import sys
 from pipelines import features
-from trainer import data, distribute, evaluation, export, models, predict, task, training, tuning
+from trainer import (data, distribute, evaluation, export, job_layout, models, multiworker, predict, preflight,
+                     records, task, training, tuning)
 manifest = features.read_manifest(sys.argv[1])
 ds = data.make_dataset(sys.argv[1], "test", manifest=manifest, tft_output=data.load_transform(sys.argv[1], manifest),
                        global_batch_size=4, training=False)
@@ -145,7 +146,7 @@ def test_trainer_never_imports_apache_beam(rgb_dir):
     import subprocess
     import sys
 
-    root = pathlib.Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[2]  # The project root, not tests/.
     proc = subprocess.run(
         [sys.executable, "-c", NO_BEAM_SCRIPT, rgb_dir],
         cwd=root,

@@ -21,7 +21,9 @@ def trained_job(make_data_dir, tmp_path_factory):
         "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
     )
     job_dir = tmp_path_factory.mktemp("eval_job")
-    training.train(data_dir=data_dir, job_dir=str(job_dir), preset=models.GLASSES_CNN, epochs=2, verbose=0)
+    training.train(
+        data_dir=data.DataDir.read(data_dir), job_dir=str(job_dir), preset=models.GLASSES_CNN, epochs=2, verbose=0
+    )
     task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
     return data_dir, job_dir
 
@@ -163,4 +165,4 @@ def test_empty_test_split_fails_with_a_clear_message(make_data_dir, tmp_path):
         "no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0}
     )
     with pytest.raises(ValueError, match=r"test split .* is empty"):
-        evaluation.evaluate(data_dir=data_dir, job_dir=str(tmp_path / "job"))
+        evaluation.evaluate(data_dir=data.DataDir.read(data_dir), job_dir=str(tmp_path / "job"))

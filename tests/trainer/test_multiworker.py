@@ -1,6 +1,6 @@
 """trainer.task train under MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1.
 
-Keras 3's ``model.fit`` fails with several workers (see trainer/training.py), so these
+Keras 3's ``model.fit`` fails with several workers (see trainer/multiworker.py), so these
 runs exercise the custom loop end to end: TF_CONFIG, collective all-reduce, DATA
 autosharding, chief-only outputs, tf.train checkpoints and resuming from them.
 """
@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from pipelines import features
 from tests.processes import free_ports, stop_processes
-from trainer import data, export, training
+from trainer import data, export
+from trainer.records import read_history
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WORKERS = 2
@@ -83,7 +84,7 @@ def test_two_workers_train_identically_and_only_the_chief_writes(rgb_dir, tmp_pa
     assert len(epoch_lines(chief_log)) == 2 and epoch_lines(chief_log) == epoch_lines(worker_log)
     assert fingerprint(chief_log) == fingerprint(worker_log)
 
-    history = training.read_history(str(job_dir))
+    history = read_history(str(job_dir))
     assert [row["epoch"] for row in history] == [0, 1]
     assert history[1]["loss"] < history[0]["loss"]
     config = json.loads((job_dir / "training_config.json").read_text())

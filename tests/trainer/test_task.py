@@ -58,3 +58,51 @@ def test_cli_rejects_bad_arguments(tmp_path):
         task.main(["tune", "--data_dir", "d", "--job_dir", "j", "--tuner", "annealing"])
     with pytest.raises(FileNotFoundError, match=r"manifest\.json not found"):
         task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "job")])
+
+
+def _config(tmp_path, values) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    return str(path)
+
+
+def test_config_values_are_defaults_and_command_line_flags_win(tmp_path):
+    config = _config(
+        tmp_path, {"data_dir": "d", "job_dir": "j", "epochs": 3, "strategy": "default", "nondeterministic": True}
+    )
+    args = task.parse_args(["train", "--config", config])
+    assert (args.data_dir, args.job_dir, args.epochs, args.strategy, args.nondeterministic) == (
+        "d",
+        "j",
+        3,
+        "default",
+        True,
+    )
+    args = task.parse_args(["train", "--config", config, "--epochs", "5", "--job_dir", "other"])
+    assert (args.data_dir, args.job_dir, args.epochs) == ("d", "other", 5)
+
+
+@pytest.mark.parametrize("command", task.COMMANDS)
+def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys, command):
+    config = _config(tmp_path, {"job_dir": "j", "epoch": 3})
+    with pytest.raises(SystemExit) as exit_info:
+        task.main([command, "--config", config])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: unknown key 'epoch'" in error and config in error
+
+
+def test_config_values_get_the_flags_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        task.main(["train", "--config", _config(tmp_path, {"data_dir": "d", "job_dir": "j", "strategy": "horovod"})])
+    assert exit_info.value.code == 2
+    assert "'horovod' is not one of" in capsys.readouterr().err
+
+
+def test_training_config_reruns_the_same_command(gray_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(job_dir), "--epochs", "1", "--verbose", "0"]
+    argv += ["--seed", "3", "--strategy", "default"]
+    task.main(argv)
+    written = str(job_dir / "training_config.json")
+    assert vars(task.parse_args(["train", "--config", written])) == {**vars(task.parse_args(argv)), "config": written}

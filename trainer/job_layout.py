@@ -1,0 +1,67 @@
+"""The job directory's layout: every file and folder the trainer writes under JOB.
+
+What ``pipelines/features.py`` is for the data directory, this module is for the job
+directory: the commands, the tests and the benchmarks name these paths only through it.
+
+  best_hyperparameters.json   tune: {"model", "tuner", "trial_id", "score", "hyperparameters"}
+  tuning/<model>_<tuner>/     tune: keras-tuner's project (oracle.json, trial_*/)
+  tuning/results.csv, .md     tune: one row per trial, best first
+  training_config.json        train: what was trained, and the command's flags (usable as --config)
+  backup/                     train: BackupAndRestore state while training runs
+  checkpoints/                train: epoch-NNN.weights.h5 (several workers: tf.train epoch-N.*)
+  logs/train, logs/validation train: TensorBoard
+  history.csv                 train: one row per epoch (trainer/history.py)
+  model.keras                 train: the trained Keras model
+  export/                     train: the serving SavedModel (trainer/export.py)
+  eval/                       evaluate: metrics.json, predictions.csv and the plots
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+# tune
+BEST_HPARAMS_FILE = "best_hyperparameters.json"
+TUNING_DIR = "tuning"
+TUNING_RESULTS_CSV = "results.csv"
+TUNING_RESULTS_MD = "results.md"
+
+# train
+CONFIG_FILE = "training_config.json"
+# The key of CONFIG_FILE that holds the train command's flags (see trainer/task.py).
+CONFIG_FLAGS_KEY = "flags"
+BACKUP_DIR = "backup"
+BACKUP_METADATA_FILE = "training_metadata.json"  # Written by keras.callbacks.BackupAndRestore.
+CHECKPOINT_DIR = "checkpoints"
+EPOCH_WEIGHTS_FILE = "epoch-{epoch:03d}.weights.h5"  # A ModelCheckpoint file name pattern.
+CHECKPOINT_PREFIX = "epoch"  # tf.train.CheckpointManager's checkpoint_name: epoch-N.index, ...
+CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints.
+LOGS_DIR = "logs"
+# The TensorBoard runs under LOGS_DIR (the names Keras' TensorBoard callback uses).
+TRAIN_LOGS = "train"
+VALIDATION_LOGS = "validation"
+HISTORY_FILE = "history.csv"
+MODEL_FILE = "model.keras"
+EXPORT_DIR = "export"
+
+# evaluate
+EVAL_DIR = "eval"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+TRAINING_CURVES_PLOT = "training_curves.png"
+CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
+MISCLASSIFIED_PLOT = "misclassified.png"
+
+
+def tuning_project(model: str, tuner: str) -> str:
+    """The keras-tuner project name of a search, a folder under ``TUNING_DIR``."""
+    return f"{model}_{tuner}"
+
+
+def write_dir(job_dir: str, *, chief: bool) -> str:
+    """Where this worker writes: ``job_dir`` for the chief, else a new temporary folder.
+
+    Saving takes part in collectives, so every worker of a cluster saves; the others save
+    to a folder of their own, which the caller deletes.
+    """
+    return job_dir if chief else tempfile.mkdtemp(prefix="facepipe-worker-")
