@@ -10,12 +10,18 @@ import hashlib
 import json
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import features, output_dir
 from pipelines.dead_letters import BAD_INPUT_REASONS
 from pipelines.options import PreprocessConfig
+
+# Options that do not change the examples: where they are written, whether that was allowed,
+# into how many files, and when to give up. Every other option is part of the fingerprint.
+_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction")
+_CHUNK_BYTES = 1 << 20
 
 
 class PipelineError(RuntimeError):
@@ -52,6 +58,40 @@ def _by_reason(stats: dict[str, Any], prefix: str) -> dict[str, int]:
     return {key.split("/", 1)[1]: value for key, value in sorted(stats.items()) if key.startswith(prefix + "/")}
 
 
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes on any Beam filesystem, streamed in chunks."""
+    digest = hashlib.sha256()
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        for chunk in iter(lambda: f.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
+    """The run's data fingerprint: ``data`` changes whenever the images, the CSVs or an
+    option that changes the examples do, and only then."""
+    options = {k: v for k, v in config.to_json().items() if k not in _NOT_DATA_OPTIONS}
+    csvs = (*config.labels_csv, *config.overrides_csv, *config.exclude_csv)
+    parts = {
+        "images": stats.get("fingerprint/file_hashes", ""),
+        "content": stats.get("fingerprint/content_hashes", ""),
+        "csvs": {path: file_sha256(path) for path in csvs},
+        "options": _sha256_json(options),
+    }
+    return {
+        "data": _sha256_json(parts),
+        **parts,
+        "about": "data: SHA-256 of the other parts. images: sum modulo 2**256 of SHA-256 over (path, size) "
+        "of every listed image; content: the same over the bytes of every decoded image (independent of "
+        "order; copies add up). csvs: SHA-256 of each labels, overrides and exclusions CSV. options: "
+        "SHA-256 of the options that change the examples (not output, overwrite, num_shards, max_bad_fraction).",
+    }
+
+
 def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: str, elapsed_seconds: float) -> dict:
     """The manifest for a finished run; raises PipelineError when its counts do not add up."""
     classes = config.classes
@@ -75,8 +115,6 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
         )
     width, height = config.image_size
     options_json = config.to_json()
-    # What decides the examples: not where they are written, nor whether that was allowed.
-    content_options = {k: v for k, v in options_json.items() if k not in ("output_dir", "overwrite")}
     return {
         "version": features.MANIFEST_VERSION,
         "output_dir": config.output_dir,
@@ -98,13 +136,7 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
         "shards": {split: output_dir.shard_names(config.output_dir, split) for split in features.SPLITS},
         "transform_dir": features.TRANSFORM_DIR,
         "feature_spec": features.feature_spec_description(),
-        "fingerprint": {
-            "files": stats.get("fingerprint/file_hashes", ""),
-            "contents": stats.get("fingerprint/content_hashes", ""),
-            "options": hashlib.sha256(json.dumps(content_options, sort_keys=True).encode()).hexdigest(),
-            "about": "XOR of SHA-256 over (path, size) of every listed image, and over the bytes of every "
-            "decoded image; independent of order",
-        },
+        "fingerprint": _fingerprint(config, stats),
         "options": options_json,
         "runner": runner,
         "elapsed_seconds": round(elapsed_seconds, 2),

@@ -6,12 +6,10 @@ empty shards, reading the statistics back, the manifest) is in ``pipelines.outpu
 
 from __future__ import annotations
 
-import functools
 import gzip
 import json
 import math
-import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -178,8 +176,19 @@ class WriteDeadLetters(beam.PTransform):
         )
 
 
-def _xor_all(values) -> int:
-    return functools.reduce(operator.xor, values, 0)
+HASH_MODULUS = 2**256
+
+
+def sum_hashes(hashes: Iterable[int]) -> int:
+    """The fingerprint of a multiset of 256-bit item hashes: their sum modulo 2**256.
+
+    Why a sum: it is commutative and associative, so Beam combines it in parts on every
+    worker and the order of the items never matters; equal items add up where XOR would
+    cancel them (two copies of one image left no trace); and a hash of the sorted hashes
+    would gather every item on one worker. It identifies data; it is no defence against
+    collisions forged on purpose.
+    """
+    return sum(hashes) % HASH_MODULUS
 
 
 class WriteRunStatistics(beam.PTransform):
@@ -187,7 +196,8 @@ class WriteRunStatistics(beam.PTransform):
 
     Input: a dict of PCollections — ``listed`` (paths), ``non_image_files`` (paths),
     ``labelled`` (LabelledImage), ``dead_letters`` (dicts), ``decoded`` and ``written``
-    (DecodedImage), ``file_hashes`` and ``content_hashes`` (ints).
+    (DecodedImage), ``file_hashes`` and ``content_hashes`` (256-bit ints, combined by
+    :func:`sum_hashes`).
     """
 
     def __init__(self, output_dir: str):
@@ -215,7 +225,7 @@ class WriteRunStatistics(beam.PTransform):
         )
         fingerprints = [
             inputs[name]
-            | f"Xor_{name}" >> beam.CombineGlobally(_xor_all)
+            | f"Sum_{name}" >> beam.CombineGlobally(sum_hashes)
             | f"Hex_{name}" >> beam.Map(lambda value, n=name: (f"fingerprint/{n}", f"{value:064x}"))
             for name in ("file_hashes", "content_hashes")
         ]

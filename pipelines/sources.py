@@ -57,7 +57,7 @@ def csv_layout(path: str, kind: str, config: PreprocessConfig) -> labels.LabelsC
 
 
 def path_hash(value: str) -> int:
-    """A stable 256-bit integer hash (fingerprints XOR these; order does not matter)."""
+    """A stable 256-bit integer hash (fingerprints sum these, pipelines.sinks.sum_hashes)."""
     return int.from_bytes(hashlib.sha256(value.encode("utf-8")).digest(), "big")
 
 
@@ -172,8 +172,8 @@ class LabelledImages(beam.PTransform):
     """Lists the images and resolves each one's label.
 
     Output (a dict of PCollections): ``images`` LabelledImage; ``dead_letter`` dicts;
-    ``not_image_file`` paths of skipped non-image files; ``fingerprint`` ints (XOR of
-    path/size hashes of every listed file).
+    ``not_image_file`` paths of skipped non-image files; ``fingerprint`` the path/size hash
+    (an int) of every listed image, once even where globs overlap.
     """
 
     def __init__(self, config: PreprocessConfig):

@@ -1,11 +1,116 @@
-"""The end-of-run summary."""
+"""The manifest: the end-of-run summary, and what changes the data fingerprint and what does not."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 
+import pytest
+
 from pipelines import features
-from pipelines.manifest import summary_table
+from pipelines.manifest import build_manifest, summary_table
+from pipelines.options import parse_args
+
+# Run statistics of a finished run whose counts add up (2 listed, 2 written).
+STATS = {
+    "images_listed": 2,
+    "written/train/0": 1,
+    "written/train/1": 1,
+    "fingerprint/file_hashes": "a" * 64,
+    "fingerprint/content_hashes": "b" * 64,
+}
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    (tmp_path / "labels.csv").write_text("id,label\n1,0\n2,1\n")
+    (tmp_path / "overrides.csv").write_text("id,label\n1,1\n")
+    (tmp_path / "exclusions.csv").write_text("id\n7\n")
+    return tmp_path
+
+
+def _fingerprint(tmp_path, *extra: str, stats: dict | None = None) -> dict:
+    config, _ = parse_args(
+        [
+            "--images",
+            str(tmp_path / "images"),
+            "--labels_csv",
+            str(tmp_path / "labels.csv"),
+            "--overrides_csv",
+            str(tmp_path / "overrides.csv"),
+            "--exclude",
+            str(tmp_path / "exclusions.csv"),
+            "--output",
+            str(tmp_path / "out"),
+            *extra,
+        ]
+    )
+    return build_manifest(config, stats or STATS, runner="FnApiRunner", elapsed_seconds=1.0)["fingerprint"]
+
+
+def test_the_fingerprint_records_each_csvs_sha256_and_the_listing_and_content_fingerprints(inputs):
+    fingerprint = _fingerprint(inputs)
+    assert fingerprint["csvs"] == {
+        str(inputs / name): hashlib.sha256((inputs / name).read_bytes()).hexdigest()
+        for name in ("labels.csv", "overrides.csv", "exclusions.csv")
+    }
+    assert fingerprint["images"] == "a" * 64
+    assert fingerprint["content"] == "b" * 64
+    assert len(fingerprint["data"]) == 64
+    assert fingerprint == _fingerprint(inputs)  # Deterministic.
+
+
+@pytest.mark.parametrize("name", ["labels.csv", "overrides.csv", "exclusions.csv"])
+def test_changing_a_csvs_content_changes_the_data_fingerprint(inputs, name):
+    before = _fingerprint(inputs)
+    with open(inputs / name, "a") as f:
+        f.write("2,0\n" if name != "exclusions.csv" else "8\n")
+    after = _fingerprint(inputs)
+    assert after["data"] != before["data"]
+    assert after["csvs"][str(inputs / name)] != before["csvs"][str(inputs / name)]
+    assert after["options"] == before["options"]
+
+
+@pytest.mark.parametrize(
+    "stats_key", ["fingerprint/file_hashes", "fingerprint/content_hashes"], ids=["listing", "content"]
+)
+def test_changing_the_images_changes_the_data_fingerprint(inputs, stats_key):
+    other = _fingerprint(inputs, stats={**STATS, stats_key: "c" * 64})
+    assert other["data"] != _fingerprint(inputs)["data"]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--image_size", "64"],
+        ["--color_mode", "grayscale"],
+        ["--splits", "train=0.5,validation=0.25,test=0.25"],
+        ["--seed", "3"],
+        ["--balance", "none"],
+        ["--group_by", "subject"],
+        ["--classes", "no,yes"],
+        ["--file_pattern", "face-{id}.png"],
+        ["--max_pixels", "1000"],
+        ["--exclude", "12,57"],
+    ],
+    ids=lambda flag: flag[0],
+)
+def test_options_that_change_the_data_change_the_data_fingerprint(inputs, flag):
+    base = _fingerprint(inputs)
+    other = _fingerprint(inputs, *flag)
+    assert other["options"] != base["options"]
+    assert other["data"] != base["data"]
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [["--output", "elsewhere"], ["--overwrite"], ["--num_shards", "7"], ["--max_bad_fraction", "0.1"]],
+    ids=lambda flag: flag[0],
+)
+def test_options_that_do_not_change_the_data_leave_the_data_fingerprint(inputs, flag):
+    if flag[0] == "--output":
+        flag = ["--output", str(inputs / flag[1])]  # The last --output wins.
+    assert _fingerprint(inputs, *flag) == _fingerprint(inputs)
 
 
 def _manifest(output_dir, rejected_rows: dict[str, int]) -> dict:

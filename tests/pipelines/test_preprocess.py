@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import pathlib
+import shutil
 
+import apache_beam as beam
 import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_transform as tft
+from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import features
 from pipelines.manifest import PipelineError
+from pipelines.options import PreprocessConfig
 from pipelines.preprocess import run
-from tests.image_files import write_glasses_like
+from pipelines.sinks import sum_hashes
+from pipelines.sources import LabelledImages
+from tests.image_files import offline_test_pipeline, write_glasses_like
 
 LABELS = [0, 1, 1] * 20  # 60 images, 20 of class 0 and 40 of class 1
 
@@ -169,3 +176,73 @@ def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
     with pytest.raises(PipelineError, match="max_bad_fraction"):
         _preprocess(tmp_path, "out")
     assert not (tmp_path / "out" / features.MANIFEST_FILE).exists()
+
+
+def _hash_sum(values) -> str:
+    """The fingerprint the tests expect: the sum of the items' SHA-256 modulo 2**256, in hex."""
+    total = sum(int.from_bytes(hashlib.sha256(v).digest(), "big") for v in values) % 2**256
+    return f"{total:064x}"
+
+
+def _listing_fingerprint(paths) -> str:
+    return _hash_sum(f"{p}\0{os.path.getsize(p)}".encode() for p in paths)
+
+
+def test_fingerprints_are_the_hash_sums_of_the_listed_files_and_decoded_contents(corpus):
+    tmp_path, manifest, bad = corpus
+    images = sorted(p for p in (tmp_path / "images").iterdir() if p.suffix in (".png", ".jpg"))
+    decoded = [p for p in images if p.name not in bad]
+    assert manifest["fingerprint"]["images"] == _listing_fingerprint(map(str, images))
+    assert manifest["fingerprint"]["content"] == _hash_sum(p.read_bytes() for p in decoded)
+    assert manifest["fingerprint"]["csvs"] == {
+        str(tmp_path / "labels.csv"): hashlib.sha256((tmp_path / "labels.csv").read_bytes()).hexdigest()
+    }
+
+
+def test_copies_of_an_image_add_to_the_content_fingerprint_instead_of_cancelling(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1, 0, 1])
+    one = _preprocess(tmp_path, "one")
+    for copy_id in (5, 6):  # Two more copies of face-1: with XOR the pair would vanish.
+        shutil.copy(images / "face-1.png", images / f"face-{copy_id}.png")
+        with open(tmp_path / "labels.csv", "a") as f:
+            f.write(f"{copy_id},0\n")
+    three = _preprocess(tmp_path, "three")
+    assert three["counts"]["images_seen"] == 6
+    assert three["fingerprint"]["content"] != one["fingerprint"]["content"]
+    assert three["fingerprint"]["content"] == _hash_sum(p.read_bytes() for p in images.iterdir())
+    assert three["fingerprint"]["data"] != one["fingerprint"]["data"]
+
+
+def test_an_image_listed_twice_counts_once_in_the_listing_fingerprint(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1, 1])
+    once = str(images / "*.png")
+    twice = (once, str(images / "face-1.png"))  # Overlapping globs: face-1 is listed twice.
+    config = PreprocessConfig(
+        image_globs=twice,
+        output_dir=str(tmp_path / "out"),
+        classes=("0", "1"),
+        labels_csv=(str(tmp_path / "labels.csv"),),
+        file_pattern="face-{id}",
+    )
+    with offline_test_pipeline() as pipeline:
+        sources = pipeline | LabelledImages(config)
+        fingerprint = sources["fingerprint"] | beam.CombineGlobally(sum_hashes)
+        assert_that(fingerprint, equal_to([int(_listing_fingerprint(glob.glob(once)), 16)]), label="Fingerprint")
+        count = sources["images"] | beam.combiners.Count.Globally()
+        assert_that(count, equal_to([3]), label="Count")
+
+
+def test_the_hash_sum_does_not_depend_on_order_or_bundles():
+    items = [bytes([i % 7, i]) for i in range(200)]
+    expected = int(_hash_sum(items), 16)
+    for order in (items, items[::-1], sorted(items)):
+        with offline_test_pipeline() as pipeline:
+            combined = (
+                pipeline
+                | beam.Create(order, reshuffle=True)
+                | beam.Map(lambda item: int.from_bytes(hashlib.sha256(item).digest(), "big"))
+                | beam.Reshuffle()
+                | beam.CombineGlobally(sum_hashes)
+                | "AcrossStages" >> beam.Reshuffle()  # The 256-bit result must survive its coder.
+            )
+            assert_that(combined, equal_to([expected]))
