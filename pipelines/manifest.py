@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -21,6 +22,9 @@ from pipelines.options import PreprocessConfig
 # Options that do not change the examples: where they are written, whether that was allowed,
 # into how many files, and when to give up. Every other option is part of the fingerprint.
 _NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction")
+# Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
+# gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
+_LOCATION_OPTIONS = ("image_globs", "labels_csv", "overrides_csv", "exclude_csv")
 _CHUNK_BYTES = 1 << 20
 
 
@@ -74,21 +78,27 @@ def _sha256_json(value: Any) -> str:
 def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
     """The run's data fingerprint: ``data`` changes whenever the images, the CSVs or an
     option that changes the examples do, and only then."""
-    options = {k: v for k, v in config.to_json().items() if k not in _NOT_DATA_OPTIONS}
-    csvs = (*config.labels_csv, *config.overrides_csv, *config.exclude_csv)
+    excluded = (*_NOT_DATA_OPTIONS, *_LOCATION_OPTIONS)
+    options = {k: v for k, v in config.to_json().items() if k not in excluded}
+    roles = {"labels": config.labels_csv, "overrides": config.overrides_csv, "exclusions": config.exclude_csv}
+    csvs = {path: file_sha256(path) for paths in roles.values() for path in paths}
     parts = {
         "images": stats.get("fingerprint/file_hashes", ""),
         "content": stats.get("fingerprint/content_hashes", ""),
-        "csvs": {path: file_sha256(path) for path in csvs},
+        "csvs": csvs,
         "options": _sha256_json(options),
     }
+    # The file name of a labels CSV names its split (train.csv), so it counts; its folder does not.
+    csv_contents = {role: [[posixpath.basename(p), csvs[p]] for p in paths] for role, paths in roles.items()}
+    data = {"content": parts["content"], "csvs": csv_contents, "options": parts["options"]}
     return {
-        "data": _sha256_json(parts),
+        "data": _sha256_json(data),
         **parts,
-        "about": "data: SHA-256 of the other parts. images: sum modulo 2**256 of SHA-256 over (path, size) "
-        "of every listed image; content: the same over the bytes of every decoded image (independent of "
-        "order; copies add up). csvs: SHA-256 of each labels, overrides and exclusions CSV. options: "
-        "SHA-256 of the options that change the examples (not output, overwrite, num_shards, max_bad_fraction).",
+        "about": "data: SHA-256 of content, the CSVs' names and contents by role, and options; not of where "
+        "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
+        "content: the same over the bytes of every decoded image (independent of order; copies add up). "
+        "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, nor the input paths).",
     }
 
 

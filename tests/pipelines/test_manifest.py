@@ -71,12 +71,20 @@ def test_changing_a_csvs_content_changes_the_data_fingerprint(inputs, name):
     assert after["options"] == before["options"]
 
 
-@pytest.mark.parametrize(
-    "stats_key", ["fingerprint/file_hashes", "fingerprint/content_hashes"], ids=["listing", "content"]
-)
-def test_changing_the_images_changes_the_data_fingerprint(inputs, stats_key):
-    other = _fingerprint(inputs, stats={**STATS, stats_key: "c" * 64})
+def test_changing_the_images_changes_the_data_fingerprint(inputs):
+    other = _fingerprint(inputs, stats={**STATS, "fingerprint/content_hashes": "c" * 64})
     assert other["data"] != _fingerprint(inputs)["data"]
+
+
+def test_the_same_data_elsewhere_keeps_its_data_fingerprint(inputs, tmp_path_factory):
+    # Copied to another folder (or bucket): other paths, so another listing, but the same data.
+    moved = tmp_path_factory.mktemp("moved")
+    for name in ("labels.csv", "overrides.csv", "exclusions.csv"):
+        (moved / name).write_bytes((inputs / name).read_bytes())
+    there = _fingerprint(moved, stats={**STATS, "fingerprint/file_hashes": "c" * 64})
+    here = _fingerprint(inputs)
+    assert there["images"] != here["images"] and there["csvs"] != here["csvs"]
+    assert there["data"] == here["data"]
 
 
 @pytest.mark.parametrize(
