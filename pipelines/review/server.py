@@ -28,6 +28,10 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
 }
 MAX_BODY_BYTES = 256 * 1024
+# Connections the kernel queues while all handler threads are busy; past it Linux resets them.
+LISTEN_BACKLOG = 256
+MAX_HANDLER_THREADS = 32
+REQUEST_TIMEOUT_S = 10.0  # A client silent this long mid-request (or idle between requests) is cut off.
 # No inline script or style: the page is /static/review.{js,css}; thumbnails become blob: URLs.
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -76,6 +80,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.address_string(), *args)
+
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # Read by StreamRequestHandler.setup.
+        super().setup()
 
     def _handle(self, route) -> None:
         try:
@@ -135,7 +143,9 @@ class ReviewHandler(BaseHTTPRequestHandler):
         store = self.server.app.store
         body = self._json_body()
         if url.path == "/api/decide":
-            item = self._item(body.get("id"))
+            if not isinstance(body.get("id"), str):
+                raise HttpError(HTTPStatus.BAD_REQUEST, "id must be a string")
+            item = self._item(body["id"])
             action = body.get("action")
             if action not in ("flip", "exclude"):
                 raise HttpError(HTTPStatus.BAD_REQUEST, "action must be 'flip' or 'exclude'")
@@ -180,15 +190,23 @@ class ReviewHandler(BaseHTTPRequestHandler):
         # A JSON content type cannot be sent cross-site without a CORS preflight, which fails here.
         if self.headers.get_content_type() != "application/json":
             raise HttpError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+        if "Transfer-Encoding" in self.headers:
+            raise HttpError(HTTPStatus.LENGTH_REQUIRED, "send a Content-Length, not a chunked body")
+        text = self.headers.get("Content-Length", "0")
+        if not text.isdigit():
+            raise HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+        length = int(text)
+        if length > MAX_BODY_BYTES:
+            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"request over {MAX_BODY_BYTES} bytes")
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError as e:
-            raise HttpError(HTTPStatus.BAD_REQUEST, "bad Content-Length") from e
-        if not 0 <= length <= MAX_BODY_BYTES:
-            raise HttpError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "request too large")
+            data = self.rfile.read(length)
+        except TimeoutError as e:
+            raise HttpError(HTTPStatus.REQUEST_TIMEOUT, "request body incomplete") from e
+        if len(data) < length:
+            raise HttpError(HTTPStatus.BAD_REQUEST, "request body incomplete")
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except ValueError as e:
+            body = json.loads(data or b"{}")
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes.
             raise HttpError(HTTPStatus.BAD_REQUEST, "body is not JSON") from e
         if not isinstance(body, dict):
             raise HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
@@ -218,13 +236,42 @@ class ReviewHandler(BaseHTTPRequestHandler):
 
 
 class ReviewServer(ThreadingHTTPServer):
-    """A threading HTTP server on 127.0.0.1 only, holding the ReviewApp."""
+    """A threading HTTP server on 127.0.0.1 only, holding the ReviewApp.
+
+    A thread per connection, at most ``max_threads`` at once: further connections wait
+    in the listen backlog (a burst of decisions is queued, not reset) until a thread is free.
+    """
 
     daemon_threads = True
+    request_queue_size = LISTEN_BACKLOG
 
-    def __init__(self, app: ReviewApp, port: int = 0):
-        super().__init__((HOST, port), ReviewHandler)
+    def __init__(
+        self,
+        app: ReviewApp,
+        port: int = 0,
+        *,
+        timeout: float = REQUEST_TIMEOUT_S,
+        max_threads: int = MAX_HANDLER_THREADS,
+    ):
         self.app = app
+        self.request_timeout = timeout
+        self._handler_slots = threading.BoundedSemaphore(max_threads)
+        super().__init__((HOST, port), ReviewHandler)
+
+    def process_request(self, request, client_address) -> None:
+        # Blocks the accept loop while all slots are taken; the handler thread frees its slot.
+        self._handler_slots.acquire()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._handler_slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._handler_slots.release()
 
     @property
     def url(self) -> str:
@@ -232,9 +279,9 @@ class ReviewServer(ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def running_server(app: ReviewApp, port: int = 0) -> Iterator[ReviewServer]:
-    """Serves ``app`` from a background thread (tests, notebooks) until the block ends."""
-    server = ReviewServer(app, port)
+def running_server(app: ReviewApp, port: int = 0, **options: Any) -> Iterator[ReviewServer]:
+    """Serves ``app`` from a background thread (tests, notebooks) until the block ends; ``options``: ReviewServer's."""
+    server = ReviewServer(app, port, **options)
     thread = threading.Thread(target=server.serve_forever, name="review-server", daemon=True)
     thread.start()
     try:

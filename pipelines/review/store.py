@@ -1,16 +1,33 @@
 """Persistence: the review's state (overrides, exclusions, reviewed ids, undo) and its files.
 
-The overrides and exclusions CSVs are rewritten atomically after every decision; the journal
-is appended to and fsynced, and replayed on a restart.
+Every decision is first appended to the journal and fsynced, then the CSV it changes is
+rewritten atomically (temp file + rename, the file's mode kept). The journal is the source of
+truth; the recovery rule at every start:
+
+- A torn last journal line (a crash mid-append, no newline) is cut off: it was never answered.
+- The journal is replayed onto the CSVs: each (id, field) it names takes the value of its last
+  row, whatever the CSV holds (a crash after the journal line but before the CSV rename leaves
+  the CSV one decision behind; a hand edit of a decided id is overruled too, with a warning).
+  Ids the journal never names keep the CSV's value. Both CSVs are then rewritten.
+- Temp files of interrupted CSV writes (``.<csv name>.facepipe-<16 hex>.tmp`` next to the
+  CSV) are removed; no other file is.
+
+A CSV write that fails is answered by appending the decision's inverse to the journal, so the
+journal, memory and the CSVs agree again (the decision did not happen). If that append fails
+too, the decision stays in effect, as the journal says, and reaches the CSV at its next write
+or start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
 import os
-import tempfile
+import re
+import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FILTERS = ("all", "unlabelled", "overridden", "disagree")
 JOURNAL_HEADER = ["time", "action", "id", "field", "before", "after"]
+TEMP_INFIX = ".facepipe-"
 
 
 class Decision(NamedTuple):
@@ -50,11 +68,17 @@ def read_id_csv(path: str, config: PreprocessConfig, *, with_label: bool) -> dic
 
 
 def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Writes a whole CSV to a temp file in the same folder, fsyncs it and renames it over ``path``."""
+    """Writes a whole CSV to a temp file in the same folder, fsyncs it and renames it over ``path``.
+
+    The new file keeps the mode of the one it replaces; a new CSV gets the umask's, as with open().
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}{TEMP_INFIX}{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            with contextlib.suppress(FileNotFoundError):
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
@@ -66,6 +90,20 @@ def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[A
             os.unlink(tmp)
         raise
     _fsync_dir(folder)
+
+
+def remove_temp_files(path: str) -> int:
+    """Removes the temp files write_csv_atomic left next to ``path`` (an interrupted write); their count."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return 0
+    pattern = re.compile(re.escape(f".{os.path.basename(path)}{TEMP_INFIX}") + r"[0-9a-f]{16}\.tmp")
+    removed = 0
+    for entry in os.scandir(folder):
+        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            os.unlink(entry.path)
+            removed += 1
+    return removed
 
 
 def _fsync_dir(folder: str) -> None:
@@ -102,32 +140,65 @@ def _decode(field: str, text: str) -> int | bool | None:
     return int(text) if text else None
 
 
-def read_journal(path: str) -> tuple[set[str], list[Decision]]:
-    """Replays the journal: (reviewed ids, undo stack)."""
-    reviewed: set[str] = set()
-    stack: list[Decision] = []
+class Journal(NamedTuple):
+    """The journal replayed: reviewed ids, the undo stack, and each decided (id, field)'s last value."""
+
+    reviewed: set[str]
+    undo: list[Decision]
+    latest: dict[tuple[str, str], int | bool | None]
+
+
+def drop_torn_line(path: str, chunk: int = 4096) -> None:
+    """Cuts off a journal's last line if a crash cut it short (no newline): its decision never took effect."""
     if not os.path.exists(path):
-        return reviewed, stack
+        return
+    with open(path, "r+b") as f:
+        end = position = f.seek(0, os.SEEK_END)
+        while position > 0:  # Back to the last newline; even a cut row that parses may hold a cut value.
+            position = max(0, position - chunk)
+            f.seek(position)
+            data = f.read(min(chunk, end - position))
+            if (newline := data.rfind(b"\n")) >= 0:
+                position += newline + 1
+                break
+        if position == end:
+            return
+        log.warning("%s: its last line was cut short (a crash?) and is dropped: %r", path, data[-80:])
+        f.truncate(position)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_journal(path: str) -> Journal:
+    """Replays the journal's rows in order."""
+    journal = Journal(set(), [], {})
+    if not os.path.exists(path):
+        return journal
     with open(path, encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
             try:
                 action, image_id, field = row["action"], row["id"], row["field"]
-                if action == "set":
-                    stack.append(Decision(image_id, field, _decode(field, row["before"]), _decode(field, row["after"])))
-                elif action == "undo" and stack:
-                    stack.pop()
+                if action in ("set", "undo"):
+                    if field not in ("label", "excluded"):
+                        raise ValueError(field)
+                    decision = Decision(image_id, field, _decode(field, row["before"]), _decode(field, row["after"]))
+                    journal.latest[(image_id, field)] = decision.after
+                    if action == "set":
+                        journal.undo.append(decision)
+                    elif journal.undo:
+                        journal.undo.pop()
             except (KeyError, TypeError, ValueError):
                 log.warning("%s: unreadable journal row %s skipped", path, row)
                 continue
-            reviewed.add(image_id)
-    return reviewed, stack
+            journal.reviewed.add(image_id)
+    return journal
 
 
 class ReviewStore:
     """The review's state (overrides, exclusions, reviewed ids, undo history) and its files.
 
-    Every change rewrites the CSV it touches atomically and then appends to the journal; a
-    failed write leaves memory as it was and raises.
+    Every change is appended to the journal, then rewrites the CSV it touches (module docstring);
+    a failed write leaves the state as it was and raises OSError.
     """
 
     def __init__(
@@ -149,12 +220,35 @@ class ReviewStore:
         # Rows of ids not in the index are kept: they may be another folder's decisions.
         self.overrides: dict[str, int] = read_id_csv(overrides_csv, config, with_label=True)  # type: ignore[assignment]
         self.excluded: dict[str, None] = dict.fromkeys(read_id_csv(exclude_csv, config, with_label=False))
-        self.reviewed, self._undo = read_journal(journal)
+        drop_torn_line(journal)
+        replayed = read_journal(journal)
+        self.reviewed, self._undo = replayed.reviewed, replayed.undo
+        self._replay(replayed.latest)
         self.reviewed |= set(self.overrides) | set(self.excluded)
+        for path in (overrides_csv, exclude_csv):
+            if removed := remove_temp_files(path):
+                log.info("%s: removed %d temp files of interrupted writes", path, removed)
         self._save("label")
         self._save("excluded")
         if not os.path.exists(journal) or os.path.getsize(journal) == 0:
             append_rows(journal, [JOURNAL_HEADER])
+
+    def _replay(self, latest: dict[tuple[str, str], int | bool | None]) -> None:
+        """Gives each decided (id, field) its journal value; says which CSV values that overruled."""
+        overruled = []
+        for (image_id, field), value in latest.items():
+            if self._get(image_id, field) != value:
+                overruled.append(image_id)
+                self._set(image_id, field, value)
+        if overruled:
+            log.warning(
+                "%d ids in %s or %s differ from the journal %s (a crash or a hand edit); the journal wins: %s",
+                len(overruled),
+                self._overrides_csv,
+                self._exclude_csv,
+                self._journal,
+                ", ".join(overruled[:10]),
+            )
 
     # Reading.
 
@@ -240,20 +334,32 @@ class ReviewStore:
                 self.reviewed.update(new)
 
     def _apply(self, decision: Decision, action: str) -> Decision:
+        """Journal first, then the CSV; a failed CSV write is journalled back (module docstring)."""
+        append_rows(self._journal, [_journal_row(action, decision)])
         self._set(decision.id, decision.field, decision.after)
         try:
             self._save(decision.field)
-        except BaseException:
+        except OSError as e:
+            inverse = Decision(decision.id, decision.field, decision.after, decision.before)
+            try:
+                append_rows(self._journal, [_journal_row("set" if action == "undo" else "undo", inverse)])
+            except OSError:
+                self._record(decision, action)  # In effect, as the journal says.
+                raise OSError(f"{e}; the decision stays (journal) and reaches the CSV at its next write") from e
             self._set(decision.id, decision.field, decision.before)
             raise
-        row = [_now(), action, decision.id, decision.field, _encode(decision.before), _encode(decision.after)]
-        append_rows(self._journal, [row])
+        self._record(decision, action)
+        return decision
+
+    def _record(self, decision: Decision, action: str) -> None:
         if action == "undo":
             self._undo.pop()
         else:
             self._undo.append(decision)
         self.reviewed.add(decision.id)
-        return decision
+
+    def _get(self, image_id: str, field: str) -> int | bool | None:
+        return self.overrides.get(image_id) if field == "label" else image_id in self.excluded
 
     def _set(self, image_id: str, field: str, value: int | bool | None) -> None:
         if field == "label":
@@ -278,3 +384,7 @@ class ReviewStore:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _journal_row(action: str, decision: Decision) -> list[str]:
+    return [_now(), action, decision.id, decision.field, _encode(decision.before), _encode(decision.after)]

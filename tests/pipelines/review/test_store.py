@@ -6,13 +6,19 @@ data (tests/pipelines/review/conftest.py).
 
 from __future__ import annotations
 
+import logging
+import os
+import stat
+
 import apache_beam as beam
 import cv2
 import numpy as np
+import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import options
 from pipelines.labels import parse_label
+from pipelines.review import store
 from pipelines.review.store import JOURNAL_HEADER
 from pipelines.sources import LabelledImages
 from tests.image_files import offline_test_pipeline
@@ -152,3 +158,146 @@ def test_filters_follow_the_current_labels(images, tmp_path):
         client.post("/api/reviewed", {"ids": [str(i) for i in range(1, 10)]})
         assert client.get("/api/ids?filter=all").json()["first_unreviewed"] == 9
         assert client.get("/api/ids?filter=nope").status == 400
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o664])
+def test_rewritten_csvs_keep_their_file_mode(images, tmp_path, mode):
+    overrides = tmp_path / "overrides.csv"
+    overrides.write_text("id,glasses\n")
+    overrides.chmod(mode)
+    with serving(review_argv(images, tmp_path)) as (client, _):
+        client.decide("1", "flip")
+        client.decide("2", "exclude")
+    assert stat.S_IMODE(overrides.stat().st_mode) == mode
+    # A CSV the review creates gets the mode any new file gets (umask), not mkstemp's 0600.
+    assert stat.S_IMODE((tmp_path / "exclusions.csv").stat().st_mode) == 0o666 & ~_umask()
+
+
+def test_leftover_temp_files_of_the_csvs_are_removed_at_start_and_nothing_else(images, tmp_path):
+    ours = [
+        tmp_path / ".overrides.csv.facepipe-0123456789abcdef.tmp",
+        tmp_path / ".exclusions.csv.facepipe-fedcba9876543210.tmp",
+    ]
+    others = [
+        tmp_path / ".overrides.csv.x1y2z3w4.tmp",  # Not facepipe's name.
+        tmp_path / ".labels.csv.facepipe-0123456789abcdef.tmp",  # Another CSV's.
+        tmp_path / "overrides.csv.facepipe-0123456789abcdef.tmp",
+        tmp_path / ".overrides.csv.facepipe-0123456789abcdef.tmp.bak",
+    ]
+    for path in ours + others:
+        path.write_text("id,glasses\n1,0\n")
+    folder = tmp_path / ".exclusions.csv.facepipe-00000000000000ff.tmp"
+    folder.mkdir()
+    with serving(review_argv(images, tmp_path)) as (client, _):
+        client.decide("1", "flip")
+    assert not any(path.exists() for path in ours)
+    assert all(path.exists() for path in others) and folder.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if "facepipe-" in p.name) == sorted(
+        p.name for p in [*others, folder] if "facepipe-" in p.name
+    )
+
+
+def test_a_failed_csv_write_changes_nothing_and_a_restart_agrees(images, tmp_path, monkeypatch):
+    truth = train_labels(images)
+    real_write = store.write_csv_atomic
+
+    def failing_write(path, header, rows):
+        if os.path.basename(path) == "overrides.csv":
+            raise OSError(28, "No space left on device")
+        real_write(path, header, rows)
+
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        client.decide("1", "flip")
+        monkeypatch.setattr(store, "write_csv_atomic", failing_write)
+        failed = client.post("/api/decide", {"id": "2", "action": "flip"})
+        assert failed.status == 500 and "No space left" in failed.json()["error"]
+        assert client.post("/api/undo").status == 500  # Undoing 1 fails the same way.
+        assert app.store.overrides == {"1": 1 - truth["1"]}
+        client.decide("3", "exclude")  # The exclusions CSV is still written.
+        monkeypatch.undo()
+    journal = read_rows(tmp_path / "overrides.journal.csv")[1:]
+    # Each failed change is in the journal, followed by its inverse: replaying it gives the state above.
+    assert [(row[1], row[2]) for row in journal] == [
+        ("set", "1"),
+        ("set", "2"),
+        ("undo", "2"),
+        ("undo", "1"),
+        ("set", "1"),
+        ("set", "3"),
+    ]
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        assert app.store.overrides == {"1": 1 - truth["1"]} and list(app.store.excluded) == ["3"]
+        assert client.post("/api/undo").json()["decision"]["id"] == "3"
+        assert client.post("/api/undo").json()["decision"]["id"] == "1"
+        assert client.post("/api/undo").json()["decision"] is None
+    assert read_rows(tmp_path / "overrides.csv") == [["id", "glasses"]]
+
+
+def test_a_decision_whose_inverse_cannot_be_journalled_stays_in_effect(images, tmp_path, monkeypatch):
+    truth = train_labels(images)
+    real_append = store.append_rows
+    appends = []
+
+    def append_once(path, rows):
+        appends.append(rows)
+        if len(appends) > 1:
+            raise OSError(28, "No space left on device")
+        real_append(path, rows)
+
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        monkeypatch.setattr(store, "write_csv_atomic", lambda *args: (_ for _ in ()).throw(OSError(28, "full")))
+        monkeypatch.setattr(store, "append_rows", append_once)
+        failed = client.post("/api/decide", {"id": "1", "action": "flip"})
+        monkeypatch.undo()
+        assert failed.status == 500 and "decision stays" in failed.json()["error"]
+        assert app.store.overrides == {"1": 1 - truth["1"]}  # As the journal says.
+    assert read_rows(tmp_path / "overrides.csv") == [["id", "glasses"]]
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        assert client.post("/api/undo").json()["decision"]["id"] == "1"
+
+
+def test_a_failed_journal_append_changes_nothing(images, tmp_path, monkeypatch):
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        monkeypatch.setattr(store, "append_rows", lambda path, rows: (_ for _ in ()).throw(OSError(5, "I/O error")))
+        assert client.post("/api/decide", {"id": "1", "action": "flip"}).status == 500
+        monkeypatch.undo()
+        assert app.store.overrides == {}
+    assert read_rows(tmp_path / "overrides.csv") == [["id", "glasses"]]
+    assert read_rows(tmp_path / "overrides.journal.csv") == [JOURNAL_HEADER]
+
+
+def test_a_crash_between_the_journal_and_the_csv_is_repaired_at_the_next_start(images, tmp_path):
+    truth = train_labels(images)
+    with serving(review_argv(images, tmp_path)) as (client, _):
+        client.decide("1", "flip")
+    # What a crash leaves: the journal's fsynced line of a flip of 2 that never reached the CSV,
+    # then half a line of the next decision.
+    with open(tmp_path / "overrides.journal.csv", "a") as f:
+        f.write(f"2026-01-01T00:00:00+0000,set,2,label,,{1 - truth['2']}\n2026-01-01T00:00:01+0000,set,3,lab")
+    assert read_rows(tmp_path / "overrides.csv")[1:] == [["1", str(1 - truth["1"])]]
+    with serving(review_argv(images, tmp_path)) as (client, app):
+        assert app.store.overrides == {"1": 1 - truth["1"], "2": 1 - truth["2"]}
+        client.decide("4", "exclude")
+    assert read_rows(tmp_path / "overrides.csv")[1:] == [["1", str(1 - truth["1"])], ["2", str(1 - truth["2"])]]
+    # The torn line was dropped at the start: the next decision follows the last whole row.
+    assert [row[1:3] for row in read_rows(tmp_path / "overrides.journal.csv")[1:]] == [
+        ["set", "1"],
+        ["set", "2"],
+        ["set", "4"],
+    ]
+
+
+def test_the_journal_wins_over_a_hand_edit_of_a_decided_id(images, tmp_path, caplog):
+    truth = train_labels(images)
+    with serving(review_argv(images, tmp_path)) as (client, _):
+        client.decide("5", "flip")
+    (tmp_path / "overrides.csv").write_text(f"id,glasses\n5,{truth['5']}\n9,{1 - truth['9']}\n")
+    with caplog.at_level(logging.WARNING), serving(review_argv(images, tmp_path)) as (client, app):
+        assert app.store.overrides == {"5": 1 - truth["5"], "9": 1 - truth["9"]}
+    assert "journal" in caplog.text and "5" in caplog.text
