@@ -18,6 +18,20 @@ DEAD_LETTER = "dead_letter"
 BAD_INPUT_REASONS = frozenset(
     {"zero_bytes", "not_an_image", "undecodable", "too_large", "read_error", "truncated", "file_name_mismatch"}
 )
+# Readable images the job cannot label or use; --max_unusable_fraction applies to these.
+# (A Kaggle test.csv without labels makes some "unlabelled" images by design.)
+UNUSABLE_REASONS = frozenset(
+    {
+        "no_label_row",
+        "unlabelled",
+        "bad_label",
+        "conflicting_labels",
+        "conflicting_overrides",
+        "unknown_class_folder",
+        "duplicate_id",
+        "too_small",
+    }
+)
 
 
 def dead_letter(

@@ -130,12 +130,16 @@ def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def decode_and_resize(data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int) -> np.ndarray:
+def decode_and_resize(
+    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
+) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
     container = check_container(data)
     width, height = image_dimensions(data)
     if width * height > max_pixels:
         raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
+    if min(width, height) < min_side:  # Upscaled, it would be a blur of a few pixels, not a face.
+        raise UndecodableImage("too_small", f"{width}x{height}: a side < --min_side {min_side} pixels")
     factor = reduction_factor((width, height), size) if container == "jpeg" else 1
     flags = _REDUCED_FLAGS[color_mode][factor] if factor > 1 else cv2.IMREAD_UNCHANGED
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
@@ -158,6 +162,7 @@ class DecodeAndResize(beam.DoFn):
         self._size = config.image_size
         self._color_mode = config.color_mode
         self._max_pixels = config.max_pixels
+        self._min_side = config.min_side
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._failed = Metrics.counter(NAMESPACE, "decode_failed")
         self._bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
@@ -177,7 +182,9 @@ class DecodeAndResize(beam.DoFn):
             return
         self._bytes_read.inc(len(data))
         try:
-            pixels = decode_and_resize(data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels)
+            pixels = decode_and_resize(
+                data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels, min_side=self._min_side
+            )
         except UndecodableImage as e:
             self._failed.inc()
             yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)
