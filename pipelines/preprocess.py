@@ -150,7 +150,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return result
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
     children = []
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
@@ -169,7 +169,7 @@ def _terminate_children(signum: int, frame: Any) -> None:
     """On SIGTERM/SIGINT: stop the SDK worker processes of a multi_processing run with us;
     on their own they wait minutes for a runner that is gone."""
     del frame
-    for child in _children(os.getpid()):
+    for child in child_pids(os.getpid()):
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGTERM)
     sys.exit(128 + signum)
