@@ -27,6 +27,20 @@ BAD_INPUT_REASONS = frozenset(
         "file_name_mismatch",
     }
 )
+# Readable images the job cannot label or use; --max_unusable_fraction applies to these.
+# (A Kaggle test.csv without labels makes some "unlabelled" images by design.)
+UNUSABLE_REASONS = frozenset(
+    {
+        "no_label_row",
+        "unlabelled",
+        "bad_label",
+        "conflicting_labels",
+        "conflicting_overrides",
+        "unknown_class_folder",
+        "duplicate_id",
+        "too_small",
+    }
+)
 
 
 def dead_letter(

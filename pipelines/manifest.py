@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import features, output_dir
-from pipelines.dead_letters import BAD_INPUT_REASONS
+from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
 from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
@@ -102,7 +102,9 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
     }
 
 
-def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: str, elapsed_seconds: float) -> dict:
+def build_manifest(
+    config: PreprocessConfig, stats: dict[str, Any], *, runner: str, elapsed_seconds: float, unlisted_files: int = 0
+) -> dict:
     """The manifest for a finished run; raises PipelineError when its counts do not add up."""
     classes = config.classes
     written = _nested_counts(stats, "written", classes)
@@ -123,6 +125,15 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
             f"{bad} of {listed} images are unreadable ({bad / listed:.0%} > --max_bad_fraction "
             f"{config.max_bad_fraction}); see {FileSystems.join(config.output_dir, features.DEAD_LETTER_DIR)}"
         )
+    unusable = {reason: n for reason, n in dead.items() if reason in UNUSABLE_REASONS}
+    if sum(unusable.values()) > config.max_unusable_fraction * listed:
+        raise PipelineError(
+            f"{sum(unusable.values())} of {listed} images have no usable label {unusable} "
+            f"(> --max_unusable_fraction {config.max_unusable_fraction}); check --labels_csv, --id_column, "
+            f"--label_column and --file_pattern"
+        )
+    if total_written == 0:
+        raise PipelineError(f"no examples written: all {listed} images were dead-lettered {dead}")
     width, height = config.image_size
     options_json = config.to_json()
     return {
@@ -142,6 +153,8 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
             "overrides_applied": stats.get("overrides_applied", 0),
             "excluded": dead.get("excluded", 0),
             "non_image_files": stats.get("non_image_files", 0),
+            # Files beside the images that the layout's pattern does not match (never read).
+            "unlisted_files": unlisted_files,
         },
         "shards": {split: output_dir.shard_names(config.output_dir, split) for split in features.SPLITS},
         "transform_dir": features.TRANSFORM_DIR,
@@ -154,14 +167,20 @@ def build_manifest(config: PreprocessConfig, stats: dict[str, Any], *, runner: s
     }
 
 
-def finalize(config: PreprocessConfig, options: PipelineOptions, *, elapsed_seconds: float) -> dict:
+def finalize(
+    config: PreprocessConfig, options: PipelineOptions, *, elapsed_seconds: float, unlisted_files: int = 0
+) -> dict:
     """Reads the run statistics, checks them, writes ``manifest.json`` last, cleans up."""
     stats = output_dir.read_run_statistics(config.output_dir)
     for split in features.SPLITS:
         if not output_dir.shard_names(config.output_dir, split):
             output_dir.write_empty_shard(config.output_dir, split)
     manifest = build_manifest(
-        config, stats, runner=str(options.view_as(StandardOptions).runner), elapsed_seconds=elapsed_seconds
+        config,
+        stats,
+        runner=str(options.view_as(StandardOptions).runner),
+        elapsed_seconds=elapsed_seconds,
+        unlisted_files=unlisted_files,
     )
     output_dir.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     output_dir.remove_run_files(config.output_dir)
@@ -207,6 +226,8 @@ def summary_table(manifest: dict) -> str:
             shown = ", ".join(first_ids(manifest["output_dir"], reason))
             more = ", ..." if count > _IDS_SHOWN else ""
             lines.append(f"{count} {what} name no listed image (a typo?): {shown}{more}")
+    if counts.get("unlisted_files"):
+        lines.append(f"{counts['unlisted_files']} files beside the images do not match the layout's pattern: not read")
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 As in Beam's wordcount example, ``parse_args`` splits argv with ``parse_known_args``: the
 flags below become a :class:`PreprocessConfig`, the rest (``--runner``,
 ``--direct_num_workers``, ``--project``, ``--flink_master``, ...) go to PipelineOptions.
+A flag that is neither is a usage error (Beam itself would only log and ignore it).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import codecs
 import dataclasses
+import difflib
 import json
 import os
 import posixpath
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import features
 from pipelines.paths import is_remote
@@ -93,6 +96,8 @@ class PreprocessConfig:
     seed: int = 0
     num_shards: int = 0
     max_bad_fraction: float = 0.5
+    max_unusable_fraction: float = 0.5
+    min_side: int = 8
     max_pixels: int = 64_000_000
     overwrite: bool = False
 
@@ -101,11 +106,54 @@ class PreprocessConfig:
         return features.COLOR_MODES[self.color_mode]
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """Every path (or glob) the job reads: the output may not overlap any of them."""
+        return (*self.image_globs, *self.labels_csv, *self.overrides_csv, *self.exclude_csv)
+
+    @property
     def from_source(self) -> bool:
         return self.splits is None
 
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+class UsageError(SystemExit):
+    """A user mistake on the command line: exits 2; ``str()`` is the message."""
+
+    def __init__(self, message: str):
+        super().__init__(2)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def usage_error(message: str) -> NoReturn:
+    """Prints ``error: message`` and exits 2 (also when nothing above catches it)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise UsageError(message)
+
+
+def beam_flags() -> set[str]:
+    """Every flag of Beam's PipelineOptions classes, found the way Beam itself parses them."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    for cls in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+        cls._add_argparse_args(parser)  # What PipelineOptions.get_all_options does.
+    return set(parser._option_string_actions)
+
+
+def reject_unknown_flags(args: Sequence[str], *parsers: argparse.ArgumentParser) -> None:
+    """Usage error for a flag in ``args`` that is neither one of ``parsers``' nor Beam's."""
+    known = beam_flags().union(*(parser._option_string_actions for parser in parsers))
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        if not flag.startswith("--") or flag in known:
+            continue
+        ours = sorted({f for parser in parsers for f in parser._option_string_actions if f.startswith("--")})
+        close = difflib.get_close_matches(flag, ours, n=1) or difflib.get_close_matches(flag, sorted(known), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        usage_error(f"unknown flag {flag}{hint}")
 
 
 def _default(name: str) -> Any:
@@ -196,6 +244,18 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=_default("max_bad_fraction"),
         help="Fail when more input than this is unreadable.",
     )
+    add(
+        "--max_unusable_fraction",
+        type=float,
+        default=_default("max_unusable_fraction"),
+        help="Fail when more images than this have no usable label (no_label_row, unlabelled, bad_label, ...).",
+    )
+    add(
+        "--min_side",
+        type=int,
+        default=_default("min_side"),
+        help="Images with a side shorter than this (pixels) are dead letters 'too_small', not upscaled.",
+    )
     add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     return parser
@@ -203,7 +263,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]:
     """Returns the app's config and the remaining argv for Beam's PipelineOptions."""
-    args, beam_args = build_arg_parser().parse_known_args(argv)
+    parser = build_arg_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    reject_unknown_flags(beam_args, parser)
     preset = DATASET_PRESETS.get(args.dataset, {})
     images = args.images.rstrip("/")
 
@@ -255,6 +317,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         seed=args.seed,
         num_shards=args.num_shards,
         max_bad_fraction=args.max_bad_fraction,
+        max_unusable_fraction=args.max_unusable_fraction,
+        min_side=args.min_side,
         max_pixels=args.max_pixels,
         overwrite=args.overwrite,
     )

@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import (
 from pipelines.findings import Finding, report
 from pipelines.labels import CsvError, LabelsCsvLayout
 from pipelines.options import PreprocessConfig, parse_args
-from pipelines.output_dir import existing_outputs
+from pipelines.output_dir import refusal
 from pipelines.paths import is_remote
 from pipelines.sources import CSV_KINDS, csv_layout
 
@@ -62,8 +62,9 @@ def _check_inputs(config: PreprocessConfig) -> list[Finding]:
 
 
 def _check_output(config: PreprocessConfig) -> list[Finding]:
-    if existing_outputs(config.output_dir) and not config.overwrite:
-        return [Finding(False, f"{config.output_dir} is not empty: choose a new --output or pass --overwrite")]
+    reason = refusal(config.output_dir, config.inputs, overwrite=config.overwrite)
+    if reason:
+        return [Finding(False, reason)]
     return [Finding(True, f"output {config.output_dir} is free")]
 
 

@@ -10,7 +10,12 @@ or ``--runner FlinkRunner`` over a cluster (see README).
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import logging
+import os
+import posixpath
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +27,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import features, manifest, output_dir
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args
+from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args, usage_error
 from pipelines.sinks import (
     WriteDeadLetters,
     WriteRunStatistics,
@@ -57,6 +62,25 @@ def count_images(config: PreprocessConfig) -> int:
     for result in FileSystems.match(list(config.image_globs)):
         total += sum(1 for m in result.metadata_list if m.path.lower().endswith(IMAGE_EXTENSIONS))
     return total
+
+
+def count_unlisted(config: PreprocessConfig) -> int:
+    """Files in the image globs' folders that no glob matches (``face-1.PNG``, ``face-2.jpg``,
+    ``notes.txt`` beside a preset's ``face-*.png``): reported, since the pipeline never sees them."""
+    patterns: dict[str, list[str]] = {}
+    for pattern in config.image_globs:
+        folder, name = posixpath.split(pattern)
+        if not any(ch in folder for ch in "*?["):
+            patterns.setdefault(folder, []).append(name)
+    unlisted = 0
+    for folder, names in patterns.items():
+        for result in FileSystems.match([FileSystems.join(folder, "*")]):
+            unlisted += sum(
+                1
+                for m in result.metadata_list
+                if not any(fnmatch.fnmatchcase(posixpath.basename(m.path), name) for name in names)
+            )
+    return unlisted
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimated_images: int, temp_dir: str) -> None:
@@ -105,22 +129,57 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the job; returns the manifest it wrote."""
     config, beam_args = parse_args(argv)
     options = pipeline_options(beam_args)
-    output_dir.prepare(config.output_dir, overwrite=config.overwrite)
     estimated = count_images(config)
+    if not estimated:
+        usage_error(
+            f"--images: no image files match {list(config.image_globs)}; check --images (and --dataset's layout)"
+        )
+    output_dir.prepare(config.output_dir, config.inputs, overwrite=config.overwrite)
+    unlisted = count_unlisted(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
     started = time.monotonic()
     temp_dir = FileSystems.join(config.output_dir, output_dir.TFT_TEMP_DIR)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
-    elapsed = time.monotonic() - started
-    result = manifest.finalize(config, options, elapsed_seconds=elapsed)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
+        elapsed = time.monotonic() - started
+        result = manifest.finalize(config, options, elapsed_seconds=elapsed, unlisted_files=unlisted)
+    finally:
+        output_dir.remove_run_files(config.output_dir)
     print(manifest.summary_table(result), file=sys.stderr)
     return result
+
+
+def child_pids(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux /proc; empty elsewhere)."""
+    children = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                # "pid (comm) state ppid ...": comm may hold spaces, so split after the last ")".
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            children.append(int(entry))
+    return children
+
+
+def _terminate_children(signum: int, frame: Any) -> None:
+    """On SIGTERM/SIGINT: stop the SDK worker processes of a multi_processing run with us;
+    on their own they wait minutes for a runner that is gone."""
+    del frame
+    for child in child_pids(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGTERM)
+    sys.exit(128 + signum)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _terminate_children)
     try:
         result = run(sys.argv[1:])
     except manifest.PipelineError as e:

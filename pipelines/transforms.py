@@ -138,12 +138,16 @@ def decode_jpeg(data: bytes, *, color_mode: str, at_least: tuple[int, int]) -> n
         raise UndecodableImage("undecodable", f"JPEG: {e}") from e
 
 
-def decode_and_resize(data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int) -> np.ndarray:
+def decode_and_resize(
+    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
+) -> np.ndarray:
     """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
     container = check_container(data)
     width, height = image_dimensions(data)
     if width * height > max_pixels:
         raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
+    if min(width, height) < min_side:  # Upscaled, it would be a blur of a few pixels, not a face.
+        raise UndecodableImage("too_small", f"{width}x{height}: a side < --min_side {min_side} pixels")
     if container == "jpeg":
         image = decode_jpeg(data, color_mode=color_mode, at_least=size)
     else:
@@ -167,6 +171,7 @@ class DecodeAndResize(beam.DoFn):
         self._size = config.image_size
         self._color_mode = config.color_mode
         self._max_pixels = config.max_pixels
+        self._min_side = config.min_side
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._failed = Metrics.counter(NAMESPACE, "decode_failed")
         self._bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
@@ -186,7 +191,9 @@ class DecodeAndResize(beam.DoFn):
             return
         self._bytes_read.inc(len(data))
         try:
-            pixels = decode_and_resize(data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels)
+            pixels = decode_and_resize(
+                data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels, min_side=self._min_side
+            )
         except UndecodableImage as e:
             self._failed.inc()
             yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from pipelines import options
 from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
 
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
@@ -118,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tuner", default="grid")
     parser.add_argument("--search_space", default="small", help="small (a few trials) or full (the seed's grid)")
     args, args.beam_args = parser.parse_known_args(argv)
+    # The rest goes to the preprocess stage: refuse a misspelled flag now, not after the data.
+    options.reject_unknown_flags(args.beam_args, parser, options.build_arg_parser())
 
     stages = _stages(args)
     started = time.monotonic()

@@ -8,6 +8,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import apache_beam as beam
 import cv2
@@ -19,11 +23,11 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import features
 from pipelines.manifest import PipelineError
-from pipelines.options import PreprocessConfig
-from pipelines.preprocess import run
+from pipelines.options import PreprocessConfig, UsageError
+from pipelines.preprocess import child_pids, run
 from pipelines.sinks import sum_hashes
 from pipelines.sources import LabelledImages
-from tests.image_files import offline_test_pipeline, write_glasses_like
+from tests.image_files import labelled_image, offline_test_pipeline, write_glasses_like
 
 LABELS = [0, 1, 1] * 20  # 60 images, 20 of class 0 and 40 of class 1
 
@@ -246,3 +250,104 @@ def test_the_hash_sum_does_not_depend_on_order_or_bundles():
                 | "AcrossStages" >> beam.Reshuffle()  # The 256-bit result must survive its coder.
             )
             assert_that(combined, equal_to([expected]))
+
+
+RUN_FILES = (".tft_tmp", ".tmp_shards", "_stats.json")
+
+
+def _run_files_left(output) -> list[str]:
+    return sorted(
+        str(p.relative_to(output)) for p in output.rglob("*") if p.name in RUN_FILES or p.name.startswith("beam-temp-")
+    )
+
+
+def test_kaggle_layout_with_an_empty_split_stray_files_and_a_tiny_image(tmp_path):
+    folder = tmp_path / "kaggle" / "faces-spring-2020"
+    folder.mkdir(parents=True)
+    rows = ["id,glasses"]
+    for i, label in enumerate(LABELS[:20], start=1):
+        cv2.imwrite(str(folder / f"face-{i}.png"), labelled_image(label, i))
+        rows.append(f"{i},{label}")
+    cv2.imwrite(str(folder / "face-50.png"), np.zeros((1, 1, 3), np.uint8))
+    rows.append("50,1")
+    for name in ("face-60.PNG", "face-61.jpg", "face-62.webp", "notes.txt"):
+        (folder / name).write_bytes(b"not listed by the preset's face-*.png")
+    (tmp_path / "kaggle" / "train.csv").write_text("\n".join(rows) + "\n")
+    result = run(
+        [
+            "--dataset",
+            "glasses",
+            "--images",
+            str(tmp_path / "kaggle"),
+            "--output",
+            str(tmp_path / "out"),
+            "--image_size",
+            "12,10",
+            "--splits",
+            "train=0.8,test=0.2",
+            "--balance",
+            "none",
+        ]
+    )
+    counts = result["counts"]
+    assert counts["unlisted_files"] == 4
+    assert counts["dead_letter"] == {"too_small": 1}
+    assert counts["written_total"] == 20
+    assert sum(counts["written"]["validation"].values()) == 0
+    assert result["shards"]["validation"] == ["validation-00000-of-00001.tfrecord.gz"]
+    for split in features.SPLITS:
+        assert len(_read_split(str(tmp_path / "out"), split)) == sum(counts["written"][split].values())
+    assert _run_files_left(tmp_path / "out") == []
+
+
+def test_no_image_written_fails_without_a_manifest_or_temp_files(tmp_path):
+    write_glasses_like(tmp_path, [0, 1, 1])
+    (tmp_path / "labels.csv").write_text("id,label\n")  # Header only: every image has no_label_row.
+    with pytest.raises(PipelineError, match=r"3 of 3 images have no usable label.*max_unusable_fraction"):
+        _preprocess(tmp_path, "out")
+    assert not (tmp_path / "out" / features.MANIFEST_FILE).exists()
+    assert _run_files_left(tmp_path / "out") == []
+    with pytest.raises(PipelineError, match="no examples written"):
+        _preprocess(tmp_path, "out", "--overwrite", "--max_unusable_fraction", "1")
+    assert not (tmp_path / "out" / features.MANIFEST_FILE).exists()
+
+
+def test_images_matching_nothing_fail_before_the_run(tmp_path):
+    write_glasses_like(tmp_path, [])
+    with pytest.raises(UsageError, match="no image files match"):
+        _preprocess(tmp_path, "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_killing_a_multi_process_run_stops_its_workers(corpus):
+    tmp_path, _, _ = corpus
+    command = [
+        sys.executable,
+        "-m",
+        "pipelines.preprocess",
+        "--images",
+        str(tmp_path / "images"),
+        "--labels_csv",
+        str(tmp_path / "labels.csv"),
+        "--file_pattern",
+        "face-{id}",
+        "--output",
+        str(tmp_path / "out_killed"),
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+    ]
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        workers = child_pids(driver.pid)
+    assert len(workers) >= 2, "the run never started its SDK workers"
+    time.sleep(1)
+    driver.terminate()
+    driver.wait(timeout=60)
+    time.sleep(5)
+    survivors = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert survivors == []
