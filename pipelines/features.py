@@ -8,6 +8,7 @@ An example (``tf.train.Example``) holds:
   image     bytes  uint8 pixels, row-major height x width x channels (RGB or grey)
   label     int64  class index into the manifest's ``classes``
   id        bytes  the source image's id (file stem or CSV id)
+  group     bytes  what splits and folds keep together (--group_by: a person, a pair); the id if none
   height    int64  pixel rows
   width     int64  pixel columns
   channels  int64  1 (grayscale) or 3 (rgb)
@@ -23,6 +24,7 @@ from typing import Any
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
 ID_KEY = "id"
+GROUP_KEY = "group"
 HEIGHT_KEY = "height"
 WIDTH_KEY = "width"
 CHANNELS_KEY = "channels"
@@ -63,6 +65,8 @@ def raw_feature_spec() -> dict[str, Any]:
         IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
         LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
         ID_KEY: tf.io.FixedLenFeature([], tf.string),
+        # Shards written before the group existed read as "" (no group).
+        GROUP_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
         HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
         WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
         CHANNELS_KEY: tf.io.FixedLenFeature([], tf.int64),
@@ -74,6 +78,7 @@ _MEANINGS = {
     IMAGE_KEY: "uint8 pixels, row-major height x width x channels",
     LABEL_KEY: "index into classes",
     ID_KEY: "source id",
+    GROUP_KEY: "split/fold group (--group_by), else the id",
     CHANNELS_KEY: "1 grayscale, 3 rgb",
 }
 
@@ -89,7 +94,9 @@ def feature_spec_description() -> dict[str, str]:
     return described
 
 
-def encode_example(*, image: bytes, label: int, example_id: str, height: int, width: int, channels: int) -> bytes:
+def encode_example(
+    *, image: bytes, label: int, example_id: str, height: int, width: int, channels: int, group: str = ""
+) -> bytes:
     """Serializes one example; the inverse of parsing with :func:`raw_feature_spec`."""
     import tensorflow as tf
 
@@ -106,6 +113,7 @@ def encode_example(*, image: bytes, label: int, example_id: str, height: int, wi
         IMAGE_KEY: _bytes(image),
         LABEL_KEY: _int(label),
         ID_KEY: _bytes(example_id.encode("utf-8")),
+        GROUP_KEY: _bytes((group or example_id).encode("utf-8")),
         HEIGHT_KEY: _int(height),
         WIDTH_KEY: _int(width),
         CHANNELS_KEY: _int(channels),

@@ -95,7 +95,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         # (split, LabelledImage)
         | "SpreadOverWorkers" >> beam.Reshuffle()
         | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
-        # DecodedImage(id, label, split, pixels, content_hash)
+        # DecodedImage(id, label, split, pixels, content_hash, group)
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
     if config.balance == "downsample":

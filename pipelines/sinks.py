@@ -91,6 +91,7 @@ class WriteShards(beam.PTransform):
                 image=image.pixels,
                 label=image.label,
                 example_id=image.id,
+                group=image.group,
                 height=height,
                 width=width,
                 channels=config.channels,

@@ -37,6 +37,7 @@ class DecodedImage(NamedTuple):
     split: str
     pixels: bytes  # uint8, row-major height x width x channels
     content_hash: int
+    group: str  # What the split kept together (a person with --group_by), else the id.
 
 
 def unit_hash(*parts: object) -> float:
@@ -211,7 +212,7 @@ class DecodeAndResize(beam.DoFn):
         self._decoded.inc()
         self._log_progress()
         content_hash = int.from_bytes(hashlib.sha256(data).digest(), "big")
-        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash)
+        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group)
 
     def _log_progress(self) -> None:
         self._count += 1

@@ -129,7 +129,13 @@ def make_parse_and_transform(
         if not with_metadata:
             return image, label
         pixels = tf.reshape(tf.io.decode_raw(parsed[features.IMAGE_KEY], tf.uint8), [-1, height, width, channels])
-        return {"image": image, "label": label, "id": parsed[features.ID_KEY], "pixels": pixels}
+        return {
+            "image": image,
+            "label": label,
+            "id": parsed[features.ID_KEY],
+            "group": parsed[features.GROUP_KEY],
+            "pixels": pixels,
+        }
 
     return parse_and_transform
 

@@ -351,3 +351,30 @@ def test_killing_a_multi_process_run_stops_its_workers(corpus):
     for pid in survivors:
         os.kill(pid, signal.SIGKILL)
     assert survivors == []
+
+
+def test_examples_carry_their_group_so_folds_can_keep_a_person_together(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 6)
+    rows = ["id,label,subject"] + [f"{i},{i % 2 == 0:d},s{(i - 1) // 4}" for i in range(1, 13)]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    run(
+        [
+            "--images",
+            str(images),
+            "--labels_csv",
+            str(tmp_path / "labels.csv"),
+            "--file_pattern",
+            "face-{id}.png",
+            "--group_by",
+            "subject",
+            "--balance",
+            "none",
+            "--image_size",
+            "8",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+    examples = [e for split in features.SPLITS for e in _read_split(str(tmp_path / "out"), split)]
+    groups = {e[features.ID_KEY].decode(): e[features.GROUP_KEY].decode() for e in examples}
+    assert groups == {str(i): f"s{(i - 1) // 4}" for i in range(1, 13)}

@@ -170,7 +170,7 @@ class TestAssignSplit:
 
 
 def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:
-    return DecodedImage(image_id, label, split, b"\0", 0)
+    return DecodedImage(image_id, label, split, b"\0", 0, image_id)
 
 
 class TestDownsampleToSmallestClass:
