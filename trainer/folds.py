@@ -170,11 +170,12 @@ def _predict_unlabelled(
     the way ``predict`` classifies raw files. A file that cannot be read or decoded gets
     its reason in ``errors`` instead of a probability.
     """
-    serve = export.ServingModule(model, data_dir.tft_output, data_dir.manifest).serve_images
+    # Held in a local: the tf.function method keeps only a weak reference to its module.
+    module = export.ServingModule(model, data_dir.tft_output, data_dir.manifest)
 
     def probability(indices: list[int]) -> np.ndarray:
         contents = [tf.io.gfile.GFile(paths[i], "rb").read() for i in indices]
-        return serve(image_bytes=tf.constant(contents))["probability"].numpy()[:, np.newaxis]
+        return module.serve_images(tf.constant(contents))["probability"].numpy()[:, np.newaxis]
 
     for start in range(0, len(paths), PREDICT_BATCH):
         batch = [i for i in range(start, min(start + PREDICT_BATCH, len(paths))) if not errors[i]]

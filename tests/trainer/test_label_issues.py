@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -159,6 +160,8 @@ def flipped_dir(tmp_path_factory) -> str:
 @pytest.mark.slow
 def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     job_dir = tmp_path / "job"
+    # An unlabelled image gone since preprocessing: an error in its row, the others predicted.
+    (pathlib.Path(flipped_dir).parent / "images" / f"{UNLABELLED[1]}.png").unlink()
     task.main(
         [
             "find_label_issues",
@@ -199,9 +202,10 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert np.array(summary["confident_joint"]).shape == (2, 2) and summary["unlabelled"] == 2
     suggested = _rows(job_dir / "suggested_labels.csv")
     assert sorted(row["id"] for row in suggested) == list(UNLABELLED)
-    for row in suggested:
-        assert row["path"].endswith(f"{row['id']}.png") and row["error"] == ""
-        assert row["suggested_label"] in ("no", "yes") and 0.5 <= float(row["confidence"]) <= 1
+    assert all(row["path"].endswith(f"{row['id']}.png") for row in suggested)
+    found, gone = sorted(suggested, key=lambda row: row["id"])
+    assert found["error"] == "" and found["suggested_label"] in ("no", "yes") and 0.5 <= float(found["confidence"]) <= 1
+    assert gone["error"].startswith("NotFoundError") and gone["suggested_label"] == gone["probability"] == ""
     assert not list(job_dir.rglob("*.tmp"))
 
 
