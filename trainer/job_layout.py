@@ -14,6 +14,11 @@ directory: the commands, the tests and the benchmarks name these paths only thro
   model.keras                 train: the trained Keras model
   export/                     train: the serving SavedModel (trainer/export.py)
   eval/                       evaluate: metrics.json, predictions.csv and the plots
+  label_issues.csv            find_label_issues: the likely wrong labels, most likely first
+  label_issues_summary.json   find_label_issues: per-class noise rates, thresholds, confident joint
+  oof_probabilities.csv       find_label_issues: every labelled example's out-of-fold probabilities
+  suggested_labels.csv        find_label_issues: the folds' mean prediction for the unlabelled images
+  cross_validation/           find_label_issues: fold-K-of-N.csv, each fold's predictions as made
 """
 
 from __future__ import annotations
@@ -52,10 +57,22 @@ TRAINING_CURVES_PLOT = "training_curves.png"
 CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
 MISCLASSIFIED_PLOT = "misclassified.png"
 
+# find_label_issues
+LABEL_ISSUES_CSV = "label_issues.csv"
+LABEL_ISSUES_SUMMARY = "label_issues_summary.json"
+OOF_PROBABILITIES_CSV = "oof_probabilities.csv"
+SUGGESTED_LABELS_CSV = "suggested_labels.csv"
+CROSS_VALIDATION_DIR = "cross_validation"
+
 
 def tuning_project(model: str, tuner: str) -> str:
     """The keras-tuner project name of a search, a folder under ``TUNING_DIR``."""
     return f"{model}_{tuner}"
+
+
+def fold_file(fold: int, num_folds: int) -> str:
+    """The held-out predictions of fold ``fold`` (0-based) of ``num_folds``, under ``CROSS_VALIDATION_DIR``."""
+    return f"fold-{fold + 1}-of-{num_folds}.csv"
 
 
 def write_dir(job_dir: str, *, chief: bool) -> str:

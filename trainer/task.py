@@ -5,6 +5,7 @@
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
+  python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
 
 ``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn). ``train``
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
@@ -40,7 +41,7 @@ from trainer import distribute, job_layout, models, tuning
 if TYPE_CHECKING:
     from trainer import data
 
-COMMANDS = ("tune", "train", "evaluate", "predict", "preflight")
+COMMANDS = ("tune", "train", "evaluate", "predict", "preflight", "find_label_issues")
 # Dests that are not a command's flags: the subcommand itself, and --config (a config
 # file does not name another one).
 _NOT_FLAGS = ("command", "config", "help")
@@ -107,6 +108,23 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     preflight.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
     preflight.add_argument("--tuner", choices=tuning.TUNERS, default="grid", help="for the tuning project check")
     preflight.add_argument("--overwrite", action="store_true", help="as tune --overwrite")
+
+    issues = commands.add_parser(
+        "find_label_issues",
+        help="k-fold out-of-fold probabilities and confident learning: the likely wrong labels",
+        description="Scores every labelled example of every split (train, validation and test) with a "
+        "model trained on the other folds, and flags the labels the models confidently contradict "
+        "(confident learning). Preprocess with --balance none, so that no image is left out. "
+        f"Writes JOB/{job_layout.LABEL_ISSUES_CSV}, {job_layout.LABEL_ISSUES_SUMMARY}, "
+        f"{job_layout.OOF_PROBABILITIES_CSV} and {job_layout.SUGGESTED_LABELS_CSV} (the unlabelled images).",
+    )
+    issues.add_argument("--data_dir", required=True, help="preprocessing output, made with --balance none")
+    issues.add_argument("--job_dir", required=True, help="where the outputs go; its best_hyperparameters.json is used")
+    issues.add_argument("--folds", type=int, default=5, help="number of folds, at least 2 (default 5)")
+    issues.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+    issues.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
+    issues.add_argument("--seed", type=int, default=0)
+    issues.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
 
     subparsers = {name: commands.choices[name] for name in COMMANDS}
     for sub in subparsers.values():
@@ -271,6 +289,27 @@ def run_preflight(args: argparse.Namespace) -> int:
     return report(findings)
 
 
+def run_find_label_issues(args: argparse.Namespace) -> None:
+    from trainer import data, label_issues
+
+    if args.folds < 2:
+        _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
+    data_dir = data.DataDir.read(args.data_dir)
+    preset = _preset(args, data_dir)
+    values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
+    logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
+    label_issues.run(
+        data_dir=data_dir,
+        job_dir=args.job_dir,
+        preset=preset,
+        hyperparameters=values,
+        num_folds=args.folds,
+        epochs=args.epochs,
+        seed=args.seed,
+        verbose=args.verbose,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit status (preflight: 1 when a check fails)."""
     args = parse_args(argv)
@@ -281,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": run_evaluate,
         "predict": run_predict,
         "preflight": run_preflight,
+        "find_label_issues": run_find_label_issues,
     }
     return commands[args.command](args) or 0
 

@@ -1,0 +1,215 @@
+"""trainer/label_issues.py and trainer/folds.py: confident learning, grouped folds, the command."""
+
+from __future__ import annotations
+
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from tests.image_files import labelled_image
+from trainer import folds, label_issues, task
+
+FLIPPED = ("img_03", "img_10", "img_17")
+UNLABELLED = ("new_1", "new_2")
+
+
+def _planted(n: int = 200, flips: int = 10, seed: int = 0):
+    """Two classes, ``flips`` labels flipped (the model is confidently of the other class)."""
+    rng = np.random.default_rng(seed)
+    true = np.repeat([0, 1], n // 2)
+    # Clean examples: the true class with 0.92-0.99, noise around the rest.
+    confidence = rng.uniform(0.92, 0.99, size=n)
+    probabilities = np.where(true[:, None] == np.arange(2), confidence[:, None], 1 - confidence[:, None])
+    flipped = np.concatenate(
+        [rng.choice(n // 2, flips // 2, replace=False), n // 2 + rng.choice(n // 2, flips // 2, replace=False)]
+    )
+    given = true.copy()
+    given[flipped] = 1 - given[flipped]
+    return probabilities, given, np.sort(flipped)
+
+
+def test_confident_learning_finds_exactly_the_planted_wrong_labels():
+    probabilities, given, flipped = _planted()
+    result = label_issues.find_label_issues(probabilities, given)
+    assert sorted(result.issues.tolist()) == flipped.tolist()
+    np.testing.assert_allclose(result.noise_rates, [0.05, 0.05])
+    np.testing.assert_array_equal(result.confident_joint, [[95, 5], [5, 95]])
+    assert (result.suggested[flipped] == 1 - given[flipped]).all()
+    assert (result.suggested[np.setdiff1d(np.arange(200), flipped)] == -1).all()
+    # Most confidently contradicted first: the scores of the issues rise along the ranking.
+    assert (np.diff(result.scores[result.issues]) >= 0).all() and (result.scores[result.issues] < 0).all()
+
+
+def test_no_planted_errors_no_issues():
+    probabilities, _, _ = _planted(flips=0)
+    given = np.repeat([0, 1], 100)
+    result = label_issues.find_label_issues(probabilities, given)
+    assert result.issues.size == 0 and (result.noise_rates == 0).all()
+
+
+def test_thresholds_and_confident_joint_by_hand():
+    probabilities = np.array(
+        [
+            [0.9, 0.1],  # given 0
+            [0.7, 0.3],  # given 0
+            [0.2, 0.8],  # given 0: confidently 1
+            [0.4, 0.6],  # given 1
+            [0.1, 0.9],  # given 1
+            [0.6, 0.4],  # given 1: above no threshold
+        ]
+    )
+    given = np.array([0, 0, 0, 1, 1, 1])
+    thresholds = label_issues.per_class_thresholds(probabilities, given)
+    # t_0 = (0.9 + 0.7 + 0.2) / 3 = 0.6; t_1 = (0.6 + 0.9 + 0.4) / 3 = 0.6333...
+    np.testing.assert_allclose(thresholds, [0.6, 1.9 / 3])
+    joint = label_issues.confident_joint(probabilities, given, thresholds)
+    # Row 0: 0.9 and 0.7 >= t_0 -> class 0; 0.8 >= t_1 -> class 1. Row 1: 0.6 < t_1 and
+    # 0.4 < t_0 -> not counted; 0.9 -> class 1; 0.6 >= t_0 -> class 0.
+    np.testing.assert_array_equal(joint, [[2, 1], [1, 1]])
+    calibrated = label_issues.calibrate(joint, np.array([3, 3]))
+    np.testing.assert_allclose(calibrated, [[2, 1], [1.5, 1.5]])
+    result = label_issues.find_label_issues(probabilities, given)
+    np.testing.assert_allclose(result.noise_rates, [1 / 3, 0.5])
+    # round(1) of class 0 -> example 2; round(1.5) = 2 of class 1 -> the two with the largest p0 - p1.
+    assert sorted(result.issues.tolist()) == [2, 3, 5]
+    assert result.issues[0] == 2  # margin 0.2 - 0.8 = -0.6, the lowest.
+
+
+def test_an_example_above_two_thresholds_counts_for_its_most_probable_class():
+    probabilities = np.array([[0.5, 0.4, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]])
+    thresholds = np.array([0.3, 0.3, 0.5])
+    joint = label_issues.confident_joint(probabilities, np.array([2, 1, 2]), thresholds)
+    assert joint[2, 0] == 1 and joint[2, 1] == 0 and joint.sum() == 3
+
+
+def test_grouped_folds_put_each_group_in_one_fold_and_are_balanced_and_deterministic():
+    rng = np.random.default_rng(1)
+    groups = rng.choice([f"subject{i}" for i in range(37)], size=400)
+    assigned = folds.assign_folds(groups, 5)
+    for group in np.unique(groups):
+        assert np.unique(assigned[groups == group]).size == 1
+    sizes = np.bincount(assigned, minlength=5)
+    assert sizes.sum() == 400 and sizes.min() > 0
+    assert sizes.max() - sizes.min() <= np.unique(groups, return_counts=True)[1].max()
+    # The same groups, in another order, get the same folds.
+    order = rng.permutation(400)
+    np.testing.assert_array_equal(folds.assign_folds(groups[order], 5), assigned[order])
+    # One group per example (the ids): sizes differ by at most one.
+    ids = np.array([f"id{i}" for i in range(23)])
+    assert np.ptp(np.bincount(folds.assign_folds(ids, 5))) <= 1
+    with pytest.raises(ValueError, match="groups cannot fill"):
+        folds.assign_folds(ids[:3], 5)
+
+
+def test_class_probabilities_of_both_heads():
+    np.testing.assert_allclose(folds.class_probabilities(np.array([[0.25]])), [[0.75, 0.25]])
+    np.testing.assert_allclose(folds.class_probabilities(np.array([[0.3, 0.7]])), [[0.3, 0.7]])
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def flipped_dir(tmp_path_factory) -> str:
+    """24 labelled 16x16 images in three splits, three labels flipped, two images with no label row."""
+    import cv2
+
+    from pipelines.preprocess import run
+
+    root = tmp_path_factory.mktemp("label_issues")
+    (root / "images").mkdir()
+    rows = ["id,label"]
+    for index in range(24):
+        image_id, label = f"img_{index:02d}", index % 2
+        cv2.imwrite(str(root / "images" / f"{image_id}.png"), labelled_image(label, index, height=16, width=16))
+        rows.append(f"{image_id},{1 - label if image_id in FLIPPED else label}")
+    for index, image_id in enumerate(UNLABELLED):
+        cv2.imwrite(
+            str(root / "images" / f"{image_id}.png"), labelled_image(index % 2, 100 + index, height=16, width=16)
+        )
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    output = root / "data"
+    run(
+        [
+            "--images",
+            str(root / "images"),
+            "--labels_csv",
+            str(root / "labels.csv"),
+            "--output",
+            str(output),
+            "--classes",
+            "no,yes",
+            "--splits",
+            "train=0.5,validation=0.25,test=0.25",
+            "--balance",
+            "none",
+            "--image_size",
+            "16,16",
+            "--color_mode",
+            "rgb",
+        ]
+    )
+    return str(output)
+
+
+@pytest.mark.slow
+def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
+    job_dir = tmp_path / "job"
+    # An unlabelled image gone since preprocessing: an error in its row, the others predicted.
+    (pathlib.Path(flipped_dir).parent / "images" / f"{UNLABELLED[1]}.png").unlink()
+    task.main(
+        [
+            "find_label_issues",
+            "--data_dir",
+            flipped_dir,
+            "--job_dir",
+            str(job_dir),
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--verbose",
+            "0",
+        ]
+    )
+    assert "likely wrong labels of 24" in capsys.readouterr().out
+    oof = _rows(job_dir / "oof_probabilities.csv")
+    # Every labelled example of every split scored exactly once, out of fold.
+    assert sorted(row["id"] for row in oof) == [f"img_{i:02d}" for i in range(24)]
+    assert {row["fold"] for row in oof} == {"1", "2"}
+    for row in oof:
+        p = float(row["p_no"]), float(row["p_yes"])
+        assert abs(sum(p) - 1) < 1e-5 and float(row["probability"]) == pytest.approx(p[1], abs=1e-6)
+        index = int(row["id"][4:])
+        assert row["given_label"] == ("no", "yes")[1 - index % 2 if row["id"] in FLIPPED else index % 2]
+    fold_files = sorted(p.name for p in (job_dir / "cross_validation").iterdir())
+    assert fold_files == ["fold-1-of-2.csv", "fold-2-of-2.csv"]
+    assert sum(len(_rows(job_dir / "cross_validation" / name)) for name in fold_files) == 24
+    with open(job_dir / "label_issues.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        issues = list(reader)
+    assert tuple(reader.fieldnames) == label_issues.LABEL_ISSUES_COLUMNS
+    assert [int(row["rank"]) for row in issues] == list(range(1, len(issues) + 1))
+    assert all(row["suggested_label"] != row["given_label"] for row in issues)
+    summary = json.loads((job_dir / "label_issues_summary.json").read_text())
+    assert summary["num_examples"] == 24 and summary["num_issues"] == len(issues)
+    assert sum(c["given"] for c in summary["classes"].values()) == 24
+    assert np.array(summary["confident_joint"]).shape == (2, 2) and summary["unlabelled"] == 2
+    suggested = _rows(job_dir / "suggested_labels.csv")
+    assert sorted(row["id"] for row in suggested) == list(UNLABELLED)
+    assert all(row["path"].endswith(f"{row['id']}.png") for row in suggested)
+    found, gone = sorted(suggested, key=lambda row: row["id"])
+    assert found["error"] == "" and found["suggested_label"] in ("no", "yes") and 0.5 <= float(found["confidence"]) <= 1
+    assert gone["error"].startswith("NotFoundError") and gone["suggested_label"] == gone["probability"] == ""
+    assert not list(job_dir.rglob("*.tmp"))
+
+
+def test_folds_below_two_is_a_usage_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        task.main(["find_label_issues", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path), "--folds", "1"])
+    assert exit_info.value.code == 2
