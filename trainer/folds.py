@@ -2,8 +2,8 @@
 
 Every example of every split (train, validation and test alike) is scored once, by a model
 trained on the other folds only. Folds are made of groups, and a group is never in two
-folds: the shards hold no group feature (pipelines/features.py), so the group of an example
-is its id. Models are the preset's own (``models.build_model``, as ``train`` builds them).
+folds: the group is the example's ``group`` feature (pipelines/features.py: the
+``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the preset's own (``models.build_model``, as ``train`` builds them).
 
 Memory: the images stay in the TFRecord shards and are streamed by tf.data; in memory are
 the ids, labels and fold numbers (one entry per example) and the probabilities [n, K].
@@ -42,6 +42,7 @@ class Examples:
     files: list[str]  # Every shard of every split.
     ids: np.ndarray  # [n] str
     labels: np.ndarray  # [n] int64
+    groups: np.ndarray  # [n] str: what a fold keeps together
 
 
 def assign_folds(groups: np.ndarray, num_folds: int) -> np.ndarray:
@@ -75,14 +76,18 @@ def read_examples(data_dir: data.DataDir) -> Examples:
         files += sorted(tf.io.gfile.glob(features.shard_pattern(data_dir.path, split)))
     if not files:
         raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in any split")
-    spec = {key: features.raw_feature_spec()[key] for key in (features.ID_KEY, features.LABEL_KEY)}
+    keys = (features.ID_KEY, features.LABEL_KEY, features.GROUP_KEY)
+    spec = {key: features.raw_feature_spec()[key] for key in keys}
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
     ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
-    ids, labels = [], []
-    for batch in ds.as_numpy_iterator():  # Per-example ids and labels only: small arrays.
+    ids, labels, groups = [], [], []
+    for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
         ids.append(batch[features.ID_KEY].astype(str))
         labels.append(batch[features.LABEL_KEY])
+        groups.append(batch[features.GROUP_KEY].astype(str))
     ids_array, labels_array = np.concatenate(ids), np.concatenate(labels).astype(np.int64)
+    # Shards written before examples had a group read "": each such example is its own group.
+    groups_array = np.where(np.concatenate(groups) == "", ids_array, np.concatenate(groups))
     expected = sum(
         int(n) for split in features.SPLITS for n in data_dir.manifest["counts"]["written"].get(split, {}).values()
     )
@@ -91,7 +96,7 @@ def read_examples(data_dir: data.DataDir) -> Examples:
     unique, counts = np.unique(ids_array, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"{data_dir.path}: id {unique[counts > 1][0]!r} is in the shards more than once")
-    return Examples(files, ids_array, labels_array)
+    return Examples(files, ids_array, labels_array, groups_array)
 
 
 def read_unlabelled(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -235,7 +240,7 @@ def cross_validate(
 ) -> CrossValidation:
     """Trains one model per fold on the other folds and predicts the held-out fold (and the unlabelled)."""
     examples = read_examples(data_dir)
-    folds = assign_folds(examples.ids, num_folds)
+    folds = assign_folds(examples.groups, num_folds)
     values = dict(hyperparameters or {})
     if epochs:
         values["epochs"] = int(epochs)

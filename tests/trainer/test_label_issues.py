@@ -116,18 +116,19 @@ def _rows(path):
 
 @pytest.fixture(scope="module")
 def flipped_dir(tmp_path_factory) -> str:
-    """24 labelled 16x16 images in three splits, three labels flipped, two images with no label row."""
+    """24 labelled 16x16 images of 6 subjects (4 each) in three splits, three labels flipped,
+    two images with no label row."""
     import cv2
 
     from pipelines.preprocess import run
 
     root = tmp_path_factory.mktemp("label_issues")
     (root / "images").mkdir()
-    rows = ["id,label"]
+    rows = ["id,label,subject"]
     for index in range(24):
         image_id, label = f"img_{index:02d}", index % 2
         cv2.imwrite(str(root / "images" / f"{image_id}.png"), labelled_image(label, index, height=16, width=16))
-        rows.append(f"{image_id},{1 - label if image_id in FLIPPED else label}")
+        rows.append(f"{image_id},{1 - label if image_id in FLIPPED else label},s{index // 4}")
     for index, image_id in enumerate(UNLABELLED):
         cv2.imwrite(
             str(root / "images" / f"{image_id}.png"), labelled_image(index % 2, 100 + index, height=16, width=16)
@@ -146,6 +147,8 @@ def flipped_dir(tmp_path_factory) -> str:
             "no,yes",
             "--splits",
             "train=0.5,validation=0.25,test=0.25",
+            "--group_by",
+            "subject",
             "--balance",
             "none",
             "--image_size",
@@ -182,6 +185,11 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     # Every labelled example of every split scored exactly once, out of fold.
     assert sorted(row["id"] for row in oof) == [f"img_{i:02d}" for i in range(24)]
     assert {row["fold"] for row in oof} == {"1", "2"}
+    # A subject is scored by one fold only: never in the folds it was trained on.
+    folds_of_subject = {}
+    for row in oof:
+        folds_of_subject.setdefault(int(row["id"][4:]) // 4, set()).add(row["fold"])
+    assert all(len(f) == 1 for f in folds_of_subject.values()), folds_of_subject
     for row in oof:
         p = float(row["p_no"]), float(row["p_yes"])
         assert abs(sum(p) - 1) < 1e-5 and float(row["probability"]) == pytest.approx(p[1], abs=1e-6)
