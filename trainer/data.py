@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -84,6 +86,21 @@ class DataDir:
     @property
     def classes(self) -> list[Any]:
         return list(self.manifest["classes"])
+
+    @property
+    def fingerprint(self) -> str:
+        """One hex digest of the data, recorded by tune, train, evaluate and the export.
+
+        The manifest's ``fingerprint["data"]`` when the pipeline writes one; older manifests
+        hold only per-aspect hashes (files, contents, options), hashed here into one digest
+        (its prose "about" left out, so rewording it changes nothing).
+        """
+        recorded = self.manifest.get("fingerprint", {})
+        if isinstance(recorded, dict) and isinstance(recorded.get("data"), str):
+            return recorded["data"]
+        if isinstance(recorded, dict):
+            recorded = {k: v for k, v in recorded.items() if k != "about"}
+        return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:

@@ -2,7 +2,12 @@
 
 Outputs in job_dir/eval/ (names in trainer/job_layout.py):
   metrics.json              accuracy, loss, precision, recall, f1, roc_auc, confusion
-                            matrix, errors per class, misclassified ids + probabilities
+                            matrix, errors per class, misclassified ids + probabilities;
+                            95% intervals (<metric>_ci95: Wilson, DeLong for roc_auc);
+                            errors per group (when the data has groups); the share of
+                            identical outputs and of dead ReLU units (a collapsed model);
+                            data lineage (data_fingerprint, same_data_as_training); with
+                            --baseline, McNemar's test against another job's predictions
   predictions.csv           id, label, probability, predicted (every test example)
   training_curves.png       loss and accuracy per epoch (from history.csv)
   confusion_matrix.png
@@ -18,6 +23,7 @@ import io
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,10 +36,21 @@ import matplotlib.ticker
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, job_layout, models, records
+from trainer import data, job_layout, models, records, statistics
 
 # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; the same here.
 _EPSILON = 1e-7
+# A model above either share has collapsed (or is about to): evaluate says so loudly.
+MAX_IDENTICAL_OUTPUTS = 0.2
+MAX_DEAD_UNITS = 0.5
+# Outputs equal to within this count as identical.
+IDENTICAL_DECIMALS = 6
+# Groups printed with the most errors.
+WORST_GROUPS = 5
+
+
+class BaselineError(ValueError):
+    """``--baseline`` names a job that cannot be compared with this one."""
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -64,8 +81,12 @@ def compute_metrics(
     class_names: Sequence[str],
     ids: Sequence[str] | None = None,
     threshold: float = models.THRESHOLD,
+    groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Binary classification metrics of P(class 1) against 0/1 labels."""
+    """Binary classification metrics of P(class 1) against 0/1 labels, with 95% intervals.
+
+    ``groups`` ({id: group}, e.g. the subject) adds errors per group.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     ids = list(ids) if ids is not None else [str(i) for i in range(len(labels))]
@@ -83,21 +104,34 @@ def compute_metrics(
         count = int((labels == index).sum())
         errors = int(((labels == index) & (predicted != index)).sum())
         per_class.append(
-            {"class": name, "count": count, "errors": errors, "error_rate": errors / count if count else float("nan")}
+            {
+                "class": name,
+                "count": count,
+                "errors": errors,
+                "error_rate": errors / count if count else float("nan"),
+                "error_rate_ci95": list(statistics.wilson_interval(errors, count)),
+            }
         )
     wrong = np.flatnonzero(predicted != labels)
+    correct = int((predicted == labels).sum())
+    group_rows = {} if groups is None else {"errors_per_group": errors_per_group(ids, predicted != labels, groups)}
     return {
         "num_examples": n,
         "threshold": threshold,
         "accuracy": float((predicted == labels).mean()) if n else float("nan"),
+        "accuracy_ci95": list(statistics.wilson_interval(correct, n)),
         "loss": float(-np.log(p_true).mean()) if n else float("nan"),
         "precision": float(precision),
+        "precision_ci95": list(statistics.wilson_interval(int(tp), int(tp + fp))),
         "recall": float(recall),
+        "recall_ci95": list(statistics.wilson_interval(int(tp), int(tp + fn))),
         "f1": float(f1),
         "roc_auc": roc_auc(labels, probabilities),
+        "roc_auc_ci95": list(statistics.auc_interval(labels, probabilities)),
         "classes": list(class_names),
         "confusion_matrix": confusion.tolist(),
         "errors_per_class": per_class,
+        **group_rows,
         "misclassified": [
             {
                 "id": ids[i],
@@ -110,10 +144,138 @@ def compute_metrics(
     }
 
 
+def errors_per_group(ids: Sequence[str], wrong: np.ndarray, groups: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Count, errors and error rate per group, most errors first (ids without a group: "")."""
+    counts: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for id_, is_wrong in zip(ids, wrong, strict=True):
+        group = groups.get(id_, "")
+        counts[group] += 1
+        errors[group] += int(is_wrong)
+    rows = [{"group": g, "count": counts[g], "errors": errors[g], "error_rate": errors[g] / counts[g]} for g in counts]
+    return sorted(rows, key=lambda r: (-r["errors"], -r["error_rate"], r["group"]))
+
+
+def example_groups(manifest: Mapping[str, Any], ids: Sequence[str]) -> dict[str, str] | None:
+    """{id: group} of ``ids`` from the labels CSVs the pipeline grouped by, or None.
+
+    The shards do not store the group: it is read back from the --group_by column of the
+    --labels_csv files the manifest's options name (only ``ids``' rows are kept). None when
+    the run had no group column (no --group_by, or "stem", where the group is the id) or
+    a CSV cannot be read any more.
+    """
+    options = manifest.get("options") or {}
+    column = options.get("group_by")
+    if not column or column == "stem":
+        return None
+    wanted, groups = set(ids), {}
+    id_column, encoding = options.get("id_column", "id"), options.get("csv_encoding", "utf-8")
+    for path in options.get("labels_csv", ()):
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                # Line by line, each decoded with the pipeline's --csv_encoding.
+                reader = csv.DictReader(line.decode(encoding) for line in f)
+                for row in reader:
+                    id_ = (row.get(id_column) or "").strip()
+                    if id_ in wanted and row.get(column):
+                        groups[id_] = row[column].strip()
+        except (tf.errors.NotFoundError, OSError, UnicodeDecodeError) as e:
+            logging.warning("cannot read the groups (%s) from %s: %s; no errors per group", column, path, e)
+            return None
+    return groups
+
+
+def relu_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The Dense and Conv layers of ``model`` with a ReLU activation (those whose units can die)."""
+    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    return [
+        layer
+        for layer in model.layers
+        if isinstance(layer, kinds) and getattr(getattr(layer, "activation", None), "__name__", "") == "relu"
+    ]
+
+
+def output_collapse(probabilities: np.ndarray) -> dict[str, Any]:
+    """The most common output (rounded to 1e-6) and the share of examples that give it."""
+    values, counts = np.unique(np.round(np.asarray(probabilities, np.float64), IDENTICAL_DECIMALS), return_counts=True)
+    if not len(values):
+        return {"most_common_probability": float("nan"), "share": float("nan")}
+    top = int(np.argmax(counts))
+    return {"most_common_probability": float(values[top]), "share": float(counts[top] / counts.sum())}
+
+
+def dead_units(unit_max: Mapping[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Per layer: units, units never active (max activation <= 0 on every example), their share."""
+    out = {}
+    for name, maxima in unit_max.items():
+        dead = int((maxima <= 0).sum())
+        out[name] = {"units": int(maxima.size), "dead": dead, "share": dead / maxima.size if maxima.size else 0.0}
+    return out
+
+
+def collapse_warnings(metrics: Mapping[str, Any]) -> list[str]:
+    """WARNING lines for identical outputs and dead layers above the thresholds."""
+    lines = []
+    share = metrics["identical_outputs"]["share"]
+    if share > MAX_IDENTICAL_OUTPUTS:
+        lines.append(
+            f"WARNING: {share:.0%} of the test outputs are identical (p={metrics['identical_outputs']['most_common_probability']:.6f}): "
+            "the model may have collapsed to a constant; do not ship it without a look"
+        )
+    for name, row in metrics["dead_units"].items():
+        if row["share"] > MAX_DEAD_UNITS:
+            lines.append(
+                f"WARNING: layer {name}: {row['dead']} of {row['units']} ReLU units ({row['share']:.0%}) "
+                "are never active on the test set"
+            )
+    return lines
+
+
+def read_predictions(path: str) -> dict[str, int]:
+    """{id: predicted class} from an evaluation's predictions.csv."""
+    with tf.io.gfile.GFile(path) as f:
+        return {row["id"]: int(row["predicted"]) for row in csv.DictReader(f)}
+
+
+def read_baseline(baseline_dir: str) -> dict[str, int]:
+    """The predictions of the job ``baseline_dir`` (its evaluate output); BaselineError if none."""
+    path = tf.io.gfile.join(baseline_dir, job_layout.EVAL_DIR, job_layout.PREDICTIONS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise BaselineError(f"--baseline {baseline_dir}: no {path}; run evaluate with --job_dir {baseline_dir} first")
+    return read_predictions(path)
+
+
+def compare_with_baseline(
+    ids: Sequence[str], labels: np.ndarray, predicted: np.ndarray, baseline: Mapping[str, int], *, baseline_dir: str
+) -> dict[str, Any]:
+    """Exact McNemar test of this model against the baseline's predictions, paired by id."""
+    ids = list(ids)
+    if len(set(ids)) != len(ids) or set(ids) != set(baseline):
+        raise BaselineError(
+            f"--baseline {baseline_dir}: its predictions are for other examples ({len(baseline)} ids, "
+            f"{len(set(ids) ^ set(baseline))} not in both); evaluate both jobs on the same data and split"
+        )
+    baseline_predicted = np.array([baseline[i] for i in ids], dtype=np.int64)
+    correct, baseline_correct = predicted == labels, baseline_predicted == labels
+    return {
+        "job_dir": baseline_dir,
+        "accuracy": float(correct.mean()),
+        "baseline_accuracy": float(baseline_correct.mean()),
+        **statistics.mcnemar_exact(correct, baseline_correct),
+    }
+
+
 def predict_split(
     model: keras.Model, data_dir: data.DataDir, split: str, *, batch_size: int = 64
 ) -> dict[str, np.ndarray]:
-    """Ids, labels, P(class 1) and stored pixels of every example of ``split``, in file order."""
+    """Ids, labels, P(class 1) and stored pixels of every example of ``split``, in file order.
+
+    Also "unit_max": {layer name: per-unit maximum activation over the split} of every ReLU
+    layer (:func:`relu_layers`), from the same forward pass, reduced batch by batch.
+    """
+    probed = relu_layers(model)
+    probe = keras.Model(model.inputs, [model.outputs[0], *(layer.output for layer in probed)])
+    unit_max: dict[str, np.ndarray] = {}
     ds = data.make_dataset(
         data_dir.path,
         split,
@@ -125,12 +287,16 @@ def predict_split(
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
-        outputs = model.predict_on_batch(batch["image"])
+        outputs, *activations = probe.predict_on_batch(batch["image"])
+        for layer, activation in zip(probed, activations, strict=True):
+            # Units are the last axis (channels_last); a maximum over examples and positions.
+            maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)
+            unit_max[layer.name] = np.maximum(unit_max[layer.name], maxima) if layer.name in unit_max else maxima
         parts["probability"].append(np.asarray(models.positive_probability(outputs)))
         parts["id"].append(np.char.decode(batch["id"].numpy().astype(bytes), "utf-8"))
         parts["label"].append(batch["label"].numpy())
         parts["pixels"].append(batch["pixels"].numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {**{k: np.concatenate(v) for k, v in parts.items()}, "unit_max": unit_max}
 
 
 def errors_table(metrics: Mapping[str, Any]) -> str:
@@ -139,6 +305,48 @@ def errors_table(metrics: Mapping[str, Any]) -> str:
     for row in metrics["errors_per_class"]:
         lines.append(f"| {row['class']} | {row['count']} | {row['errors']} | {row['error_rate']:.3f} |")
     return "\n".join(lines)
+
+
+def _interval(metrics: Mapping[str, Any], key: str) -> str:
+    low, high = metrics[f"{key}_ci95"]
+    return f"{key} {metrics[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """The printed report: metrics with 95% intervals, worst groups, collapse checks, baseline, lineage."""
+    lines = [f"{metrics['split']}: {metrics['num_examples']} examples, 95% intervals in brackets"]
+    lines += [_interval(metrics, key) for key in ("accuracy", "precision", "recall", "roc_auc")]
+    lines.append(f"loss {metrics['loss']:.4f}, f1 {metrics['f1']:.3f}")
+    for row in metrics["errors_per_class"]:
+        low, high = row["error_rate_ci95"]
+        lines.append(
+            f"class {row['class']}: {row['errors']}/{row['count']} wrong, error rate {row['error_rate']:.3f} [{low:.3f}, {high:.3f}]"
+        )
+    if "errors_per_group" in metrics:
+        groups = metrics["errors_per_group"]
+        worst = ", ".join(f"{r['group'] or '(none)'} {r['errors']}/{r['count']}" for r in groups[:WORST_GROUPS])
+        lines.append(f"groups with most errors (of {len(groups)}): {worst}")
+    identical = metrics["identical_outputs"]
+    lines.append(
+        f"identical outputs: {identical['share']:.1%} of the examples give p={identical['most_common_probability']:.6f}"
+    )
+    for name, row in metrics["dead_units"].items():
+        lines.append(f"dead units: layer {name} {row['dead']}/{row['units']} ({row['share']:.0%}) never active")
+    lines += collapse_warnings(metrics)
+    if "baseline" in metrics:
+        b = metrics["baseline"]
+        verdict = "significant" if b["significant"] else "not significant"
+        lines.append(
+            f"baseline {b['job_dir']}: accuracy {b['accuracy']:.3f} vs baseline {b['baseline_accuracy']:.3f}; "
+            f"only this model right b={b['b']}, only the baseline right c={b['c']}; exact McNemar p={b['p_value']:.4g}, "
+            f"{verdict} at {b['alpha']}"
+        )
+    if metrics["same_data_as_training"] is False:
+        lines.append(
+            f"note: the {metrics['split']} data ({metrics['data_fingerprint']:.12s}) is not the data the model was "
+            f"trained with ({metrics['training_data_fingerprint']:.12s})"
+        )
+    return lines
 
 
 def _save_figure(fig, path: str) -> None:
@@ -201,19 +409,56 @@ def plot_misclassified(
     _save_figure(fig, path)
 
 
-def evaluate(*, data_dir: data.DataDir, job_dir: str, split: str = "test", batch_size: int = 64) -> dict[str, Any]:
-    """Evaluates ``job_dir/model.keras`` on ``split``; writes job_dir/eval/."""
+def evaluate(
+    *, data_dir: data.DataDir, job_dir: str, split: str = "test", batch_size: int = 64, baseline: str | None = None
+) -> dict[str, Any]:
+    """Evaluates ``job_dir/model.keras`` on ``split``; writes job_dir/eval/.
+
+    ``baseline``: another job directory, already evaluated on the same examples, to test
+    this model against (BaselineError when it cannot be).
+    """
     if data.split_size(data_dir.manifest, split) == 0:
         raise ValueError(
             f"the {split} split of {data_dir.path} is empty (see its manifest.json counts): nothing to evaluate; "
             "check the splits and labels given to pipelines.preprocess (e.g. unlabelled test ids need overrides)"
         )
+    # Read before this job's own predictions.csv is rewritten (the baseline may be this job).
+    baseline_predictions = read_baseline(baseline) if baseline is not None else None
     model_path = tf.io.gfile.join(job_dir, job_layout.MODEL_FILE)
     model = keras.saving.load_model(model_path)
     result = predict_split(model, data_dir, split, batch_size=batch_size)
     class_names = [str(c) for c in data_dir.classes]
-    metrics = compute_metrics(result["label"], result["probability"], class_names=class_names, ids=result["id"])
-    metrics.update({"split": split, "model": model_path, "data_dir": data_dir.path})
+    ids = [str(i) for i in result["id"]]
+    metrics = compute_metrics(
+        result["label"],
+        result["probability"],
+        class_names=class_names,
+        ids=ids,
+        groups=example_groups(data_dir.manifest, ids),
+    )
+    if "errors_per_group" not in metrics:
+        logging.info(
+            "no groups in %s (the shards carry none, nor a --group_by column): no errors per group", data_dir.path
+        )
+    if baseline_predictions is not None:
+        predicted = (result["probability"] >= models.THRESHOLD).astype(np.int64)
+        metrics["baseline"] = compare_with_baseline(
+            ids, result["label"], predicted, baseline_predictions, baseline_dir=baseline
+        )
+    trained_on = records.read_data_fingerprint(job_dir)
+    metrics.update(
+        {
+            "split": split,
+            "model": model_path,
+            "data_dir": data_dir.path,
+            "identical_outputs": output_collapse(result["probability"]),
+            "dead_units": dead_units(result["unit_max"]),
+            records.DATA_FINGERPRINT_KEY: data_dir.fingerprint,
+            "training_data_fingerprint": trained_on,
+            # None: the job does not say what it was trained with (trained before fingerprints).
+            "same_data_as_training": None if trained_on is None else trained_on == data_dir.fingerprint,
+        }
+    )
 
     out_dir = tf.io.gfile.join(job_dir, job_layout.EVAL_DIR)
     tf.io.gfile.makedirs(out_dir)
@@ -237,16 +482,7 @@ def evaluate(*, data_dir: data.DataDir, job_dir: str, split: str = "test", batch
         result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, job_layout.MISCLASSIFIED_PLOT)
     )
 
-    logging.info(
-        "%s: accuracy %.4f, loss %.4f, precision %.4f, recall %.4f, f1 %.4f, roc_auc %.4f",
-        split,
-        metrics["accuracy"],
-        metrics["loss"],
-        metrics["precision"],
-        metrics["recall"],
-        metrics["f1"],
-        metrics["roc_auc"],
-    )
+    print("\n".join(summary_lines(metrics)))
     print(errors_table(metrics))
     print(f"evaluation written to {out_dir}")
     return metrics

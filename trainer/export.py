@@ -10,6 +10,9 @@ Outputs of both signatures:
   probability  float32 [B]   P(class 1)
   class        int64   [B]   1 when probability >= models.THRESHOLD (0.5)
   label        string  [B]   the class name from the manifest
+
+The module also keeps the fingerprint of the data the model was trained on
+(``data.DataDir.fingerprint``): ``read_data_fingerprint(export_dir)``.
 """
 
 from __future__ import annotations
@@ -33,11 +36,19 @@ class ServingModule(tf.Module):
       model: The trained Keras model (takes normalised [B, H, W, C] float32).
       tft_output: The pipeline's transform output (its graph and assets are exported too).
       manifest: The data manifest: image size, colour mode, class names.
+      data_fingerprint: The training data's fingerprint ("" when not known).
     """
 
-    def __init__(self, model: keras.Model, tft_output: tft.TFTransformOutput, manifest: Mapping[str, Any]):
+    def __init__(
+        self,
+        model: keras.Model,
+        tft_output: tft.TFTransformOutput,
+        manifest: Mapping[str, Any],
+        data_fingerprint: str = "",
+    ):
         super().__init__(name="facepipe_serving")
         self.model = model
+        self._data_fingerprint = data_fingerprint
         self.tft_layer = tft_output.transform_features_layer()
         self._shape = features.image_shape(manifest)
         self._grayscale = manifest["image"].get("color_mode", "rgb") == "grayscale" or self._shape[2] == 1
@@ -78,6 +89,12 @@ class ServingModule(tf.Module):
             "label": tf.gather(tf.constant(self._class_names), predicted),
         }
 
+    # A function, not a variable or a signature: saved as a constant of the graph, read back
+    # by ``read_data_fingerprint``, and no new serving signature for clients to see.
+    @tf.function(input_signature=[])
+    def data_fingerprint(self) -> tf.Tensor:
+        return tf.constant(self._data_fingerprint)
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serve_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
         pixels = tf.map_fn(
@@ -92,10 +109,15 @@ class ServingModule(tf.Module):
 
 
 def export_model(
-    model: keras.Model, *, tft_output: tft.TFTransformOutput, manifest: Mapping[str, Any], export_dir: str
+    model: keras.Model,
+    *,
+    tft_output: tft.TFTransformOutput,
+    manifest: Mapping[str, Any],
+    export_dir: str,
+    data_fingerprint: str = "",
 ) -> str:
     """Saves the serving SavedModel to ``export_dir`` (replacing an older export)."""
-    module = ServingModule(model, tft_output, manifest)
+    module = ServingModule(model, tft_output, manifest, data_fingerprint)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
     tf.saved_model.save(
@@ -111,3 +133,11 @@ def load_serving(export_dir: str):
     """The exported module's ``serving_default`` and ``serving_examples`` signatures."""
     loaded = tf.saved_model.load(export_dir)
     return loaded.signatures["serving_default"], loaded.signatures["serving_examples"]
+
+
+def read_data_fingerprint(export_dir: str) -> str:
+    """The fingerprint of the data the exported model was trained on ("" when not recorded)."""
+    loaded = tf.saved_model.load(export_dir)
+    if not hasattr(loaded, "data_fingerprint"):
+        return ""  # An export from before the fingerprint was recorded.
+    return loaded.data_fingerprint().numpy().decode("utf-8")

@@ -18,6 +18,9 @@ import tensorflow as tf
 from trainer import job_layout
 
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss")
+# The key of training_config.json (and of best_hyperparameters.json, metrics.json) holding
+# the fingerprint of the data it came from (``data.DataDir.fingerprint``).
+DATA_FINGERPRINT_KEY = "data_fingerprint"
 
 
 def history_path(job_dir: str) -> str:
@@ -28,6 +31,15 @@ def write_config(job_dir: str, config: Mapping[str, Any]) -> None:
     """Writes training_config.json (see trainer/training.py for its keys)."""
     with tf.io.gfile.GFile(tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2)
+
+
+def read_data_fingerprint(job_dir: str) -> str | None:
+    """The data fingerprint training_config.json records; None when absent (or an older job)."""
+    path = tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f).get(DATA_FINGERPRINT_KEY)
 
 
 def append_history(job_dir: str, row: Mapping[str, float]) -> None:

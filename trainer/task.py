@@ -2,7 +2,7 @@
 
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
-  python -m trainer.task evaluate --data_dir DATA --job_dir JOB
+  python -m trainer.task evaluate --data_dir DATA --job_dir JOB [--baseline OTHER_JOB]
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
   python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
@@ -92,6 +92,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     common(evaluate)
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch_size", type=int, default=64)
+    evaluate.add_argument(
+        "--baseline",
+        metavar="OTHER_JOB_DIR",
+        help="a job already evaluated on the same examples: exact McNemar test of the two models",
+    )
 
     predict = commands.add_parser("predict", help="probabilities for image files with the exported model")
     common(predict, data=False)
@@ -217,6 +222,7 @@ def run_tune(args: argparse.Namespace) -> None:
         strategy=None if distribute.is_default(strategy) else strategy,
         verbose=args.verbose,
         overwrite=args.overwrite,
+        data_fingerprint=data_dir.fingerprint,
     )
     if best is None:
         print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
@@ -237,8 +243,11 @@ def run_train(args: argparse.Namespace) -> None:
             loaded = json.load(f)
         values = loaded.get("hyperparameters", loaded)
         source = args.hyperparameters
+        tuning.warn_if_other_data(loaded, source, data_dir.fingerprint)
     else:
-        values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
+        values = tuning.read_best_hyperparameters(
+            args.job_dir, model=preset.name, data_fingerprint=data_dir.fingerprint
+        )
         source = f"{args.job_dir}/{job_layout.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
     logging.info("hyperparameters from %s", source)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
@@ -259,12 +268,21 @@ def run_train(args: argparse.Namespace) -> None:
     )
 
 
-def run_evaluate(args: argparse.Namespace) -> None:
+def run_evaluate(args: argparse.Namespace) -> int:
     from trainer import data, evaluation
 
-    evaluation.evaluate(
-        data_dir=data.DataDir.read(args.data_dir), job_dir=args.job_dir, split=args.split, batch_size=args.batch_size
-    )
+    try:
+        evaluation.evaluate(
+            data_dir=data.DataDir.read(args.data_dir),
+            job_dir=args.job_dir,
+            split=args.split,
+            batch_size=args.batch_size,
+            baseline=args.baseline,
+        )
+    except evaluation.BaselineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_predict(args: argparse.Namespace) -> None:

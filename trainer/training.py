@@ -74,6 +74,7 @@ def train(
         "model": preset.name,
         "hyperparameters": hp.values,
         "data_dir": data_dir.path,
+        records.DATA_FINGERPRINT_KEY: data_dir.fingerprint,
         "image_shape": list(input_shape),
         "classes": data_dir.classes,
         "strategy": type(strategy).__name__,
@@ -127,6 +128,7 @@ def train(
         tft_output=data_dir.tft_output,
         manifest=data_dir.manifest,
         export_dir=_join(out_dir, job_layout.EXPORT_DIR),
+        data_fingerprint=data_dir.fingerprint,
     )
     if not chief:
         tf.io.gfile.rmtree(out_dir)

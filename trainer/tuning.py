@@ -15,7 +15,8 @@ best_hyperparameters.json, and only the chief (or a single process) may ``overwr
 Outputs in job_dir (names in trainer/job_layout.py):
   tuning/<model>_<tuner>/     keras-tuner's project (oracle.json, trial_*/)
   tuning/results.csv, .md     one row per trial, best first
-  best_hyperparameters.json   {"model", "tuner", "trial_id", "score", "hyperparameters"}
+  best_hyperparameters.json   {"model", "tuner", "trial_id", "score", "hyperparameters",
+                              "data_fingerprint": the data tuned on (data.DataDir.fingerprint)}
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import tensorflow as tf
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import job_layout, models
+from trainer import job_layout, models, records
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
@@ -196,8 +197,25 @@ def write_results(rows: list[dict[str, Any]], job_dir: str) -> tuple[str, str]:
     return csv_path, md_path
 
 
-def read_best_hyperparameters(job_dir: str, *, model: str) -> dict[str, Any] | None:
-    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model)."""
+def warn_if_other_data(best: Mapping[str, Any], source: str, data_fingerprint: str | None) -> None:
+    """One warning line when the tuning results ``best`` (read from ``source``) came from other data."""
+    tuned_on = best.get(records.DATA_FINGERPRINT_KEY)
+    if data_fingerprint is not None and tuned_on is not None and tuned_on != data_fingerprint:
+        logging.warning(
+            "%s was tuned on other data (fingerprint %.12s, this data %.12s): the hyperparameters may not suit it",
+            source,
+            tuned_on,
+            data_fingerprint,
+        )
+
+
+def read_best_hyperparameters(
+    job_dir: str, *, model: str, data_fingerprint: str | None = None
+) -> dict[str, Any] | None:
+    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model).
+
+    With ``data_fingerprint``, warns when they were tuned on other data.
+    """
     path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     if not tf.io.gfile.exists(path):
         return None
@@ -206,6 +224,7 @@ def read_best_hyperparameters(job_dir: str, *, model: str) -> dict[str, Any] | N
     if best.get("model") != model:
         logging.warning("%s was tuned for %s, not %s: ignoring it", path, best.get("model"), model)
         return None
+    warn_if_other_data(best, path, data_fingerprint)
     return dict(best["hyperparameters"])
 
 
@@ -221,6 +240,7 @@ def tune(
     strategy: tf.distribute.Strategy | None = None,
     verbose: int = 0,
     overwrite: bool = False,
+    data_fingerprint: str | None = None,
 ) -> dict[str, Any] | None:
     """Runs (or resumes) the search; writes the results table and the best hyperparameters.
 
@@ -231,6 +251,8 @@ def tune(
     Args:
       overwrite: Delete the project and start afresh (single process or chief only).
         Defaults to False: resume.
+      data_fingerprint: The fingerprint of the data searched on, recorded in
+        best_hyperparameters.json (``data.DataDir.fingerprint``).
 
     Returns:
       The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
@@ -292,6 +314,7 @@ def tune(
         "score": best_trial.score,
         "objective": OBJECTIVE.name,
         "hyperparameters": {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
+        records.DATA_FINGERPRINT_KEY: data_fingerprint,
     }
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     with tf.io.gfile.GFile(best_path, "w") as f:

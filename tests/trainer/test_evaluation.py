@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import cv2
 import keras
@@ -12,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines import features
-from trainer import data, evaluation, models, predict, task, training
+from trainer import data, evaluation, models, predict, statistics, task, training
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +117,25 @@ def test_compute_metrics_on_known_values():
     assert metrics["f1"] == pytest.approx(4 / 7)
     assert metrics["roc_auc"] == pytest.approx(_brute_force_auc(labels, probs))  # 0.1, 0.6 x2 ties
     assert metrics["errors_per_class"] == [
-        {"class": "a", "count": 3, "errors": 2, "error_rate": pytest.approx(2 / 3)},
-        {"class": "b", "count": 3, "errors": 1, "error_rate": pytest.approx(1 / 3)},
+        {
+            "class": "a",
+            "count": 3,
+            "errors": 2,
+            "error_rate": pytest.approx(2 / 3),
+            "error_rate_ci95": pytest.approx([0.2077, 0.9385], abs=1e-4),  # Wilson 2/3 by hand.
+        },
+        {
+            "class": "b",
+            "count": 3,
+            "errors": 1,
+            "error_rate": pytest.approx(1 / 3),
+            "error_rate_ci95": pytest.approx([0.0615, 0.7923], abs=1e-4),
+        },
     ]
+    assert metrics["accuracy_ci95"] == pytest.approx([0.1876, 0.8124], abs=1e-4)  # Wilson 3/6.
+    assert metrics["precision_ci95"] == pytest.approx(list(statistics.wilson_interval(2, 4)))
+    assert metrics["recall_ci95"] == pytest.approx(list(statistics.wilson_interval(2, 3)))
+    assert metrics["roc_auc_ci95"] == pytest.approx(list(statistics.auc_interval(labels, probs)))
     assert [m["id"] for m in metrics["misclassified"]] == ["v", "x", "z"]
     assert metrics["misclassified"][1] == {"id": "x", "label": "b", "predicted": "a", "probability": 0.4}
     rng = np.random.default_rng(0)
@@ -166,3 +183,112 @@ def test_empty_test_split_fails_with_a_clear_message(make_data_dir, tmp_path):
     )
     with pytest.raises(ValueError, match=r"test split .* is empty"):
         evaluation.evaluate(data_dir=data.DataDir.read(data_dir), job_dir=str(tmp_path / "job"))
+
+
+def test_metrics_and_printed_table_carry_95_intervals(trained_job, tmp_path, capsys):
+    data_dir, job_dir = trained_job
+    metrics = json.loads((job_dir / "eval/metrics.json").read_text())
+    correct = round(metrics["accuracy"] * metrics["num_examples"])
+    assert metrics["accuracy_ci95"] == pytest.approx(list(statistics.wilson_interval(correct, 16)))
+    low, high = metrics["roc_auc_ci95"]
+    assert low <= metrics["roc_auc"] <= high
+    job = tmp_path / "job"
+    shutil.copytree(job_dir, job)
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job)]) == 0
+    printed = capsys.readouterr().out
+    low, high = metrics["accuracy_ci95"]
+    assert f"accuracy {metrics['accuracy']:.3f} [{low:.3f}, {high:.3f}]" in printed
+    assert "identical outputs:" in printed and "dead units: layer dense" in printed
+    assert "WARNING" not in printed  # A trained model has not collapsed.
+    assert metrics["identical_outputs"]["share"] <= evaluation.MAX_IDENTICAL_OUTPUTS
+    assert set(metrics["dead_units"]) == {"conv", "dense"}
+
+
+def _collapsed_copy(job_dir, out_dir):
+    """``job_dir`` with a model whose Dense ReLU layer is dead (zero kernel, negative bias): a constant output."""
+    shutil.copytree(job_dir, out_dir, ignore=shutil.ignore_patterns("eval"))
+    model = keras.saving.load_model(out_dir / "model.keras")
+    dense = model.get_layer("dense")
+    kernel, bias = dense.get_weights()
+    dense.set_weights([np.zeros_like(kernel), -np.ones_like(bias)])
+    head_kernel, head_bias = model.get_layer("probability").get_weights()
+    model.get_layer("probability").set_weights([head_kernel, np.full_like(head_bias, 3.0)])  # Always "yes".
+    model.save(out_dir / "model.keras")
+    return out_dir
+
+
+def test_collapsed_model_is_reported_dead_and_constant(trained_job, tmp_path, capsys):
+    data_dir, job_dir = trained_job
+    collapsed = _collapsed_copy(job_dir, tmp_path / "collapsed")
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(collapsed)]) == 0
+    printed = capsys.readouterr().out
+    metrics = json.loads((collapsed / "eval/metrics.json").read_text())
+    assert metrics["dead_units"]["dense"] == {"units": 128, "dead": 128, "share": 1.0}
+    assert metrics["dead_units"]["conv"]["share"] < 1.0
+    assert metrics["identical_outputs"]["share"] == 1.0
+    assert metrics["identical_outputs"]["most_common_probability"] == pytest.approx(1 / (1 + np.exp(-3.0)), abs=1e-6)
+    assert "WARNING: 100% of the test outputs are identical" in printed
+    assert "WARNING: layer dense: 128 of 128 ReLU units (100%)" in printed
+
+
+def test_baseline_mcnemar_against_a_constant_predictor_and_itself(trained_job, tmp_path, capsys):
+    data_dir, job_dir = trained_job
+    job = tmp_path / "job"
+    shutil.copytree(job_dir, job)
+    trained_accuracy = json.loads((job / "eval/metrics.json").read_text())["accuracy"]
+    constant = _collapsed_copy(job_dir, tmp_path / "constant")
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(constant)]) == 0
+
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job), "--baseline", str(constant)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads((job / "eval/metrics.json").read_text())["baseline"]
+    assert result["accuracy"] == pytest.approx(trained_accuracy) and result["baseline_accuracy"] == 0.5
+    assert result["b"] - result["c"] == round((trained_accuracy - 0.5) * 16)
+    assert result["p_value"] == pytest.approx(
+        statistics.mcnemar_exact(
+            [True] * result["b"] + [False] * result["c"], [False] * result["b"] + [True] * result["c"]
+        )["p_value"]
+    )
+    assert result["significant"] and result["p_value"] < 0.05
+    assert f"b={result['b']}" in printed and "significant at 0.05" in printed and "not significant" not in printed
+
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job), "--baseline", str(job)]) == 0
+    result = json.loads((job / "eval/metrics.json").read_text())["baseline"]
+    assert (result["b"], result["c"], result["p_value"], result["significant"]) == (0, 0, 1.0, False)
+    assert "not significant at 0.05" in capsys.readouterr().out
+
+
+def test_baseline_errors_are_one_line(trained_job, tmp_path, capsys):
+    data_dir, job_dir = trained_job
+    never_evaluated = tmp_path / "never_evaluated"
+    never_evaluated.mkdir()
+    assert (
+        task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir), "--baseline", str(never_evaluated)])
+        == 2
+    )
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]  # Not the log lines.
+    assert len(err) == 1 and err[0].startswith("error: --baseline") and "run evaluate" in err[0]
+    other = tmp_path / "other"
+    (other / "eval").mkdir(parents=True)
+    (other / "eval/predictions.csv").write_text("id,label,probability,predicted\nsomeone_else,0,0.1,0\n")
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir), "--baseline", str(other)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and err[0].startswith("error: --baseline") and "other examples" in err[0]
+
+
+def test_errors_per_group_from_the_labels_csv(tmp_path):
+    labels_csv = tmp_path / "labels.csv"
+    labels_csv.write_text("id,label,subject\nu,0,s1\nv,0,s1\nw,1,s2\nx,1,s2\ny,1,s3\nz,0,s3\nother,0,s9\n")
+    manifest = {"options": {"labels_csv": [str(labels_csv)], "group_by": "subject", "id_column": "id"}}
+    groups = evaluation.example_groups(manifest, list("uvwxyz"))
+    assert groups == {"u": "s1", "v": "s1", "w": "s2", "x": "s2", "y": "s3", "z": "s3"}
+    metrics = evaluation.compute_metrics(
+        [0, 0, 1, 1, 1, 0], [0.1, 0.6, 0.8, 0.4, 0.3, 0.6], class_names=["a", "b"], ids=list("uvwxyz"), groups=groups
+    )
+    assert metrics["errors_per_group"] == [  # Most errors first, then by name.
+        {"group": "s3", "count": 2, "errors": 2, "error_rate": 1.0},
+        {"group": "s1", "count": 2, "errors": 1, "error_rate": 0.5},
+        {"group": "s2", "count": 2, "errors": 1, "error_rate": 0.5},
+    ]
+    assert evaluation.example_groups({"options": {"group_by": "stem"}}, ["u"]) is None
+    assert evaluation.example_groups({}, ["u"]) is None
