@@ -156,33 +156,12 @@ def errors_per_group(ids: Sequence[str], wrong: np.ndarray, groups: Mapping[str,
     return sorted(rows, key=lambda r: (-r["errors"], -r["error_rate"], r["group"]))
 
 
-def example_groups(manifest: Mapping[str, Any], ids: Sequence[str]) -> dict[str, str] | None:
-    """{id: group} of ``ids`` from the labels CSVs the pipeline grouped by, or None.
-
-    The shards do not store the group: it is read back from the --group_by column of the
-    --labels_csv files the manifest's options name (only ``ids``' rows are kept). None when
-    the run had no group column (no --group_by, or "stem", where the group is the id) or
-    a CSV cannot be read any more.
-    """
-    options = manifest.get("options") or {}
-    column = options.get("group_by")
-    if not column or column == "stem":
+def example_groups(ids: Sequence[str], groups: Sequence[str]) -> dict[str, str] | None:
+    """{id: group} from the examples' group feature, or None when there are no groups to
+    report: every example its own group (no --group_by), or shards from before the group."""
+    if all(group in ("", id_) for id_, group in zip(ids, groups, strict=True)):
         return None
-    wanted, groups = set(ids), {}
-    id_column, encoding = options.get("id_column", "id"), options.get("csv_encoding", "utf-8")
-    for path in options.get("labels_csv", ()):
-        try:
-            with tf.io.gfile.GFile(path, "rb") as f:
-                # Line by line, each decoded with the pipeline's --csv_encoding.
-                reader = csv.DictReader(line.decode(encoding) for line in f)
-                for row in reader:
-                    id_ = (row.get(id_column) or "").strip()
-                    if id_ in wanted and row.get(column):
-                        groups[id_] = row[column].strip()
-        except (tf.errors.NotFoundError, OSError, UnicodeDecodeError) as e:
-            logging.warning("cannot read the groups (%s) from %s: %s; no errors per group", column, path, e)
-            return None
-    return groups
+    return dict(zip(ids, groups, strict=True))
 
 
 def relu_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -285,7 +264,7 @@ def predict_split(
         training=False,
         with_metadata=True,
     )
-    parts: dict[str, list[np.ndarray]] = {"id": [], "label": [], "probability": [], "pixels": []}
+    parts: dict[str, list[np.ndarray]] = {"id": [], "group": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
         outputs, *activations = probe.predict_on_batch(batch["image"])
         for layer, activation in zip(probed, activations, strict=True):
@@ -294,6 +273,7 @@ def predict_split(
             unit_max[layer.name] = np.maximum(unit_max[layer.name], maxima) if layer.name in unit_max else maxima
         parts["probability"].append(np.asarray(models.positive_probability(outputs)))
         parts["id"].append(np.char.decode(batch["id"].numpy().astype(bytes), "utf-8"))
+        parts["group"].append(np.char.decode(batch["group"].numpy().astype(bytes), "utf-8"))
         parts["label"].append(batch["label"].numpy())
         parts["pixels"].append(batch["pixels"].numpy())
     return {**{k: np.concatenate(v) for k, v in parts.items()}, "unit_max": unit_max}
@@ -434,12 +414,10 @@ def evaluate(
         result["probability"],
         class_names=class_names,
         ids=ids,
-        groups=example_groups(data_dir.manifest, ids),
+        groups=example_groups(ids, [str(g) for g in result["group"]]),
     )
     if "errors_per_group" not in metrics:
-        logging.info(
-            "no groups in %s (the shards carry none, nor a --group_by column): no errors per group", data_dir.path
-        )
+        logging.info("no groups in %s (preprocessed without --group_by): no errors per group", data_dir.path)
     if baseline_predictions is not None:
         predicted = (result["probability"] >= models.THRESHOLD).astype(np.int64)
         metrics["baseline"] = compare_with_baseline(
