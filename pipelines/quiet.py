@@ -47,6 +47,8 @@ def configure(verbose: bool | None = None) -> bool:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # TensorFlow's warnings in a run are tf.function retracing notes, each printed twice.
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=NOISY_MODULES)
     try:
         from absl import logging as absl_logging  # absl-py: pure Python, no TensorFlow.
