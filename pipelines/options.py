@@ -93,7 +93,7 @@ class PreprocessConfig:
     seed: int = 0
     num_shards: int = 0
     max_bad_fraction: float = 0.5
-    max_pixels: int = 64_000_000
+    max_pixels: int = features.MAX_PIXELS
     overwrite: bool = False
 
     @property
