@@ -44,6 +44,11 @@ MANIFEST_FILE = "manifest.json"
 TRANSFORM_DIR = "transform"  # tft.TFTransformOutput directory: transform_fn/, *_metadata/
 DEAD_LETTER_DIR = "dead_letter"
 SHARD_SUFFIX = ".tfrecord.gz"
+
+# Images with more pixels (width x height, from the header) are refused before decoding,
+# by the pipeline (--max_pixels) and by the trainer's predict: a small PNG can declare
+# 7900x7900 pixels and take gigabytes to decode.
+MAX_PIXELS = 64_000_000
 MANIFEST_VERSION = 1
 
 

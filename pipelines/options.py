@@ -98,7 +98,7 @@ class PreprocessConfig:
     max_bad_fraction: float = 0.5
     max_unusable_fraction: float = 0.5
     min_side: int = 8
-    max_pixels: int = 64_000_000
+    max_pixels: int = features.MAX_PIXELS
     overwrite: bool = False
 
     @property

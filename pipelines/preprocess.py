@@ -10,6 +10,8 @@ or ``--runner FlinkRunner`` over a cluster (see README).
 
 from __future__ import annotations
 
+# The imports after quiet.preload() follow code: TensorFlow must see its log level first.
+# ruff: noqa: E402
 import contextlib
 import fnmatch
 import logging
@@ -20,6 +22,12 @@ import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from pipelines import quiet
+
+# Before Beam and tf.Transform import TensorFlow (see pipelines/quiet.py).
+quiet.configure()
+quiet.preload("tensorflow")
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from collections import Counter
@@ -36,7 +35,7 @@ import matplotlib.ticker
 import numpy as np
 import tensorflow as tf
 
-from trainer import data, job_layout, models, records, statistics
+from trainer import atomic, data, job_layout, models, records, statistics
 
 # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; the same here.
 _EPSILON = 1e-7
@@ -333,8 +332,7 @@ def _save_figure(fig, path: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
-    with tf.io.gfile.GFile(path, "wb") as f:
-        f.write(buffer.getvalue())
+    atomic.write(path, buffer.getvalue())
 
 
 def plot_training_curves(history: list[dict[str, float]], path: str) -> None:
@@ -440,15 +438,13 @@ def evaluate(
 
     out_dir = tf.io.gfile.join(job_dir, job_layout.EVAL_DIR)
     tf.io.gfile.makedirs(out_dir)
-    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, job_layout.METRICS_FILE), "w") as f:
-        json.dump(metrics, f, indent=2)
+    records.write_json(tf.io.gfile.join(out_dir, job_layout.METRICS_FILE), metrics)  # NaN (e.g. roc_auc) -> null
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["id", "label", "probability", "predicted"])
     for id_, label, probability in zip(result["id"], result["label"], result["probability"], strict=True):
         writer.writerow([id_, int(label), repr(float(probability)), int(probability >= models.THRESHOLD)])
-    with tf.io.gfile.GFile(tf.io.gfile.join(out_dir, job_layout.PREDICTIONS_FILE), "w") as f:
-        f.write(buffer.getvalue())
+    atomic.write(tf.io.gfile.join(out_dir, job_layout.PREDICTIONS_FILE), buffer.getvalue())
 
     try:
         plot_training_curves(records.read_history(job_dir), tf.io.gfile.join(out_dir, job_layout.TRAINING_CURVES_PLOT))

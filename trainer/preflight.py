@@ -99,6 +99,36 @@ def check_transform(data_dir: str, manifest: Mapping[str, Any]) -> list[Finding]
     ]
 
 
+def _written(manifest: Mapping[str, Any], split: str) -> int:
+    """Examples the manifest counts in ``split`` (0 when it lists none)."""
+    written = manifest.get("counts", {}).get("written", {}).get(split)
+    return sum(int(n) for n in written.values()) if isinstance(written, Mapping) else 0
+
+
+def empty_split(data_dir: str, manifest: Mapping[str, Any], split: str) -> str | None:
+    """Why ``split`` cannot be used, when the manifest counts no example in it (else None)."""
+    if _written(manifest, split):
+        return None
+    hint = (
+        "label some test images (e.g. the review's overrides for unlabelled test ids, --overrides_csv) "
+        if split == "test"
+        else "give pipelines.preprocess more labelled images or other --splits / --validation_fraction "
+    )
+    return (
+        f"split {split} is empty in {data_dir} (manifest: 0 examples); {hint}and re-run pipelines.preprocess, "
+        f"or point --data_dir at a preprocessing output with {split} examples"
+    )
+
+
+def check_splits(data_dir: str, manifest: Mapping[str, Any]) -> list[Finding]:
+    """Every split holds examples: tune and train read train and validation, evaluate test."""
+    findings = []
+    for split in features.SPLITS:
+        problem = empty_split(data_dir, manifest, split)
+        findings.append(Finding(problem is None, problem or f"{split}: {_written(manifest, split)} examples"))
+    return findings
+
+
 def check_shards(data_dir: str, manifest: Mapping[str, Any], *, input_pipelines: int) -> list[Finding]:
     """Every split the manifest lists is on disk; training has a shard per input pipeline."""
     findings = []
@@ -237,6 +267,7 @@ def preflight(
     if manifest is None:
         return findings
     findings += check_transform(data_dir, manifest)
+    findings += check_splits(data_dir, manifest)
     findings += check_shards(data_dir, manifest, input_pipelines=input_pipelines)
     model_findings, preset = check_model(manifest, model)
     findings += model_findings

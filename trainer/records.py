@@ -1,5 +1,8 @@
 """What train records in JOB next to the model: training_config.json and history.csv.
 
+:func:`write_json` is the trainer's one JSON writer (training_config.json, metrics.json,
+best_hyperparameters.json): strict JSON, whole or not at all (trainer/atomic.py).
+
 history.csv has one row per epoch, appended across restarts: Keras' CSVLogger writes it
 (single process), or :func:`append_history` with the same columns (the multi-worker
 loop); :func:`read_history` reads it (evaluation's training curves).
@@ -10,12 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
-from trainer import job_layout
+from trainer import atomic, errors, job_layout
 
 HISTORY_COLUMNS = ("epoch", "accuracy", "loss", "val_accuracy", "val_loss")
 # The key of training_config.json (and of best_hyperparameters.json, metrics.json) holding
@@ -27,10 +32,68 @@ def history_path(job_dir: str) -> str:
     return tf.io.gfile.join(job_dir, job_layout.HISTORY_FILE)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (which strict JSON has no spelling for) as None."""
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, value: Any) -> None:
+    """Writes ``value`` as strict JSON (non-finite floats as ``null``), atomically."""
+    atomic.write(path, json.dumps(_finite(value), indent=2, allow_nan=False) + "\n")
+
+
+def config_path(job_dir: str) -> str:
+    return tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
+
+
 def write_config(job_dir: str, config: Mapping[str, Any]) -> None:
     """Writes training_config.json (see trainer/training.py for its keys)."""
-    with tf.io.gfile.GFile(tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=2)
+    write_json(config_path(job_dir), config)
+
+
+# What must be equal for a killed run's backup to be resumed with a new command.
+_RESUMED_KEYS = ("model", "hyperparameters", "image_shape", "classes")
+
+
+def check_resumable(job_dir: str, config: Mapping[str, Any]) -> None:
+    """Raises UsageError when JOB's recorded run trained something other than ``config``.
+
+    Keras' BackupAndRestore would otherwise fail deep inside the restore ("objects that
+    could not be loaded") or, worse, resume a run under other hyperparameters.
+    """
+    path = config_path(job_dir)
+    if not tf.io.gfile.exists(path):
+        return
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            recorded = json.load(f)
+    except json.JSONDecodeError:
+        return  # Not ours to judge; the restore itself says whether the backup fits.
+    differences = []
+    for key in _RESUMED_KEYS:
+        old, new = recorded.get(key), _finite(config.get(key))
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += [
+                f"{name} {old.get(name)!r} -> {new.get(name)!r}"
+                for name in sorted(set(old) | set(new))
+                if old.get(name) != new.get(name)
+            ]
+        elif old != new:
+            differences.append(f"{key} {old!r} -> {new!r}")
+    if differences:
+        backup = tf.io.gfile.join(job_dir, job_layout.BACKUP_DIR)
+        raise errors.UsageError(
+            f"{job_dir} has a run with other hyperparameters ({', '.join(differences)}); "
+            f"pass --overwrite to start afresh, or remove {backup}"
+        )
 
 
 def read_data_fingerprint(job_dir: str) -> str | None:
@@ -43,15 +106,21 @@ def read_data_fingerprint(job_dir: str) -> str | None:
 
 
 def append_history(job_dir: str, row: Mapping[str, float]) -> None:
-    """Appends one epoch to history.csv (CSVLogger's columns), writing the header first."""
+    """Appends one epoch to history.csv (CSVLogger's columns), writing the header first.
+
+    The file is rewritten whole (atomically): a few rows per run, and a kill mid-write
+    leaves the previous history, not half a row.
+    """
     path = history_path(job_dir)
     buffer = io.StringIO()
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            buffer.write(f.read())
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS)
-    if not tf.io.gfile.exists(path):
+    if not buffer.tell():
         writer.writeheader()
     writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
-    with tf.io.gfile.GFile(path, "a") as f:
-        f.write(buffer.getvalue())
+    atomic.write(path, buffer.getvalue())
 
 
 def read_history(job_dir: str) -> list[dict[str, float]]:

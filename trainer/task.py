@@ -21,10 +21,18 @@ reruns the same command. They are nested there because that file's top-level key
 what was trained, under names that are also flags but hold other values ("model": the
 preset chosen, "hyperparameters": their values, "strategy": the strategy's class); a config
 file with a "flags" object uses that object and ignores the rest of the file.
+
+A mistake the command can foresee (a missing data directory or file, an empty split, a
+flag combination that cannot work, a job directory of another run) ends in one line
+``error: …`` on stderr: exit 2 for flags, 1 for data. ``--debug`` (or FACEPIPE_DEBUG=1)
+shows the traceback instead. TensorFlow's start-up lines are hidden unless
+FACEPIPE_VERBOSE=1 (pipelines/quiet.py).
 """
 
 from __future__ import annotations
 
+# The imports after quiet.preload() follow code: TensorFlow must see its log level first.
+# ruff: noqa: E402
 import argparse
 import json
 import logging
@@ -33,10 +41,17 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from pipelines import quiet
+
+# Before TensorFlow is imported: it reads its C++ log level once, at import.
+quiet.configure()
+quiet.preload("tensorflow")
+
 import tensorflow as tf
 
+from pipelines import features
 from pipelines.findings import report
-from trainer import distribute, job_layout, models, tuning
+from trainer import distribute, errors, job_layout, models, preflight, tuning
 
 if TYPE_CHECKING:
     from trainer import data
@@ -44,7 +59,10 @@ if TYPE_CHECKING:
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight", "find_label_issues")
 # Dests that are not a command's flags: the subcommand itself, and --config (a config
 # file does not name another one).
-_NOT_FLAGS = ("command", "config", "help")
+_NOT_FLAGS = ("command", "config", "debug", "help")
+DEBUG_ENV = "FACEPIPE_DEBUG"
+# The splits each command reads (all must hold examples; see preflight.empty_split).
+_SPLITS = {"tune": ("train", "validation"), "train": ("train", "validation")}
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -87,6 +105,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     train.add_argument(
         "--hyperparameters", help="JSON written by tune (default: JOB/best_hyperparameters.json if present)"
     )
+    train.add_argument(
+        "--overwrite", action="store_true", help="delete JOB/backup of an interrupted run and start afresh"
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
     common(evaluate)
@@ -104,6 +125,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     predict.add_argument("--output", help="CSV to write (default: print only)")
     predict.add_argument("--export_dir", help="default: JOB/export")
     predict.add_argument("--batch_size", type=int, default=32)
+    predict.add_argument(
+        "--max_pixels",
+        type=int,
+        default=features.MAX_PIXELS,
+        help="refuse images with more pixels (by their header) before decoding, as the pipeline does",
+    )
 
     preflight = commands.add_parser("preflight", help="check paths, data, model and strategy before a cloud run")
     preflight.add_argument("--data_dir", required=True)
@@ -138,6 +165,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
             metavar="FILE",
             help="JSON object of this command's flags (dest names) used as defaults, e.g. JOB/training_config.json",
         )
+        sub.add_argument("--debug", action="store_true", help=f"show the traceback of an error (also {DEBUG_ENV}=1)")
     return parser, subparsers
 
 
@@ -183,6 +211,57 @@ def command_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {key: value for key, value in vars(args).items() if key not in _NOT_FLAGS}
 
 
+def _read_data_dir(args: argparse.Namespace, splits: Sequence[str]) -> data.DataDir:
+    """``--data_dir``'s manifest, and each of ``splits`` holds examples (DataError if not)."""
+    from trainer import data
+
+    if not tf.io.gfile.isdir(args.data_dir):
+        raise errors.MissingFile(
+            f"--data_dir {args.data_dir} does not exist: pass the --output folder of pipelines.preprocess"
+        )
+    try:
+        data_dir = data.DataDir.read(args.data_dir)
+    except (FileNotFoundError, ValueError) as e:  # json.JSONDecodeError is a ValueError.
+        raise errors.DataError(f"--data_dir: {e}") from e
+    for split in splits:
+        problem = preflight.empty_split(args.data_dir, data_dir.manifest, split)
+        if problem:
+            raise errors.DataError(problem)
+    return data_dir
+
+
+def _read_json(path: str, flag: str) -> Any:
+    """A JSON file named by ``flag`` (DataError when it is missing or not JSON)."""
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except tf.errors.NotFoundError as e:
+        raise errors.DataError(f"{flag} {path}: no such file") from e
+    except (tf.errors.OpError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise errors.DataError(f"{flag} {path}: not a readable JSON file ({e})") from e
+
+
+def _check_job_matches_data(job_dir: str, data_dir: data.DataDir) -> None:
+    """JOB holds a trained model, for images of ``data_dir``'s shape and classes."""
+    path = tf.io.gfile.join(job_dir, job_layout.MODEL_FILE)
+    if not tf.io.gfile.exists(path) or tf.io.gfile.stat(path).length == 0:
+        raise errors.DataError(
+            f"{path} not found (or empty): run `python -m trainer.task train` with this --job_dir first"
+        )
+    config_path = tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
+    if not tf.io.gfile.exists(config_path):
+        return
+    config = _read_json(config_path, "--job_dir")
+    trained = {"image_shape": config.get("image_shape"), "classes": config.get("classes")}
+    given = {"image_shape": list(data_dir.image_shape), "classes": data_dir.classes}
+    if trained != given:
+        raise errors.DataError(
+            f"--job_dir {job_dir} holds a model trained on other data (image shape {trained['image_shape']}, classes "
+            f"{trained['classes']}; {data_dir.path} has {given['image_shape']}, {given['classes']}): pass the "
+            "--data_dir it was trained on, or the --job_dir of a model trained on this data"
+        )
+
+
 def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
     preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
     logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
@@ -192,7 +271,7 @@ def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
 def run_tune(args: argparse.Namespace) -> None:
     from trainer import data
 
-    data_dir = data.DataDir.read(args.data_dir)
+    data_dir = _read_data_dir(args, _SPLITS["tune"])
     preset = _preset(args, data_dir)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     overrides = {}
@@ -234,13 +313,14 @@ def run_tune(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
-    from trainer import data, training
+    from trainer import training
 
-    data_dir = data.DataDir.read(args.data_dir)
+    data_dir = _read_data_dir(args, _SPLITS["train"])
     preset = _preset(args, data_dir)
     if args.hyperparameters:
-        with tf.io.gfile.GFile(args.hyperparameters) as f:
-            loaded = json.load(f)
+        loaded = _read_json(args.hyperparameters, "--hyperparameters")
+        if not isinstance(loaded, dict):
+            raise errors.DataError(f"--hyperparameters {args.hyperparameters}: expected a JSON object")
         values = loaded.get("hyperparameters", loaded)
         source = args.hyperparameters
         tuning.warn_if_other_data(loaded, source, data_dir.fingerprint)
@@ -262,6 +342,7 @@ def run_train(args: argparse.Namespace) -> None:
         deterministic=not args.nondeterministic,
         verbose=args.verbose,
         flags=command_flags(args),
+        overwrite=args.overwrite,
     )
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
@@ -269,11 +350,13 @@ def run_train(args: argparse.Namespace) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from trainer import data, evaluation
+    from trainer import evaluation
 
+    data_dir = _read_data_dir(args, (args.split,))
+    _check_job_matches_data(args.job_dir, data_dir)
     try:
         evaluation.evaluate(
-            data_dir=data.DataDir.read(args.data_dir),
+            data_dir=data_dir,
             job_dir=args.job_dir,
             split=args.split,
             batch_size=args.batch_size,
@@ -289,7 +372,13 @@ def run_predict(args: argparse.Namespace) -> None:
     from trainer import predict
 
     export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, job_layout.EXPORT_DIR)
-    predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size)
+    if not tf.io.gfile.exists(tf.io.gfile.join(export_dir, "saved_model.pb")):
+        flag = "--export_dir" if args.export_dir else "--job_dir"
+        raise errors.DataError(
+            f"{flag}: no serving SavedModel in {export_dir}: run `python -m trainer.task train` first, "
+            "or pass the --export_dir it wrote"
+        )
+    predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size, max_pixels=args.max_pixels)
 
 
 def run_preflight(args: argparse.Namespace) -> int:
@@ -329,9 +418,19 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs one command; returns the exit status (preflight: 1 when a check fails)."""
+    """Runs one command; returns the exit status (preflight: 1 when a check fails).
+
+    A user mistake (errors.UserError, or a strategy that cannot start) is one line
+    ``error: …`` on stderr and its exit status; ``--debug`` or FACEPIPE_DEBUG=1 raises it.
+    """
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    quiet.configure()
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=[quiet.StderrHandler()],
+        force=True,
+    )
     commands = {
         "tune": run_tune,
         "train": run_train,
@@ -340,7 +439,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "preflight": run_preflight,
         "find_label_issues": run_find_label_issues,
     }
-    return commands[args.command](args) or 0
+    try:
+        return commands[args.command](args) or 0
+    except (errors.UserError, distribute.StrategyError) as e:
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", errors.UsageError.exit_code)
 
 
 if __name__ == "__main__":

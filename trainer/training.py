@@ -25,7 +25,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import data, distribute, export, job_layout, models, multiworker, records
+from trainer import atomic, data, distribute, export, job_layout, models, multiworker, records
 
 
 def _join(*parts: str) -> str:
@@ -45,6 +45,7 @@ def train(
     verbose: int | str = 2,
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     flags: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> keras.Model:
     """Trains ``preset`` with ``hyperparameters`` (else its defaults), saves and exports it.
 
@@ -53,6 +54,8 @@ def train(
     multi-worker strategy every worker calls this with the same arguments; training goes
     through :func:`multiworker.fit_multi_worker` and only the chief writes to ``job_dir``.
     ``flags`` (the train command's, by dest name) are recorded in training_config.json.
+    A backup of a run with another model or other hyperparameters is an error
+    (errors.UsageError) unless ``overwrite``, which deletes it and starts afresh.
     """
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = distribute.is_multi_worker(strategy)
@@ -115,6 +118,7 @@ def train(
             config=config,
             verbose=verbose,
             extra_callbacks=extra_callbacks,
+            overwrite=overwrite,
         )
 
     # Saving may read distributed variables, which can take part in collectives: every
@@ -122,14 +126,17 @@ def train(
     out_dir = job_layout.write_dir(job_dir, chief=chief)
     logging.info("%s: final weights sha256 %s", distribute.worker_name(strategy), weights_fingerprint(model))
     model_path = _join(out_dir, job_layout.MODEL_FILE)
-    model.save(model_path)
-    export_dir = export.export_model(
-        model,
-        tft_output=data_dir.tft_output,
-        manifest=data_dir.manifest,
-        export_dir=_join(out_dir, job_layout.EXPORT_DIR),
-        data_fingerprint=data_dir.fingerprint,
-    )
+    with atomic.writing(model_path) as temporary:
+        model.save(temporary)
+    export_dir = _join(out_dir, job_layout.EXPORT_DIR)
+    with atomic.writing(export_dir) as temporary:
+        export.export_model(
+            model,
+            tft_output=data_dir.tft_output,
+            manifest=data_dir.manifest,
+            export_dir=temporary,
+            data_fingerprint=data_dir.fingerprint,
+        )
     if not chief:
         tf.io.gfile.rmtree(out_dir)
         logging.info("%s: done; the chief writes the model and the export", distribute.worker_name(strategy))
@@ -155,13 +162,19 @@ def _fit(
     config: Mapping[str, Any],
     verbose: int | str,
     extra_callbacks: Sequence[keras.callbacks.Callback],
+    overwrite: bool = False,
 ) -> None:
     """``model.fit`` with BackupAndRestore, CSV history, epoch weights and TensorBoard."""
     tf.io.gfile.makedirs(job_dir)
     backup_dir = _join(job_dir, job_layout.BACKUP_DIR)
     history_path = records.history_path(job_dir)
     resuming = tf.io.gfile.exists(_join(backup_dir, job_layout.BACKUP_METADATA_FILE))
+    if resuming and overwrite:
+        logging.info("--overwrite: deleting %s, starting afresh", backup_dir)
+        tf.io.gfile.rmtree(backup_dir)
+        resuming = False
     if resuming:
+        records.check_resumable(job_dir, config)
         logging.info("found %s: resuming the interrupted run", backup_dir)
     elif tf.io.gfile.exists(history_path):
         tf.io.gfile.remove(history_path)  # A finished earlier run's history; this run starts over.

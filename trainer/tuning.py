@@ -36,7 +36,7 @@ import tensorflow as tf
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import job_layout, models, records
+from trainer import atomic, errors, job_layout, models, records
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
@@ -122,7 +122,7 @@ def make_tuner(
     that (they would delete the trials the chief and the other workers are writing).
     """
     if overwrite and role() == "worker":
-        raise ValueError(
+        raise errors.UsageError(
             f"tuner {os.environ.get('KERASTUNER_TUNER_ID')!r} is a worker of a distributed search: only the "
             "chief (KERASTUNER_TUNER_ID=chief) may overwrite the project; drop --overwrite on the workers"
         )
@@ -190,10 +190,8 @@ def write_results(rows: list[dict[str, Any]], job_dir: str) -> tuple[str, str]:
     writer.writerows(rows)
     csv_path = tf.io.gfile.join(out_dir, job_layout.TUNING_RESULTS_CSV)
     md_path = tf.io.gfile.join(out_dir, job_layout.TUNING_RESULTS_MD)
-    with tf.io.gfile.GFile(csv_path, "w") as f:
-        f.write(buffer.getvalue())
-    with tf.io.gfile.GFile(md_path, "w") as f:
-        f.write(format_markdown(rows))
+    atomic.write(csv_path, buffer.getvalue())
+    atomic.write(md_path, format_markdown(rows))
     return csv_path, md_path
 
 
@@ -317,7 +315,6 @@ def tune(
         records.DATA_FINGERPRINT_KEY: data_fingerprint,
     }
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
-    with tf.io.gfile.GFile(best_path, "w") as f:
-        json.dump(best, f, indent=2)
+    records.write_json(best_path, best)
     logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
     return best

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from pipelines import options
+from pipelines import options, quiet
 from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
 
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
@@ -118,9 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tuner", default="grid")
     parser.add_argument("--search_space", default="small", help="small (a few trials) or full (the seed's grid)")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show the libraries' start-up and INFO lines too (TensorFlow, Beam)"
+    )
     args, args.beam_args = parser.parse_known_args(argv)
     # The rest goes to the preprocess stage: refuse a misspelled flag now, not after the data.
     options.reject_unknown_flags(args.beam_args, parser, options.build_arg_parser())
+    # The stages are processes of their own: they inherit the setting through the environment.
+    quiet.configure(args.verbose)
 
     stages = _stages(args)
     started = time.monotonic()

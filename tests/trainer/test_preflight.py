@@ -159,3 +159,12 @@ def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, cap
         and "KERASTUNER_TUNER_ID=tuner1 is a worker: only the chief may pass --overwrite" in failures(lines)[0]
     )
     assert project.exists()  # Preflight deletes nothing.
+
+
+def test_an_empty_split_fails(make_data_dir, tmp_path, capsys):
+    data_dir = make_data_dir(
+        "no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0}
+    )
+    code, lines = run(capsys, data_dir, tmp_path / "job")
+    assert code == 1 and lines[-1] != "preflight passed"
+    assert any(line.startswith(f"FAIL  split test is empty in {data_dir} (manifest: 0 examples)") for line in lines)

@@ -7,7 +7,7 @@ import json
 import keras
 import pytest
 
-from trainer import task
+from trainer import errors, task
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +56,65 @@ def test_cli_rejects_bad_arguments(tmp_path):
         task.main(["train", "--job_dir", str(tmp_path)])  # --data_dir missing
     with pytest.raises(SystemExit):
         task.main(["tune", "--data_dir", "d", "--job_dir", "j", "--tuner", "annealing"])
-    with pytest.raises(FileNotFoundError, match=r"manifest\.json not found"):
-        task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "job")])
+
+
+def _error_line(capsys) -> str:
+    """The one line a user mistake ends with on stderr (after the run's progress logs), no traceback."""
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("error: "), lines
+    assert sum(line.startswith("error: ") for line in lines) == 1, lines
+    return lines[-1]
+
+
+def test_user_mistakes_are_one_line_with_their_exit_status(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("FACEPIPE_DEBUG", raising=False)
+    job = str(tmp_path / "job")
+    assert task.main(["train", "--data_dir", str(tmp_path), "--job_dir", job]) == 1
+    assert "manifest.json not found" in _error_line(capsys)
+    assert task.main(["evaluate", "--data_dir", str(tmp_path / "nowhere"), "--job_dir", job]) == 1
+    assert "--data_dir " in _error_line(capsys)
+    assert task.main(["predict", "--job_dir", job, "--input", str(tmp_path)]) == 1
+    assert "no serving SavedModel" in _error_line(capsys)
+    with pytest.raises(errors.DataError, match=r"manifest\.json not found"):
+        task.main(["train", "--data_dir", str(tmp_path), "--job_dir", job, "--debug"])
+
+
+def test_missing_hyperparameters_file_and_model(gray_dir, tmp_path, capsys):
+    job = str(tmp_path / "job")
+    missing = str(tmp_path / "best.json")
+    assert task.main(["train", "--data_dir", gray_dir, "--job_dir", job, "--hyperparameters", missing]) == 1
+    assert _error_line(capsys) == f"error: --hyperparameters {missing}: no such file"
+    assert task.main(["evaluate", "--data_dir", gray_dir, "--job_dir", job]) == 1
+    assert "model.keras not found" in _error_line(capsys)
+
+
+@pytest.fixture(scope="module")
+def no_test_dir(make_data_dir):
+    # Module-scoped: built before capsys starts capturing the test's own output.
+    return make_data_dir(
+        "no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0}
+    )
+
+
+def test_an_empty_split_is_named_before_anything_is_built(no_test_dir, tmp_path, capsys):
+    data_dir = no_test_dir
+    assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(tmp_path / "job")]) == 1
+    assert _error_line(capsys).startswith(f"error: split test is empty in {data_dir} (manifest: 0 examples); ")
+
+
+def test_resuming_with_other_hyperparameters_says_what_to_do(gray_dir, tmp_path, capsys):
+    job = tmp_path / "job"
+    (job / "backup").mkdir(parents=True)
+    (job / "backup" / "training_metadata.json").write_text("{}")  # What a killed run leaves.
+    (job / "training_config.json").write_text(
+        json.dumps({"model": "comics_cnn", "hyperparameters": {"epochs": 7}, "image_shape": [24, 24, 1]})
+    )
+    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(job), "--epochs", "1", "--verbose", "0"]
+    assert task.main(argv) == 2
+    line = _error_line(capsys)
+    assert "has a run with other hyperparameters (" in line and "epochs 7 -> 1" in line
+    assert line.endswith(f"pass --overwrite to start afresh, or remove {job}/backup")
 
 
 def _config(tmp_path, values) -> str:

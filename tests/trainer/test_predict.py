@@ -1,0 +1,80 @@
+"""trainer/predict.py: one bad file does not stop a batch, and image bombs are refused unread."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zlib
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipelines import features
+from trainer import errors, export, predict
+
+
+def _fake_serving(image_bytes):
+    """The serving signature's contract: decodes every image (InvalidArgumentError on a bad one)."""
+    means = tf.map_fn(
+        lambda b: tf.reduce_mean(tf.cast(tf.io.decode_image(b, channels=3, expand_animations=False), tf.float32)),
+        image_bytes,
+        fn_output_signature=tf.float32,
+    )
+    probability = means / 255.0
+    return {"probability": probability, "label": tf.where(probability >= 0.5, b"yes", b"no")}
+
+
+@pytest.fixture(autouse=True)
+def _serving(monkeypatch):
+    monkeypatch.setattr(export, "load_serving", lambda export_dir: (_fake_serving, None))
+
+
+def _png_bomb(side: int) -> bytes:
+    """A valid PNG header declaring side x side pixels, with next to no data (a decompression bomb)."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = side.to_bytes(4, "big") + side.to_bytes(4, "big")
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")  # The IHDR chunk's CRC.
+    return bytes(data)
+
+
+def test_unreadable_files_are_listed_and_the_others_predicted(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_dark.png"), np.full((8, 8, 3), 20, np.uint8))
+    cv2.imwrite(str(folder / "d_light.png"), np.full((8, 8, 3), 240, np.uint8))
+    (folder / "b_text.png").write_text("not an image")
+    good = (folder / "a_dark.png").read_bytes()
+    (folder / "c_truncated.png").write_bytes(good[: len(good) // 2])  # A header, half the data.
+    (folder / "e_bomb.png").write_bytes(_png_bomb(7900))
+    output = tmp_path / "predictions.csv"
+
+    rows = predict.predict("export", [str(folder)], output=str(output), batch_size=8, max_pixels=1000)
+
+    by_name = {row.path.rsplit("/", 1)[1]: row for row in rows}
+    assert sorted(by_name) == ["a_dark.png", "b_text.png", "c_truncated.png", "d_light.png", "e_bomb.png"]
+    assert by_name["a_dark.png"].label == "no" and by_name["d_light.png"].label == "yes"
+    assert "not a readable image" in by_name["b_text.png"].error
+    assert by_name["c_truncated.png"].probability is None and by_name["c_truncated.png"].error
+    assert "7900x7900 pixels > --max_pixels 1000" in by_name["e_bomb.png"].error
+    # One line per unreadable file (log lines of the libraries may come too).
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped ")]
+    assert sorted(line.split(":")[0] for line in err) == [
+        f"skipped {folder}/{name}" for name in ("b_text.png", "c_truncated.png", "e_bomb.png")
+    ]
+    with open(output) as f:
+        written = list(csv.DictReader(f))
+    assert [r["error"] == "" for r in written] == [not by_name[r["path"].rsplit("/", 1)[1]].error for r in written]
+
+
+def test_a_small_png_bomb_is_refused_at_the_default_cap(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_bomb(9000))
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(errors.DataError, match="none of the 1 input file"):
+        predict.predict("export", [str(bomb)])
+    assert f"9000x9000 pixels > --max_pixels {features.MAX_PIXELS}: refused before decoding" in capsys.readouterr().err
