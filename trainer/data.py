@@ -7,6 +7,10 @@ already-normalised images and the exported serving module applies the same graph
 
 Element shapes (B = global batch):
   training / evaluation: (image [B, H, W, C] float32, label [B] int64)
+
+Augmentation (``augment`` "light" / "strong") is a map on the training dataset only, after
+the normalisation: evaluation, validation and the exported serving graph never see it,
+and it covers model.fit and the multi-worker loop alike.
   with_metadata=True:    {image, label, id [B] string, pixels [B, H, W, C] uint8}
 """
 
@@ -157,6 +161,49 @@ def make_parse_and_transform(
     return parse_and_transform
 
 
+# Strength -> (max translation and zoom as a fraction of the side, max rotation as a
+# fraction of a full turn, max brightness shift in normalised units (sd), max contrast
+# factor change). Faces: small geometric changes keep them faces; flips are left-right.
+AUGMENTATIONS = {
+    "light": {"translation": 0.05, "zoom": 0.05, "rotation": 0.03, "brightness": 0.1, "contrast": 0.1},
+    "strong": {"translation": 0.1, "zoom": 0.15, "rotation": 0.08, "brightness": 0.25, "contrast": 0.25},
+}
+
+
+def make_augment(strength: str, *, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
+    """``fn(images [B, H, W, C]) -> images``: random flip, translation, zoom, rotation, brightness, contrast.
+
+    None for "none". Works on normalised images (mean ~0, sd ~1 per channel): brightness
+    adds one offset per image, contrast scales each image about its own mean.
+    """
+    if strength == "none":
+        return None
+    if strength not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {strength!r}, expected none or one of {sorted(AUGMENTATIONS)}")
+    import keras  # Here: only augmenting pipelines need the layers.
+
+    p = AUGMENTATIONS[strength]
+    # Keras' random preprocessing layers run as TensorFlow ops inside tf.data.
+    geometric = [
+        keras.layers.RandomFlip("horizontal", seed=seed),
+        keras.layers.RandomTranslation(p["translation"], p["translation"], fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(p["zoom"], p["zoom"], fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomRotation(p["rotation"], fill_mode="reflect", seed=seed + 3),
+    ]
+    generator = tf.random.Generator.from_seed(seed + 4)
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        for layer in geometric:
+            images = layer(images, training=True)
+        batch = tf.shape(images)[0]
+        brightness = generator.uniform([batch, 1, 1, 1], -p["brightness"], p["brightness"])
+        contrast = generator.uniform([batch, 1, 1, 1], 1.0 - p["contrast"], 1.0 + p["contrast"])
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        return (images - mean) * contrast + mean + brightness
+
+    return augment
+
+
 def make_dataset(
     data_dir: str,
     split: str,
@@ -169,6 +216,7 @@ def make_dataset(
     deterministic: bool = True,
     cache: bool | None = None,
     with_metadata: bool = False,
+    augment: str = "none",
 ) -> tf.data.Dataset:
     """Batches of one split, normalised with the pipeline's transform graph.
 
@@ -188,7 +236,10 @@ def make_dataset(
       cache: Cache serialized examples in memory. Defaults to caching when the split's
         pixels take less than ``DEFAULT_CACHE_MAX_BYTES``.
       with_metadata: Yield dicts with id and the stored uint8 pixels too (evaluation).
+      augment: "none", "light" or "strong" (:func:`make_augment`); training only.
     """
+    if augment != "none" and not training:
+        raise ValueError(f"augmentation ({augment!r}) is for the training dataset only")
     image_shape = features.image_shape(manifest)
     num_examples = split_size(manifest, split)
     if cache is None:
@@ -226,6 +277,10 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )  # (image [B, H, W, C], label [B]) or a dict with id and pixels
+    augment_fn = make_augment(augment, seed=seed)
+    if augment_fn is not None:
+        # Sequential: the random layers and generator hold state a parallel map would share.
+        ds = ds.map(lambda image, label: (augment_fn(image), label))
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
@@ -235,10 +290,10 @@ def make_dataset(
 def make_datasets_fn(
     data_dir: DataDir, *, strategy: tf.distribute.Strategy, seed: int = 0, deterministic: bool = True
 ) -> Callable[[int], tuple[tf.data.Dataset, tf.data.Dataset, int]]:
-    """``fn(per_replica_batch_size) -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning."""
+    """``fn(per_replica_batch_size, augment="none") -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning."""
     tft_output = data_dir.tft_output  # Now: a missing transform fails before any trial or epoch.
 
-    def make_datasets(per_replica_batch_size: int):
+    def make_datasets(per_replica_batch_size: int, augment: str = "none"):
         batch = distribute.global_batch_size(per_replica_batch_size, strategy)
         common = dict(
             manifest=data_dir.manifest,
@@ -246,7 +301,7 @@ def make_datasets_fn(
             global_batch_size=batch,
             deterministic=deterministic,
         )
-        train_ds = make_dataset(data_dir.path, "train", training=True, seed=seed, **common)
+        train_ds = make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common)
         validation_ds = make_dataset(data_dir.path, "validation", training=False, **common)
         return train_ds, validation_ds, steps_per_epoch(split_size(data_dir.manifest, "train"), batch)
 

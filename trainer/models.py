@@ -20,12 +20,76 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-SEARCH_SPACES = ("small", "full")
-# Hyperparameters read by the fit step rather than by the model builder.
-FIT_HPARAMS = ("batch_size", "epochs")
+SEARCH_SPACES = ("small", "full", "wide")
+# Hyperparameters read by the fit step (batch size, epochs) or the input pipeline
+# (augmentation) rather than by the model builder.
+FIT_HPARAMS = ("batch_size", "epochs", "augment")
+# Strengths of the training-only augmentation (trainer/data.py), the "augment" hyperparameter.
+AUGMENT_LEVELS = ("none", "light", "strong")
+# After the warm-up: cosine decay to 0 at the last step, or constant.
+LR_SCHEDULES = ("cosine", "constant")
 # The decision rule of every head: class 1 when P(class 1) >= THRESHOLD (serving,
 # evaluation and the multi-worker loop's accuracy alike).
 THRESHOLD = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The optimizer recipe every preset shares (tune and train flags).
+
+    Why: with a constant Adam step of lr from the first batch, every one of the glasses
+    seed's 36 864 x 128 Dense weights moves by ~lr per step whatever its gradient, and the
+    first epoch's loss blows up. A linear warm-up from 0 keeps the first steps small
+    (synthetic 50x50 data, 2 epochs: first-epoch loss 4.3 without, 1.5 with it at 1e-3,
+    0.8 at a 3e-4 peak). It did not lower the share of dead Dense units there (70% without,
+    66-87% with), so a lower peak rate for the wide Dense layer is still a tuning question.
+    Clipping bounds the step only where a gradient spikes (Adam normalises its scale).
+
+    Attributes:
+      warmup_epochs: Linear warm-up from 0 to the learning rate over this many epochs.
+      schedule: After the warm-up, "cosine" decay to 0 at the last step or "constant".
+      clipnorm: Clip each gradient to this L2 norm; 0 or None: no clipping.
+    """
+
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    clipnorm: float | None = 1.0
+
+    def __post_init__(self):
+        if self.schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.schedule!r}, expected one of {LR_SCHEDULES}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+# What train and tune use unless told otherwise (the flags' defaults).
+DEFAULT_RECIPE = Recipe()
+
+
+def learning_rate_schedule(
+    learning_rate: float, *, recipe: Recipe, steps_per_epoch: int, epochs: int
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Linear warm-up from 0 over ``recipe.warmup_epochs``, then cosine decay (or constant)."""
+    total = max(1, int(steps_per_epoch) * int(epochs))
+    warmup = min(total, round(recipe.warmup_epochs * steps_per_epoch))
+    alpha = 0.0 if recipe.schedule == "cosine" else 1.0  # alpha=1: CosineDecay stays constant.
+    if warmup == 0:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=total, alpha=alpha)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, total - warmup), alpha=alpha, warmup_target=learning_rate, warmup_steps=warmup
+    )
+
+
+def make_optimizer(
+    learning_rate: float, *, recipe: Recipe | None, steps_per_epoch: int | None = None, epochs: int | None = None
+) -> keras.optimizers.Optimizer:
+    """Adam with ``recipe``'s schedule and clipping; ``recipe=None``: the seeds' constant Adam."""
+    if recipe is None:
+        return keras.optimizers.Adam(learning_rate=learning_rate)
+    if not steps_per_epoch or not epochs:
+        raise ValueError("a training recipe needs steps_per_epoch and epochs for its schedule")
+    schedule = learning_rate_schedule(learning_rate, recipe=recipe, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    return keras.optimizers.Adam(learning_rate=schedule, clipnorm=recipe.clipnorm or None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,11 +98,13 @@ class Preset:
 
     Attributes:
       name: The ``--model`` flag value.
-      channels: Channel count this preset is the manifest default for.
+      channels: Channel count this preset is the manifest default for (0: none).
       defaults: Best values found by the seed's search; the first grid point.
-      spaces: {"small" | "full": {hp name: candidate values}}; "small" keeps tests and the
-        demo cheap (2-4 grid points), names absent from it are fixed at their default.
-      build: ``fn(hp, input_shape, num_classes) -> compiled keras.Model``.
+      spaces: {"small" | "full" | "wide": {hp name: candidate values}}; "small" keeps tests
+        and the demo cheap (2-4 grid points), "wide" is for Hyperband; names absent from
+        a space are fixed at their default.
+      build: ``fn(hp, input_shape, num_classes) -> keras.Model`` (not compiled).
+      loss: The Keras loss of its head.
     """
 
     name: str
@@ -46,6 +112,7 @@ class Preset:
     defaults: Mapping[str, Any]
     spaces: Mapping[str, Mapping[str, Sequence[Any]]]
     build: Callable[[kt.HyperParameters, tuple[int, int, int], int], keras.Model]
+    loss: str = "binary_crossentropy"
 
     def space(self, name: str = "full") -> dict[str, list[Any]]:
         """Candidate values of every hyperparameter; one value means fixed."""
@@ -55,47 +122,91 @@ class Preset:
         return {key: list(chosen.get(key, [default])) for key, default in self.defaults.items()}
 
 
-def _build_glasses_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Conv -> MaxPool -> Flatten -> Dense relu -> Dense(1) sigmoid (the glasses seed)."""
+def _require_two_classes(name: str, num_classes: int) -> None:
     if num_classes != 2:
-        raise ValueError(f"glasses_cnn has a sigmoid head for 2 classes, the data has {num_classes}")
+        raise ValueError(f"{name} reports the probability of class 1 of 2 classes, the data has {num_classes}")
+
+
+def _conv_pool(x, filters: int, kernel: int, pool: int, *, conv_name: str, pool_name: str):
+    x = keras.layers.Conv2D(filters, (kernel, kernel), activation="relu", name=conv_name)(x)
+    return keras.layers.MaxPooling2D((pool, pool), name=pool_name)(x)
+
+
+def _build_glasses_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """(Conv -> MaxPool) x conv_layers -> Flatten -> Dense relu [-> Dropout] -> Dense(1) sigmoid (the glasses seed)."""
+    _require_two_classes("glasses_cnn", num_classes)
     kernel, pool = hp.get("kernel_size"), hp.get("pool_size")
     inputs = keras.Input(shape=input_shape, name="image")
-    x = keras.layers.Conv2D(hp.get("filters"), (kernel, kernel), activation="relu", name="conv")(inputs)
-    x = keras.layers.MaxPooling2D((pool, pool), name="pool")(x)
+    x = _conv_pool(inputs, hp.get("filters"), kernel, pool, conv_name="conv", pool_name="pool")
+    for i in range(2, hp.get("conv_layers") + 1):  # Seed 003's future work; the seed has one.
+        x = _conv_pool(x, hp.get("filters"), kernel, pool, conv_name=f"conv_{i}", pool_name=f"pool_{i}")
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(hp.get("units"), activation="relu", name="dense")(x)
+    if hp.get("dropout"):
+        x = keras.layers.Dropout(hp.get("dropout"), name="dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    model = keras.Model(inputs, outputs, name="glasses_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(), loss="binary_crossentropy", metrics=["accuracy"])
-    return model
+    return keras.Model(inputs, outputs, name="glasses_cnn")
 
 
 def _build_comics_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """Conv -> MaxPool -> Conv -> MaxPool -> Flatten -> Dropout -> Dense softmax (the comics seed)."""
-    if num_classes != 2:
-        raise ValueError(f"comics_cnn reports the probability of class 1 of 2 classes, the data has {num_classes}")
+    """(Conv -> MaxPool) x conv_layers -> Flatten -> Dropout -> Dense softmax (the comics seed: 2 layers)."""
+    _require_two_classes("comics_cnn", num_classes)
     inputs = keras.Input(shape=input_shape, name="image")
-    x = keras.layers.Conv2D(hp.get("filters_1"), (3, 3), activation="relu", name="conv_1")(inputs)
-    x = keras.layers.MaxPooling2D((2, 2), name="pool_1")(x)
-    x = keras.layers.Conv2D(hp.get("filters_2"), (3, 3), activation="relu", name="conv_2")(x)
-    x = keras.layers.MaxPooling2D((2, 2), name="pool_2")(x)
+    x = inputs
+    for i in range(1, hp.get("conv_layers") + 1):
+        x = _conv_pool(
+            x, hp.get("filters_1" if i == 1 else "filters_2"), 3, 2, conv_name=f"conv_{i}", pool_name=f"pool_{i}"
+        )
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dropout(hp.get("dropout"), name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="probability")(x)
-    model = keras.Model(inputs, outputs, name="comics_cnn")
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=hp.get("learning_rate")),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    return model
+    return keras.Model(inputs, outputs, name="comics_cnn")
 
+
+def _build_face_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """(Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GlobalAveragePooling -> Dropout -> Dense(1) sigmoid.
+
+    Block i has width x 2^i filters, capped at 4 x width (the parameter budget: under 1M
+    at width 32, 4 blocks of 2 convs); "same" padding, so any input size from 2^blocks up.
+    """
+    _require_two_classes("face_cnn", num_classes)
+    width = hp.get("width")
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for block in range(1, hp.get("blocks") + 1):
+        filters = width * min(2 ** (block - 1), 4)
+        for conv in range(1, hp.get("convs_per_block") + 1):
+            name = f"block{block}_conv{conv}"
+            # No bias: the BatchNormalization after it has its own shift.
+            x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
+            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            x = keras.layers.ReLU(name=f"{name}_relu")(x)
+        x = keras.layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    x = keras.layers.Dropout(hp.get("dropout"), name="dropout")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+    return keras.Model(inputs, outputs, name="face_cnn")
+
+
+# Seed 003's future work, for Hyperband: first-layer filters, dropout, conv layers.
+_WIDE_FILTERS = [50, 100, 150, 200, 250, 300]
+_WIDE_DROPOUT = [0.1, 0.3, 0.5, 0.7]
 
 GLASSES_CNN = Preset(
     name="glasses_cnn",
     channels=3,
-    defaults={"filters": 64, "kernel_size": 3, "pool_size": 2, "units": 128, "batch_size": 64, "epochs": 3},
+    defaults={
+        "filters": 64,
+        "kernel_size": 3,
+        "pool_size": 2,
+        "units": 128,
+        "conv_layers": 1,
+        "dropout": 0.0,
+        "learning_rate": 1e-3,
+        "augment": "none",
+        "batch_size": 64,
+        "epochs": 3,
+    },
     spaces={
         "full": {
             "filters": [32, 64, 128],
@@ -106,6 +217,15 @@ GLASSES_CNN = Preset(
             "epochs": [3, 5, 10],
         },
         "small": {"filters": [32, 64], "units": [64, 128]},
+        "wide": {
+            "filters": _WIDE_FILTERS,
+            "conv_layers": [1, 2, 3],
+            "dropout": _WIDE_DROPOUT,
+            "units": [64, 128, 256],
+            "learning_rate": [1e-3, 3e-4],
+            "augment": ["none", "light"],
+            "epochs": [10],
+        },
     },
     build=_build_glasses_cnn,
 )
@@ -113,15 +233,70 @@ GLASSES_CNN = Preset(
 COMICS_CNN = Preset(
     name="comics_cnn",
     channels=1,
-    defaults={"filters_1": 100, "filters_2": 50, "dropout": 0.5, "learning_rate": 1e-3, "batch_size": 32, "epochs": 4},
+    defaults={
+        "filters_1": 100,
+        "filters_2": 50,
+        "conv_layers": 2,
+        "dropout": 0.5,
+        "learning_rate": 1e-3,
+        "augment": "none",
+        "batch_size": 32,
+        "epochs": 4,
+    },
     spaces={
         "full": {"filters_1": [100, 200], "filters_2": [25, 50], "dropout": [0.5, 0.7], "learning_rate": [1e-2, 1e-3]},
         "small": {"dropout": [0.5, 0.7], "learning_rate": [1e-2, 1e-3]},
+        "wide": {
+            "filters_1": _WIDE_FILTERS,
+            "filters_2": [25, 50, 100],
+            "conv_layers": [1, 2, 3],
+            "dropout": _WIDE_DROPOUT,
+            "learning_rate": [1e-2, 1e-3],
+            "augment": ["none", "light"],
+            "epochs": [10],
+        },
     },
     build=_build_comics_cnn,
+    loss="sparse_categorical_crossentropy",
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (GLASSES_CNN, COMICS_CNN)}
+FACE_CNN = Preset(
+    name="face_cnn",
+    channels=0,  # Not a manifest default: chosen with --model (or by the demo).
+    defaults={
+        "width": 32,
+        "blocks": 4,
+        "convs_per_block": 1,
+        "dropout": 0.3,
+        "learning_rate": 3e-3,
+        "augment": "light",
+        "batch_size": 32,
+        "epochs": 15,
+    },
+    spaces={
+        "full": {
+            "width": [16, 32],
+            "blocks": [3, 4],
+            "convs_per_block": [1, 2],
+            "dropout": [0.3, 0.5],
+            "learning_rate": [3e-3, 1e-3],
+            "augment": ["light", "strong", "none"],
+        },
+        "small": {"width": [32, 16], "augment": ["light", "strong"]},
+        "wide": {
+            "width": [16, 24, 32],
+            "blocks": [3, 4],
+            "convs_per_block": [1, 2],
+            "dropout": _WIDE_DROPOUT,
+            "learning_rate": [3e-3, 1e-3, 3e-4],
+            "augment": ["none", "light", "strong"],
+            "epochs": [30],
+        },
+    },
+    build=_build_face_cnn,
+)
+
+PRESETS: dict[str, Preset] = {preset.name: preset for preset in (GLASSES_CNN, COMICS_CNN, FACE_CNN)}
 
 
 def get_preset(name: str | None, *, channels: int) -> Preset:
@@ -172,17 +347,27 @@ def build_model(
     input_shape: tuple[int, int, int],
     num_classes: int = 2,
     space: str | Mapping[str, Sequence[Any]] = "full",
+    recipe: Recipe | None = None,
+    steps_per_epoch: int | None = None,
 ) -> keras.Model:
     """The compiled model for ``hp`` (call under ``strategy.scope()``).
 
     ``space`` (a space name or {hp name: values}) only matters for names ``hp`` does not
     hold yet: they are registered first, so that a fresh ``HyperParameters()`` builds the
-    preset's default model and a tuner's trial builds its grid point.
+    preset's default model and a tuner's trial builds its grid point. ``recipe`` (with
+    ``steps_per_epoch``, for the schedule over ``hp["epochs"]``) is the shared optimizer
+    recipe; None compiles the seeds' constant-rate Adam. The optimizer is the model's, so
+    the multi-worker loop follows the same schedule.
     """
     if isinstance(space, str):
         space = preset.space(space)
     declare_hyperparameters(hp, space, preset.defaults)
-    return preset.build(hp, tuple(input_shape), num_classes)
+    model = preset.build(hp, tuple(input_shape), num_classes)
+    optimizer = make_optimizer(
+        hp.get("learning_rate"), recipe=recipe, steps_per_epoch=steps_per_epoch, epochs=hp.get("epochs")
+    )
+    model.compile(optimizer=optimizer, loss=preset.loss, metrics=["accuracy"])
+    return model
 
 
 def positive_probability(outputs):
@@ -196,28 +381,53 @@ class FaceHyperModel(kt.HyperModel):
     Args:
       preset: The architecture and its search space.
       input_shape: (height, width, channels) from the manifest.
-      make_datasets: ``fn(per_replica_batch_size) -> (train_ds, validation_ds, steps_per_epoch)``.
-      space: "small" or "full". Defaults to "full".
+      make_datasets: ``fn(per_replica_batch_size, augment) -> (train_ds, validation_ds, steps_per_epoch)``.
+      space: "small", "full" or "wide". Defaults to "full".
       overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
       num_classes: Defaults to 2.
+      recipe: The shared optimizer recipe; None: the seeds' constant Adam.
+      steps_per_epoch: ``fn(per_replica_batch_size) -> steps`` (the schedule's length);
+        required with ``recipe``.
+      fit_kwargs: Extra ``model.fit`` arguments for every trial (e.g. class_weight).
     """
 
     def __init__(
-        self, preset: Preset, *, input_shape, make_datasets, space: str = "full", overrides=None, num_classes: int = 2
+        self,
+        preset: Preset,
+        *,
+        input_shape,
+        make_datasets,
+        space: str = "full",
+        overrides=None,
+        num_classes: int = 2,
+        recipe: Recipe | None = None,
+        steps_per_epoch: Callable[[int], int] | None = None,
+        fit_kwargs: Mapping[str, Any] | None = None,
     ):
         super().__init__(name=preset.name, tunable=True)
         self.preset = preset
         self.input_shape = tuple(input_shape)
         self.make_datasets = make_datasets
         self.num_classes = num_classes
+        self.recipe = recipe
+        self.steps_per_epoch = steps_per_epoch
+        self.fit_kwargs = dict(fit_kwargs or {})
         self.space = {**preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         declare_hyperparameters(hp, self.space, self.preset.defaults)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
+        self.declare_hyperparameters(hp)
+        steps = self.steps_per_epoch(hp.get("batch_size")) if self.steps_per_epoch else None
         return build_model(
-            hp, preset=self.preset, input_shape=self.input_shape, num_classes=self.num_classes, space=self.space
+            hp,
+            preset=self.preset,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            space=self.space,
+            recipe=self.recipe,
+            steps_per_epoch=steps,
         )
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
@@ -227,11 +437,11 @@ class FaceHyperModel(kt.HyperModel):
         epochs = kwargs.pop("epochs", None) or hp.get("epochs")
         # One line per fit: what resumed searches are audited with (no trial runs twice).
         logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
-        train_ds, validation_ds, steps = self.make_datasets(hp.get("batch_size"))
+        train_ds, validation_ds, steps = self.make_datasets(hp.get("batch_size"), hp.get("augment"))
         return model.fit(
             train_ds,
             validation_data=validation_ds,
             epochs=epochs,
             steps_per_epoch=steps,
-            **{"shuffle": False, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.
+            **{"shuffle": False, **self.fit_kwargs, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.
         )

@@ -1,13 +1,17 @@
 """The trainer's command line: tune | train | evaluate | predict | preflight.
 
-  python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small] [--overwrite]
+  python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small|full|wide] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB [--baseline OTHER_JOB]
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
   python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
 
-``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn). ``train``
+``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn; face_cnn by
+name). ``--tuner`` defaults to hyperband for ``--search_space wide`` (too large for a
+grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
+``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--augment`` (training inputs only;
+default: the preset's "augment" value), ``--class_weight``. ``train``
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
 preset's defaults. Killed ``tune`` and ``train`` runs resume when restarted with the same
 command. Paths may be local or gs://.
@@ -84,11 +88,27 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         p.add_argument(
             "--nondeterministic", action="store_true", help="let tf.data return elements out of order (faster)"
         )
+        p.add_argument(
+            "--warmup_epochs", type=float, default=1.0, help="linear learning-rate warm-up from 0 (epochs; 0: none)"
+        )
+        p.add_argument("--lr_schedule", choices=models.LR_SCHEDULES, default="cosine", help="after the warm-up")
+        p.add_argument("--clipnorm", type=float, default=1.0, help="gradient norm clipping (0: none)")
+        p.add_argument(
+            "--augment",
+            choices=models.AUGMENT_LEVELS,
+            help="training-only augmentation (default: the preset's; none for the seed presets)",
+        )
+        p.add_argument(
+            "--class_weight",
+            choices=("auto", "none"),
+            default="auto",
+            help="auto: weigh classes by the manifest's train counts when they are unequal",
+        )
 
     tune = commands.add_parser("tune", help="hyperparameter search (resumable)")
     common(tune)
     modelling(tune)
-    tune.add_argument("--tuner", choices=tuning.TUNERS, default="grid")
+    tune.add_argument("--tuner", choices=tuning.TUNERS, help="default: hyperband for --search_space wide, else grid")
     tune.add_argument("--search_space", choices=models.SEARCH_SPACES, default="full")
     tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
     tune.add_argument("--executions_per_trial", type=int, default=1)
@@ -107,6 +127,12 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     )
     train.add_argument(
         "--overwrite", action="store_true", help="delete JOB/backup of an interrupted run and start afresh"
+    )
+    train.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="early stopping: epochs without a better val_loss before stopping; the best epoch's weights are kept (0: off)",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
@@ -268,16 +294,24 @@ def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
     return preset
 
 
+def _recipe(args: argparse.Namespace) -> models.Recipe:
+    return models.Recipe(warmup_epochs=args.warmup_epochs, schedule=args.lr_schedule, clipnorm=args.clipnorm or None)
+
+
 def run_tune(args: argparse.Namespace) -> None:
-    from trainer import data
+    from trainer import data, training
 
     data_dir = _read_data_dir(args, _SPLITS["tune"])
     preset = _preset(args, data_dir)
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
+    tuner_name = tuning.default_tuner(args.search_space) if args.tuner is None else args.tuner
+    weights = training.class_weights(data_dir.manifest) if args.class_weight == "auto" else None
     overrides = {}
+    if args.augment:
+        overrides["augment"] = [args.augment]
     if args.epochs:
         overrides["epochs"] = [args.epochs]
-    elif args.tuner == "hyperband":
+    elif tuner_name == "hyperband":
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
     hypermodel = models.FaceHyperModel(
@@ -289,11 +323,16 @@ def run_tune(args: argparse.Namespace) -> None:
         space=args.search_space,
         overrides=overrides,
         num_classes=len(data_dir.classes),
+        recipe=_recipe(args),
+        steps_per_epoch=lambda batch: data.steps_per_epoch(
+            data.split_size(data_dir.manifest, "train"), distribute.global_batch_size(batch, strategy)
+        ),
+        fit_kwargs={"class_weight": weights} if weights else None,
     )
     best = tuning.tune(
         job_dir=args.job_dir,
         hypermodel=hypermodel,
-        tuner_name=args.tuner,
+        tuner_name=tuner_name,
         max_trials=args.max_trials,
         executions_per_trial=args.executions_per_trial,
         seed=args.seed,
@@ -330,6 +369,8 @@ def run_train(args: argparse.Namespace) -> None:
         )
         source = f"{args.job_dir}/{job_layout.BEST_HPARAMS_FILE}" if values is not None else f"{preset.name} defaults"
     logging.info("hyperparameters from %s", source)
+    if args.augment:
+        values = {**(values or {}), "augment": args.augment}
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     training.train(
         data_dir=data_dir,
@@ -343,6 +384,9 @@ def run_train(args: argparse.Namespace) -> None:
         verbose=args.verbose,
         flags=command_flags(args),
         overwrite=args.overwrite,
+        recipe=_recipe(args),
+        class_weight=args.class_weight,
+        patience=args.patience,
     )
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"

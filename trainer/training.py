@@ -8,14 +8,16 @@ Outputs in job_dir (names in trainer/job_layout.py):
                              which are also what a restarted cluster resumes from)
   logs/                      TensorBoard
   history.csv                one row per epoch (CSVLogger, appended across restarts)
-  training_config.json       model, hyperparameters, data, strategy; with the train
-                             command's flags under "flags" (see trainer/task.py)
+  training_config.json       model, hyperparameters, data, strategy, the recipe
+                             (schedule, clipping, class weights, early stopping); with
+                             the train command's flags under "flags" (see trainer/task.py)
   model.keras                the trained Keras model
   export/                    the serving SavedModel (trainer/export.py)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,6 +48,9 @@ def train(
     extra_callbacks: Sequence[keras.callbacks.Callback] = (),
     flags: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    recipe: models.Recipe | None = models.DEFAULT_RECIPE,
+    class_weight: str = "auto",
+    patience: int | None = 3,
 ) -> keras.Model:
     """Trains ``preset`` with ``hyperparameters`` (else its defaults), saves and exports it.
 
@@ -56,6 +61,13 @@ def train(
     ``flags`` (the train command's, by dest name) are recorded in training_config.json.
     A backup of a run with another model or other hyperparameters is an error
     (errors.UsageError) unless ``overwrite``, which deletes it and starts afresh.
+
+    ``recipe`` is the optimizer's schedule and clipping (None: the seeds' constant Adam);
+    ``class_weight`` "auto" weighs classes by the manifest's train counts when they are
+    unequal; ``patience`` stops when val_loss has not improved for that many epochs and
+    restores the best epoch's weights (None or 0: every epoch runs). The multi-worker loop
+    follows the recipe (it is the compiled optimizer) and the augmentation (it is in the
+    dataset) but has neither class weights nor early stopping.
     """
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = distribute.is_multi_worker(strategy)
@@ -83,13 +95,27 @@ def train(
         "strategy": type(strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
         "seed": seed,
+        "recipe": dataclasses.asdict(recipe) if recipe else None,
     }
     if flags is not None:
         config[job_layout.CONFIG_FLAGS_KEY] = dict(flags)
+    weights = class_weights(data_dir.manifest) if class_weight == "auto" else None
+    if multi_worker and (weights or patience):
+        logging.warning("several workers: the custom loop has no class weights and no early stopping")
+        weights, patience = None, None
+    config["class_weight"] = weights
+    config["early_stopping_patience"] = patience or None
     make_datasets = data.make_datasets_fn(data_dir, strategy=strategy, seed=seed, deterministic=deterministic)
-    train_ds, validation_ds, steps = make_datasets(hp.get("batch_size"))
+    train_ds, validation_ds, steps = make_datasets(hp.get("batch_size"), hp.get("augment"))
     with strategy.scope():
-        model = models.build_model(hp, preset=preset, input_shape=input_shape, num_classes=len(data_dir.classes))
+        model = models.build_model(
+            hp,
+            preset=preset,
+            input_shape=input_shape,
+            num_classes=len(data_dir.classes),
+            recipe=recipe,
+            steps_per_epoch=steps,
+        )
     if verbose:
         model.summary(print_fn=logging.info)
 
@@ -119,6 +145,8 @@ def train(
             verbose=verbose,
             extra_callbacks=extra_callbacks,
             overwrite=overwrite,
+            class_weight=weights,
+            patience=patience,
         )
 
     # Saving may read distributed variables, which can take part in collectives: every
@@ -163,8 +191,10 @@ def _fit(
     verbose: int | str,
     extra_callbacks: Sequence[keras.callbacks.Callback],
     overwrite: bool = False,
+    class_weight: Mapping[int, float] | None = None,
+    patience: int | None = None,
 ) -> None:
-    """``model.fit`` with BackupAndRestore, CSV history, epoch weights and TensorBoard."""
+    """``model.fit`` with BackupAndRestore, CSV history, epoch weights, TensorBoard and early stopping."""
     tf.io.gfile.makedirs(job_dir)
     backup_dir = _join(job_dir, job_layout.BACKUP_DIR)
     history_path = records.history_path(job_dir)
@@ -182,6 +212,10 @@ def _fit(
 
     checkpoint_dir = _join(job_dir, job_layout.CHECKPOINT_DIR)
     tf.io.gfile.makedirs(checkpoint_dir)
+    stopping = []
+    if patience:
+        earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
+        stopping = [ResumableEarlyStopping(patience=patience, history=earlier, checkpoint_dir=checkpoint_dir)]
     callbacks = [
         # The CSV row before the backup: a kill between the two repeats that epoch's row on
         # resume (read_history keeps the last row per epoch) instead of losing it.
@@ -189,6 +223,8 @@ def _fit(
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.ModelCheckpoint(_join(checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE), save_weights_only=True),
         keras.callbacks.TensorBoard(_join(job_dir, job_layout.LOGS_DIR)),
+        # Last: it may restore the best weights at the end, after the others saw the last epoch.
+        *stopping,
         *extra_callbacks,
     ]
     model.fit(
@@ -198,8 +234,63 @@ def _fit(
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,
         verbose=verbose,
+        class_weight=dict(class_weight) if class_weight else None,
         shuffle=False,  # The dataset shuffles (with a seed); Keras cannot shuffle a tf.data input.
     )
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on val_loss with the best weights restored, continued across a resume.
+
+    A resumed fit starts a fresh callback; ``history`` (the rows of the epochs the killed
+    run finished) restores its best value, best epoch and wait, and the best epoch's
+    weights come from that epoch's ModelCheckpoint file when it is still the best at the end.
+    """
+
+    def __init__(self, *, patience: int, history: Sequence[Mapping[str, float]] = (), checkpoint_dir: str = ""):
+        super().__init__(monitor="val_loss", mode="min", patience=patience, restore_best_weights=True)
+        self._history = [row for row in history if "val_loss" in row]
+        self._checkpoint_dir = checkpoint_dir
+        self._earlier_best_epoch: int | None = None
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._earlier_best_epoch = None
+        if not self._history:
+            return
+        best = min(self._history, key=lambda row: row["val_loss"])
+        self.best, self.best_epoch = best["val_loss"], int(best["epoch"])
+        self.wait = int(self._history[-1]["epoch"]) - self.best_epoch
+        self._earlier_best_epoch = self.best_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._earlier_best_epoch is not None and self.best_weights is None:
+            # Keras would take this epoch's weights as the best ones; the best is earlier.
+            self.best_weights = self.model.get_weights()
+        super().on_epoch_end(epoch, logs)
+        if self.best_epoch == epoch:
+            self._earlier_best_epoch = None
+
+    def on_train_end(self, logs=None):
+        if self._earlier_best_epoch is None:
+            super().on_train_end(logs)
+            return
+        path = _join(self._checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE.format(epoch=self._earlier_best_epoch + 1))
+        logging.info(
+            "restoring the best epoch's weights (epoch %d, before the resume) from %s", self.best_epoch + 1, path
+        )
+        self.model.load_weights(path)
+
+
+def class_weights(manifest: Mapping[str, Any]) -> dict[int, float] | None:
+    """{class index: n_train / (classes x n_class)} from the manifest's counts; None when balanced."""
+    counts = {int(label): int(n) for label, n in manifest["counts"]["written"]["train"].items()}
+    if len(set(counts.values())) <= 1:
+        return None
+    if min(counts.values()) == 0:
+        raise ValueError(f"the train split has no example of class(es) {[c for c, n in counts.items() if n == 0]}")
+    total = sum(counts.values())
+    return {label: total / (len(counts) * n) for label, n in sorted(counts.items())}
 
 
 def weights_fingerprint(model: keras.Model) -> str:

@@ -1,6 +1,6 @@
 """Hyperparameter search with keras-tuner's own tuners, resumable after a kill.
 
-``tune()`` runs grid (default), random, hyperband or bayesian search over a preset's
+``tune()`` runs grid (default; hyperband for the "wide" space), random, hyperband or bayesian search over a preset's
 space, with ``overwrite=False``: the same command restarted after a crash or SIGKILL
 reloads the oracle from ``<job_dir>/tuning/<project>/`` and continues; the interrupted
 trial is retried from scratch, finished trials are not run again.
@@ -95,6 +95,11 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
         if orphans:
             self.start_order.extend(orphans)
             self._rebuild_grid_walk()
+
+
+def default_tuner(search_space: str) -> str:
+    """Hyperband for the "wide" space (thousands of grid points), grid for the others."""
+    return "hyperband" if search_space == "wide" else "grid"
 
 
 def role() -> str:

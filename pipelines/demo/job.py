@@ -1,5 +1,10 @@
 """The whole job, end to end: data -> preprocess -> tune -> train -> evaluate.
 
+The tune stage tunes each candidate preset of the dataset (the seed's and face_cnn) in
+its own job directory (JOB/candidates/<preset>); the train stage trains the one whose best
+trial has the highest validation accuracy (never the test split), and the job ends with
+that model's test accuracy.
+
     python -m pipelines.demo                       # built-in demo data (glasses), generated here
     python -m pipelines.demo --dataset comics
     python -m pipelines.demo --dataset glasses --data_root ~/kaggle/glasses   # a real Kaggle folder
@@ -12,12 +17,13 @@ tuner and the trainer continue from what an earlier run left in the job director
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pipelines import options, quiet
 from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
@@ -32,9 +38,26 @@ _PREPROCESS_EXTRA = {
 # The demo's glasses set is a third of Kaggle's 4500 train images, so its preset trains
 # longer than the seed's 3 epochs (see DEFAULT_COUNTS).
 _DEMO_EPOCHS = {"glasses": ["--epochs", "10"], "comics": []}
+# Presets tuned on each dataset; the best by validation accuracy is trained.
+_CANDIDATES = {"glasses": ("glasses_cnn", "face_cnn"), "comics": ("comics_cnn", "face_cnn")}
+CANDIDATES_DIR = "candidates"
+# A stage: its name and a function giving its commands when it is its turn to run (the
+# train stage's command depends on what the tune stage found).
+Stage = tuple[str, Callable[[], list[list[str]]]]
 
 
-def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+def choose_preset(job_dir: str, candidates: Sequence[str]) -> tuple[str, str, float]:
+    """(preset, its best_hyperparameters.json, validation accuracy) of the best-tuned candidate."""
+    scores = []
+    for preset in candidates:
+        path = os.path.join(job_dir, CANDIDATES_DIR, preset, "best_hyperparameters.json")
+        with open(path) as f:
+            scores.append((float(json.load(f)["score"]), preset, path))
+    score, preset, path = max(scores, key=lambda s: s[0])  # Ties: the first (the seed's) wins.
+    return preset, path, score
+
+
+def _stages(args: argparse.Namespace) -> list[Stage]:
     python = sys.executable
     work = os.path.join(args.workdir, args.dataset)
     data_root = args.data_root or os.path.join(work, "raw")
@@ -60,48 +83,76 @@ def _stages(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     preprocess += args.beam_args
     trainer = [python, "-m", "trainer.task"]
     epochs = [] if args.data_root else _DEMO_EPOCHS[args.dataset]
-    stages = []
+    stages: list[Stage] = []
     if not args.data_root:
         stages.append(
             (
                 "generate demo data",
-                [
-                    python,
-                    "-m",
-                    "pipelines.demo.data",
-                    "--dataset",
-                    args.dataset,
-                    "--out",
-                    data_root,
-                    "--count",
-                    str(args.count or DEFAULT_COUNTS[args.dataset]),
-                    "--size",
-                    str(args.size),
-                    "--seed",
-                    str(args.seed),
+                lambda: [
+                    [
+                        python,
+                        "-m",
+                        "pipelines.demo.data",
+                        "--dataset",
+                        args.dataset,
+                        "--out",
+                        data_root,
+                        "--count",
+                        str(args.count or DEFAULT_COUNTS[args.dataset]),
+                        "--size",
+                        str(args.size),
+                        "--seed",
+                        str(args.seed),
+                    ]
                 ],
             )
         )
-    stages += [
-        ("preprocess (Beam)", preprocess),
-        (
-            "tune (keras-tuner)",
+    candidates = _CANDIDATES[args.dataset]
+
+    def tune() -> list[list[str]]:
+        return [
             [
                 *trainer,
                 "tune",
                 "--data_dir",
                 data_dir,
                 "--job_dir",
-                job_dir,
+                os.path.join(job_dir, CANDIDATES_DIR, preset),
+                "--model",
+                preset,
                 "--tuner",
                 args.tuner,
                 "--search_space",
                 args.search_space,
                 *epochs,
-            ],
-        ),
-        ("train", [*trainer, "train", "--data_dir", data_dir, "--job_dir", job_dir, *epochs]),
-        ("evaluate", [*trainer, "evaluate", "--data_dir", data_dir, "--job_dir", job_dir]),
+            ]
+            for preset in candidates
+        ]
+
+    def train() -> list[list[str]]:
+        preset, path, score = choose_preset(job_dir, candidates)
+        print(f"chosen by validation accuracy: {preset} ({score:.4f}) among {', '.join(candidates)}", flush=True)
+        return [
+            [
+                *trainer,
+                "train",
+                "--data_dir",
+                data_dir,
+                "--job_dir",
+                job_dir,
+                "--model",
+                preset,
+                "--hyperparameters",
+                path,
+                *epochs,
+            ]
+        ]
+
+    stages += [
+        ("preprocess (Beam)", lambda: [preprocess]),
+        ("tune (keras-tuner)", tune),
+        ("train", train),
+        ("evaluate", lambda: [[*trainer, "evaluate", "--data_dir", data_dir, "--job_dir", job_dir]]),
     ]
     return stages
 
@@ -129,17 +180,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     stages = _stages(args)
     started = time.monotonic()
-    for number, (name, command) in enumerate(stages, start=1):
-        print(f"\n[{number}/{len(stages)}] {name}\n$ {shlex.join(command)}", flush=True)
+    for number, (name, commands) in enumerate(stages, start=1):
+        print(f"\n[{number}/{len(stages)}] {name}", flush=True)
         stage_started = time.monotonic()
-        completed = subprocess.run(command)
-        if completed.returncode != 0:
-            print(f"[{number}/{len(stages)}] {name} failed with exit status {completed.returncode}", file=sys.stderr)
-            return completed.returncode
+        for command in commands():
+            print(f"$ {shlex.join(command)}", flush=True)
+            completed = subprocess.run(command)
+            if completed.returncode != 0:
+                print(
+                    f"[{number}/{len(stages)}] {name} failed with exit status {completed.returncode}", file=sys.stderr
+                )
+                return completed.returncode
         print(f"[{number}/{len(stages)}] {name} done in {time.monotonic() - stage_started:.0f} s", flush=True)
     job_dir = os.path.join(args.workdir, args.dataset, "job")
+    with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
+        test_accuracy = json.load(f)["accuracy"]
     print(
-        f"\nDone in {time.monotonic() - started:.0f} s.\n"
+        f"\nTest accuracy {test_accuracy:.4f}.\nDone in {time.monotonic() - started:.0f} s.\n"
         f"  report:         {os.path.join(job_dir, 'eval', 'metrics.json')} (+ PNG plots beside it)\n"
         f"  exported model: {os.path.join(job_dir, 'export')} (serving signature: encoded image bytes)\n"
         f"  data manifest:  {os.path.join(args.workdir, args.dataset, 'data', 'manifest.json')}"

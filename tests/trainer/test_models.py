@@ -96,3 +96,67 @@ def test_preset_choice_from_channels_and_flag():
 def test_positive_probability_of_both_heads():
     np.testing.assert_allclose(models.positive_probability(np.array([[0.2], [0.9]])), [0.2, 0.9])
     np.testing.assert_allclose(models.positive_probability(np.array([[0.8, 0.2], [0.1, 0.9]])), [0.2, 0.9])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [50, 128])
+def test_face_cnn_builds_for_any_size_and_channels_under_a_million_parameters(size, channels):
+    largest = models.fixed_hyperparameters(models.FACE_CNN, {"width": 32, "blocks": 4, "convs_per_block": 2})
+    model = models.build_model(largest, preset=models.FACE_CNN, input_shape=(size, size, channels))
+    assert model.input_shape == (None, size, size, channels) and model.output_shape == (None, 1)
+    assert model.count_params() < 1_000_000
+    kinds = {type(layer).__name__ for layer in model.layers}
+    assert {"BatchNormalization", "GlobalAveragePooling2D", "Dropout"} <= kinds
+    assert model.loss == "binary_crossentropy"
+    probability = models.positive_probability(model.predict(np.zeros((2, size, size, channels)), verbose=0))
+    assert probability.shape == (2,)
+    for space in ("full", "wide"):  # Every point of its spaces stays under the budget.
+        assert max(models.FACE_CNN.space(space)["width"]) <= 32
+
+
+def test_wide_space_is_seed_003s_future_work_for_every_preset():
+    for preset in models.PRESETS.values():
+        wide = preset.space("wide")
+        assert set(wide) == set(preset.defaults)
+        assert wide["dropout"] == [0.1, 0.3, 0.5, 0.7]
+        assert int(np.prod([len(v) for v in wide.values()])) > 100  # Too many for a grid.
+    assert models.GLASSES_CNN.space("wide")["filters"] == [50, 100, 150, 200, 250, 300]
+    assert models.COMICS_CNN.space("wide")["filters_1"] == [50, 100, 150, 200, 250, 300]
+    hp = models.fixed_hyperparameters(models.GLASSES_CNN, {"conv_layers": 3, "dropout": 0.3, "filters": 50})
+    model = models.build_model(hp, preset=models.GLASSES_CNN, input_shape=(50, 50, 3))
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [50, 50, 50]
+    assert model.get_layer("dropout").rate == 0.3
+    hp = models.fixed_hyperparameters(models.COMICS_CNN, {"conv_layers": 3})
+    model = models.build_model(hp, preset=models.COMICS_CNN, input_shape=(50, 50, 1))
+    assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [100, 50, 50]
+
+
+def test_warmup_schedule_rises_linearly_over_the_first_epoch_then_decays():
+    schedule = models.learning_rate_schedule(1e-3, recipe=models.Recipe(), steps_per_epoch=10, epochs=5)
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(5)) == pytest.approx(5e-4)  # Mid warm-up.
+    assert float(schedule(10)) == pytest.approx(1e-3)  # End of warm-up: the peak.
+    assert float(schedule(30)) == pytest.approx(5e-4, rel=1e-3)  # Halfway through the cosine.
+    assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)  # The last step.
+    constant = models.learning_rate_schedule(
+        1e-3, recipe=models.Recipe(warmup_epochs=0.5, schedule="constant"), steps_per_epoch=10, epochs=5
+    )
+    assert [round(float(constant(s)), 8) for s in (0, 5, 30, 50)] == [0.0, 1e-3, 1e-3, 1e-3]
+
+
+def test_the_recipe_compiles_into_every_presets_optimizer():
+    for preset in models.PRESETS.values():
+        model = models.build_model(
+            kt.HyperParameters(),
+            preset=preset,
+            input_shape=(32, 32, 1),
+            recipe=models.Recipe(clipnorm=2.0),
+            steps_per_epoch=4,
+        )
+        schedule = model.optimizer.get_config()["learning_rate"]
+        assert schedule["class_name"] == "CosineDecay" and schedule["config"]["warmup_steps"] == 4
+        assert model.optimizer.clipnorm == 2.0
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        models.build_model(
+            kt.HyperParameters(), preset=models.FACE_CNN, input_shape=(32, 32, 3), recipe=models.Recipe()
+        )

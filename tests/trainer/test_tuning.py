@@ -227,3 +227,36 @@ def test_results_markdown():
         [{"trial": "0", "score": 0.5, "units": 64}, {"trial": "1", "score": None, "units": 128}]
     )
     assert table.splitlines() == ["| trial | score | units |", "|---|---|---|", "| 0 | 0.5000 | 64 |", "| 1 |  | 128 |"]
+
+
+@pytest.mark.parametrize(("space", "expected"), [("wide", "hyperband"), ("small", "grid")])
+def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, space, expected):
+    seen = {}
+
+    def fake_tune(**kwargs):
+        seen.update(kwargs)
+        return {"score": 1.0, "hyperparameters": {}}
+
+    monkeypatch.setattr(tuning, "tune", fake_tune)
+    task.main(["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--search_space", space])
+    assert seen["tuner_name"] == expected
+    hypermodel = seen["hypermodel"]
+    assert hypermodel.space["filters"] == (
+        [50, 100, 150, 200, 250, 300] if space == "wide" else models.GLASSES_CNN.space("small")["filters"]
+    )
+    assert hypermodel.recipe == models.DEFAULT_RECIPE and hypermodel.steps_per_epoch(8) == 6  # 48 train images.
+    # An explicit --tuner still wins.
+    task.main(
+        [
+            "tune",
+            "--data_dir",
+            rgb_dir,
+            "--job_dir",
+            str(tmp_path / "job"),
+            "--search_space",
+            space,
+            "--tuner",
+            "random",
+        ]
+    )
+    assert seen["tuner_name"] == "random"

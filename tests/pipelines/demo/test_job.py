@@ -33,3 +33,13 @@ def test_a_failing_stage_stops_the_job_with_its_status(tmp_path):
     status = demo.main(["--workdir", str(tmp_path), "--data_root", str(tmp_path / "missing")])
     assert status != 0
     assert not (tmp_path / "glasses" / "job").exists()
+
+
+def test_the_demo_trains_the_candidate_with_the_best_validation_accuracy(tmp_path):
+    for preset, score in (("glasses_cnn", 0.71), ("face_cnn", 0.83)):
+        candidate = tmp_path / demo.CANDIDATES_DIR / preset
+        candidate.mkdir(parents=True)
+        (candidate / "best_hyperparameters.json").write_text(json.dumps({"score": score, "hyperparameters": {}}))
+    preset, path, score = demo.choose_preset(str(tmp_path), ("glasses_cnn", "face_cnn"))
+    assert (preset, score) == ("face_cnn", 0.83)
+    assert path == str(tmp_path / demo.CANDIDATES_DIR / "face_cnn" / "best_hyperparameters.json")

@@ -1,0 +1,109 @@
+"""trainer/training.py's recipe: class weights, early stopping (also across a resume), augmentation, face_cnn."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import data, export, job_layout, models, training
+
+
+def _manifest(train_counts: dict[str, int]) -> dict:
+    return {"counts": {"written": {"train": train_counts}}}
+
+
+def test_class_weights_from_unequal_train_counts():
+    weights = training.class_weights(_manifest({"0": 30, "1": 10}))
+    assert weights == pytest.approx({0: 40 / 60, 1: 40 / 20})
+    assert 30 * weights[0] == pytest.approx(10 * weights[1])  # Each class weighs the same in total.
+    assert training.class_weights(_manifest({"0": 12, "1": 12})) is None
+    with pytest.raises(ValueError, match="no example of class"):
+        training.class_weights(_manifest({"0": 12, "1": 0}))
+
+
+def _diverging_problem():
+    """A Dense(1) from zero weights: training moves it towards y = x, validation wants y = -x.
+
+    Every epoch lowers the training loss and raises val_loss, so the best epoch is the first.
+    """
+    x = np.linspace(-1, 1, 32, dtype="float32").reshape(-1, 1)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, kernel_initializer="zeros")])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    return model, x
+
+
+class _EpochWeights(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append(self.model.get_weights()[0].copy())
+
+
+def test_early_stopping_restores_the_best_epochs_weights():
+    model, x = _diverging_problem()
+    recorder = _EpochWeights()
+    stopping = training.ResumableEarlyStopping(patience=2)
+    history = model.fit(x, x, validation_data=(x, -x), epochs=10, verbose=0, callbacks=[recorder, stopping])
+    val = history.history["val_loss"]
+    assert len(val) == 3 and val[0] < val[1] < val[2]  # Stopped after 2 epochs without improving.
+    np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[0])
+    assert not np.array_equal(recorder.weights[0], recorder.weights[2])
+
+
+def test_early_stopping_after_a_resume_restores_the_best_epoch_from_its_checkpoint(tmp_path):
+    model, x = _diverging_problem()
+    model.fit(x, x, epochs=1, verbose=0)
+    best = model.get_weights()[0].copy()
+    # The killed run: epoch 0 was its best and is checkpointed; epoch 1 was worse.
+    model.save_weights(str(tmp_path / job_layout.EPOCH_WEIGHTS_FILE.format(epoch=1)))
+    earlier = [{"epoch": 0, "val_loss": 0.5}, {"epoch": 1, "val_loss": 0.9}]
+    model.fit(x, x, epochs=2, verbose=0)  # Its weights moved on before the kill.
+    stopping = training.ResumableEarlyStopping(patience=2, history=earlier, checkpoint_dir=str(tmp_path))
+    history = model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=10, verbose=0, callbacks=[stopping])
+    assert len(history.history["val_loss"]) == 1  # Patience counts the killed run's epochs too.
+    np.testing.assert_array_equal(model.get_weights()[0], best)
+
+
+def test_augmentation_changes_training_inputs_only(rgb_dir):
+    data_dir = data.DataDir.read(rgb_dir)
+    common = dict(manifest=data_dir.manifest, tft_output=data_dir.tft_output, global_batch_size=8, seed=1)
+    plain = next(iter(data.make_dataset(rgb_dir, "train", training=True, **common)))
+    augmented = next(iter(data.make_dataset(rgb_dir, "train", training=True, augment="strong", **common)))
+    np.testing.assert_array_equal(plain[1], augmented[1])  # Same examples, same order...
+    assert augmented[0].shape == plain[0].shape
+    assert float(tf.reduce_mean(tf.abs(augmented[0] - plain[0]))) > 0.05  # ...different pixels.
+    with pytest.raises(ValueError, match="training dataset only"):
+        data.make_dataset(rgb_dir, "validation", training=False, augment="light", **common)
+
+
+def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_dir, tmp_path):
+    data_dir = data.DataDir.read(rgb_dir)
+    job_dir = str(tmp_path / "job")
+    model = training.train(
+        data_dir=data_dir,
+        job_dir=job_dir,
+        preset=models.FACE_CNN,
+        hyperparameters={"width": 8, "blocks": 2, "batch_size": 16, "augment": "strong"},
+        epochs=2,
+        verbose=0,
+    )
+    with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
+        config = json.load(f)
+    assert config["model"] == "face_cnn" and config["hyperparameters"]["augment"] == "strong"
+    assert config["recipe"] == {"warmup_epochs": 1.0, "schedule": "cosine", "clipnorm": 1.0}
+    assert config["class_weight"] is None and config["early_stopping_patience"] == 3
+    assert int(model.optimizer.iterations.numpy()) == 2 * 3  # 48 train images / batch 16, 2 epochs.
+    serve, _ = export.load_serving(f"{job_dir}/{job_layout.EXPORT_DIR}")
+    rng = np.random.default_rng(0)
+    ok, png = cv2.imencode(".png", rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8))
+    assert ok
+    image = tf.constant([png.tobytes()] * 2)
+    first, second = serve(image_bytes=image)["probability"].numpy(), serve(image_bytes=image)["probability"].numpy()
+    np.testing.assert_array_equal(first, second)
+    assert first[0] == first[1]  # No random layer in the serving graph.
