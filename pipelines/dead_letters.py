@@ -34,6 +34,7 @@ UNUSABLE_REASONS = frozenset(
         "no_label_row",
         "unlabelled",
         "bad_label",
+        "bad_vector",
         "conflicting_labels",
         "conflicting_overrides",
         "unknown_class_folder",

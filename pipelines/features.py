@@ -12,6 +12,16 @@ An example (``tf.train.Example``) holds:
   height    int64  pixel rows
   width     int64  pixel columns
   channels  int64  1 (grayscale) or 3 (rgb)
+  latent    float32[N]  only with --numeric_columns: the row's numeric CSV columns (e.g. Kaggle's
+                    v1..v512), bit for bit; N and the column names are the manifest's ``vector``
+
+Reading a data directory with a vector (``vector_length(manifest) > 0``):
+  parse with ``raw_feature_spec(vector_length(manifest))``, and pass the tf.Transform layer
+  ``{image, label, latent}`` (every key of :func:`transform_input_keys`); it returns
+  ``image_normalized`` and ``latent_normalized`` (the vector z-scored per component with the
+  train split's mean and variance). A serving model applies the same layer to the same keys,
+  so a served request must carry the vector too. Without a vector both are as before: the
+  spec has no ``latent`` and the layer takes ``{image, label}``.
 """
 
 from __future__ import annotations
@@ -20,6 +30,8 @@ import json
 import posixpath
 from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -35,6 +47,10 @@ NORMALIZED_IMAGE_KEY = "image_normalized"
 # squares (pixels scaled to [0, 1]). The pipeline computes them; readers never supply them.
 PIXEL_MEAN_KEY = "pixel_mean"
 PIXEL_MEAN_SQUARE_KEY = "pixel_mean_square"
+# The numeric CSV columns of --numeric_columns, one float32 vector per example, and the
+# same vector z-scored by tf.Transform with the train split's per-component statistics.
+VECTOR_KEY = "latent"
+NORMALIZED_VECTOR_KEY = "latent_normalized"
 
 SPLITS = ("train", "validation", "test")
 COLOR_MODES = {"rgb": 3, "grayscale": 1}
@@ -62,10 +78,24 @@ def shard_pattern(output_dir: str, split: str) -> str:
     return shard_prefix(output_dir, split) + "-*" + SHARD_SUFFIX
 
 
-def raw_feature_spec() -> dict[str, Any]:
-    """The tf.io feature spec that parses a serialized example (shape is in the manifest)."""
+def vector_length(manifest: Mapping[str, Any]) -> int:
+    """Length of the examples' ``latent`` vector; 0 when they have none (also older manifests)."""
+    return int(manifest.get("vector", {}).get("length", 0))
+
+
+def transform_input_keys(vector_length: int = 0) -> tuple[str, ...]:
+    """The raw features a reader passes to the tf.Transform layer (see the module docstring)."""
+    return (IMAGE_KEY, LABEL_KEY, VECTOR_KEY) if vector_length else (IMAGE_KEY, LABEL_KEY)
+
+
+def raw_feature_spec(vector_length: int = 0) -> dict[str, Any]:
+    """The tf.io feature spec that parses a serialized example (shape is in the manifest).
+
+    ``vector_length``: :func:`vector_length` of the manifest; 0 (no vector) leaves ``latent`` out.
+    """
     import tensorflow as tf  # Imported here so that Beam workers that only list files stay light.
 
+    vector = {VECTOR_KEY: tf.io.FixedLenFeature([vector_length], tf.float32)} if vector_length else {}
     return {
         IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
         LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
@@ -75,6 +105,7 @@ def raw_feature_spec() -> dict[str, Any]:
         HEIGHT_KEY: tf.io.FixedLenFeature([], tf.int64),
         WIDTH_KEY: tf.io.FixedLenFeature([], tf.int64),
         CHANNELS_KEY: tf.io.FixedLenFeature([], tf.int64),
+        **vector,
     }
 
 
@@ -85,24 +116,37 @@ _MEANINGS = {
     ID_KEY: "source id",
     GROUP_KEY: "split/fold group (--group_by), else the id",
     CHANNELS_KEY: "1 grayscale, 3 rgb",
+    VECTOR_KEY: "the manifest's vector columns, in order",
 }
 
 
-def feature_spec_description() -> dict[str, str]:
+def feature_spec_description(vector_length: int = 0) -> dict[str, str]:
     """:func:`raw_feature_spec` in words, as written to the manifest: ``"int64: meaning"``."""
     import tensorflow as tf
 
     described = {}
-    for key, spec in raw_feature_spec().items():
+    for key, spec in raw_feature_spec(vector_length).items():
         kind = "bytes" if spec.dtype == tf.string else spec.dtype.name
+        kind += f"[{spec.shape[0]}]" if spec.shape else ""
         described[key] = f"{kind}: {_MEANINGS[key]}" if key in _MEANINGS else kind
     return described
 
 
 def encode_example(
-    *, image: bytes, label: int, example_id: str, height: int, width: int, channels: int, group: str = ""
+    *,
+    image: bytes,
+    label: int,
+    example_id: str,
+    height: int,
+    width: int,
+    channels: int,
+    group: str = "",
+    vector: bytes = b"",
 ) -> bytes:
-    """Serializes one example; the inverse of parsing with :func:`raw_feature_spec`."""
+    """Serializes one example; the inverse of parsing with :func:`raw_feature_spec`.
+
+    ``vector``: the float32 values (``ndarray.tobytes()``) of ``latent``; empty: no such feature.
+    """
     import tensorflow as tf
 
     if len(image) != height * width * channels:
@@ -123,6 +167,9 @@ def encode_example(
         WIDTH_KEY: _int(width),
         CHANNELS_KEY: _int(channels),
     }
+    if vector:
+        # float32 -> Python float -> the proto's float32 is exact: the values arrive bit for bit.
+        features[VECTOR_KEY] = tf.train.Feature(float_list=tf.train.FloatList(value=np.frombuffer(vector, np.float32)))
     return tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString()
 
 

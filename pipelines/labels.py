@@ -10,11 +10,14 @@ from __future__ import annotations
 import codecs
 import csv
 import dataclasses
+import fnmatch
 import math
 import posixpath
 import re
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
 
 if TYPE_CHECKING:
     from pipelines.options import PreprocessConfig
@@ -36,6 +39,7 @@ class LabelledImage(NamedTuple):
     group: str
     source_split: str  # "train"/"validation"/"test" from the labels CSV name, else "".
     overridden: bool
+    vector: bytes = b""  # float32 values of the --numeric_columns (ndarray.tobytes()); b"" when none.
 
 
 class LabelRow(NamedTuple):
@@ -45,6 +49,8 @@ class LabelRow(NamedTuple):
     source_split: str
     group: str
     error: str  # Non-empty when the label value could not be parsed.
+    vector: bytes = b""  # float32 values of the --numeric_columns, in order; b"" when none or bad.
+    vector_error: str = ""  # Non-empty when a --numeric_columns value is missing or not a finite number.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +139,61 @@ class CsvError(ValueError):
     """A CSV the job cannot read at all (missing, wrong encoding, wrong columns): one line for the user."""
 
 
+def resolve_columns(spec: str, header: list[str], *, reserved: Iterable[str] = ()) -> tuple[str, ...]:
+    """A --numeric_columns value -> the header's columns it names, in header order.
+
+    ``spec`` is a comma list of names (``v1,v2``), ranges (``v1..v512``: the prefix and every
+    number from the first to the last) and globs (``v*``). A name or range member missing from
+    the header, a glob that matches nothing or a ``reserved`` column (id, label) is a ValueError.
+    """
+    wanted: set[str] = set()
+    for item in (part.strip() for part in spec.split(",")):
+        if not item:
+            raise ValueError(f"--numeric_columns {spec!r}: empty item")
+        if ".." in item:
+            first, _, last = item.partition("..")
+            prefix = first.rstrip("0123456789")
+            if prefix == first or not last.startswith(prefix) or not last[len(prefix) :].isdigit():
+                raise ValueError(f"--numeric_columns {item!r}: a range is NAME1..NAME2 with one prefix, e.g. v1..v512")
+            start, stop = int(first[len(prefix) :]), int(last[len(prefix) :])
+            names = [f"{prefix}{i}" for i in range(start, stop + 1)]
+            if not names:
+                raise ValueError(f"--numeric_columns {item!r}: empty range")
+        elif any(ch in item for ch in "*?["):
+            names = [column for column in header if fnmatch.fnmatchcase(column, item)]
+            if not names:
+                raise ValueError(f"--numeric_columns {item!r} matches no column of the header {header[:8]}")
+        else:
+            names = [item]
+        missing = [name for name in names if name not in header]
+        if missing:
+            shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+            raise ValueError(f"--numeric_columns {item!r}: {len(missing)} columns not in the header: {shown}")
+        wanted.update(names)
+    clash = sorted(wanted.intersection(reserved))
+    if clash:
+        raise ValueError(f"--numeric_columns {spec!r} takes the id/label column {clash[0]!r}")
+    return tuple(column for column in header if column in wanted)
+
+
+def parse_vector(row: list[str], indices: tuple[int, ...], names: tuple[str, ...]) -> bytes:
+    """A row's --numeric_columns cells -> float32 bytes; ValueError naming the column when one is
+    missing, not a number, or not finite (inf, nan, or too large for float32)."""
+    values = np.empty(len(indices), np.float32)
+    for i, (index, name) in enumerate(zip(indices, names, strict=True)):
+        cell = row[index].strip()
+        try:
+            with np.errstate(over="ignore"):  # 1e39 becomes inf, rejected below.
+                value = np.float32(float(cell))
+        except ValueError:
+            problem = f"{cell[:40]!r} is not a number" if cell else "missing"
+            raise ValueError(f"column {name}: {problem}") from None
+        if not np.isfinite(value):
+            raise ValueError(f"column {name}: {cell[:40]!r} is not a finite float32")
+        values[i] = value
+    return values.tobytes()
+
+
 # Byte-order marks of encodings that are not an 8-bit superset of ASCII.
 _FOREIGN_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
@@ -195,6 +256,8 @@ class LabelsCsvLayout(NamedTuple):
     label_index: int | None
     group_index: int | None
     encoding: str = "utf-8"
+    vector_columns: tuple[str, ...] = ()  # --numeric_columns, resolved; () when none.
+    vector_indices: tuple[int, ...] = ()
 
 
 def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig) -> LabelsCsvLayout:
@@ -204,6 +267,12 @@ def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig
     group_by = config.group_by if config.group_by not in (None, "stem") else None
     if group_by is not None and group_by not in header:
         raise CsvError(f"{csv_path}: --group_by column {group_by!r} not in header {header[:8]}")
+    missing = [name for name in config.vector_columns if name not in header]
+    if missing:
+        raise CsvError(
+            f"{csv_path}: {len(missing)} --numeric_columns not in its header (e.g. {missing[0]!r}); "
+            "every labels CSV needs the same numeric columns"
+        )
     return LabelsCsvLayout(
         csv_path=csv_path,
         source_split=source_split_of(csv_path),
@@ -213,6 +282,8 @@ def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig
         label_index=header.index(config.label_column) if config.label_column in header else None,
         group_index=header.index(group_by) if group_by else None,
         encoding=config.csv_encoding,
+        vector_columns=config.vector_columns,
+        vector_indices=tuple(header.index(name) for name in config.vector_columns),
     )
 
 
@@ -220,7 +291,8 @@ def parse_label_row(line: bytes | str, layout: LabelsCsvLayout) -> tuple[str, La
     """A labels-CSV line -> (id, LabelRow), a Rejection for a malformed row, None for a blank line.
 
     A label that cannot be parsed is not a rejection: the row keeps it as ``error``, and the
-    image is rejected as ``bad_label`` when its label is resolved. A line as read (bytes) is
+    image is rejected as ``bad_label`` when its label is resolved; a bad --numeric_columns value
+    likewise becomes ``vector_error`` (the image a ``bad_vector``). A line as read (bytes) is
     decoded with the layout's encoding; one that cannot be is a malformed row.
     """
     line = _decoded(line, layout.csv_path, layout.encoding, "labels")
@@ -241,7 +313,13 @@ def parse_label_row(line: bytes | str, layout: LabelsCsvLayout) -> tuple[str, La
         except ValueError as e:
             error = str(e)
     group = row[layout.group_index].strip() if layout.group_index is not None else ""
-    return image_id, LabelRow(label, layout.source_split, group, error)
+    vector, vector_error = b"", ""
+    if layout.vector_indices:
+        try:
+            vector = parse_vector(row, layout.vector_indices, layout.vector_columns)
+        except ValueError as e:
+            vector_error = str(e)
+    return image_id, LabelRow(label, layout.source_split, group, error, vector, vector_error)
 
 
 class IdCsvLayout(NamedTuple):
@@ -318,11 +396,14 @@ def resolve_label(
     *,
     overrides: Iterable[int] = (),
     excluded: bool = False,
+    with_vector: bool = False,
 ) -> Resolution:
     """Decides an id's fate: a label (override > folder > CSV) or rejections with a reason.
 
     ``images`` are the id's listed files (the first by path is used, the others are
     duplicates), ``labels`` its labels-CSV rows and ``overrides`` its override labels.
+    ``with_vector`` (--numeric_columns): an image is written only with its rows' one vector,
+    else it is a ``bad_vector``, whatever its label.
     """
     images = sorted(images)
     labels = list(labels)
@@ -356,12 +437,21 @@ def resolve_label(
         rejection = Rejection(path=path, image_id=image_id, stage=stage, reason=reason, detail=detail)
         return Resolution(None, [*rejections, rejection], outcome)
 
+    vectors = {row.vector for row in labels if row.vector}
+    vector = next(iter(vectors), b"")
+
     def labelled(label: int, overridden: bool) -> Resolution:
-        image = LabelledImage(image_id, path, size, label, group, source_split, overridden)
+        image = LabelledImage(image_id, path, size, label, group, source_split, overridden, vector)
         return Resolution(image, rejections, "overrides_applied" if overridden else "labelled")
 
     if excluded:
         return rejected("exclusions", "excluded", outcome="excluded")
+    # An image with no labels-CSV row at all stays a no_label_row, unless a folder or an override labels it.
+    if with_vector and (labels or overrides or folder_label is not None):
+        vector_errors = sorted(row.vector_error for row in labels if row.vector_error)
+        if vector_errors or len(vectors) != 1:
+            detail = vector_errors[0] if vector_errors else "its rows disagree" if vectors else "no labels-CSV row"
+            return rejected("labels", "bad_vector", detail)
     if len(overrides) > 1:
         return rejected("overrides", "conflicting_overrides", str(sorted(overrides)))
     if overrides:

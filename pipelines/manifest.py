@@ -158,7 +158,13 @@ def build_manifest(
         },
         "shards": {split: output_dir.shard_names(config.output_dir, split) for split in features.SPLITS},
         "transform_dir": features.TRANSFORM_DIR,
-        "feature_spec": features.feature_spec_description(),
+        "feature_spec": features.feature_spec_description(config.vector_length),
+        # The examples' float32 vector (features.VECTOR_KEY) and the CSV columns it holds, in order.
+        "vector": {
+            "key": features.VECTOR_KEY,
+            "length": config.vector_length,
+            "columns": list(config.vector_columns),
+        },
         "fingerprint": _fingerprint(config, stats),
         "options": options_json,
         "runner": runner,

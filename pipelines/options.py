@@ -49,6 +49,8 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "classes": ["no_glasses", "glasses"],
         "image_size": (50, 50),
         "color_mode": "rgb",
+        # Kaggle's latent vector of each face; used when every labels CSV has these columns.
+        "numeric_columns": "v1..v512",
     },
     "comics": {
         "image_globs": [
@@ -100,10 +102,16 @@ class PreprocessConfig:
     min_side: int = 8
     max_pixels: int = features.MAX_PIXELS
     overwrite: bool = False
+    # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
+    vector_columns: tuple[str, ...] = ()
 
     @property
     def channels(self) -> int:
         return features.COLOR_MODES[self.color_mode]
+
+    @property
+    def vector_length(self) -> int:
+        return len(self.vector_columns)
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -256,6 +264,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
         default=_default("min_side"),
         help="Images with a side shorter than this (pixels) are dead letters 'too_small', not upscaled.",
     )
+    add(
+        "--numeric_columns",
+        default=None,
+        help="Numeric labels-CSV columns carried into every example as one float32 vector ('latent'): "
+        "v1,v2 or a range v1..v512 or a glob 'v*' (header order). 'none' turns a preset's off.",
+    )
     add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     return parser
@@ -295,13 +309,18 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         codecs.lookup(args.csv_encoding)
     except LookupError:
         _usage_error(f"--csv_encoding {args.csv_encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1)")
+    id_column = args.id_column or _default("id_column")
+    label_column = args.label_column or preset.get("label_column", _default("label_column"))
+    vector_columns = numeric_columns(
+        args.numeric_columns, preset.get("numeric_columns"), labels, args.csv_encoding, (id_column, label_column)
+    )
     config = PreprocessConfig(
         image_globs=tuple(image_globs),
         output_dir=args.output,
         classes=tuple(classes),
         labels_csv=tuple(labels),
-        id_column=args.id_column or _default("id_column"),
-        label_column=args.label_column or preset.get("label_column", _default("label_column")),
+        id_column=id_column,
+        label_column=label_column,
         file_pattern=args.file_pattern or preset.get("file_pattern", _default("file_pattern")),
         class_folders=class_folders,
         overrides_csv=tuple(args.overrides_csv),
@@ -321,8 +340,38 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         min_side=args.min_side,
         max_pixels=args.max_pixels,
         overwrite=args.overwrite,
+        vector_columns=vector_columns,
     )
     return config, beam_args
+
+
+def numeric_columns(
+    flag: str | None, preset: str | None, labels_csvs: Sequence[str], encoding: str, reserved: Sequence[str]
+) -> tuple[str, ...]:
+    """--numeric_columns (else the preset's) resolved against every labels CSV's header.
+
+    The flag's columns must be in each labels CSV, in the same order (usage error otherwise);
+    a preset's are used only when every labels CSV has them (the Kaggle v1..v512), else none.
+    """
+    from pipelines.labels import CsvError, resolve_columns
+    from pipelines.sources import read_csv_header  # Here: sources imports this module.
+
+    spec = preset if flag is None else flag
+    if not spec or spec.strip().lower() == "none":
+        return ()
+    if not labels_csvs:
+        _usage_error("--numeric_columns: the vector's columns come from a labels CSV; give --labels_csv")
+    resolved = set()
+    for path in labels_csvs:
+        try:
+            resolved.add(resolve_columns(spec, read_csv_header(path, encoding), reserved=reserved))
+        except (CsvError, ValueError) as e:
+            if flag is None:
+                return ()  # The preset's columns are optional: a CSV without them gets no vector.
+            _usage_error(str(e) if isinstance(e, CsvError) else f"{path}: {e}")
+    if len(resolved) > 1:
+        _usage_error(f"--numeric_columns {spec!r} names other columns in each labels CSV {list(labels_csvs)}")
+    return resolved.pop()
 
 
 def split_exclude(values: Sequence[str], *, ids_have_folders: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -92,6 +92,7 @@ class WriteShards(beam.PTransform):
                 label=image.label,
                 example_id=image.id,
                 group=image.group,
+                vector=image.vector,
                 height=height,
                 width=width,
                 channels=config.channels,
@@ -114,18 +115,21 @@ class WriteShards(beam.PTransform):
         )
 
 
-def _analysis_features(image, *, channels: int) -> dict[str, Any]:
-    """What the preprocessing_fn's analysers read of one train image: its channel statistics.
+def _analysis_features(image, *, channels: int, vector_length: int = 0) -> dict[str, Any]:
+    """What the preprocessing_fn's analysers read of one train image: its channel statistics
+    (and its vector, with --numeric_columns).
 
     The pixels themselves are left out (an empty string): the analysers never read them, and
     carrying them would hold every train image in the local runner's memory.
     """
     pixels = np.frombuffer(image.pixels, np.uint8).reshape(-1, channels).astype(np.float64) / 255.0
+    vector = {features.VECTOR_KEY: np.frombuffer(image.vector, np.float32)} if vector_length else {}
     return {
         features.IMAGE_KEY: b"",
         features.LABEL_KEY: image.label,
         features.PIXEL_MEAN_KEY: pixels.mean(axis=0).astype(np.float32),
         features.PIXEL_MEAN_SQUARE_KEY: np.square(pixels).mean(axis=0).astype(np.float32),
+        **vector,
     }
 
 
@@ -148,12 +152,14 @@ class WriteTransformStatistics(beam.PTransform):
 
         config = self._config
         width, height = config.image_size
-        channels = config.channels
-        metadata = raw_metadata(channels=channels)
+        channels, vector_length = config.channels, config.vector_length
+        metadata = raw_metadata(channels=channels, vector_length=vector_length)
         transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
-        raw = train_images | "ToAnalysisFeatures" >> beam.Map(_analysis_features, channels=channels)
+        raw = train_images | "ToAnalysisFeatures" >> beam.Map(
+            _analysis_features, channels=channels, vector_length=vector_length
+        )
         transform_fn = (raw, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
-            make_preprocessing_fn(height=height, width=width, channels=channels)
+            make_preprocessing_fn(height=height, width=width, channels=channels, vector_length=vector_length)
         )
         written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)
         _ = metadata | "WriteRawMetadata" >> tft_beam.WriteMetadata(

@@ -205,7 +205,8 @@ class LabelledImages(beam.PTransform):
             }
             | "JoinById" >> beam.CoGroupByKey()
             # (id, {"images": [...], "labels": [LabelRow], "overrides": [int], "exclusions": [None]})
-            | "ResolveLabels" >> beam.ParDo(ResolveLabel()).with_outputs(DEAD_LETTER, main="images")
+            | "ResolveLabels"
+            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(DEAD_LETTER, main="images")
         )
         dead_letters = [keyed[DEAD_LETTER], resolved[DEAD_LETTER], *label_dead, *override_dead, *exclusion_dead]
         return {
@@ -217,9 +218,13 @@ class LabelledImages(beam.PTransform):
 
 
 class ResolveLabel(beam.DoFn):
-    """Decides each id's fate (labels.resolve_label): a LabelledImage or dead letters."""
+    """Decides each id's fate (labels.resolve_label): a LabelledImage or dead letters.
 
-    def __init__(self):
+    ``with_vector``: the job carries --numeric_columns, so an image without its vector is a dead letter.
+    """
+
+    def __init__(self, *, with_vector: bool = False):
+        self._with_vector = with_vector
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in labels.COUNTED_OUTCOMES}
 
     def process(self, element) -> Iterator[LabelledImage | beam.pvalue.TaggedOutput]:
@@ -230,6 +235,7 @@ class ResolveLabel(beam.DoFn):
             joined["labels"],
             overrides=joined["overrides"],
             excluded=bool(list(joined["exclusions"])),
+            with_vector=self._with_vector,
         )
         if resolution.outcome:
             self._counters[resolution.outcome].inc()

@@ -38,6 +38,7 @@ class DecodedImage(NamedTuple):
     pixels: bytes  # uint8, row-major height x width x channels
     content_hash: int
     group: str  # What the split kept together (a person with --group_by), else the id.
+    vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
 
 
 def unit_hash(*parts: object) -> float:
@@ -212,7 +213,7 @@ class DecodeAndResize(beam.DoFn):
         self._decoded.inc()
         self._log_progress()
         content_hash = int.from_bytes(hashlib.sha256(data).digest(), "big")
-        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group)
+        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector)
 
     def _log_progress(self) -> None:
         self._count += 1

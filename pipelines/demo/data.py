@@ -15,6 +15,15 @@ plus what a person's review of the data would produce and the generator's ground
 The seed's data problems are reproduced: about 56% of the faces wear glasses, about 10% of
 the train.csv labels are flipped and about 1% of the images are distorted.
 
+As in the Kaggle set (a GAN's inputs), the latent vector ``v1..v512`` determines the face: each
+face's ``z ~ N(0, I_512)`` is drawn from ``(seed, id)``; the faces whose ``z . d_glasses`` (plus
+a little noise) is among the top 56% wear glasses, and their stored vector is pushed
+``GLASSES_MARGIN`` along ``d_glasses`` away from the others (so a linear model on 1350 rows
+finds the direction); glasses style, hair style and colour, skin tone and background colour are
+functions of ``z`` along other fixed directions plus small noise. The directions are fixed
+orthonormal random unit vectors of the seed. The flipped CSV labels and the distortions do not
+depend on ``z``: the vector carries the true label.
+
 ``comics`` mimics "Comic faces paired synthetic v2"::
 
     DIR/face2comics_v2.0.0_by_Sxela/faces/<n>.jpg    n = 0..N-1, photo-like face
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -97,7 +107,13 @@ JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
 _WORKERS = min(8, (os.cpu_count() or 1) + 1)
 
 # Independent random streams per purpose, so the datasets never share faces.
-_PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM = 0, 1, 2
+_PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM, _LATENT_STREAM, _DIRECTIONS_STREAM = 0, 1, 2, 3, 4
+# The latent directions of the drawn attributes, in the rows of latent_directions().
+_TRAITS = ("glasses", "glasses_style", "hair_style", "hair_color", "skin", "bg_red", "bg_green", "bg_blue")
+# Noise (in units of z's projection, which is N(0, 1)) between the latent vector and the attributes.
+TRAIT_NOISE = 0.05
+# How far the glasses faces' vectors are pushed from the others along d_glasses (in sd of z).
+GLASSES_MARGIN = 1.5
 
 _T = TypeVar("_T")
 Color = tuple[float, float, float]  # RGB
@@ -150,13 +166,31 @@ def _mask(rng: np.random.Generator, length: int, population: int, k: int) -> np.
     return mask
 
 
+@functools.lru_cache(maxsize=4)
+def latent_directions(seed: int) -> np.ndarray:
+    """The fixed unit directions of the attributes (``_TRAITS``), orthonormal rows [traits, LATENT_DIM]."""
+    gaussian = np.random.default_rng([seed, _DIRECTIONS_STREAM]).standard_normal((LATENT_DIM, len(_TRAITS)))
+    return np.linalg.qr(gaussian)[0].T
+
+
+def _latent(seed: int, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Face ``image_id``'s z ~ N(0, I) and its attributes' projections plus noise, one per trait."""
+    rng = _image_rng(seed, image_id, _LATENT_STREAM)
+    z = rng.standard_normal(LATENT_DIM)
+    return z, latent_directions(seed) @ z + TRAIT_NOISE * rng.standard_normal(len(_TRAITS))
+
+
 def plan_glasses(count: int, seed: int) -> GlassesPlan:
-    """Choose the true classes, the wrong train labels and the distorted ids."""
+    """Choose the true classes (from the latent vectors), the wrong train labels and the distorted ids."""
     rng = np.random.default_rng([seed, count, _PLAN_STREAM])
     n_train = round(count * TRAIN_FRACTION)
     n_distorted = max(round(count * DISTORTED_FRACTION), int(count >= MIN_COUNT_FOR_DISTORTION))
+    # One float per face (the vectors are drawn again when the face is drawn): memory stays small.
+    scores = np.array([_latent(seed, image_id)[1][0] for image_id in range(1, count + 1)])
+    glasses = np.zeros(count, dtype=bool)
+    glasses[np.argsort(-scores, kind="stable")[: round(count * GLASSES_FRACTION)]] = True
     return GlassesPlan(
-        glasses=_mask(rng, count, count, round(count * GLASSES_FRACTION)),
+        glasses=glasses,
         flipped=_mask(rng, count, n_train, round(n_train * WRONG_LABEL_FRACTION)),
         distorted=_mask(rng, count, count, n_distorted),
         n_train=n_train,
@@ -164,6 +198,38 @@ def plan_glasses(count: int, seed: int) -> GlassesPlan:
 
 
 # --------------------------------------------------------------------------- drawing
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What a face looks like beyond its geometry: each a value in [0, 1) or the glasses flag."""
+
+    glasses: bool
+    glasses_style: float
+    hair_style: float
+    hair_color: float
+    skin: float
+    background: tuple[float, float, float]
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, glasses: bool) -> Traits:
+        """Independent uniform attributes (the comics, which have no latent vectors)."""
+        u = rng.uniform(size=6)
+        return cls(glasses, u[0], u[1], u[2], u[3], (u[4], u[5], rng.uniform()))
+
+
+def face_latent(seed: int, image_id: int, glasses: bool) -> tuple[np.ndarray, Traits]:
+    """Face ``image_id``'s latent vector (as written to the CSV) and the attributes it determines."""
+    z, projections = _latent(seed, image_id)
+    d_glasses = latent_directions(seed)[0]
+    vector = z + (GLASSES_MARGIN if glasses else -GLASSES_MARGIN) * d_glasses
+    u = [0.5 * (1 + math.erf(p / math.sqrt(2))) for p in projections[1:]]  # N(0, 1) -> uniform
+    return vector, Traits(glasses, u[0], u[1], u[2], u[3], (u[4], u[5], u[6]))
+
+
+def _choice(options: Sequence[_T], p: Sequence[float], u: float) -> _T:
+    """The option that a uniform ``u`` falls on, with probabilities ``p``."""
+    return options[min(int(np.searchsorted(np.cumsum(p), u, side="right")), len(options) - 1)]
 
 
 @dataclass(frozen=True)
@@ -215,8 +281,8 @@ def _pick(rng: np.random.Generator, colors: Sequence[Color], jitter: float = 0.1
     return tuple(min(255.0, c * f) for c, f in zip(base, factors, strict=True))  # type: ignore[return-value]
 
 
-def sample_face(rng: np.random.Generator, size: int) -> Face:
-    """A random face: position, size, tilt, skin tone, hair and clothes."""
+def sample_face(rng: np.random.Generator, size: int, traits: Traits) -> Face:
+    """A random face (position, size, tilt, eyes, clothes) with the skin and hair of ``traits``."""
     rx = size * rng.uniform(0.2, 0.26)
     return Face(
         cx=size * (0.5 + rng.uniform(-0.06, 0.06)),
@@ -224,9 +290,9 @@ def sample_face(rng: np.random.Generator, size: int) -> Face:
         rx=rx,
         ry=rx * rng.uniform(1.2, 1.4),
         tilt=rng.uniform(-10, 10),
-        skin=_pick(rng, [_mix(_LIGHT_SKIN, _DARK_SKIN, rng.uniform())], 0.05),
-        hair=_pick(rng, _HAIR_COLORS),
-        hair_style=str(rng.choice(_HAIR_STYLES, p=_HAIR_STYLE_P)),
+        skin=_pick(rng, [_mix(_LIGHT_SKIN, _DARK_SKIN, traits.skin)], 0.05),
+        hair=_pick(rng, [_HAIR_COLORS[min(int(traits.hair_color * len(_HAIR_COLORS)), len(_HAIR_COLORS) - 1)]]),
+        hair_style=_choice(_HAIR_STYLES, _HAIR_STYLE_P, traits.hair_style),
         hairline=rng.uniform(-0.55, -0.38),
         eyes=_pick(rng, _EYE_COLORS),
         mouth=rng.uniform(0.22, 0.34),
@@ -234,9 +300,9 @@ def sample_face(rng: np.random.Generator, size: int) -> Face:
     )
 
 
-def draw_background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth gradient around a random colour, uint8 RGB ``size x size``."""
-    base = rng.uniform(30, 225, 3)
+def draw_background(rng: np.random.Generator, size: int, color: tuple[float, float, float]) -> np.ndarray:
+    """A smooth gradient around ``color`` (each channel in [0, 1)), uint8 RGB ``size x size``."""
+    base = 30 + 195 * np.asarray(color)
     corners = np.clip(base + rng.normal(0, 35, (2, 2, 3)), 0, 255).astype(np.uint8)
     return cv2.resize(corners, (size, size), interpolation=cv2.INTER_LINEAR)
 
@@ -307,9 +373,9 @@ def _blend(img: np.ndarray, draw: Callable[[np.ndarray], object], alpha: float) 
     cv2.addWeighted(overlay, alpha, img, 1 - alpha, 0, dst=img)
 
 
-def draw_glasses(img: np.ndarray, f: Face, rng: np.random.Generator) -> None:
-    """Draw glasses of a random style (see ``_GLASSES_STYLES``) over the eyes of ``f``."""
-    style = str(rng.choice(_GLASSES_STYLES, p=_GLASSES_STYLE_P))
+def draw_glasses(img: np.ndarray, f: Face, rng: np.random.Generator, style_u: float) -> None:
+    """Draw glasses of the style that ``style_u`` picks (see ``_GLASSES_STYLES``) over the eyes of ``f``."""
+    style = _choice(_GLASSES_STYLES, _GLASSES_STYLE_P, style_u)
     rect = style == "rect" or (style != "round" and rng.random() < 0.5)
     du = rng.uniform(0.25, 0.31)  # lens half-width in head radii
     dv = du * f.rx / f.ry * (rng.uniform(0.55, 0.75) if rect else rng.uniform(0.75, 0.95))
@@ -344,13 +410,13 @@ def draw_glasses(img: np.ndarray, f: Face, rng: np.random.Generator) -> None:
     _blend(img, lambda o: cv2.polylines(o, glints, False, (255, 255, 255), f.width(0.04), _AA), 0.45)
 
 
-def draw_portrait(rng: np.random.Generator, size: int, wears_glasses: bool) -> np.ndarray:
-    """A clean (noise-free) face on a gradient background, uint8 RGB ``size x size``."""
-    img = draw_background(rng, size)
-    face = sample_face(rng, size)
+def draw_portrait(rng: np.random.Generator, size: int, traits: Traits) -> np.ndarray:
+    """A clean (noise-free) face of ``traits`` on a gradient background, uint8 RGB ``size x size``."""
+    img = draw_background(rng, size, traits.background)
+    face = sample_face(rng, size, traits)
     draw_face(img, face)
-    if wears_glasses:
-        draw_glasses(img, face, rng)
+    if traits.glasses:
+        draw_glasses(img, face, rng, traits.glasses_style)
     return img
 
 
@@ -435,15 +501,15 @@ def distort(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return _DISTORTIONS[rng.integers(len(_DISTORTIONS))](img, rng)
 
 
-def glasses_photo(rng: np.random.Generator, size: int, wears_glasses: bool, distorted: bool) -> np.ndarray:
+def glasses_photo(rng: np.random.Generator, size: int, traits: Traits, distorted: bool) -> np.ndarray:
     """One image of the glasses dataset."""
-    img = add_camera_noise(light(draw_portrait(rng, size, wears_glasses), rng), rng)
+    img = add_camera_noise(light(draw_portrait(rng, size, traits), rng), rng)
     return distort(img, rng) if distorted else img
 
 
 def comic_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A photo-like face and its comic rendering with the same geometry."""
-    lit = light(draw_portrait(rng, size, wears_glasses=rng.random() < COMIC_GLASSES_FRACTION), rng)
+    lit = light(draw_portrait(rng, size, Traits.random(rng, rng.random() < COMIC_GLASSES_FRACTION)), rng)
     return add_camera_noise(lit, rng), comicify(lit)
 
 
@@ -515,9 +581,10 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
     def write_image(index: int) -> list[Any]:
         """Write image ``index`` and return its CSV row: id and latent vector."""
         image_id = index + 1
+        vector, traits = face_latent(seed, image_id, bool(plan.glasses[index]))
+        row = [image_id, *(f"{x:.3f}" for x in vector)]
         rng = _image_rng(seed, image_id, _GLASSES_STREAM)
-        row = [image_id, *(f"{x:.3f}" for x in rng.standard_normal(LATENT_DIM))]
-        img = glasses_photo(rng, size, bool(plan.glasses[index]), bool(plan.distorted[index]))
+        img = glasses_photo(rng, size, traits, bool(plan.distorted[index]))
         _write_image(image_dir / GLASSES_FILE_PATTERN.format(id=image_id), img, PNG_PARAMS)
         return row
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
 import pytest
 
 from pipelines import labels
@@ -252,3 +255,100 @@ def test_rows_without_an_image_name_what_they_refer_to():
         ("unknown_exclusion_id", False),
         ("label_without_image", False),
     ]
+
+
+# --- The --numeric_columns vector ---------------------------------------------------------
+
+HEADER = ["id", "v2", "v1", "v10", "x", "label"]
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("v1,v2", ("v2", "v1")),  # header order, not the flag's
+        ("v1..v2", ("v2", "v1")),
+        ("v*", ("v2", "v1", "v10")),
+        ("v1?", ("v10",)),
+        ("x, v1..v2,v2", ("v2", "v1", "x")),  # mixed items, each column once
+    ],
+)
+def test_numeric_columns_resolve_against_the_header_in_its_order(spec, expected):
+    assert labels.resolve_columns(spec, HEADER, reserved=("id", "label")) == expected
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("v1..v3", "1 columns not in the header: v3"),
+        ("v1..w2", "one prefix"),
+        ("v..v2", "one prefix"),
+        ("v3..v1", "empty range"),
+        ("w*", "matches no column"),
+        ("v1,,v2", "empty item"),
+        ("nope", "not in the header: nope"),
+        ("*", "id/label column 'id'"),
+        ("v1,label", "id/label column 'label'"),
+    ],
+)
+def test_numeric_columns_that_do_not_fit_the_header_are_errors(spec, message):
+    with pytest.raises(ValueError, match=message):
+        labels.resolve_columns(spec, HEADER, reserved=("id", "label"))
+
+
+def _vector_layout(header=("id", "label", "a", "b")):
+    config = _config("--labels_csv", "/data/train.csv", "--numeric_columns", "none")
+    config = dataclasses.replace(config, vector_columns=("a", "b"))
+    return labels.labels_csv_layout("/data/train.csv", list(header), config)
+
+
+def test_a_row_carries_its_vector_as_float32_bytes():
+    _, row = labels.parse_label_row("7,yes,0.1,-2.5e-3", _vector_layout())
+    assert row.vector == np.array([0.1, -2.5e-3], np.float32).tobytes()
+    assert row.vector_error == "" and row.label == 1
+
+
+@pytest.mark.parametrize(
+    "cells, message",
+    [
+        ("0.1,", "column b: missing"),
+        ("abc,1", "column a: 'abc' is not a number"),
+        ("1,inf", "column b: 'inf' is not a finite float32"),
+        ("nan,1", "column a: 'nan' is not a finite float32"),
+        ("1e39,1", "column a: '1e39' is not a finite float32"),  # finite as a double, not as float32
+    ],
+)
+def test_a_bad_vector_value_is_kept_as_the_rows_vector_error(cells, message):
+    _, row = labels.parse_label_row(f"7,yes,{cells}", _vector_layout())
+    assert (row.vector, row.vector_error) == (b"", message)
+
+
+def test_a_labels_csv_without_the_numeric_columns_is_refused():
+    with pytest.raises(labels.CsvError, match="1 --numeric_columns not in its header"):
+        _vector_layout(header=("id", "label", "a"))
+
+
+VECTOR = np.array([1.5, 2.5], np.float32).tobytes()
+
+
+def _vector_row(label=1, vector=VECTOR, vector_error=""):
+    return LabelRow(label, "train", "", "", vector, vector_error)
+
+
+def test_with_a_vector_an_image_is_written_only_with_its_one_vector():
+    good = resolve_label("7", [IMAGE], [_vector_row()], with_vector=True)
+    assert good.image.vector == VECTOR and good.outcome == "labelled"
+
+    def reason(rows, **kwargs):
+        resolution = resolve_label("7", [IMAGE], rows, with_vector=True, **kwargs)
+        assert resolution.image is None
+        return resolution.rejections[-1].reason, resolution.rejections[-1].detail
+
+    bad = _vector_row(vector=b"", vector_error="column v3: 'abc' is not a number")
+    assert reason([bad]) == ("bad_vector", "column v3: 'abc' is not a number")
+    assert reason([bad], overrides=[0]) == ("bad_vector", "column v3: 'abc' is not a number")
+    assert reason([_vector_row(), _vector_row(vector=VECTOR[::-1])]) == ("bad_vector", "its rows disagree")
+    assert reason([], overrides=[1]) == ("bad_vector", "no labels-CSV row")
+    assert reason([]) == ("no_label_row", "")
+    assert reason([bad], excluded=True) == ("excluded", "")
+    # Without --numeric_columns nothing changes: no vector, no bad_vector.
+    assert resolve_label("7", [IMAGE], [_row(1)]).image.vector == b""

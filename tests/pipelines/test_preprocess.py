@@ -378,3 +378,96 @@ def test_examples_carry_their_group_so_folds_can_keep_a_person_together(tmp_path
     examples = [e for split in features.SPLITS for e in _read_split(str(tmp_path / "out"), split)]
     groups = {e[features.ID_KEY].decode(): e[features.GROUP_KEY].decode() for e in examples}
     assert groups == {str(i): f"s{(i - 1) // 4}" for i in range(1, 13)}
+
+
+def test_without_numeric_columns_examples_have_no_vector(corpus):
+    tmp_path, manifest, _ = corpus
+    assert manifest["vector"] == {"key": "latent", "length": 0, "columns": []}
+    assert set(manifest["feature_spec"]) == {"image", "label", "id", "group", "height", "width", "channels"}
+    files = sorted(glob.glob(features.shard_pattern(str(tmp_path / "out"), "train")))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(3):
+        assert set(tf.train.Example.FromString(record.numpy()).features.feature) == set(manifest["feature_spec"])
+
+
+VECTOR_BAD_ROWS = {101: ("", "column f2: missing"), 102: ("abc", "column f2: 'abc' is not a number")}
+VECTOR_BAD_ROWS[103] = ("inf", "column f2: 'inf' is not a finite float32")
+
+
+@pytest.fixture(scope="module")
+def vector_run(tmp_path_factory):
+    """30 labelled images whose CSV rows hold random float32 values f1..f3 (and 3 rows with a bad f2)."""
+    tmp_path = tmp_path_factory.mktemp("vector")
+    images = write_glasses_like(tmp_path, LABELS[:30])
+    rng = np.random.default_rng(5)
+    vectors = {i: (rng.standard_normal(3) * [1, 10, 0.01] + [0, 5, -3]).astype(np.float32) for i in range(1, 31)}
+    rows = ["id,f1,label,f2,note,f3"]
+    for i, label in enumerate(LABELS[:30], start=1):
+        f1, f2, f3 = (str(v) for v in vectors[i])  # the shortest text that reads back as this float32
+        rows.append(f"{i},{f1},{label},{f2},x,{f3}")
+    for i, (cell, _) in VECTOR_BAD_ROWS.items():
+        cv2.imwrite(str(images / f"face-{i}.png"), labelled_image(1, i))
+        rows.append(f"{i},0.5,1,{cell},x,0.5")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    manifest = _preprocess(tmp_path, "out", "--numeric_columns", "f1..f3", "--balance", "none")
+    return tmp_path, manifest, vectors
+
+
+def test_the_vector_reaches_the_shards_bit_for_bit(vector_run):
+    tmp_path, manifest, vectors = vector_run
+    assert manifest["vector"] == {"key": "latent", "length": 3, "columns": ["f1", "f2", "f3"]}
+    assert manifest["feature_spec"]["latent"].startswith("float32[3]")
+    spec = features.raw_feature_spec(features.vector_length(manifest))
+    seen = {}
+    for split in features.SPLITS:
+        files = sorted(glob.glob(features.shard_pattern(str(tmp_path / "out"), split)))
+        for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            example = tf.io.parse_single_example(record, spec)
+            seen[int(example["id"].numpy())] = example["latent"].numpy()
+    assert sorted(seen) == list(range(1, 31))
+    for image_id, vector in seen.items():
+        assert vector.dtype == np.float32 and vector.tobytes() == vectors[image_id].tobytes()
+
+
+def test_a_bad_vector_is_a_dead_letter_and_the_counts_add_up(vector_run):
+    tmp_path, manifest, _ = vector_run
+    records = [
+        json.loads(line)
+        for path in glob.glob(str(tmp_path / "out" / "dead_letter" / "*.jsonl"))
+        for line in pathlib.Path(path).read_text().splitlines()
+    ]
+    assert {int(r["id"]): (r["reason"], r["detail"]) for r in records} == {
+        i: ("bad_vector", detail) for i, (_, detail) in VECTOR_BAD_ROWS.items()
+    }
+    counts = manifest["counts"]
+    assert counts["dead_letter"] == {"bad_vector": 3}
+    assert counts["images_seen"] == counts["written_total"] + 3 == 33
+
+
+def test_tf_transform_z_scores_the_vector_with_the_train_splits_statistics(vector_run):
+    tmp_path, manifest, _ = vector_run
+    output = str(tmp_path / "out")
+    spec = features.raw_feature_spec(3)
+
+    def split_examples(split):
+        files = sorted(glob.glob(features.shard_pattern(output, split)))
+        dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").map(
+            lambda r: tf.io.parse_single_example(r, spec)
+        )
+        return next(iter(dataset.batch(100)))
+
+    train, test = split_examples("train"), split_examples("test")
+    train_vectors = train["latent"].numpy().astype(np.float64)
+    assert 10 < len(train_vectors) < 30  # the statistics must be the train split's, not all 30
+    mean, std = train_vectors.mean(axis=0), train_vectors.std(axis=0)
+    transform = tft.TFTransformOutput(os.path.join(output, features.TRANSFORM_DIR))
+    layer = transform.transform_features_layer()
+    raw = {key: test[key] for key in features.transform_input_keys(features.vector_length(manifest))}
+    out = layer(raw)
+    np.testing.assert_allclose(
+        out[features.NORMALIZED_VECTOR_KEY].numpy(), (test["latent"].numpy() - mean) / std, rtol=1e-4, atol=1e-5
+    )
+    # A reader that passes only image and label (the trainer before vectors) still gets its images.
+    images_only = layer({key: test[key] for key in (features.IMAGE_KEY, features.LABEL_KEY)})
+    np.testing.assert_array_equal(
+        images_only[features.NORMALIZED_IMAGE_KEY].numpy(), out[features.NORMALIZED_IMAGE_KEY].numpy()
+    )

@@ -103,9 +103,9 @@ def test_distorted_images_are_corrupted_versions_of_the_face(glasses: tuple[Path
     first_distorted = next(i for i, d in distorted.items() if d)
     first_intact = next(i for i, d in distorted.items() if not d)
     for image_id in (first_distorted, first_intact):
+        _, traits = demo_data.face_latent(1, image_id, bool(truth[image_id]))
         rng = demo_data._image_rng(1, image_id, demo_data._GLASSES_STREAM)
-        rng.standard_normal(demo_data.LATENT_DIM)  # the latent vector comes first
-        clean = demo_data.glasses_photo(rng, SIZE, bool(truth[image_id]), distorted=False)
+        clean = demo_data.glasses_photo(rng, SIZE, traits, distorted=False)
         written = cv2.imread(str(out / "faces-spring-2020" / f"face-{image_id}.png"))[..., ::-1]  # BGR -> RGB
         difference = np.abs(written.astype(int) - clean).mean()
         assert difference > 5 if distorted[image_id] else difference == 0
@@ -214,3 +214,37 @@ def test_invalid_arguments_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         demo_data.main(["--dataset", "glasses", "--out", str(tmp_path), "--count", "0"])
     assert not any(tmp_path.iterdir())
+
+
+def _vectors(path: Path) -> dict[int, np.ndarray]:
+    header, rows = read_csv(path)
+    columns = [header.index(name) for name in LATENT_HEADER]
+    return {int(row[0]): np.array([float(row[c]) for c in columns]) for row in rows}
+
+
+def test_the_latent_vector_predicts_the_true_glasses_of_unseen_faces(tmp_path: Path) -> None:
+    # The default count: a linear model fitted to train.csv's (10% wrong) labels classifies the
+    # test.csv faces, which it never saw, by their vectors alone.
+    demo_data.generate("glasses", str(tmp_path), count=1500, size=16, seed=2)
+    truth = labels(tmp_path / "truth.csv")
+    train, given = _vectors(tmp_path / "train.csv"), labels(tmp_path / "train.csv")
+    test = _vectors(tmp_path / "test.csv")
+    x = np.stack([np.append(train[i], 1.0) for i in sorted(train)])
+    y = np.array([2.0 * given[i] - 1 for i in sorted(train)])
+    ridge = 1000.0 * np.eye(x.shape[1])  # least squares, shrunk: 512 weights from 1350 rows
+    weights = np.linalg.solve(x.T @ x + ridge, x.T @ y)
+    predicted = {i: int(np.append(v, 1.0) @ weights > 0) for i, v in test.items()}
+    accuracy = np.mean([predicted[i] == truth[i] for i in test])
+    assert len(test) == 150 and accuracy >= 0.97
+    # The CSV labels are the truth with flips: the vector, not the given label, is what agrees.
+    assert np.mean([int(np.append(train[i], 1.0) @ weights > 0) == truth[i] for i in train]) > 0.97
+
+
+def test_the_latent_vector_also_determines_the_other_attributes() -> None:
+    vector, traits = demo_data.face_latent(3, 17, True)
+    again, same = demo_data.face_latent(3, 17, True)
+    assert np.array_equal(vector, again) and traits == same
+    hair = [demo_data.face_latent(3, i, False)[1].hair_color for i in range(1, 300)]
+    direction = demo_data.latent_directions(3)[demo_data._TRAITS.index("hair_color")]
+    projections = [demo_data.face_latent(3, i, False)[0] @ direction for i in range(1, 300)]
+    assert np.corrcoef(hair, projections)[0, 1] > 0.95
