@@ -100,6 +100,7 @@ class PreprocessConfig:
     min_side: int = 8
     max_pixels: int = 64_000_000
     overwrite: bool = False
+    cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
 
     @property
     def channels(self) -> int:
@@ -258,6 +259,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
+    add(
+        "--cache_dir",
+        default=None,
+        help="Decode cache (local or any Beam filesystem): resized pixels by content hash, reused by later "
+        "runs with the same image size and colour mode. Off by default; outside --output and the inputs.",
+    )
     return parser
 
 
@@ -321,6 +328,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         min_side=args.min_side,
         max_pixels=args.max_pixels,
         overwrite=args.overwrite,
+        cache_dir=args.cache_dir,
     )
     return config, beam_args
 
