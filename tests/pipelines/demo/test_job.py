@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -33,3 +34,16 @@ def test_a_failing_stage_stops_the_job_with_its_status(tmp_path):
     status = demo.main(["--workdir", str(tmp_path), "--data_root", str(tmp_path / "missing")])
     assert status != 0
     assert not (tmp_path / "glasses" / "job").exists()
+
+
+def _preprocess_command(*argv: str) -> list[str]:
+    defaults = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": "grid", "search_space": "small"}
+    args = argparse.Namespace(**defaults, workdir="runs", data_root=None, beam_args=list(argv))
+    return dict(demo._stages(args))["preprocess (Beam)"]
+
+
+def test_the_demo_caches_decoded_pixels_beside_its_data_unless_told_otherwise():
+    command = _preprocess_command()
+    cache_dir = command[command.index("--cache_dir") + 1]
+    assert cache_dir.startswith("runs/glasses/") and not cache_dir.startswith("runs/glasses/data")
+    assert _preprocess_command("--cache_dir=/elsewhere").count("--cache_dir") == 0
