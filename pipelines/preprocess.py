@@ -89,8 +89,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     decoded = (
         sources["images"]
         | "AssignSplit" >> beam.Map(lambda image: (assign_split(image, config), image))
-        # (split, LabelledImage)
-        | "SpreadOverWorkers" >> beam.Reshuffle()
+        # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
+        # id, which spreads the images over the workers as a Reshuffle would.
         | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
         # DecodedImage(id, label, split, pixels, content_hash, group)
     )
