@@ -15,6 +15,11 @@ steady state (the pipeline's fixed cost — interpreter and TensorFlow start-up,
 construction, tf.Transform analysis — measured on a 40-image run and taken off).
 ``memory`` runs the pipeline and the seeds' notebook code at growing input counts, each in
 a child process, and prints their peak RSS.
+``cache`` builds --count 1024x1024 demo PNGs with an empty --cache_dir (cold), then again
+after changing one override (warm: every image a cache hit), and prints both wall times,
+their ratio (goal: warm <= 0.2x cold) and peak RSS.
+
+    python bench/preprocess_bench.py cache [--count 500] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
+import json
 import os
 import statistics
 import subprocess
@@ -185,6 +191,34 @@ def memory(args: argparse.Namespace) -> None:
         print(f"{count:>7} {pipeline_mb:>21.0f} {seeds_mb:>27.0f}", flush=True)
 
 
+def _timed_peak(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of ``command`` in a fresh wrapper process."""
+    started = time.perf_counter()
+    peak = _peak_rss_mb(command)
+    return time.perf_counter() - started, peak
+
+
+def cache(args: argparse.Namespace) -> None:
+    root, _ = _ensure_data(args.workdir, "glasses", args.count, 1024)
+    with tempfile.TemporaryDirectory() as scratch:
+        cache_dir, output = os.path.join(scratch, "cache"), os.path.join(scratch, "out")
+        overrides = os.path.join(root, demo_data.OVERRIDES_CSV)
+        with open(overrides) as f:
+            header, *rows = f.read().splitlines()
+        changed = os.path.join(scratch, "overrides_changed.csv")
+        with open(changed, "w") as f:  # One override fewer: a rerun after a review.
+            f.write("\n".join([header, *rows[:-1]]) + "\n")
+        command = [*_pipeline_args("glasses", root, output), "--cache_dir", cache_dir]
+        cold = _timed_peak([*command, "--overrides_csv", overrides])
+        warm = _timed_peak([*command, "--overrides_csv", changed])
+        with open(os.path.join(output, "manifest.json")) as f:
+            counters = json.load(f)["cache"]
+    print(f"{'run':<6} {'images':>7} {'s':>7} {'peak RSS MB':>12}")
+    for name, (seconds, peak) in (("cold", cold), ("warm", warm)):
+        print(f"{name:<6} {args.count:>7} {seconds:>7.2f} {peak:>12.0f}")
+    print(f"warm / cold {warm[0] / cold[0]:.2f} (goal <= 0.2); warm run's cache counters {counters}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -194,10 +228,12 @@ def main() -> None:
     mem = commands.add_parser("memory")
     mem.add_argument("--counts", default="500,2000,8000")
     mem.add_argument("--size", type=int, default=256, help="image side; memory should not grow with the count")
-    for sub in (tp, mem):
+    cache_parser = commands.add_parser("cache")
+    cache_parser.add_argument("--count", type=int, default=500)
+    for sub in (tp, mem, cache_parser):
         sub.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_bench"))
     args = parser.parse_args()
-    {"throughput": throughput, "memory": memory}[args.command](args)
+    {"throughput": throughput, "memory": memory, "cache": cache}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
 from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
-# into how many files, and when to give up. Every other option is part of the fingerprint.
-_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction")
+# into how many files, when to give up, and where decoded pixels are cached. Every other option is part of the fingerprint.
+_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction", "cache_dir")
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
 _LOCATION_OPTIONS = ("image_globs", "labels_csv", "overrides_csv", "exclude_csv")
@@ -98,12 +98,18 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
-        "change the examples (not output, overwrite, num_shards, max_bad_fraction, nor the input paths).",
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, nor the input paths).",
     }
 
 
 def build_manifest(
-    config: PreprocessConfig, stats: dict[str, Any], *, runner: str, elapsed_seconds: float, unlisted_files: int = 0
+    config: PreprocessConfig,
+    stats: dict[str, Any],
+    *,
+    runner: str,
+    elapsed_seconds: float,
+    unlisted_files: int = 0,
+    cache: dict[str, Any] | None = None,
 ) -> dict:
     """The manifest for a finished run; raises PipelineError when its counts do not add up."""
     classes = config.classes
@@ -166,6 +172,8 @@ def build_manifest(
             "columns": list(config.vector_columns),
         },
         "fingerprint": _fingerprint(config, stats),
+        # The decode cache's counters (--cache_dir): hits, misses, corrupt entries recomputed.
+        "cache": cache or {"dir": None},
         "options": options_json,
         "runner": runner,
         "elapsed_seconds": round(elapsed_seconds, 2),
@@ -174,7 +182,12 @@ def build_manifest(
 
 
 def finalize(
-    config: PreprocessConfig, options: PipelineOptions, *, elapsed_seconds: float, unlisted_files: int = 0
+    config: PreprocessConfig,
+    options: PipelineOptions,
+    *,
+    elapsed_seconds: float,
+    unlisted_files: int = 0,
+    cache: dict[str, Any] | None = None,
 ) -> dict:
     """Reads the run statistics, checks them, writes ``manifest.json`` last, cleans up."""
     stats = output_dir.read_run_statistics(config.output_dir)
@@ -187,6 +200,7 @@ def finalize(
         runner=str(options.view_as(StandardOptions).runner),
         elapsed_seconds=elapsed_seconds,
         unlisted_files=unlisted_files,
+        cache=cache,
     )
     output_dir.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     output_dir.remove_run_files(config.output_dir)
@@ -234,6 +248,12 @@ def summary_table(manifest: dict) -> str:
             lines.append(f"{count} {what} name no listed image (a typo?): {shown}{more}")
     if counts.get("unlisted_files"):
         lines.append(f"{counts['unlisted_files']} files beside the images do not match the layout's pattern: not read")
+    cache = manifest.get("cache", {})
+    if cache.get("dir"):
+        lines.append(
+            f"decode cache {cache['dir']}: {cache['cache_hits']} hits, {cache['cache_misses']} misses, "
+            f"{cache['cache_corrupt']} corrupt entries recomputed"
+        )
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)

@@ -104,6 +104,7 @@ class PreprocessConfig:
     overwrite: bool = False
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
+    cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
 
     @property
     def channels(self) -> int:
@@ -272,6 +273,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
+    add(
+        "--cache_dir",
+        default=None,
+        help="Decode cache (local or any Beam filesystem): resized pixels by content hash, reused by later "
+        "runs with the same image size and colour mode. Off by default; outside --output and the inputs.",
+    )
     return parser
 
 
@@ -341,6 +348,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         max_pixels=args.max_pixels,
         overwrite=args.overwrite,
         vector_columns=vector_columns,
+        cache_dir=args.cache_dir,
     )
     return config, beam_args
 

@@ -81,15 +81,19 @@ def _within(inner: str, outer: str) -> bool:
     return inner == outer or inner.startswith(outer.rstrip("/") + "/")
 
 
+def overlaps(path: str, other: str) -> bool:
+    """Whether two paths (or globs, standing for their folders) are one inside the other or equal."""
+    a, b = _normalized(_fixed_part(path)), _normalized(_fixed_part(other))
+    return _within(a, b) or _within(b, a)
+
+
 def refusal(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> str | None:
     """Why ``output_dir`` must not be used (overlaps an input, is someone else's, is taken), or None.
 
     ``inputs`` are the image globs and the CSVs; a glob stands for its directory.
     """
-    output = _normalized(output_dir)
     for given in inputs:
-        path = _normalized(_fixed_part(given))
-        if _within(output, path) or _within(path, output):
+        if overlaps(output_dir, given):
             return f"--output {output_dir} overlaps the input {given}: choose an output outside the inputs"
     existing = existing_outputs(output_dir)
     if not existing:

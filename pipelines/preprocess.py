@@ -31,9 +31,10 @@ quiet.preload("tensorflow")
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import features, manifest, output_dir
+from pipelines import cache, features, manifest, output_dir, transforms
 from pipelines.dead_letters import DEAD_LETTER
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args, usage_error
 from pipelines.sinks import (
@@ -43,11 +44,7 @@ from pipelines.sinks import (
     WriteTransformStatistics,
 )
 from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
-from pipelines.transforms import (
-    DecodeAndResize,
-    DownsampleToSmallestClass,
-    assign_split,
-)
+from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
 
 # Beam's DirectRunner first tries the Prism runner, which downloads a binary: facepipe's
 # default run must not touch the network, so "DirectRunner" means the FnApiRunner here
@@ -100,8 +97,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     decoded = (
         sources["images"]
         | "AssignSplit" >> beam.Map(lambda image: (assign_split(image, config), image))
-        # (split, LabelledImage)
-        | "SpreadOverWorkers" >> beam.Reshuffle()
+        # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
+        # id, which spreads the images over the workers as a Reshuffle would.
         | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
         # DecodedImage(id, label, split, pixels, content_hash, group)
     )
@@ -133,6 +130,18 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
 
 
+def cache_counts(result: beam.runners.runner.PipelineResult, config: PreprocessConfig) -> dict[str, Any] | None:
+    """The decode cache's counters of a finished run (None when the cache was off)."""
+    if not config.cache_dir:
+        return None
+    counters = result.metrics().query(MetricsFilter().with_namespace(transforms.NAMESPACE))["counters"]
+    counts = dict.fromkeys(transforms.CACHE_COUNTERS, 0)
+    for counter in counters:
+        if counter.key.metric.name in counts:
+            counts[counter.key.metric.name] += counter.committed or 0
+    return {"dir": config.cache_dir, **counts}
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the job; returns the manifest it wrote."""
     config, beam_args = parse_args(argv)
@@ -142,6 +151,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         usage_error(
             f"--images: no image files match {list(config.image_globs)}; check --images (and --dataset's layout)"
         )
+    if config.cache_dir:
+        cache.check_cache_dir(config.cache_dir, config.output_dir, config.inputs)
     output_dir.prepare(config.output_dir, config.inputs, overwrite=config.overwrite)
     unlisted = count_unlisted(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
@@ -151,7 +162,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         with beam.Pipeline(options=options) as pipeline:
             build_pipeline(pipeline, config, estimated_images=estimated, temp_dir=temp_dir)
         elapsed = time.monotonic() - started
-        result = manifest.finalize(config, options, elapsed_seconds=elapsed, unlisted_files=unlisted)
+        result = manifest.finalize(
+            config,
+            options,
+            elapsed_seconds=elapsed,
+            unlisted_files=unlisted,
+            cache=cache_counts(pipeline.result, config),
+        )
     finally:
         output_dir.remove_run_files(config.output_dir)
     print(manifest.summary_table(result), file=sys.stderr)

@@ -19,12 +19,15 @@ from apache_beam.metrics import Metrics
 from PIL import Image
 
 from pipelines import features
+from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
+# DecodeAndResize's decode-cache counters (the manifest's ``cache`` section).
+CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_corrupt")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -140,16 +143,22 @@ def decode_jpeg(data: bytes, *, color_mode: str, at_least: tuple[int, int]) -> n
         raise UndecodableImage("undecodable", f"JPEG: {e}") from e
 
 
-def decode_and_resize(
-    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
-) -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
-    container = check_container(data)
-    width, height = image_dimensions(data)
+def check_dimensions(width: int, height: int, *, max_pixels: int, min_side: int) -> None:
+    """UndecodableImage when an image of ``width`` x ``height`` may not be used."""
     if width * height > max_pixels:
         raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
     if min(width, height) < min_side:  # Upscaled, it would be a blur of a few pixels, not a face.
         raise UndecodableImage("too_small", f"{width}x{height}: a side < --min_side {min_side} pixels")
+
+
+def decode_with_size(
+    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
+) -> CachedPixels:
+    """Encoded PNG/JPEG bytes -> the resized uint8 pixels (height, width, channels) and the
+    original (width, height); UndecodableImage on bad input."""
+    container = check_container(data)
+    width, height = image_dimensions(data)
+    check_dimensions(width, height, max_pixels=max_pixels, min_side=min_side)
     if container == "jpeg":
         image = decode_jpeg(data, color_mode=color_mode, at_least=size)
     else:
@@ -158,10 +167,17 @@ def decode_and_resize(
             raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
         image = to_uint8_color(image, color_mode)
     if (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # cache.INTERPOLATION
         if image.ndim == 2:
             image = image[:, :, np.newaxis]
-    return np.ascontiguousarray(image)
+    return CachedPixels(np.ascontiguousarray(image), (width, height))
+
+
+def decode_and_resize(
+    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
+) -> np.ndarray:
+    """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
+    return decode_with_size(data, size=size, color_mode=color_mode, max_pixels=max_pixels, min_side=min_side).pixels
 
 
 class DecodeAndResize(beam.DoFn):
@@ -174,13 +190,18 @@ class DecodeAndResize(beam.DoFn):
         self._color_mode = config.color_mode
         self._max_pixels = config.max_pixels
         self._min_side = config.min_side
+        self._cache_dir = config.cache_dir
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
+        self._cache_counters = {name: Metrics.counter(NAMESPACE, name) for name in CACHE_COUNTERS}
         self._failed = Metrics.counter(NAMESPACE, "decode_failed")
         self._bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
 
     def setup(self):
         self._count = 0
         self._started = time.monotonic()
+        self._cache = (
+            DecodeCache(self._cache_dir, size=self._size, color_mode=self._color_mode) if self._cache_dir else None
+        )
 
     def process(self, element: tuple[str, LabelledImage]) -> Iterator:
         split, image = element
@@ -192,10 +213,9 @@ class DecodeAndResize(beam.DoFn):
             yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason="read_error", detail=repr(e))
             return
         self._bytes_read.inc(len(data))
+        content_sha256 = hashlib.sha256(data).digest()
         try:
-            pixels = decode_and_resize(
-                data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels, min_side=self._min_side
-            )
+            pixels = self._pixels(data, content_sha256).pixels
         except UndecodableImage as e:
             self._failed.inc()
             yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)
@@ -212,8 +232,36 @@ class DecodeAndResize(beam.DoFn):
             return
         self._decoded.inc()
         self._log_progress()
-        content_hash = int.from_bytes(hashlib.sha256(data).digest(), "big")
+        content_hash = int.from_bytes(content_sha256, "big")
         yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector)
+
+    def _pixels(self, data: bytes, content_sha256: bytes) -> CachedPixels:
+        """The resized pixels and original size: from the cache when it holds a sound entry,
+        else decoded (and then cached). Each lookup counts once: hit, miss or corrupt."""
+        if self._cache is None:
+            return self._decode(data)
+        try:
+            cached = self._cache.get(content_sha256)
+        except CorruptEntry as e:  # Never trusted: decoded again, and the entry rewritten.
+            logging.warning(
+                "decode cache: entry %s is corrupt (%s); decoding again", self._cache.path(content_sha256), e
+            )
+            self._cache_counters["cache_corrupt"].inc()
+        else:
+            if cached is not None:
+                # The entry passed an earlier run's limits; this run's may differ.
+                check_dimensions(*cached.original_size, max_pixels=self._max_pixels, min_side=self._min_side)
+                self._cache_counters["cache_hits"].inc()
+                return cached
+            self._cache_counters["cache_misses"].inc()
+        decoded = self._decode(data)
+        self._cache.put(content_sha256, decoded)
+        return decoded
+
+    def _decode(self, data: bytes) -> CachedPixels:
+        return decode_with_size(
+            data, size=self._size, color_mode=self._color_mode, max_pixels=self._max_pixels, min_side=self._min_side
+        )
 
     def _log_progress(self) -> None:
         self._count += 1

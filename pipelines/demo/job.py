@@ -75,6 +75,9 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
         "--overwrite",
         *_PREPROCESS_EXTRA[args.dataset],
     ]
+    # Reruns (other overrides, exclusions, seed) reuse the decoded pixels; beside the data, not in it.
+    if not any(arg.split("=", 1)[0] == "--cache_dir" for arg in args.beam_args):
+        preprocess += ["--cache_dir", os.path.join(work, "decode_cache")]
     # The demo data comes with a review's overrides and exclusions; a user's folder may too.
     for name, flag in ((OVERRIDES_CSV, "--overrides_csv"), (EXCLUSIONS_CSV, "--exclude")):
         review_file = os.path.join(data_root, name)

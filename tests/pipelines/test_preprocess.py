@@ -156,7 +156,19 @@ def test_transform_statistics_equal_numpy_on_the_train_split(corpus):
 
 def test_multi_process_run_writes_the_same_examples(corpus):
     tmp_path, manifest, _ = corpus
-    other = _preprocess(tmp_path, "out_mp", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    cache_dir = tmp_path / "cache_mp"
+    other = _preprocess(
+        tmp_path,
+        "out_mp",
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers=2",
+        "--cache_dir",
+        str(cache_dir),
+    )
+    # Both workers write the cache: one entry per decodable image, no temp file left.
+    assert other["cache"]["cache_misses"] == len(LABELS) + 4  # The 4 bad files miss and are not cached.
+    assert len(glob.glob(str(cache_dir / "*" / "*.fpdc"))) == len(LABELS)
+    assert not glob.glob(str(cache_dir / "*" / "*.tmp-*"))
     assert other["counts"] == manifest["counts"]
     assert other["fingerprint"] == manifest["fingerprint"]
     for split in features.SPLITS:

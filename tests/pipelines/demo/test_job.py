@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
@@ -43,3 +44,16 @@ def test_the_demo_trains_the_candidate_with_the_best_validation_accuracy(tmp_pat
     preset, path, score = demo.choose_preset(str(tmp_path), ("glasses_cnn", "face_cnn"))
     assert (preset, score) == ("face_cnn", 0.83)
     assert path == str(tmp_path / demo.CANDIDATES_DIR / "face_cnn" / "best_hyperparameters.json")
+
+
+def _preprocess_command(*argv: str) -> list[str]:
+    defaults = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": "grid", "search_space": "small"}
+    args = argparse.Namespace(**defaults, workdir="runs", data_root=None, beam_args=list(argv))
+    return dict(demo._stages(args))["preprocess (Beam)"]
+
+
+def test_the_demo_caches_decoded_pixels_beside_its_data_unless_told_otherwise():
+    command = _preprocess_command()
+    cache_dir = command[command.index("--cache_dir") + 1]
+    assert cache_dir.startswith("runs/glasses/") and not cache_dir.startswith("runs/glasses/data")
+    assert _preprocess_command("--cache_dir=/elsewhere").count("--cache_dir") == 0
