@@ -22,6 +22,7 @@ from pipelines import features
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
+from pipelines.quality import ImageQuality, image_quality
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
@@ -38,6 +39,7 @@ class DecodedImage(NamedTuple):
     pixels: bytes  # uint8, row-major height x width x channels
     content_hash: int
     group: str  # What the split kept together (a person with --group_by), else the id.
+    quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
 
 
 def unit_hash(*parts: object) -> float:
@@ -209,10 +211,12 @@ class DecodeAndResize(beam.DoFn):
                 detail=f"{type(e).__name__}: {e}",
             )
             return
+        # The audit reads only the resized pixels and the header's size (see pipelines.quality).
+        quality = image_quality(pixels, image_dimensions(data))
         self._decoded.inc()
         self._log_progress()
         content_hash = int.from_bytes(hashlib.sha256(data).digest(), "big")
-        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group)
+        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group, quality)
 
     def _log_progress(self) -> None:
         self._count += 1
