@@ -59,7 +59,7 @@ def _nested_counts(stats: dict[str, Any], prefix: str, classes: tuple[str, ...])
 
 
 def _by_reason(stats: dict[str, Any], prefix: str) -> dict[str, int]:
-    return {key.split("/", 1)[1]: value for key, value in sorted(stats.items()) if key.startswith(prefix + "/")}
+    return {key[len(prefix) + 1 :]: value for key, value in sorted(stats.items()) if key.startswith(prefix + "/")}
 
 
 def file_sha256(path: str) -> str:
