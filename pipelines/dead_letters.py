@@ -12,6 +12,8 @@ from typing import Any
 import apache_beam as beam
 
 DEAD_LETTER = "dead_letter"
+# A copy of another image, dropped by --dedupe keep_one: intended, neither bad nor unusable.
+NEAR_DUPLICATE = "near_duplicate"
 
 # Reasons that mean "this input is broken"; --max_bad_fraction applies to these only.
 # (Excluded, unlabelled and balanced-out images are intended, not bad.)

@@ -59,6 +59,7 @@ COLOR_MODES = {"rgb": 3, "grayscale": 1}
 MANIFEST_FILE = "manifest.json"
 TRANSFORM_DIR = "transform"  # tft.TFTransformOutput directory: transform_fn/, *_metadata/
 DEAD_LETTER_DIR = "dead_letter"
+QUALITY_DIR = "quality"  # images-*.jsonl (statistics, outlier flags), duplicates-*.jsonl (groups)
 SHARD_SUFFIX = ".tfrecord.gz"
 
 # Images with more pixels (width x height, from the header) are refused before decoding,

@@ -21,7 +21,7 @@ from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
 # into how many files, when to give up, and where decoded pixels are cached. Every other option is part of the fingerprint.
-_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction", "cache_dir")
+_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction", "cache_dir", "outlier_threshold")
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
 _LOCATION_OPTIONS = ("image_globs", "labels_csv", "overrides_csv", "exclude_csv")
@@ -59,7 +59,7 @@ def _nested_counts(stats: dict[str, Any], prefix: str, classes: tuple[str, ...])
 
 
 def _by_reason(stats: dict[str, Any], prefix: str) -> dict[str, int]:
-    return {key.split("/", 1)[1]: value for key, value in sorted(stats.items()) if key.startswith(prefix + "/")}
+    return {key[len(prefix) + 1 :]: value for key, value in sorted(stats.items()) if key.startswith(prefix + "/")}
 
 
 def file_sha256(path: str) -> str:
@@ -99,6 +99,25 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
         "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, nor the input paths).",
+    }
+
+
+def _quality(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
+    """The audit's counts: outliers per reason, duplicate groups, leakage across splits."""
+    exact, near = stats.get("quality/groups/exact", 0), stats.get("quality/groups/near", 0)
+    return {
+        "dir": features.QUALITY_DIR,
+        "outlier_threshold": config.outlier_threshold,
+        "duplicate_distance": config.duplicate_distance,
+        "dedupe": config.dedupe,
+        "flagged_images": stats.get("quality/flagged_images", 0),
+        "outliers": _by_reason(stats, "quality/outliers"),
+        "duplicate_groups": exact + near,
+        "exact_groups": exact,
+        "near_groups": near,
+        "duplicate_images": stats.get("quality/duplicate_images", 0),
+        # Duplicate groups with members in two splits: the test set holds copies of training images.
+        "leakage": {"count": stats.get("quality/leakage", 0), "first_groups": stats.get("quality/leakage_groups", [])},
     }
 
 
@@ -162,6 +181,7 @@ def build_manifest(
             # Files beside the images that the layout's pattern does not match (never read).
             "unlisted_files": unlisted_files,
         },
+        "quality": _quality(config, stats),
         "shards": {split: output_dir.shard_names(config.output_dir, split) for split in features.SPLITS},
         "transform_dir": features.TRANSFORM_DIR,
         "feature_spec": features.feature_spec_description(config.vector_length),
@@ -226,6 +246,28 @@ def first_ids(output_dir: str, reason: str, limit: int = _IDS_SHOWN) -> list[str
     return sorted(ids)
 
 
+def _quality_lines(manifest: dict) -> list[str]:
+    """The audit in the summary; leakage across splits loudly, with the first groups' ids."""
+    quality = manifest.get("quality")
+    if not quality:
+        return []
+    outliers = ", ".join(f"{reason} {n}" for reason, n in quality["outliers"].items()) or "none"
+    where = FileSystems.join(manifest["output_dir"], quality["dir"])
+    lines = [
+        f"quality: {quality['flagged_images']} outlier images ({outliers}); {quality['duplicate_groups']} "
+        f"duplicate groups ({quality['exact_groups']} exact, {quality['near_groups']} near, "
+        f"{quality['duplicate_images']} images, --dedupe {quality['dedupe']}); see {where}"
+    ]
+    leakage = quality["leakage"]
+    if leakage["count"]:
+        shown = "; ".join(
+            " ".join(f"{m}({s})" for m, s in zip(g["members"], g["splits"], strict=True))
+            for g in leakage["first_groups"]
+        )
+        lines.append(f"LEAKAGE: {leakage['count']} duplicate groups have members in two splits: {shown}")
+    return lines
+
+
 def summary_table(manifest: dict) -> str:
     """A short human summary: counts per split and class, dead letters by reason, unknown ids, speed."""
     counts = manifest["counts"]
@@ -254,6 +296,7 @@ def summary_table(manifest: dict) -> str:
             f"decode cache {cache['dir']}: {cache['cache_hits']} hits, {cache['cache_misses']} misses, "
             f"{cache['cache_corrupt']} corrupt entries recomputed"
         )
+    lines.extend(_quality_lines(manifest))
     elapsed = manifest["elapsed_seconds"]
     lines.append(f"{elapsed:.1f} s, {counts['images_seen'] / max(elapsed, 1e-9):.1f} images/s on {manifest['runner']}")
     return "\n".join(lines)

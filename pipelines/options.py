@@ -101,6 +101,14 @@ class PreprocessConfig:
     max_unusable_fraction: float = 0.5
     min_side: int = 8
     max_pixels: int = features.MAX_PIXELS
+    dedupe: str = "none"  # "keep_one": one image per duplicate group, the rest dead letters
+    # Robust |z| beyond which an image is a quality outlier (Iglewicz and Hoaglin's 3.5: with
+    # z = 0.6745 (x - median) / MAD, normal data exceed it about once in 2000).
+    outlier_threshold: float = 3.5
+    # Perceptual-hash bits (of 64) in which near duplicates may differ. Measured on the demo
+    # faces at 50x50: re-encoded, brightened and 2-4% cropped copies differ in 0-6 bits,
+    # different faces in 12 or more (the demo data's tests check both).
+    duplicate_distance: int = 6
     overwrite: bool = False
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
@@ -197,6 +205,14 @@ def parse_splits(text: str) -> dict[str, float] | None:
     return splits
 
 
+def parse_duplicate_distance(text: str) -> int:
+    """0..15: the LSH search splits the 64-bit hash into distance + 1 bands, which must stay long."""
+    value = int(text)
+    if not 0 <= value <= 15:
+        raise argparse.ArgumentTypeError(f"--duplicate_distance {text}: expected 0..15 bits")
+    return value
+
+
 def parse_class_folders(text: str) -> dict[str, int]:
     """``comics=0,faces=1`` -> {"comics": 0, "faces": 1}."""
     mapping = {}
@@ -272,6 +288,26 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "v1,v2 or a range v1..v512 or a glob 'v*' (header order). 'none' turns a preset's off.",
     )
     add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
+    add(
+        "--dedupe",
+        choices=["none", "keep_one"],
+        default=_default("dedupe"),
+        help="none: only report duplicates (quality/); keep_one: keep the lowest id of each duplicate group, "
+        "dead-letter the rest as near_duplicate.",
+    )
+    add(
+        "--outlier_threshold",
+        type=float,
+        default=_default("outlier_threshold"),
+        help="Robust z-score (median/MAD) beyond which sharpness, brightness, contrast, saturation or "
+        "constancy flag an image (default 3.5).",
+    )
+    add(
+        "--duplicate_distance",
+        type=parse_duplicate_distance,
+        default=_default("duplicate_distance"),
+        help="Perceptual-hash bits (of 64) in which near duplicates may differ (default 6, at most 15).",
+    )
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     add(
         "--cache_dir",
@@ -346,6 +382,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
         max_unusable_fraction=args.max_unusable_fraction,
         min_side=args.min_side,
         max_pixels=args.max_pixels,
+        dedupe=args.dedupe,
+        outlier_threshold=args.outlier_threshold,
+        duplicate_distance=args.duplicate_distance,
         overwrite=args.overwrite,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,

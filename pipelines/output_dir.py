@@ -39,6 +39,7 @@ OWN_NAMES = frozenset(
         features.MANIFEST_FILE + ".tmp",
         features.TRANSFORM_DIR,
         features.DEAD_LETTER_DIR,
+        features.QUALITY_DIR,
     }
     | set(RUN_FILES)
 )
@@ -168,10 +169,14 @@ def write_json(path: str, value: Any) -> None:
     FileSystems.rename([temp], [path])
 
 
+# Folders that Beam's WriteToText writes into (with its beam-temp-* folders beside the files).
+_TEXT_DIRS = (features.DEAD_LETTER_DIR, features.QUALITY_DIR)
+
+
 def _is_run_file(relative: str) -> bool:
-    """Statistics, temp directories, and Beam's temp folders (also those in dead_letter/)."""
+    """Statistics, temp directories, and Beam's temp folders (also those in dead_letter/, quality/)."""
     top, _, rest = relative.partition("/")
-    if top == features.DEAD_LETTER_DIR:
+    if top in _TEXT_DIRS:
         return rest.startswith(BEAM_TEMP_PREFIX)
     return top in RUN_FILES or top.startswith(BEAM_TEMP_PREFIX)
 
@@ -184,7 +189,7 @@ def remove_run_files(output_dir: str) -> None:
         if leftovers:
             FileSystems.delete(leftovers)
         return
-    for folder in ("", features.DEAD_LETTER_DIR):
+    for folder in ("", *_TEXT_DIRS):
         directory = os.path.join(output_dir, folder)
         for name in os.listdir(directory) if os.path.isdir(directory) else []:
             if _is_run_file(posixpath.join(folder, name) if folder else name):

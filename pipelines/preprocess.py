@@ -35,10 +35,12 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import cache, features, manifest, output_dir, transforms
-from pipelines.dead_letters import DEAD_LETTER
+from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args, usage_error
+from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.sinks import (
     WriteDeadLetters,
+    WriteQuality,
     WriteRunStatistics,
     WriteShards,
     WriteTransformStatistics,
@@ -88,6 +90,16 @@ def count_unlisted(config: PreprocessConfig) -> int:
     return unlisted
 
 
+def _drop_duplicates(image, dropped: dict):
+    """--dedupe keep_one: an image that a kept one duplicates becomes a dead letter."""
+    if image.id in dropped:
+        yield dead_letter(
+            image_id=image.id, stage="dedupe", reason=NEAR_DUPLICATE, detail=f"duplicate of {dropped[image.id]}"
+        )
+    else:
+        yield image
+
+
 def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimated_images: int, temp_dir: str) -> None:
     """Wires sources -> transforms -> sinks onto ``pipeline``."""
     import tensorflow_transform.beam as tft_beam
@@ -100,15 +112,32 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
         # id, which spreads the images over the workers as a Reshuffle would.
         | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
-        # DecodedImage(id, label, split, pixels, content_hash, group)
+        # DecodedImage(id, label, split, pixels, content_hash, group, vector, quality)
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
+    audit = (
+        decoded.images
+        | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b""))  # The audit never needs pixels.
+        | "QualityAudit" >> AuditQuality(threshold=config.outlier_threshold, distance=config.duplicate_distance)
+    )
+    _ = audit | "WriteQuality" >> WriteQuality(config.output_dir)
+    unique = decoded.images
+    if config.dedupe == "keep_one":
+        # The groups are known only once every image is decoded: a side input of the dropped
+        # ids (one per duplicate, not per image) joins them to the images before the writer.
+        dropped = beam.pvalue.AsDict(audit["groups"] | "DroppedIds" >> beam.FlatMap(dropped_duplicates))
+        deduped = decoded.images | "Dedupe" >> beam.FlatMap(_drop_duplicates, dropped).with_outputs(
+            DEAD_LETTER, main="kept"
+        )
+        unique = deduped.kept
+        dead_letters.append(deduped[DEAD_LETTER])
+    # unique: DecodedImage, one per duplicate group with keep_one
     if config.balance == "downsample":
-        balanced = decoded.images | "Balance" >> DownsampleToSmallestClass(config.seed)
+        balanced = unique | "Balance" >> DownsampleToSmallestClass(config.seed)
         written = balanced["kept"]
         dead_letters.append(balanced[DEAD_LETTER])
     else:
-        written = decoded.images
+        written = unique
     # written: DecodedImage, the examples that go into the shards
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
@@ -123,10 +152,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         "non_image_files": sources[NOT_IMAGE_FILE],
         "labelled": sources["images"],
         "dead_letters": all_dead_letters,
-        "decoded": decoded.images,
+        "decoded": unique,
         "written": written,
         "file_hashes": sources["fingerprint"],
         "content_hashes": decoded.images | "ContentHash" >> beam.Map(lambda image: image.content_hash),
+        "quality": audit["stats"],
     } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
 
 

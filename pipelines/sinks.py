@@ -183,6 +183,23 @@ class WriteDeadLetters(beam.PTransform):
         )
 
 
+class WriteQuality(beam.PTransform):
+    """The audit's JSON-able dicts -> ``quality/images-*.jsonl`` (a line per image) and
+    ``quality/duplicates-*.jsonl`` (a line per duplicate group)."""
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self._dir = FileSystems.join(output_dir, features.QUALITY_DIR)
+
+    def expand(self, audit: Mapping[str, Any]):
+        return [
+            audit[name]
+            | f"ToJson_{name}" >> beam.Map(lambda record: json.dumps(record, sort_keys=True))
+            | f"Write_{name}" >> beam.io.WriteToText(FileSystems.join(self._dir, file), file_name_suffix=".jsonl")
+            for name, file in (("images", "images"), ("groups", "duplicates"))
+        ]
+
+
 HASH_MODULUS = 2**256
 
 
@@ -204,7 +221,7 @@ class WriteRunStatistics(beam.PTransform):
     Input: a dict of PCollections — ``listed`` (paths), ``non_image_files`` (paths),
     ``labelled`` (LabelledImage), ``dead_letters`` (dicts), ``decoded`` and ``written``
     (DecodedImage), ``file_hashes`` and ``content_hashes`` (256-bit ints, combined by
-    :func:`sum_hashes`).
+    :func:`sum_hashes`), and ``quality`` ((key, value) pairs of the audit, taken as they are).
     """
 
     def __init__(self, output_dir: str):
@@ -237,7 +254,7 @@ class WriteRunStatistics(beam.PTransform):
             for name in ("file_hashes", "content_hashes")
         ]
         return (
-            [counts, *fingerprints]
+            [counts, *fingerprints, inputs["quality"]]
             | "FlattenStats" >> beam.Flatten()
             | "ToDict" >> beam.combiners.ToDict()
             | "ToJson" >> beam.Map(lambda stats: json.dumps(stats, sort_keys=True))

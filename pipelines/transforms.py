@@ -23,6 +23,7 @@ from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
+from pipelines.quality import ImageQuality, image_quality
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
@@ -42,6 +43,7 @@ class DecodedImage(NamedTuple):
     content_hash: int
     group: str  # What the split kept together (a person with --group_by), else the id.
     vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
+    quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
 
 
 def unit_hash(*parts: object) -> float:
@@ -215,7 +217,7 @@ class DecodeAndResize(beam.DoFn):
         self._bytes_read.inc(len(data))
         content_sha256 = hashlib.sha256(data).digest()
         try:
-            pixels = self._pixels(data, content_sha256).pixels
+            decoded = self._pixels(data, content_sha256)
         except UndecodableImage as e:
             self._failed.inc()
             yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)
@@ -230,10 +232,16 @@ class DecodeAndResize(beam.DoFn):
                 detail=f"{type(e).__name__}: {e}",
             )
             return
+        # The audit reads only the resized pixels and the original size (see pipelines.quality),
+        # which a cache hit holds too.
+        pixels = decoded.pixels
+        quality = image_quality(pixels, decoded.original_size)
         self._decoded.inc()
         self._log_progress()
         content_hash = int.from_bytes(content_sha256, "big")
-        yield DecodedImage(image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector)
+        yield DecodedImage(
+            image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector, quality
+        )
 
     def _pixels(self, data: bytes, content_sha256: bytes) -> CachedPixels:
         """The resized pixels and original size: from the cache when it holds a sound entry,

@@ -10,10 +10,13 @@ plus what a person's review of the data would produce and the generator's ground
 
     DIR/overrides.csv    id,glasses           corrected labels: wrong train labels and all test ids
     DIR/exclusions.csv   id                   distorted images
-    DIR/truth.csv        id,glasses,distorted
+    DIR/truth.csv        id,glasses,distorted,duplicate_of,duplicate_kind
 
 The seed's data problems are reproduced: about 56% of the faces wear glasses, about 10% of
-the train.csv labels are flipped and about 1% of the images are distorted.
+the train.csv labels are flipped and about 1% of the images are distorted. About 2% of the
+ids hold a copy of another face (``duplicate_of``): byte-for-byte, re-encoded (JPEG saved as
+PNG), cropped by 2-4% or brightened (``duplicate_kind``); half of the copies are test ids of a
+train face, i.e. leakage across the train/test boundary.
 
 As in the Kaggle set (a GAN's inputs), the latent vector ``v1..v512`` determines the face: each
 face's ``z ~ N(0, I_512)`` is drawn from ``(seed, id)``; the faces whose ``z . d_glasses`` (plus
@@ -89,6 +92,8 @@ GLASSES_FRACTION = 0.56
 WRONG_LABEL_FRACTION = 0.10
 DISTORTED_FRACTION = 0.01
 MIN_COUNT_FOR_DISTORTION = 20
+DUPLICATE_FRACTION = 0.02
+DUPLICATE_KINDS = ("exact", "reencoded", "cropped", "brightened")
 COMIC_GLASSES_FRACTION = 0.25
 
 # Noisy photos barely compress, so Huffman-only deflate with the SUB filter is about as small
@@ -107,7 +112,7 @@ JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, 90]
 _WORKERS = min(8, (os.cpu_count() or 1) + 1)
 
 # Independent random streams per purpose, so the datasets never share faces.
-_PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM, _LATENT_STREAM, _DIRECTIONS_STREAM = 0, 1, 2, 3, 4
+_PLAN_STREAM, _GLASSES_STREAM, _COMICS_STREAM, _LATENT_STREAM, _DIRECTIONS_STREAM, _DUPLICATE_STREAM = 0, 1, 2, 3, 4, 5
 # The latent directions of the drawn attributes, in the rows of latent_directions().
 _TRAITS = ("glasses", "glasses_style", "hair_style", "hair_color", "skin", "bg_red", "bg_green", "bg_blue")
 # Noise (in units of z's projection, which is N(0, 1)) between the latent vector and the attributes.
@@ -599,6 +604,8 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
                 test.writerow(row)
 
     _write_review_files(out, plan)
+    duplicates = plan_duplicates(plan, seed)
+    _write_duplicates(out, plan, duplicates, seed)
     return {
         "images": count,
         "train": plan.n_train,
@@ -606,11 +613,73 @@ def _generate_glasses(out: Path, count: int, size: int, seed: int) -> dict[str, 
         "glasses": int(plan.glasses.sum()),
         "wrong_labels": int(plan.flipped.sum()),
         "distorted": int(plan.distorted.sum()),
+        "duplicates": len(duplicates),
+        "leaking_duplicates": sum(copy > plan.n_train for copy, _, _ in duplicates),
         "paths": {
             "images": str(image_dir),
             **{name: str(out / name) for name in _GLASSES_CSVS},
         },
     }
+
+
+def plan_duplicates(plan: GlassesPlan, seed: int) -> list[tuple[int, int, str]]:
+    """(copy id, source id, kind): ids whose image becomes a copy of a train face of the same
+    class, so that every label and override stays true. Neither is distorted or mislabelled;
+    copies alternate between test ids (leakage) and train ids."""
+    count = len(plan.glasses)
+    wanted = max(round(count * DUPLICATE_FRACTION), len(DUPLICATE_KINDS) if count >= MIN_COUNT_FOR_DISTORTION else 0)
+    rng = np.random.default_rng([seed, count, _DUPLICATE_STREAM])
+    candidates = [int(i) + 1 for i in rng.permutation(np.flatnonzero(~plan.distorted & ~plan.flipped))]
+    used: set[int] = set()
+    duplicates = []
+    for slot in range(wanted):
+        in_test = slot % 2 == 0
+        copy = next((i for i in candidates if i not in used and (i > plan.n_train) == in_test), None)
+        if copy is None:
+            continue
+        same = plan.glasses[copy - 1]
+        source = next(
+            (i for i in candidates if i not in used | {copy} and i <= plan.n_train and plan.glasses[i - 1] == same),
+            None,
+        )
+        if source is None:
+            continue
+        used |= {copy, source}
+        duplicates.append((copy, source, DUPLICATE_KINDS[slot % len(DUPLICATE_KINDS)]))
+    return duplicates
+
+
+def duplicate_copy(rgb: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """A near copy of ``rgb``: re-encoded as JPEG, cropped by 2-4% (centred) or brightened."""
+    if kind == "reencoded":
+        _, data = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(60, 80))])
+        return cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if kind == "cropped":
+        size = rgb.shape[0]
+        margin = max(1, round(size * rng.uniform(0.02, 0.04) / 2))
+        return cv2.resize(rgb[margin:-margin, margin:-margin], (size, size), interpolation=cv2.INTER_AREA)
+    if kind == "brightened":
+        return cv2.convertScaleAbs(rgb, alpha=rng.uniform(1.04, 1.08), beta=3)
+    raise ValueError(f"unknown duplicate kind {kind!r}")
+
+
+def _write_duplicates(out: Path, plan: GlassesPlan, duplicates: Sequence[tuple[int, int, str]], seed: int) -> None:
+    """Overwrite each copy id's image with its copy of the source, and add the copies to truth.csv."""
+    image_dir = out / GLASSES_IMAGE_DIR
+    for copy, source, kind in duplicates:
+        source_path = image_dir / GLASSES_FILE_PATTERN.format(id=source)
+        copy_path = image_dir / GLASSES_FILE_PATTERN.format(id=copy)
+        if kind == "exact":
+            tmp = copy_path.with_name(copy_path.name + ".tmp")
+            tmp.write_bytes(source_path.read_bytes())
+            os.replace(tmp, copy_path)
+        else:
+            rgb = np.ascontiguousarray(cv2.imread(str(source_path))[..., ::-1])
+            _write_image(copy_path, duplicate_copy(rgb, kind, _image_rng(seed, copy, _DUPLICATE_STREAM)), PNG_PARAMS)
+    by_copy = {copy: (source, kind) for copy, source, kind in duplicates}
+    ids = range(1, len(plan.glasses) + 1)
+    rows = [[i, int(plan.glasses[i - 1]), int(plan.distorted[i - 1]), *by_copy.get(i, ("", ""))] for i in ids]
+    _write_csv(out / TRUTH_CSV, ["id", GLASSES_LABEL_COLUMN, "distorted", "duplicate_of", "duplicate_kind"], rows)
 
 
 def _generate_comics(out: Path, count: int, size: int, seed: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import tensorflow_transform as tft
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import features
-from pipelines.manifest import PipelineError
+from pipelines.manifest import PipelineError, summary_table
 from pipelines.options import PreprocessConfig, UsageError
 from pipelines.preprocess import child_pids, run
 from pipelines.sinks import sum_hashes
@@ -483,3 +483,59 @@ def test_tf_transform_z_scores_the_vector_with_the_train_splits_statistics(vecto
     np.testing.assert_array_equal(
         images_only[features.NORMALIZED_IMAGE_KEY].numpy(), out[features.NORMALIZED_IMAGE_KEY].numpy()
     )
+
+
+def _jsonl(folder: pathlib.Path, pattern: str) -> list[dict]:
+    return [json.loads(line) for path in sorted(folder.glob(pattern)) for line in path.read_text().splitlines()]
+
+
+def test_quality_audit_finds_duplicates_and_leakage_and_keep_one_dead_letters_the_copies(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 15)
+    rows = []
+    for offset, source in enumerate(range(1, 6)):  # 3 byte-for-byte copies, 2 brightened ones
+        copy = 101 + offset
+        original = images / f"face-{source}.png"
+        if offset < 3:
+            shutil.copy(original, images / f"face-{copy}.png")
+        else:
+            brighter = cv2.convertScaleAbs(cv2.imread(str(original)), alpha=1.06, beta=3)
+            cv2.imwrite(str(images / f"face-{copy}.png"), brighter)
+        rows.append(f"{copy},{(source - 1) % 2}\n")
+    cv2.imwrite(str(images / "face-99.png"), np.zeros((60, 48, 3), np.uint8))
+    rows.append("99,0\n")
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.writelines(rows)
+
+    manifest = _preprocess(
+        tmp_path, "out", "--balance", "none", "--splits", "train=0.5,test=0.5", "--dedupe", "keep_one"
+    )
+
+    quality = manifest["quality"]
+    assert (quality["duplicate_groups"], quality["exact_groups"], quality["near_groups"]) == (5, 3, 2)
+    assert quality["duplicate_images"] == 10 and quality["dedupe"] == "keep_one"
+    assert quality["outliers"]["constant"] >= 1
+    counts = manifest["counts"]
+    assert counts["dead_letter"] == {"near_duplicate": 5}
+    assert counts["images_seen"] == 36 == counts["written_total"] + counts["dead_letter_total"]
+    out = tmp_path / "out"
+    lines = _jsonl(out / "quality", "images-*.jsonl")
+    assert len(lines) == 36 and {"constant"} <= set(next(line for line in lines if line["id"] == "99")["flags"])
+    groups = _jsonl(out / "quality", "duplicates-*.jsonl")
+    assert sorted(g["members"] for g in groups) == [[str(i), str(100 + i)] for i in range(1, 6)]
+    leaking = [g for g in groups if len(set(g["member_splits"])) > 1]
+    assert quality["leakage"]["count"] == len(leaking) > 0
+    assert quality["leakage"]["first_groups"][0]["members"] == min(
+        (g["members"] for g in leaking), key=lambda m: (len(m[0]), m[0])
+    )
+    dropped = _jsonl(out / "dead_letter", "*.jsonl")
+    assert sorted(r["id"] for r in dropped) == [str(i) for i in range(101, 106)]
+    assert all(r["reason"] == "near_duplicate" and r["stage"] == "dedupe" for r in dropped)
+    written_ids = {
+        example["id"].numpy().decode()
+        for split in features.SPLITS
+        for example in tf.data.TFRecordDataset(sorted(glob.glob(features.shard_pattern(str(out), split))), "GZIP").map(
+            lambda record: tf.io.parse_single_example(record, features.raw_feature_spec())
+        )
+    }
+    assert written_ids == {str(i) for i in [*range(1, 31), 99]}
+    assert "LEAKAGE" in summary_table(manifest) and not list(out.glob("quality/beam-temp-*"))

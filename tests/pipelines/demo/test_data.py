@@ -72,7 +72,7 @@ def test_glasses_layout_and_headers(glasses: tuple[Path, dict]) -> None:
 
     assert read_csv(out / "overrides.csv")[0] == ["id", "glasses"]
     assert read_csv(out / "exclusions.csv")[0] == ["id"]
-    assert read_csv(out / "truth.csv")[0] == ["id", "glasses", "distorted"]
+    assert read_csv(out / "truth.csv")[0] == ["id", "glasses", "distorted", "duplicate_of", "duplicate_kind"]
     assert summary["count"] == summary["images"] == COUNT
     assert (summary["train"], summary["test"]) == (N_TRAIN, COUNT - N_TRAIN)
     assert Path(summary["paths"]["images"]) == out / "faces-spring-2020"
@@ -101,7 +101,8 @@ def test_distorted_images_are_corrupted_versions_of_the_face(glasses: tuple[Path
     distorted = labels(out / "truth.csv", "distorted")
     truth = labels(out / "truth.csv")
     first_distorted = next(i for i, d in distorted.items() if d)
-    first_intact = next(i for i, d in distorted.items() if not d)
+    copies = set(duplicates(out))
+    first_intact = next(i for i, d in distorted.items() if not d and i not in copies)
     for image_id in (first_distorted, first_intact):
         _, traits = demo_data.face_latent(1, image_id, bool(truth[image_id]))
         rng = demo_data._image_rng(1, image_id, demo_data._GLASSES_STREAM)
@@ -109,6 +110,43 @@ def test_distorted_images_are_corrupted_versions_of_the_face(glasses: tuple[Path
         written = cv2.imread(str(out / "faces-spring-2020" / f"face-{image_id}.png"))[..., ::-1]  # BGR -> RGB
         difference = np.abs(written.astype(int) - clean).mean()
         assert difference > 5 if distorted[image_id] else difference == 0
+
+
+def duplicates(out: Path) -> dict[int, tuple[int, str]]:
+    """truth.csv's copies: {copy id: (source id, kind)}."""
+    header, rows = read_csv(out / "truth.csv")
+    of, kind = header.index("duplicate_of"), header.index("duplicate_kind")
+    return {int(row[0]): (int(row[of]), row[kind]) for row in rows if row[of]}
+
+
+def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glasses: tuple[Path, dict]) -> None:
+    from pipelines.options import PreprocessConfig
+    from pipelines.quality import hamming, image_quality
+    from pipelines.transforms import decode_and_resize
+
+    out, summary = glasses
+    copies = duplicates(out)
+    truth = labels(out / "truth.csv")
+    assert len(copies) == summary["duplicates"] == 4
+    assert {kind for _, kind in copies.values()} == set(demo_data.DUPLICATE_KINDS)
+    assert summary["leaking_duplicates"] == sum(copy > N_TRAIN for copy in copies) == 2
+    assert all(source <= N_TRAIN and truth[source] == truth[copy] for copy, (source, _) in copies.items())
+    train = labels(out / "train.csv")
+    assert all(train[copy] == truth[copy] for copy in copies if copy <= N_TRAIN)
+
+    def read(image_id: int) -> bytes:
+        return (out / "faces-spring-2020" / f"face-{image_id}.png").read_bytes()
+
+    def phash(image_id: int) -> int:
+        pixels = decode_and_resize(read(image_id), size=(50, 50), color_mode="rgb", max_pixels=10**9)
+        return image_quality(pixels, (SIZE, SIZE)).phash
+
+    k = PreprocessConfig.duplicate_distance
+    for copy, (source, kind) in copies.items():
+        assert (read(copy) == read(source)) == (kind == "exact")
+        assert hamming(phash(copy), phash(source)) <= k, kind
+    others = [i for i in range(1, COUNT + 1) if i not in copies and i not in {s for s, _ in copies.values()}][:12]
+    assert min(hamming(phash(a), phash(b)) for a in others for b in others if a < b) > k
 
 
 def test_overrides_cover_every_test_id(glasses: tuple[Path, dict]) -> None:

@@ -49,7 +49,8 @@ def test_the_demo_trains_the_candidate_with_the_best_validation_accuracy(tmp_pat
 def _preprocess_command(*argv: str) -> list[str]:
     defaults = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": "grid", "search_space": "small"}
     args = argparse.Namespace(**defaults, workdir="runs", data_root=None, beam_args=list(argv))
-    return dict(demo._stages(args))["preprocess (Beam)"]
+    (command,) = dict(demo._stages(args))["preprocess (Beam)"]()
+    return command
 
 
 def test_the_demo_caches_decoded_pixels_beside_its_data_unless_told_otherwise():

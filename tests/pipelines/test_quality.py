@@ -1,0 +1,168 @@
+"""Tests of the image-quality audit (pipelines/quality.py): statistics, outliers, duplicates."""
+
+from __future__ import annotations
+
+import itertools
+
+import apache_beam as beam
+import cv2
+import numpy as np
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.demo import data as demo_data
+from pipelines.options import PreprocessConfig
+from pipelines.quality import (
+    AuditQuality,
+    bands,
+    bucket_pairs,
+    duplicate_groups,
+    hamming,
+    image_quality,
+    outlier_reasons,
+    robust_values,
+    robust_z,
+)
+from pipelines.transforms import DecodedImage, decode_and_resize
+from tests.image_files import offline_test_pipeline
+
+SIZE = 128
+K = PreprocessConfig.duplicate_distance  # the default the job runs with
+
+
+def face(index: int) -> np.ndarray:
+    _, traits = demo_data.face_latent(7, index, index % 2 == 0)
+    rng = demo_data._image_rng(7, index, demo_data._GLASSES_STREAM)
+    return demo_data.glasses_photo(rng, SIZE, traits, distorted=False)
+
+
+def as_written(rgb: np.ndarray, ext: str = ".png", params: tuple[int, ...] = ()) -> np.ndarray:
+    """Encoded and decoded as the pipeline does, resized to its 50x50."""
+    _, data = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), list(params))
+    return decode_and_resize(data.tobytes(), size=(50, 50), color_mode="rgb", max_pixels=10**9)
+
+
+def quality(rgb: np.ndarray, **kwargs):
+    return image_quality(as_written(rgb, **kwargs), (rgb.shape[1], rgb.shape[0]))
+
+
+def test_statistics_of_one_image() -> None:
+    q = image_quality(np.full((10, 20, 3), 255, np.uint8), (400, 200))
+    assert (q.width, q.height, q.aspect_ratio) == (400, 200, 2.0)
+    assert (q.brightness, q.contrast, q.sharpness, q.saturated, q.constancy) == (255.0, 0.0, 0.0, 1.0, 1.0)
+    grey = image_quality(np.arange(100, dtype=np.uint8).reshape(10, 10, 1), (10, 10))
+    assert grey.constancy == 0.01 and grey.saturated == 0.01 and grey.contrast > 0
+
+
+def test_blurred_copy_is_less_sharp() -> None:
+    image = face(1)
+    blurred = cv2.GaussianBlur(image, (0, 0), 3)
+    assert quality(blurred).sharpness < 0.5 * quality(image).sharpness
+
+
+def test_black_image_is_flagged_constant_among_faces() -> None:
+    values = [robust_values(quality(face(i))) for i in range(15)]
+    medians = {name: float(np.median([v[name] for v in values])) for name in values[0]}
+    mads = {name: float(np.median([abs(v[name] - medians[name]) for v in values])) for name in values[0]}
+    black = robust_values(image_quality(np.zeros((50, 50, 3), np.uint8), (SIZE, SIZE)))
+    z = robust_z(black, medians, mads)
+    reasons = outlier_reasons(z, 3.5)
+    # Not always "dark": the faces' backgrounds spread their brightness widely. It is constant.
+    assert {"constant", "low_contrast", "blurry", "saturated"} <= set(reasons)
+    assert z["brightness"] < min(robust_z(v, medians, mads)["brightness"] for v in values)
+    faces_flagged = [set(outlier_reasons(robust_z(v, medians, mads), 3.5)) for v in values]
+    assert not any(flags & {"constant", "dark", "blurry", "saturated"} for flags in faces_flagged)
+
+
+def test_reencoded_brightened_and_cropped_copies_are_near_duplicates_but_other_faces_are_not() -> None:
+    image = face(2)
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 60])[1], cv2.IMREAD_UNCHANGED)
+    c = round(SIZE * 0.015)
+    cropped = cv2.resize(image[c:-c, c:-c], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    brighter = cv2.convertScaleAbs(image, alpha=1.06, beta=4)
+    original = quality(image).phash
+    for copy in (jpeg, cropped, brighter):
+        assert hamming(original, quality(copy).phash) <= K
+    others = [quality(face(i)).phash for i in range(3, 13)]
+    assert min(hamming(original, other) for other in others) > K
+    assert min(hamming(a, b) for a, b in itertools.combinations(others, 2)) > K
+
+
+def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    for k in (0, 3, 6, 10):
+        base = [int(x) for x in rng.integers(0, 2**63, 40, dtype=np.int64)]
+        hashes = list(base)
+        for h in base[:20]:  # near copies: 0..k+2 random bit flips, some just out of reach
+            flips = rng.choice(64, size=rng.integers(0, k + 3), replace=False)
+            hashes.append(h ^ sum(1 << int(b) for b in flips))
+        members = [(str(i), h) for i, h in enumerate(hashes)]
+        brute = {(a, b) for (a, ha), (b, hb) in itertools.combinations(members, 2) if hamming(ha, hb) <= k}
+        buckets: dict = {}
+        for image_id, h in members:
+            assert len(bands(h, k)) == k + 1
+            for band in bands(h, k):
+                buckets.setdefault(band, []).append(_member(image_id, h))
+        found = {(a.id, b.id) for bucket in buckets.values() for a, b in bucket_pairs(bucket, k)}
+        assert found == {tuple(sorted(pair, key=lambda i: (len(i), i))) for pair in brute}
+        assert any(hamming(ha, hb) <= k for (_, ha), (_, hb) in itertools.combinations(members, 2))
+
+
+def _member(image_id: str, phash: int, split: str = "train", content: int = 0):
+    from pipelines.quality import Member
+
+    return Member(image_id, split, content or int(image_id) + 1, phash)
+
+
+def test_groups_are_connected_components_with_kind_kept_and_leakage() -> None:
+    a, b, c = _member("10", 1), _member("2", 1, "test"), _member("3", 1)
+    exact_1, exact_2 = _member("7", 5, content=99), _member("8", 5, content=99)
+    groups = duplicate_groups([(a, b), (b, c), (exact_1, exact_2), (exact_1, exact_2)])
+    assert groups == [
+        {
+            "members": ["2", "3", "10"],
+            "member_splits": ["test", "train", "train"],
+            "splits": ["test", "train"],
+            "kind": "near",
+            "kept": "2",
+            "leakage": True,
+        },
+        {
+            "members": ["7", "8"],
+            "member_splits": ["train", "train"],
+            "splits": ["train"],
+            "kind": "exact",
+            "kept": "7",
+            "leakage": False,
+        },
+    ]
+
+
+def _decoded(image_id: str, split: str, rgb: np.ndarray, content_hash: int) -> DecodedImage:
+    return DecodedImage(image_id, 0, split, b"", content_hash, image_id, quality=quality(rgb))
+
+
+def test_audit_in_beam_finds_exact_and_near_duplicates_and_leakage_across_splits() -> None:
+    images = [_decoded(str(i), "train", face(i), i) for i in range(1, 9)]
+    images += [
+        _decoded("20", "test", face(1), 1),  # exact copy of 1 (same file bytes) in test
+        _decoded("21", "train", cv2.convertScaleAbs(face(2), alpha=1.06, beta=4), 21),  # near copy of 2
+        _decoded("22", "validation", np.zeros((SIZE, SIZE, 3), np.uint8), 22),  # black
+    ]
+    with offline_test_pipeline() as pipeline:
+        audit = pipeline | beam.Create(images) | AuditQuality(threshold=3.5, distance=K)
+        groups = audit["groups"] | "Brief" >> beam.Map(lambda g: (g["members"], g["kind"], g["leakage"]))
+        assert_that(groups, equal_to([(["1", "20"], "exact", True), (["2", "21"], "near", False)]), label="groups")
+        constant = (
+            audit["images"] | beam.Filter(lambda line: "constant" in line["flags"]) | beam.Map(lambda line: line["id"])
+        )
+        assert_that(constant, equal_to(["22"]), label="constant")
+        stats = audit["stats"] | beam.Filter(lambda kv: not kv[0].startswith("quality/outliers"))
+        expected = [
+            ("quality/groups/exact", 1),
+            ("quality/groups/near", 1),
+            ("quality/duplicate_images", 4),
+            ("quality/leakage", 1),
+            ("quality/leakage_groups", [{"members": ["1", "20"], "splits": ["train", "test"], "kind": "exact"}]),
+        ]
+        flagged = stats | beam.Filter(lambda kv: kv[0] != "quality/flagged_images")
+        assert_that(flagged, equal_to(expected), label="stats")
