@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import itertools
 import json
 import pathlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from pipelines.quality import Member, duplicate_groups
 from pipelines.review.cli import create_app, parse_args
 from pipelines.review.server import ReviewApp, ReviewServer, running_server
 
@@ -103,7 +105,7 @@ def write_label_issues(path: pathlib.Path, rows: list[tuple[str, str, str, float
 
 def write_quality(folder: pathlib.Path, images: dict[str, list[str]], groups: list[dict[str, Any]]) -> pathlib.Path:
     """OUT/quality as the preprocess job writes it: ``images`` id -> flags (two shards), ``groups``
-    (members, member_splits, kind, leakage; kept: the first member)."""
+    (members in id order, member_splits, kind; the audit's own code sets kept and leakage)."""
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
         {
@@ -120,6 +122,14 @@ def write_quality(folder: pathlib.Path, images: dict[str, list[str]], groups: li
     half = len(lines) // 2
     for n, shard in enumerate((lines[:half], lines[half:])):
         (folder / f"images-0000{n}-of-00002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shard))
-    records = [{**g, "splits": sorted(set(g["member_splits"])), "kept": g["members"][0]} for g in groups]
+    records = [  # Built by the audit's own code, so that the keys are the writer's.
+        duplicate_groups(
+            itertools.pairwise(
+                Member(m, split, 0 if g["kind"] == "exact" else n, 0)
+                for n, (m, split) in enumerate(zip(g["members"], g["member_splits"], strict=True))
+            )
+        )[0]
+        for g in groups
+    ]
     (folder / "duplicates-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder

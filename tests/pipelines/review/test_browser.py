@@ -148,8 +148,8 @@ def test_suspects_quality_outliers_and_duplicate_groups_in_a_real_browser(images
     )
     leaking = {"members": ["4", "20", "33", "36"], "member_splits": ["train", "test", "train", "train"]}
     groups = [
-        {"members": ["1", "8"], "member_splits": ["train", "train"], "kind": "exact", "leakage": False},
-        {**leaking, "kind": "near", "leakage": True},
+        {"members": ["1", "8"], "member_splits": ["train", "train"], "kind": "exact"},
+        {**leaking, "kind": "near"},
     ]
     quality = write_quality(
         tmp_path / "out" / "quality", {"2": ["blurry"], "3": ["dark", "low_contrast"], "9": []}, groups

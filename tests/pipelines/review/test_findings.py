@@ -6,6 +6,8 @@ Over a copy of the glasses demo data (conftest.py); servers run in-process on 12
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from pipelines.review.cli import create_app, parse_args
@@ -20,9 +22,9 @@ from tests.pipelines.review.client import (
 
 FLAGS = {"1": [], "2": ["blurry"], "3": ["dark", "low_contrast"], "4": [], "10": ["blurry"], "777": ["dark", "blurry"]}
 GROUPS = [
-    {"members": ["1", "8"], "member_splits": ["train", "train"], "kind": "exact", "leakage": False},
-    {"members": ["4", "20", "33"], "member_splits": ["train", "test", "train"], "kind": "near", "leakage": True},
-    {"members": ["15", "900"], "member_splits": ["train", "validation"], "kind": "near", "leakage": True},
+    {"members": ["1", "8"], "member_splits": ["train", "train"], "kind": "exact"},
+    {"members": ["4", "20", "33"], "member_splits": ["train", "test", "train"], "kind": "near"},
+    {"members": ["15", "900"], "member_splits": ["train", "validation"], "kind": "near"},
 ]
 
 
@@ -109,9 +111,10 @@ def _no_duplicates(folder):
 
 
 def _splits_short(folder):
-    return write_quality(
-        folder, {}, [{"members": ["1", "2"], "member_splits": ["train"], "kind": "near", "leakage": 0}]
-    )
+    write_quality(folder, {}, [])
+    group = {"members": ["1", "2"], "member_splits": ["train"], "splits": ["train"], "kind": "near", "kept": "1"}
+    (folder / "duplicates-00000-of-00001.jsonl").write_text(json.dumps({**group, "leakage": False}) + "\n")
+    return folder
 
 
 @pytest.mark.parametrize(
