@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from pipelines import options
 from pipelines.options import PreprocessConfig
+from pipelines.review.findings import read_findings
 from pipelines.review.listing import build_index, images_root, read_predictions
 from pipelines.review.server import HOST, ReviewApp, ReviewServer, load_static
 from pipelines.review.store import ReviewStore
@@ -30,6 +31,14 @@ def build_arg_parser() -> argparse.ArgumentParser:
     add("--exclude_csv", required=True, help="Exclusions CSV (id) to read and keep up to date.")
     add("--journal", help="Decision log (default: <overrides_csv stem>.journal.csv).")
     add("--predictions", help="The trainer's predict CSV (path,probability,label): adds 'most disagreeing first'.")
+    add(
+        "--label_issues",
+        help="label_issues.csv of python -m trainer.task find_label_issues: adds 'suspects' (key s).",
+    )
+    add(
+        "--quality_dir",
+        help="OUT/quality of python -m pipelines.preprocess: adds 'quality outliers' (q) and 'duplicate groups' (k).",
+    )
     add("--port", type=int, default=8765, help="Port on 127.0.0.1 (0: any free port).")
     add("--thumb_size", type=int, default=160, help="Longer side of the thumbnails in pixels.")
     add("--cache_size", type=int, default=2000, help="Thumbnails kept in memory.")
@@ -61,6 +70,7 @@ def create_app(args: argparse.Namespace, config: PreprocessConfig) -> ReviewApp:
     if not items:
         raise SystemExit(f"error: no images found in {list(config.image_globs)}")
     probabilities = read_predictions(args.predictions, config, items) if args.predictions else {}
+    findings = read_findings(args.label_issues, args.quality_dir, config.classes, items)
     store = ReviewStore(
         items,
         config,
@@ -68,6 +78,7 @@ def create_app(args: argparse.Namespace, config: PreprocessConfig) -> ReviewApp:
         exclude_csv=args.exclude_csv,
         journal=args.journal,
         probabilities=probabilities,
+        findings=findings,
     )
     thumbnails = Thumbnails(root=root, side=args.thumb_size, capacity=args.cache_size, max_pixels=config.max_pixels)
     return ReviewApp(store, thumbnails, load_static(), title=args.images)

@@ -28,6 +28,8 @@ CONTENT_TYPES = {
     ".svg": "image/svg+xml",
 }
 MAX_BODY_BYTES = 256 * 1024
+# /api/decide's actions -> the ReviewStore method that makes the decision.
+DECISIONS = {"flip": "flip", "exclude": "toggle_exclude", "accept": "accept"}
 # Connections the kernel queues while all handler threads are busy; past it Linux resets them.
 LISTEN_BACKLOG = 256
 MAX_HANDLER_THREADS = 32
@@ -132,7 +134,10 @@ class ReviewHandler(BaseHTTPRequestHandler):
             if name not in self._filters():
                 raise HttpError(HTTPStatus.BAD_REQUEST, f"unknown filter {name!r}")
             ids = app.store.ids(name)
-            self._send_json({"filter": name, "ids": ids, "first_unreviewed": app.store.first_unreviewed(ids)})
+            answer = {"filter": name, "ids": ids, "first_unreviewed": app.store.first_unreviewed(ids)}
+            if name == "duplicates":  # The page lays each group out on rows of its own.
+                answer["groups"] = app.store.groups()
+            self._send_json(answer)
         elif path == "/api/items":
             ids = parse_qs(url.query).get("id", [])
             self._send_json({"items": [app.store.tile(self._item(i).id) for i in ids[:100]]})
@@ -147,9 +152,11 @@ class ReviewHandler(BaseHTTPRequestHandler):
                 raise HttpError(HTTPStatus.BAD_REQUEST, "id must be a string")
             item = self._item(body["id"])
             action = body.get("action")
-            if action not in ("flip", "exclude"):
-                raise HttpError(HTTPStatus.BAD_REQUEST, "action must be 'flip' or 'exclude'")
-            decision = store.flip(item.id) if action == "flip" else store.toggle_exclude(item.id)
+            if action not in DECISIONS:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "action must be 'flip', 'exclude' or 'accept'")
+            if action == "accept" and item.id not in store.findings.suspects:
+                raise HttpError(HTTPStatus.BAD_REQUEST, "no suggested label for this image")
+            decision = getattr(store, DECISIONS[action])(item.id)
             self._send_json({"decision": decision._asdict(), "item": store.tile(item.id), "progress": store.progress()})
         elif url.path == "/api/undo":
             decision = store.undo()
@@ -176,9 +183,16 @@ class ReviewHandler(BaseHTTPRequestHandler):
         }
 
     def _filters(self) -> list[str]:
+        """The filters this review has the files for."""
         store = self.server.app.store
-        binary_predictions = bool(store.probabilities) and len(store.classes) == 2
-        return [f for f in FILTERS if f != "disagree" or binary_predictions]
+        read = store.findings.read
+        available = {
+            "disagree": bool(store.probabilities) and len(store.classes) == 2,
+            "suspects": "label_issues" in read,
+            "quality": "quality" in read,
+            "duplicates": "quality" in read,
+        }
+        return [f for f in FILTERS if available.get(f, True)]
 
     def _item(self, image_id: Any) -> Item:
         """The indexed image of an id from a request; 404 for anything else (paths included)."""

@@ -35,11 +35,13 @@ from typing import Any, NamedTuple
 
 from pipelines import labels
 from pipelines.options import PreprocessConfig
+from pipelines.review.findings import Findings
 from pipelines.review.listing import Item, header_of, natural_key, read_csv_rows
 
 log = logging.getLogger(__name__)
 
-FILTERS = ("all", "unlabelled", "overridden", "disagree")
+# The last three need --label_issues (suspects) or --quality_dir (quality outliers, duplicate groups).
+FILTERS = ("all", "unlabelled", "overridden", "disagree", "suspects", "quality", "duplicates")
 JOURNAL_HEADER = ["time", "action", "id", "field", "before", "after"]
 TEMP_INFIX = ".facepipe-"
 
@@ -210,10 +212,13 @@ class ReviewStore:
         exclude_csv: str,
         journal: str,
         probabilities: dict[str, float] | None = None,
+        findings: Findings | None = None,
     ):
         self.items = items
         self.classes = config.classes
         self.probabilities = probabilities or {}
+        self.findings = findings or Findings.empty()
+        self._group_of = {m: n for n, group in enumerate(self.findings.groups) for m in group.members}
         self._overrides_csv, self._exclude_csv, self._journal = overrides_csv, exclude_csv, journal
         self._id_column, self._label_column = config.id_column, config.label_column
         self._lock = threading.Lock()
@@ -269,7 +274,27 @@ class ReviewStore:
                 "reviewed": image_id in self.reviewed,
                 "probability": self.probabilities.get(image_id),
                 "note": item.note if label is None else "",
+                "suspect": self._suspect(image_id),
+                "flags": list(self.findings.flags.get(image_id, ())),
+                "duplicate": self._duplicate(image_id),
             }
+
+    def _suspect(self, image_id: str) -> dict[str, Any] | None:
+        suspect = self.findings.suspects.get(image_id)
+        return None if suspect is None else suspect._asdict()
+
+    def _duplicate(self, image_id: str) -> dict[str, Any] | None:
+        """The image's duplicate group: its number in the filter, kind, leakage, the kept id and its split."""
+        if image_id not in self._group_of:
+            return None
+        n = self._group_of[image_id]
+        group = self.findings.groups[n]
+        split = group.splits[group.members.index(image_id)]
+        return {"group": n, "kind": group.kind, "leakage": group.leakage, "kept": group.kept, "split": split}
+
+    def groups(self) -> list[dict[str, Any]]:
+        """The duplicate groups in the order of the ``duplicates`` filter."""
+        return [group._asdict() for group in self.findings.groups]
 
     def progress(self) -> dict[str, int]:
         with self._lock:
@@ -289,6 +314,12 @@ class ReviewStore:
                 return [i for i in self.items if i in self.overrides or i in self.excluded]
             if name == "disagree":
                 return sorted(self.items, key=self._disagreement_key)
+            if name == "suspects":
+                return list(self.findings.suspects)
+            if name == "quality":
+                return list(self.findings.flags)
+            if name == "duplicates":
+                return [m for group in self.findings.groups for m in group.members]
             return list(self.items)
 
     def first_unreviewed(self, ids: Sequence[str]) -> int:
@@ -309,9 +340,17 @@ class ReviewStore:
         """Next class (unlabelled -> class 0); back at the original label the override goes."""
         with self._lock:
             current = self.label(image_id)
-            new = 0 if current is None else (current + 1) % len(self.classes)
-            after = None if new == self.items[image_id].label else new
-            return self._apply(Decision(image_id, "label", self.overrides.get(image_id), after), "set")
+            return self._relabel(image_id, 0 if current is None else (current + 1) % len(self.classes))
+
+    def accept(self, image_id: str) -> Decision:
+        """Gives a suspect its suggested label, as a flip would (KeyError: no suggestion for it)."""
+        with self._lock:
+            return self._relabel(image_id, self.findings.suspects[image_id].suggested)
+
+    def _relabel(self, image_id: str, new: int) -> Decision:
+        """The override that gives ``new``: none when it is the original label."""
+        after = None if new == self.items[image_id].label else new
+        return self._apply(Decision(image_id, "label", self.overrides.get(image_id), after), "set")
 
     def toggle_exclude(self, image_id: str) -> Decision:
         with self._lock:

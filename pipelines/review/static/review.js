@@ -1,16 +1,26 @@
 "use strict";
 // The review page: a 3x3 grid over a snapshot of one filter's ids (taken when the filter is
 // chosen, so that pages do not shift while labels change); the keyboard does the work and
-// every decision is saved by the server before the tile changes.
+// every decision is saved by the server before the tile changes. In "duplicate groups" each
+// group starts a row of its own; the empty slots after it are null ids.
 
 const PAGE = 9;
+const COLUMNS = 3;
 const FILTERS = {
   all: { key: "a", name: "all" },
   unlabelled: { key: "l", name: "unlabelled" },
   overridden: { key: "o", name: "overridden / excluded" },
   disagree: { key: "d", name: "most disagreeing" },
+  suspects: { key: "s", name: "suspects" },
+  quality: { key: "q", name: "quality outliers" },
+  duplicates: { key: "k", name: "duplicate groups" },
 };
-const view = { classes: [], filters: [], filter: "all", ids: [], page: 0, tiles: new Map(), armed: false };
+// A prefix key's mode: the next digit excludes (x) or accepts the suggested label (y).
+const MODES = {
+  exclude: { key: "x", action: "exclude", text: "exclude: press 1–9 (Esc cancels)" },
+  accept: { key: "y", action: "accept", text: "accept the suggestion: press 1–9 (Esc cancels)" },
+};
+const view = { classes: [], filters: [], filter: "all", ids: [], page: 0, tiles: new Map(), mode: null };
 const thumbs = new Map(); // id -> Promise<{url, error}>, oldest first, bounded by MAX_THUMBS
 const MAX_THUMBS = 200;
 let queue = Promise.resolve();
@@ -71,12 +81,28 @@ function thumb(id) {
 }
 
 function prefetch(page) {
-  view.ids.slice(page * PAGE, (page + 1) * PAGE).forEach(thumb);
+  view.ids.slice(page * PAGE, (page + 1) * PAGE).filter(Boolean).forEach(thumb);
+}
+
+// Duplicate groups: a group starts a row, and the next page when it would not fit on this one
+// (a group of up to nine is never split); null fills the empty slots.
+function groupSlots(groups) {
+  const slots = [];
+  for (const group of groups) {
+    const rows = Math.ceil(group.members.length / COLUMNS);
+    const rowsLeft = (PAGE - (slots.length % PAGE)) / COLUMNS;
+    if (rows > rowsLeft && rows <= PAGE / COLUMNS) while (slots.length % PAGE) slots.push(null);
+    slots.push(...group.members);
+    while (slots.length % COLUMNS) slots.push(null);
+  }
+  return slots;
 }
 
 // --- Rendering
 
-const pageIds = () => view.ids.slice(view.page * PAGE, (view.page + 1) * PAGE);
+const pageSlots = () => view.ids.slice(view.page * PAGE, (view.page + 1) * PAGE);
+const pageIds = () => pageSlots().filter(Boolean);
+const imageCount = () => view.ids.filter(Boolean).length;
 const pageCount = () => Math.max(1, Math.ceil(view.ids.length / PAGE));
 const className = (label) => (label === null ? "unlabelled" : view.classes[label]);
 const tileOf = (id) => [...document.querySelectorAll(".tile")].find((t) => t.dataset.id === id);
@@ -102,10 +128,11 @@ function renderFilters() {
 }
 
 function renderPager() {
-  const first = view.page * PAGE + 1;
-  const last = Math.min(view.ids.length, first + PAGE - 1);
-  $("page-info").textContent = view.ids.length
-    ? `page ${view.page + 1} / ${pageCount()} · images ${first}–${last} of ${view.ids.length}`
+  const before = view.ids.slice(0, view.page * PAGE).filter(Boolean).length;
+  const first = before + 1;
+  const last = before + pageIds().length;
+  $("page-info").textContent = imageCount()
+    ? `page ${view.page + 1} / ${pageCount()} · images ${first}–${last} of ${imageCount()}`
     : "no images";
   history.replaceState(null, "", `#filter=${view.filter}&page=${view.page + 1}`);
 }
@@ -117,8 +144,11 @@ function makeTile(id, key) {
   const box = el("div", "thumb");
   box.append(el("span", "loading", "loading…"));
   tile.append(el("span", "key", String(key)), el("span", "check"), box,
-    el("div", "caption"), el("div", "meta"), el("div", "note"));
-  tile.addEventListener("click", (e) => enqueue(() => decide(key, e.shiftKey ? "exclude" : "flip")));
+    el("div", "caption"), el("div", "finding"), el("div", "meta"), el("div", "note"));
+  tile.addEventListener("click", (e) => {
+    const accept = e.target.closest("button.accept");
+    enqueue(() => decide(key, accept ? "accept" : e.shiftKey ? "exclude" : "flip"));
+  });
   thumb(id).then((t) => {
     if (t.url) {
       const img = new Image();
@@ -146,12 +176,48 @@ function updateTile(tile) {
   const caption = tile.querySelector(".caption");
   caption.replaceChildren(el("span", `label c${t.label === null ? "none" : t.label}`, className(t.label)));
   if (t.overridden) caption.append(el("span", "was", `was ${className(t.original)}`));
+  renderFinding(tile.querySelector(".finding"), t);
+  tile.classList.toggle("kept", Boolean(t.duplicate && t.duplicate.kept === t.id));
   const meta = tile.querySelector(".meta");
   const idSpan = el("span", "id", t.id);
   idSpan.title = t.id;
   meta.replaceChildren(idSpan);
   if (t.probability !== null) meta.append(el("span", "prob", `p=${t.probability.toFixed(2)}`));
   tile.querySelector(".note").textContent = tile.dataset.thumbError || t.note || "";
+}
+
+// What --label_issues and --quality_dir say of the image: the suggestion, the audit's reasons, its group.
+function renderFinding(node, t) {
+  node.replaceChildren();
+  const s = t.suspect;
+  if (s) {
+    const line = el("div", "suggest");
+    line.title = `label issue #${s.rank}: score P(given) − max P(other) = ${s.score.toFixed(3)}`;
+    line.append(el("span", "given", className(s.given)), "→",
+      el("span", `label c${s.suggested}`, className(s.suggested)), el("span", "score", s.score.toFixed(2)));
+    if (t.label === s.suggested) {
+      line.append(el("span", "accepted", "✓"));
+    } else {
+      const button = el("button", "accept", "y accept");
+      button.type = "button";
+      button.title = "accept the suggested label (y then the tile's digit)";
+      line.append(button);
+    }
+    node.append(line);
+  }
+  if (t.flags.length) {
+    const flags = el("div", "flags");
+    t.flags.forEach((f) => flags.append(el("span", "flag", f)));
+    node.append(flags);
+  }
+  const d = t.duplicate;
+  if (d) {
+    const kept = d.kept === t.id;
+    const line = el("div", "dup", `group ${d.group + 1} · ${d.kind} · ${d.split}`);
+    if (d.leakage) line.append(el("span", "leak", "leakage"));
+    line.append(el("span", kept ? "keep" : "copy", kept ? "kept" : "copy"));
+    node.append(line);
+  }
 }
 
 function flash(tile) {
@@ -175,7 +241,7 @@ async function showPage(page) {
   const data = ids.length ? await api("/api/items?" + query) : { items: [] };
   view.tiles = new Map(data.items.map((t) => [t.id, t]));
   const grid = $("grid");
-  grid.replaceChildren(...ids.map((id, n) => makeTile(id, n + 1)));
+  grid.replaceChildren(...pageSlots().map((id, n) => (id ? makeTile(id, n + 1) : el("div", "slot"))));
   if (!ids.length) grid.append(el("div", "empty", `No images in “${FILTERS[view.filter].name}”.`));
   renderPager();
   prefetch(view.page + 1);
@@ -185,18 +251,20 @@ async function showPage(page) {
 
 async function setFilter(name, page) {
   if (!view.filters.includes(name)) {
-    toast(`“${FILTERS[name].name}” needs --predictions (and two classes)`, true);
+    const needs = { disagree: "--predictions (and two classes)", suspects: "--label_issues" }[name] || "--quality_dir";
+    toast(`“${FILTERS[name].name}” needs ${needs}`, true);
     return;
   }
   const data = await api("/api/ids?filter=" + name);
   view.filter = name;
-  view.ids = data.ids;
+  view.ids = data.groups ? groupSlots(data.groups) : data.ids;
   renderFilters();
-  await showPage(page ?? Math.floor(data.first_unreviewed / PAGE));
+  const firstUnreviewed = view.ids.indexOf(data.ids[data.first_unreviewed]);
+  await showPage(page ?? Math.floor(Math.max(0, firstUnreviewed) / PAGE));
 }
 
 async function decide(key, action) {
-  const id = pageIds()[key - 1];
+  const id = pageSlots()[key - 1];
   if (!id) return;
   const data = await api("/api/decide", { id, action });
   applyItem(data.item);
@@ -229,7 +297,7 @@ async function next() {
     await showPage(view.page + 1);
   } else {
     document.querySelectorAll(".tile").forEach(updateTile);
-    toast(`End of “${FILTERS[view.filter].name}” (${view.ids.length} images)`);
+    toast(`End of “${FILTERS[view.filter].name}” (${imageCount()} images)`);
   }
 }
 
@@ -237,9 +305,9 @@ async function prev() {
   if (view.page > 0) await showPage(view.page - 1);
 }
 
-function setArmed(armed) {
-  view.armed = armed;
-  $("mode").textContent = armed ? "exclude: press 1–9 (Esc cancels)" : "";
+function setMode(mode) {
+  view.mode = mode;
+  $("mode").textContent = mode ? MODES[mode].text : "";
 }
 
 function onKey(e) {
@@ -248,16 +316,17 @@ function onKey(e) {
   if (digit) {
     e.preventDefault();
     if (e.repeat) return; // A held key must not flip a label back and forth.
-    const exclude = e.shiftKey || view.armed;
-    setArmed(false);
-    enqueue(() => decide(Number(digit[1]), exclude ? "exclude" : "flip"));
+    const action = e.shiftKey ? "exclude" : view.mode ? MODES[view.mode].action : "flip";
+    setMode(null);
+    enqueue(() => decide(Number(digit[1]), action));
     return;
   }
   const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
   const actions = { ArrowRight: next, n: next, PageDown: next, ArrowLeft: prev, p: prev, PageUp: prev, u: undo };
   const filter = Object.keys(FILTERS).find((name) => FILTERS[name].key === key);
-  if (key === "x") setArmed(!view.armed);
-  else if (key === "Escape") setArmed(false);
+  const mode = Object.keys(MODES).find((name) => MODES[name].key === key);
+  if (mode) setMode(view.mode === mode ? null : mode);
+  else if (key === "Escape") setMode(null);
   else if (actions[key]) enqueue(actions[key]);
   else if (filter) enqueue(() => setFilter(filter));
   else return;

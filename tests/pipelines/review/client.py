@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import http.client
+import itertools
 import json
 import pathlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from pipelines.quality import Member, duplicate_groups
 from pipelines.review.cli import create_app, parse_args
 from pipelines.review.server import ReviewApp, ReviewServer, running_server
 
@@ -90,3 +92,44 @@ def serving(argv: list[str]) -> Iterator[tuple[Client, ReviewApp]]:
 def read_rows(path: pathlib.Path) -> list[list[str]]:
     with open(path, newline="") as f:
         return list(csv.reader(f))
+
+
+def write_label_issues(path: pathlib.Path, rows: list[tuple[str, str, str, float, int]]) -> pathlib.Path:
+    """label_issues.csv as find_label_issues writes it: (id, given, suggested, score, rank), path empty."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "path", "given_label", "suggested_label", "score", "rank"])
+        writer.writerows((i, "", given, suggested, f"{score:.6f}", rank) for i, given, suggested, score, rank in rows)
+    return path
+
+
+def write_quality(folder: pathlib.Path, images: dict[str, list[str]], groups: list[dict[str, Any]]) -> pathlib.Path:
+    """OUT/quality as the preprocess job writes it: ``images`` id -> flags (two shards), ``groups``
+    (members in id order, member_splits, kind; the audit's own code sets kept and leakage)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {
+            "id": i,
+            "split": "train",
+            "label": 0,
+            "content_hash": "0" * 64,
+            "stats": {"sharpness": 1.0, "phash": "0" * 16},
+            "z": {"sharpness": -5.0 if "blurry" in flags else 0.1},
+            "flags": flags,
+        }
+        for i, flags in images.items()
+    ]
+    half = len(lines) // 2
+    for n, shard in enumerate((lines[:half], lines[half:])):
+        (folder / f"images-0000{n}-of-00002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in shard))
+    records = [  # Built by the audit's own code, so that the keys are the writer's.
+        duplicate_groups(
+            itertools.pairwise(
+                Member(m, split, 0 if g["kind"] == "exact" else n, 0)
+                for n, (m, split) in enumerate(zip(g["members"], g["member_splits"], strict=True))
+            )
+        )[0]
+        for g in groups
+    ]
+    (folder / "duplicates-00000-of-00001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder

@@ -48,3 +48,21 @@ def test_the_command_line_prints_its_address_and_serves(images, tmp_path):
         process.wait(timeout=10)
     assert (tmp_path / "overrides.csv").read_text() == "id,glasses\n"  # Created for the pipeline at once.
     assert (tmp_path / "exclusions.csv").read_text() == "id\n"
+
+
+def test_a_missing_label_issues_file_ends_in_one_error_line_and_exit_2(images, tmp_path):
+    missing = tmp_path / "job" / "label_issues.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.review", *review_argv(images, tmp_path, "--label_issues", str(missing))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        f"error: --label_issues {missing}: cannot read it ([Errno 2] No such file or directory: '{missing}'); "
+        "give the label_issues.csv that python -m trainer.task find_label_issues writes"
+    ]
+    assert "Traceback" not in result.stderr and result.stdout == ""

@@ -22,7 +22,7 @@ from pipelines.review import store
 from pipelines.review.store import JOURNAL_HEADER
 from pipelines.sources import LabelledImages
 from tests.image_files import offline_test_pipeline
-from tests.pipelines.review.client import CLASSES, read_rows, review_argv, serving, train_labels
+from tests.pipelines.review.client import CLASSES, read_rows, review_argv, serving, train_labels, write_label_issues
 
 
 def test_decisions_are_saved_at_once_in_the_formats_the_pipeline_reads(images, tmp_path):
@@ -301,3 +301,34 @@ def test_the_journal_wins_over_a_hand_edit_of_a_decided_id(images, tmp_path, cap
     with caplog.at_level(logging.WARNING), serving(review_argv(images, tmp_path)) as (client, app):
         assert app.store.overrides == {"5": 1 - truth["5"], "9": 1 - truth["9"]}
     assert "journal" in caplog.text and "5" in caplog.text
+
+
+def test_accepting_a_suggestion_is_a_label_decision_saved_journalled_and_undone_like_a_flip(images, tmp_path):
+    truth = train_labels(images)
+    issues = write_label_issues(
+        tmp_path / "label_issues.csv",
+        [
+            ("5", CLASSES[truth["5"]], CLASSES[1 - truth["5"]], -0.9, 1),
+            # The shards held an override of 6; the model suggests the folder's own label back.
+            ("6", CLASSES[1 - truth["6"]], CLASSES[truth["6"]], -0.4, 2),
+        ],
+    )
+    with serving(review_argv(images, tmp_path, "--label_issues", str(issues))) as (client, _):
+        client.decide("6", "flip")
+        accepted = client.decide("5", "accept")
+        assert accepted["item"]["label"] == 1 - truth["5"] and accepted["item"]["overridden"]
+        assert client.decide("6", "accept")["item"]["overridden"] is False  # Back at its label: no override.
+        assert read_rows(tmp_path / "overrides.csv") == [["id", "glasses"], ["5", str(1 - truth["5"])]]
+        assert client.post("/api/decide", {"id": "7", "action": "accept"}).status == 400  # No suggestion for 7.
+        assert client.post("/api/undo").json()["decision"]["id"] == "6"
+        assert read_rows(tmp_path / "overrides.csv")[1:] == [["5", str(1 - truth["5"])], ["6", str(1 - truth["6"])]]
+    journal = read_rows(tmp_path / "overrides.journal.csv")[1:]
+    assert [row[1:] for row in journal] == [
+        ["set", "6", "label", "", str(1 - truth["6"])],
+        ["set", "5", "label", "", str(1 - truth["5"])],
+        ["set", "6", "label", str(1 - truth["6"]), ""],
+        ["undo", "6", "label", "", str(1 - truth["6"])],
+    ]
+    with serving(review_argv(images, tmp_path)) as (client, app):  # Without --label_issues: nothing to accept.
+        assert client.post("/api/decide", {"id": "5", "action": "accept"}).status == 400
+        assert app.store.overrides == {"5": 1 - truth["5"], "6": 1 - truth["6"]}
