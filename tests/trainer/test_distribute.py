@@ -89,12 +89,14 @@ def test_mirrored_strategy_with_one_cpu_device_trains(make_data_dir, tmp_path):
     assert json.loads((tmp_path / "training_config.json").read_text())["strategy"] == "MirroredStrategy"
 
 
-def test_cli_explicit_tpu_fails_before_any_work(make_data_dir, tmp_path):
+def test_cli_explicit_tpu_fails_before_any_work(make_data_dir, tmp_path, capsys):
     data_dir = make_data_dir(
         "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
     )
-    with pytest.raises(distribute.StrategyError):
-        task.main(
-            ["train", "--data_dir", data_dir, "--job_dir", str(tmp_path / "job"), "--strategy", "tpu", "--tpu", "nope"]
-        )
+    argv = ["train", "--data_dir", data_dir, "--job_dir", str(tmp_path / "job"), "--strategy", "tpu", "--tpu", "nope"]
+    assert task.main(argv) == 2  # One line, no traceback: the user asked for a TPU that is not there.
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "nope" in errors[0]
     assert not (tmp_path / "job").exists()
+    with pytest.raises(distribute.StrategyError):  # --debug shows the exception itself.
+        task.main([*argv, "--debug"])

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -99,7 +100,7 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
     assert "the chief writes the results" in text["tuner0"] and "the chief writes the results" in text["tuner1"]
 
 
-def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch):
+def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_ports(1)[0]))
@@ -107,10 +108,9 @@ def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch):
     project.mkdir(parents=True)
     (project / "oracle.json").write_text("{}")
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--search_space", "small", "--overwrite"]
-    with pytest.raises(
-        ValueError, match=r"only the chief .* may overwrite the project; drop --overwrite on the workers"
-    ):
-        task.main(argv)
+    assert task.main(argv) == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert re.search(r"only the chief .* may overwrite the project; drop --overwrite on the workers", error)
     assert (project / "oracle.json").read_text() == "{}"  # Untouched.
     assert tuning.role() == "worker"
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
