@@ -290,6 +290,9 @@ def _check_job_matches_data(job_dir: str, data_dir: data.DataDir) -> None:
 
 def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
     preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
+    refusal = preflight.missing_vector(preset, data_dir.path, data_dir.manifest)
+    if refusal:
+        raise errors.UsageError(refusal)
     logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
     return preset
 
@@ -318,7 +321,7 @@ def run_tune(args: argparse.Namespace) -> None:
         preset,
         input_shape=data_dir.image_shape,
         make_datasets=data.make_datasets_fn(
-            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
+            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic, inputs=preset.inputs
         ),
         space=args.search_space,
         overrides=overrides,
@@ -328,6 +331,7 @@ def run_tune(args: argparse.Namespace) -> None:
             data.split_size(data_dir.manifest, "train"), distribute.global_batch_size(batch, strategy)
         ),
         fit_kwargs={"class_weight": weights} if weights else None,
+        vector_length=data_dir.vector_length,
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -447,6 +451,11 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
         _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
     data_dir = data.DataDir.read(args.data_dir)
     preset = _preset(args, data_dir)
+    if preset.needs_vector:
+        raise errors.UsageError(
+            f"--model {preset.name}: find_label_issues cross-validates the image presets only; pass --model face_cnn "
+            "or leave --model out"
+        )
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
     label_issues.run(
