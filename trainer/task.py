@@ -3,7 +3,7 @@
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small|full|wide] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB [--baseline OTHER_JOB]
-  python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
+  python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--vectors_csv V.csv] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
   python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
 
@@ -147,7 +147,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     predict = commands.add_parser("predict", help="probabilities for image files with the exported model")
     common(predict, data=False)
-    predict.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    predict.add_argument("--input", nargs="+", help="image files and/or folders (latent_mlp: optional)")
+    predict.add_argument(
+        "--vectors_csv",
+        metavar="FILE",
+        help="models with the --numeric_columns vector: CSV of id and the vector columns; without --input "
+        "(latent_mlp) every row is predicted",
+    )
     predict.add_argument("--output", help="CSV to write (default: print only)")
     predict.add_argument("--export_dir", help="default: JOB/export")
     predict.add_argument("--batch_size", type=int, default=32)
@@ -426,7 +432,16 @@ def run_predict(args: argparse.Namespace) -> None:
             f"{flag}: no serving SavedModel in {export_dir}: run `python -m trainer.task train` first, "
             "or pass the --export_dir it wrote"
         )
-    predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size, max_pixels=args.max_pixels)
+    if not args.input and not args.vectors_csv:
+        raise errors.UsageError("predict needs --input IMAGE_OR_FOLDER (or --vectors_csv FILE for latent_mlp)")
+    predict.predict(
+        export_dir,
+        args.input or [],
+        output=args.output,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        vectors_csv=args.vectors_csv,
+    )
 
 
 def run_preflight(args: argparse.Namespace) -> int:
