@@ -198,17 +198,21 @@ def _image_items(
 
 
 def _batched_predictions(serving_default, items: Iterable[_Item | Prediction], size: int) -> Iterator[Prediction]:
-    batch: list[_Item] = []
+    """Predictions in input order, ``size`` items per serving call; errors keep their place."""
+    pending: list[_Item | Prediction] = []
+
+    def flush() -> Iterator[Prediction]:
+        batch = [item for item in pending if isinstance(item, _Item)]
+        predicted = iter(_predict_batch(serving_default, batch) if batch else [])
+        for item in pending:
+            yield item if isinstance(item, Prediction) else next(predicted)
+        pending.clear()
+
     for item in items:
-        if isinstance(item, Prediction):
-            yield item
-            continue
-        batch.append(item)
-        if len(batch) == size:
-            yield from _predict_batch(serving_default, batch)
-            batch = []
-    if batch:
-        yield from _predict_batch(serving_default, batch)
+        pending.append(item)
+        if sum(isinstance(entry, _Item) for entry in pending) == size:
+            yield from flush()
+    yield from flush()
 
 
 def predict(
