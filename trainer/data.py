@@ -6,12 +6,14 @@ model, which cannot be a layer of a Keras 3 functional model, so the trainer's m
 already-normalised images and the exported serving module applies the same graph itself.
 
 Element shapes (B = global batch):
-  training / evaluation: (image [B, H, W, C] float32, label [B] int64)
+  training / evaluation: (inputs, label [B] int64); inputs: the image [B, H, W, C] float32,
+    or for a model that takes the --numeric_columns vector (``inputs`` names "latent") a dict
+    {"image": …, "latent": [B, N] float32} of the inputs it takes (:func:`model_inputs`)
 
 Augmentation (``augment`` "light" / "strong") is a map on the training dataset only, after
 the normalisation: evaluation, validation and the exported serving graph never see it,
 and it covers model.fit and the multi-worker loop alike.
-  with_metadata=True:    {image, label, id [B] string, pixels [B, H, W, C] uint8}
+  with_metadata=True:    {image, label, id [B] string, pixels [B, H, W, C] uint8, inputs (as above)}
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -88,6 +90,11 @@ class DataDir:
         return features.image_shape(self.manifest)
 
     @property
+    def vector_length(self) -> int:
+        """Length of the examples' ``latent`` vector (0: preprocessed without --numeric_columns)."""
+        return features.vector_length(self.manifest)
+
+    @property
     def classes(self) -> list[Any]:
         return list(self.manifest["classes"])
 
@@ -127,10 +134,36 @@ def _read_serialized(files: list[str], *, shuffle_files: bool, seed: int, determ
     )  # (serialized example)
 
 
+def model_inputs(
+    transformed: Mapping[str, tf.Tensor],
+    inputs: Sequence[str],
+    *,
+    image_shape: tuple[int, int, int],
+    vector_length: int = 0,
+):
+    """The tf.Transform layer's outputs -> what a model with ``inputs`` takes.
+
+    ``inputs`` ("image" and/or "latent", :func:`trainer.models.input_names`): ("image",) gives
+    the image tensor (the image presets); any other a dict of those inputs.
+    """
+    keys = {features.IMAGE_KEY: features.NORMALIZED_IMAGE_KEY, features.VECTOR_KEY: features.NORMALIZED_VECTOR_KEY}
+    shapes = {features.IMAGE_KEY: [None, *image_shape], features.VECTOR_KEY: [None, vector_length]}
+    taken = {name: tf.ensure_shape(transformed[keys[name]], shapes[name]) for name in inputs}
+    return taken[features.IMAGE_KEY] if tuple(inputs) == (features.IMAGE_KEY,) else taken
+
+
 def make_parse_and_transform(
-    tft_output: tft.TFTransformOutput, *, image_shape: tuple[int, int, int], with_metadata: bool = False
+    tft_output: tft.TFTransformOutput,
+    *,
+    image_shape: tuple[int, int, int],
+    with_metadata: bool = False,
+    vector_length: int = 0,
+    inputs: Sequence[str] = (features.IMAGE_KEY,),
 ):
     """Returns ``fn(serialized [B]) -> element``: parse + the tf.Transform normalisation.
+
+    ``vector_length``: the manifest's (:func:`features.vector_length`); ``inputs``: what the
+    model takes (:func:`model_inputs`).
 
     The transform layer is created once, here, and not inside the map function: creating
     it per trace would reload the transform SavedModel each time (see the TFT docstring of
@@ -140,22 +173,21 @@ def make_parse_and_transform(
     height, width, channels = image_shape
 
     def parse_and_transform(serialized: tf.Tensor):
-        parsed = tf.io.parse_example(serialized, features.raw_feature_spec())
+        parsed = tf.io.parse_example(serialized, features.raw_feature_spec(vector_length))
         # The transform graph takes exactly the raw inputs the pipeline analysed.
-        transformed = tft_layer(
-            {features.IMAGE_KEY: parsed[features.IMAGE_KEY], features.LABEL_KEY: parsed[features.LABEL_KEY]}
-        )
-        image = tf.ensure_shape(transformed[features.NORMALIZED_IMAGE_KEY], [None, height, width, channels])
+        transformed = tft_layer({key: parsed[key] for key in features.transform_input_keys(vector_length)})
+        model_input = model_inputs(transformed, inputs, image_shape=image_shape, vector_length=vector_length)
         label = parsed[features.LABEL_KEY]
         if not with_metadata:
-            return image, label
+            return model_input, label
         pixels = tf.reshape(tf.io.decode_raw(parsed[features.IMAGE_KEY], tf.uint8), [-1, height, width, channels])
         return {
-            "image": image,
+            "image": tf.ensure_shape(transformed[features.NORMALIZED_IMAGE_KEY], [None, height, width, channels]),
             "label": label,
             "id": parsed[features.ID_KEY],
             "group": parsed[features.GROUP_KEY],
             "pixels": pixels,
+            "inputs": model_input,
         }
 
     return parse_and_transform
@@ -217,6 +249,7 @@ def make_dataset(
     cache: bool | None = None,
     with_metadata: bool = False,
     augment: str = "none",
+    inputs: Sequence[str] = (features.IMAGE_KEY,),
 ) -> tf.data.Dataset:
     """Batches of one split, normalised with the pipeline's transform graph.
 
@@ -236,7 +269,8 @@ def make_dataset(
       cache: Cache serialized examples in memory. Defaults to caching when the split's
         pixels take less than ``DEFAULT_CACHE_MAX_BYTES``.
       with_metadata: Yield dicts with id and the stored uint8 pixels too (evaluation).
-      augment: "none", "light" or "strong" (:func:`make_augment`); training only.
+      augment: "none", "light" or "strong" (:func:`make_augment`); training only; on the image.
+      inputs: What the model takes, "image" and/or "latent" (:func:`model_inputs`).
     """
     if augment != "none" and not training:
         raise ValueError(f"augmentation ({augment!r}) is for the training dataset only")
@@ -273,14 +307,26 @@ def make_dataset(
     # drop_remainder only matters for training (static shapes; the data repeats anyway).
     ds = ds.batch(global_batch_size, drop_remainder=training)  # (serialized [B])
     ds = ds.map(
-        make_parse_and_transform(tft_output, image_shape=image_shape, with_metadata=with_metadata),
+        make_parse_and_transform(
+            tft_output,
+            image_shape=image_shape,
+            with_metadata=with_metadata,
+            vector_length=features.vector_length(manifest),
+            inputs=inputs,
+        ),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
-    )  # (image [B, H, W, C], label [B]) or a dict with id and pixels
+    )  # (inputs, label [B]) or a dict with id and pixels
     augment_fn = make_augment(augment, seed=seed)
     if augment_fn is not None:
+
+        def augment_image(model_input, label):
+            if isinstance(model_input, dict):  # Only the image is augmented, never the vector.
+                return {**model_input, features.IMAGE_KEY: augment_fn(model_input[features.IMAGE_KEY])}, label
+            return augment_fn(model_input), label
+
         # Sequential: the random layers and generator hold state a parallel map would share.
-        ds = ds.map(lambda image, label: (augment_fn(image), label))
+        ds = ds.map(augment_image)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
@@ -288,9 +334,17 @@ def make_dataset(
 
 
 def make_datasets_fn(
-    data_dir: DataDir, *, strategy: tf.distribute.Strategy, seed: int = 0, deterministic: bool = True
+    data_dir: DataDir,
+    *,
+    strategy: tf.distribute.Strategy,
+    seed: int = 0,
+    deterministic: bool = True,
+    inputs: Sequence[str] = (features.IMAGE_KEY,),
 ) -> Callable[[int], tuple[tf.data.Dataset, tf.data.Dataset, int]]:
-    """``fn(per_replica_batch_size, augment="none") -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning."""
+    """``fn(per_replica_batch_size, augment="none") -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning.
+
+    ``inputs``: what the model takes (a preset's ``inputs``).
+    """
     tft_output = data_dir.tft_output  # Now: a missing transform fails before any trial or epoch.
 
     def make_datasets(per_replica_batch_size: int, augment: str = "none"):
@@ -300,6 +354,7 @@ def make_datasets_fn(
             tft_output=tft_output,
             global_batch_size=batch,
             deterministic=deterministic,
+            inputs=inputs,
         )
         train_ds = make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common)
         validation_ds = make_dataset(data_dir.path, "validation", training=False, **common)

@@ -262,10 +262,11 @@ def predict_split(
         global_batch_size=batch_size,
         training=False,
         with_metadata=True,
+        inputs=models.input_names(model),
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], "group": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
-        outputs, *activations = probe.predict_on_batch(batch["image"])
+        outputs, *activations = probe.predict_on_batch(batch["inputs"])
         for layer, activation in zip(probed, activations, strict=True):
             # Units are the last axis (channels_last); a maximum over examples and positions.
             maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)

@@ -4,7 +4,16 @@
 image file (decode, grayscale when the manifest says so, area resize to the manifest's
 size, round to uint8 as stored) and then applies the very tf.Transform graph the trainer's
 input pipeline applies, so served and trained images are normalised identically.
-``serving_examples`` takes examples already in the pipeline's format.
+``serving_examples`` takes examples already in the pipeline's format (it parses what the model
+takes: the pixels and/or the ``latent`` vector).
+
+A model that takes the --numeric_columns vector (``latent_mlp``, ``image_latent``) is served
+with the raw vector, float32 [B, N], which goes through the same tf.Transform layer (z-score
+with the train split's statistics) as in training:
+  latent_mlp     ``serving_default`` = ``serving_latent``(latent)
+  image_latent   ``serving_default`` = ``serving_image_latent``(image_bytes, latent)
+``read_serving_config(export_dir)`` says what the model takes, the vector's column names and
+how a file name maps to an id (the manifest's id column and --file_pattern), for predict.
 
 Outputs of both signatures:
   probability  float32 [B]   P(class 1)
@@ -17,6 +26,7 @@ The module also keeps the fingerprint of the data the model was trained on
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -26,14 +36,15 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipelines import features
-from trainer import models
+from trainer import data, models
 
 
 class ServingModule(tf.Module):
-    """Keras model + tf.Transform layer + image decoding, with two serving signatures.
+    """Keras model + tf.Transform layer + image decoding, with its serving signatures (:meth:`signatures`).
 
     Args:
-      model: The trained Keras model (takes normalised [B, H, W, C] float32).
+      model: The trained Keras model (takes the normalised image [B, H, W, C] float32, the
+        normalised vector or both: ``models.input_names``).
       tft_output: The pipeline's transform output (its graph and assets are exported too).
       manifest: The data manifest: image size, colour mode, class names.
       data_fingerprint: The training data's fingerprint ("" when not known).
@@ -57,6 +68,29 @@ class ServingModule(tf.Module):
         # turns a uint8 tensor into its bytes, so each value is looked up as a 1-byte string
         # and the bytes of an image are joined.
         self._byte_strings = [bytes([i]) for i in range(256)]
+        self._inputs = models.input_names(model)
+        self._vector_length = features.vector_length(manifest)
+        options = manifest.get("options", {})
+        self._config = json.dumps(
+            {
+                "inputs": list(self._inputs),
+                "vector_columns": list(manifest.get("vector", {}).get("columns", [])),
+                "id_column": options.get("id_column") or "id",
+                "file_pattern": options.get("file_pattern") or "{id}",
+                "class_folders": bool(options.get("class_folders")),
+            }
+        )
+        # Only the functions of what the model takes: saving traces every tf.function attribute.
+        image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
+        vector = tf.TensorSpec([None, self._vector_length], tf.float32, name=features.VECTOR_KEY)
+        if self._inputs == (models.IMAGE_INPUT,):
+            self.serve_images = tf.function(self._serve_images, input_signature=[image_bytes])
+        elif self._inputs == (models.VECTOR_INPUT,):
+            self.serve_vectors = tf.function(self._serve_vectors, input_signature=[vector])
+        else:
+            self.serve_images_and_vectors = tf.function(
+                self._serve_images_and_vectors, input_signature=[image_bytes, vector]
+            )
 
     def _decode(self, encoded: tf.Tensor) -> tf.Tensor:
         """One PNG/JPEG/BMP/GIF (any size, 8 or 16 bit, grey/RGB/RGBA) -> [H, W, C] uint8."""
@@ -75,13 +109,18 @@ class ServingModule(tf.Module):
         flat = tf.reshape(tf.cast(pixels, tf.int32), [tf.shape(pixels)[0], -1])
         return tf.strings.reduce_join(tf.gather(tf.constant(self._byte_strings), flat), axis=-1)
 
-    def _predict_raw(self, raw_image: tf.Tensor) -> dict[str, tf.Tensor]:
-        """[B] raw pixel strings -> the serving outputs, through the tf.Transform graph."""
-        batch = tf.shape(raw_image)[0]
+    def _predict_raw(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        """{image: [B] raw pixel strings, latent: [B, N]} (what the model takes) -> the serving outputs.
+
+        Through the tf.Transform graph, which computes only the outputs of the inputs given.
+        """
+        batch = tf.shape(next(iter(raw.values())))[0]
         # The label input of the transform graph is passed through untouched; serving has none.
-        transformed = self.tft_layer({features.IMAGE_KEY: raw_image, features.LABEL_KEY: tf.zeros([batch], tf.int64)})
-        image = tf.reshape(transformed[features.NORMALIZED_IMAGE_KEY], [-1, *self._shape])
-        probability = models.positive_probability(self.model(image, training=False))
+        transformed = self.tft_layer({**raw, features.LABEL_KEY: tf.zeros([batch], tf.int64)})
+        model_input = data.model_inputs(
+            transformed, self._inputs, image_shape=self._shape, vector_length=self._vector_length
+        )
+        probability = models.positive_probability(self.model(model_input, training=False))
         predicted = tf.cast(probability >= models.THRESHOLD, tf.int64)
         return {
             "probability": probability,
@@ -95,17 +134,43 @@ class ServingModule(tf.Module):
     def data_fingerprint(self) -> tf.Tensor:
         return tf.constant(self._data_fingerprint)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+    @tf.function(input_signature=[])
+    def serving_config(self) -> tf.Tensor:
+        return tf.constant(self._config)
+
+    def _raw_images(self, image_bytes: tf.Tensor) -> tf.Tensor:
         pixels = tf.map_fn(
             self._decode, image_bytes, fn_output_signature=tf.TensorSpec(self._shape, tf.uint8)
         )  # [B, H, W, C] uint8: what the pipeline would have stored
-        return self._predict_raw(self._to_raw_bytes(pixels))
+        return self._to_raw_bytes(pixels)
+
+    def _serve_images(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._predict_raw({features.IMAGE_KEY: self._raw_images(image_bytes)})
+
+    def _serve_vectors(self, latent: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._predict_raw({features.VECTOR_KEY: latent})
+
+    def _serve_images_and_vectors(self, image_bytes: tf.Tensor, latent: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._predict_raw({features.IMAGE_KEY: self._raw_images(image_bytes), features.VECTOR_KEY: latent})
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        parsed = tf.io.parse_example(examples, {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
-        return self._predict_raw(parsed[features.IMAGE_KEY])
+        spec = features.raw_feature_spec(self._vector_length)
+        parsed = tf.io.parse_example(examples, {key: spec[key] for key in self._inputs})
+        return self._predict_raw(parsed)
+
+    def signatures(self) -> dict[str, Any]:
+        """The exported signatures by name; ``serving_default`` takes what the model takes."""
+        served = {"serving_examples": self.serve_examples}
+        if self._inputs == (models.IMAGE_INPUT,):
+            return {"serving_default": self.serve_images, **served}
+        if self._inputs == (models.VECTOR_INPUT,):
+            return {"serving_default": self.serve_vectors, "serving_latent": self.serve_vectors, **served}
+        return {
+            "serving_default": self.serve_images_and_vectors,
+            "serving_image_latent": self.serve_images_and_vectors,
+            **served,
+        }
 
 
 def export_model(
@@ -120,11 +185,7 @@ def export_model(
     module = ServingModule(model, tft_output, manifest, data_fingerprint)
     if tf.io.gfile.exists(export_dir):
         tf.io.gfile.rmtree(export_dir)
-    tf.saved_model.save(
-        module,
-        export_dir,
-        signatures={"serving_default": module.serve_images, "serving_examples": module.serve_examples},
-    )
+    tf.saved_model.save(module, export_dir, signatures=module.signatures())
     logging.info("exported serving SavedModel to %s", export_dir)
     return export_dir
 
@@ -133,6 +194,17 @@ def load_serving(export_dir: str):
     """The exported module's ``serving_default`` and ``serving_examples`` signatures."""
     loaded = tf.saved_model.load(export_dir)
     return loaded.signatures["serving_default"], loaded.signatures["serving_examples"]
+
+
+def read_serving_config(export_dir: str) -> dict[str, Any]:
+    """What the exported model takes: {inputs, vector_columns, id_column, file_pattern, class_folders}.
+
+    An export from before the vector presets takes images only.
+    """
+    loaded = tf.saved_model.load(export_dir)
+    if not hasattr(loaded, "serving_config"):
+        return {"inputs": [models.IMAGE_INPUT], "vector_columns": [], "id_column": "id", "file_pattern": "{id}"}
+    return json.loads(loaded.serving_config().numpy().decode("utf-8"))
 
 
 def read_data_fingerprint(export_dir: str) -> str:

@@ -5,6 +5,10 @@ A preset is a seed notebook's architecture, its search space and its best-found 
 hyperparameter, so the tuner's grid covers them and the final training reads them from the
 same ``HyperParameters``. The input shape always comes from the data's manifest.
 
+A preset's ``inputs`` say what its model takes: the normalised image (``image``), the
+normalised ``latent`` vector of ``--numeric_columns`` data, or both. An image-only model
+takes the image tensor; a model with the vector takes a dict ``{name: tensor}``.
+
 Both heads give the probability of class 1 in their last column (sigmoid [B, 1] or
 softmax [B, 2]): see :func:`positive_probability`.
 """
@@ -20,6 +24,8 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from pipelines import features
+
 SEARCH_SPACES = ("small", "full", "wide")
 # Hyperparameters read by the fit step (batch size, epochs) or the input pipeline
 # (augmentation) rather than by the model builder.
@@ -31,6 +37,9 @@ LR_SCHEDULES = ("cosine", "constant")
 # The decision rule of every head: class 1 when P(class 1) >= THRESHOLD (serving,
 # evaluation and the multi-worker loop's accuracy alike).
 THRESHOLD = 0.5
+# Model input names: the normalised image and the normalised --numeric_columns vector.
+IMAGE_INPUT = features.IMAGE_KEY
+VECTOR_INPUT = features.VECTOR_KEY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +112,23 @@ class Preset:
       spaces: {"small" | "full" | "wide": {hp name: candidate values}}; "small" keeps tests
         and the demo cheap (2-4 grid points), "wide" is for Hyperband; names absent from
         a space are fixed at their default.
-      build: ``fn(hp, input_shape, num_classes) -> keras.Model`` (not compiled).
+      build: ``fn(hp, shapes, num_classes) -> keras.Model`` (not compiled); ``shapes``:
+        {input name: shape} of its ``inputs``.
       loss: The Keras loss of its head.
+      inputs: What the model takes: (IMAGE_INPUT,), (VECTOR_INPUT,) or both.
     """
 
     name: str
     channels: int
     defaults: Mapping[str, Any]
     spaces: Mapping[str, Mapping[str, Sequence[Any]]]
-    build: Callable[[kt.HyperParameters, tuple[int, int, int], int], keras.Model]
+    build: Callable[[kt.HyperParameters, Mapping[str, tuple[int, ...]], int], keras.Model]
     loss: str = "binary_crossentropy"
+    inputs: tuple[str, ...] = (IMAGE_INPUT,)
+
+    @property
+    def needs_vector(self) -> bool:
+        return VECTOR_INPUT in self.inputs
 
     def space(self, name: str = "full") -> dict[str, list[Any]]:
         """Candidate values of every hyperparameter; one value means fixed."""
@@ -132,11 +148,11 @@ def _conv_pool(x, filters: int, kernel: int, pool: int, *, conv_name: str, pool_
     return keras.layers.MaxPooling2D((pool, pool), name=pool_name)(x)
 
 
-def _build_glasses_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _build_glasses_cnn(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> keras.Model:
     """(Conv -> MaxPool) x conv_layers -> Flatten -> Dense relu [-> Dropout] -> Dense(1) sigmoid (the glasses seed)."""
     _require_two_classes("glasses_cnn", num_classes)
     kernel, pool = hp.get("kernel_size"), hp.get("pool_size")
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = keras.Input(shape=shapes[IMAGE_INPUT], name=IMAGE_INPUT)
     x = _conv_pool(inputs, hp.get("filters"), kernel, pool, conv_name="conv", pool_name="pool")
     for i in range(2, hp.get("conv_layers") + 1):  # Seed 003's future work; the seed has one.
         x = _conv_pool(x, hp.get("filters"), kernel, pool, conv_name=f"conv_{i}", pool_name=f"pool_{i}")
@@ -148,10 +164,10 @@ def _build_glasses_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int]
     return keras.Model(inputs, outputs, name="glasses_cnn")
 
 
-def _build_comics_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+def _build_comics_cnn(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> keras.Model:
     """(Conv -> MaxPool) x conv_layers -> Flatten -> Dropout -> Dense softmax (the comics seed: 2 layers)."""
     _require_two_classes("comics_cnn", num_classes)
-    inputs = keras.Input(shape=input_shape, name="image")
+    inputs = keras.Input(shape=shapes[IMAGE_INPUT], name=IMAGE_INPUT)
     x = inputs
     for i in range(1, hp.get("conv_layers") + 1):
         x = _conv_pool(
@@ -163,16 +179,14 @@ def _build_comics_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int],
     return keras.Model(inputs, outputs, name="comics_cnn")
 
 
-def _build_face_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
-    """(Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GlobalAveragePooling -> Dropout -> Dense(1) sigmoid.
+def _face_cnn_tower(hp: kt.HyperParameters, image):
+    """(Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GlobalAveragePooling -> Dropout: image features.
 
     Block i has width x 2^i filters, capped at 4 x width (the parameter budget: under 1M
     at width 32, 4 blocks of 2 convs); "same" padding, so any input size from 2^blocks up.
     """
-    _require_two_classes("face_cnn", num_classes)
     width = hp.get("width")
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
+    x = image
     for block in range(1, hp.get("blocks") + 1):
         filters = width * min(2 ** (block - 1), 4)
         for conv in range(1, hp.get("convs_per_block") + 1):
@@ -183,9 +197,47 @@ def _build_face_cnn(hp: kt.HyperParameters, input_shape: tuple[int, int, int], n
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
-    x = keras.layers.Dropout(hp.get("dropout"), name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
-    return keras.Model(inputs, outputs, name="face_cnn")
+    return keras.layers.Dropout(hp.get("dropout"), name="dropout")(x)
+
+
+def _latent_tower(hp: kt.HyperParameters, latent):
+    """(Dense relu -> Dropout) x layers on the normalised vector: vector features."""
+    x = latent
+    for i in range(1, hp.get("layers") + 1):
+        x = keras.layers.Dense(hp.get("units"), activation="relu", name=f"latent_dense_{i}")(x)
+        x = keras.layers.Dropout(hp.get("dropout"), name=f"latent_dropout_{i}")(x)
+    return x
+
+
+def _sigmoid_head(x):
+    return keras.layers.Dense(1, activation="sigmoid", name="probability")(x)
+
+
+def _build_face_cnn(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> keras.Model:
+    """:func:`_face_cnn_tower` -> Dense(1) sigmoid."""
+    _require_two_classes("face_cnn", num_classes)
+    inputs = keras.Input(shape=shapes[IMAGE_INPUT], name=IMAGE_INPUT)
+    return keras.Model(inputs, _sigmoid_head(_face_cnn_tower(hp, inputs)), name="face_cnn")
+
+
+def _build_latent_mlp(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> keras.Model:
+    """:func:`_latent_tower` -> Dense(1) sigmoid: the --numeric_columns vector alone."""
+    _require_two_classes("latent_mlp", num_classes)
+    inputs = {VECTOR_INPUT: keras.Input(shape=shapes[VECTOR_INPUT], name=VECTOR_INPUT)}
+    return keras.Model(inputs, _sigmoid_head(_latent_tower(hp, inputs[VECTOR_INPUT])), name="latent_mlp")
+
+
+def _build_image_latent(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> keras.Model:
+    """face_cnn's tower on the image and latent_mlp's on the vector, concatenated -> Dense(1) sigmoid.
+
+    One ``dropout`` for both towers.
+    """
+    _require_two_classes("image_latent", num_classes)
+    inputs = {name: keras.Input(shape=shapes[name], name=name) for name in (IMAGE_INPUT, VECTOR_INPUT)}
+    x = keras.layers.Concatenate(name="towers")(
+        [_face_cnn_tower(hp, inputs[IMAGE_INPUT]), _latent_tower(hp, inputs[VECTOR_INPUT])]
+    )
+    return keras.Model(inputs, _sigmoid_head(x), name="image_latent")
 
 
 # Seed 003's future work, for Hyperband: first-layer filters, dropout, conv layers.
@@ -296,7 +348,56 @@ FACE_CNN = Preset(
     build=_build_face_cnn,
 )
 
-PRESETS: dict[str, Preset] = {preset.name: preset for preset in (GLASSES_CNN, COMICS_CNN, FACE_CNN)}
+LATENT_MLP = Preset(
+    name="latent_mlp",
+    channels=0,  # Chosen with --model, on data preprocessed with --numeric_columns.
+    defaults={
+        "layers": 2,
+        "units": 64,
+        "dropout": 0.1,
+        "learning_rate": 1e-3,
+        "augment": "none",  # No image to augment.
+        "batch_size": 32,
+        "epochs": 20,
+    },
+    spaces={
+        "full": {
+            "layers": [1, 2, 3],
+            "units": [32, 64, 128],
+            "dropout": [0.1, 0.3],
+            "learning_rate": [1e-3, 3e-3],
+            "batch_size": [32, 64],
+        },
+        "small": {"units": [64, 32], "layers": [2, 1]},
+        "wide": {
+            "layers": [1, 2, 3, 4],
+            "units": [32, 64, 128, 256],
+            "dropout": _WIDE_DROPOUT,
+            "learning_rate": [3e-3, 1e-3, 3e-4],
+            "epochs": [40],
+        },
+    },
+    build=_build_latent_mlp,
+    inputs=(VECTOR_INPUT,),
+)
+
+# face_cnn's hyperparameters and spaces, plus the latent tower's (its dropout is face_cnn's).
+IMAGE_LATENT = Preset(
+    name="image_latent",
+    channels=0,
+    defaults={**FACE_CNN.defaults, "layers": 1, "units": 64},
+    spaces={
+        "full": {**FACE_CNN.spaces["full"], "layers": [1, 2], "units": [64, 32, 128]},
+        "small": {"width": [32, 16], "units": [64, 32]},
+        "wide": {**FACE_CNN.spaces["wide"], "layers": [1, 2, 3], "units": [64, 128]},
+    },
+    build=_build_image_latent,
+    inputs=(IMAGE_INPUT, VECTOR_INPUT),
+)
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset for preset in (GLASSES_CNN, COMICS_CNN, FACE_CNN, LATENT_MLP, IMAGE_LATENT)
+}
 
 
 def get_preset(name: str | None, *, channels: int) -> Preset:
@@ -349,8 +450,12 @@ def build_model(
     space: str | Mapping[str, Sequence[Any]] = "full",
     recipe: Recipe | None = None,
     steps_per_epoch: int | None = None,
+    vector_length: int = 0,
 ) -> keras.Model:
     """The compiled model for ``hp`` (call under ``strategy.scope()``).
+
+    ``vector_length``: the data's ``features.vector_length(manifest)``; presets that take the
+    vector need it > 0 (ValueError otherwise).
 
     ``space`` (a space name or {hp name: values}) only matters for names ``hp`` does not
     hold yet: they are registered first, so that a fresh ``HyperParameters()`` builds the
@@ -362,12 +467,20 @@ def build_model(
     if isinstance(space, str):
         space = preset.space(space)
     declare_hyperparameters(hp, space, preset.defaults)
-    model = preset.build(hp, tuple(input_shape), num_classes)
+    if preset.needs_vector and vector_length <= 0:
+        raise ValueError(f"{preset.name} takes the --numeric_columns vector; the data has none")
+    shapes = {IMAGE_INPUT: tuple(input_shape), VECTOR_INPUT: (int(vector_length),)}
+    model = preset.build(hp, {name: shapes[name] for name in preset.inputs}, num_classes)
     optimizer = make_optimizer(
         hp.get("learning_rate"), recipe=recipe, steps_per_epoch=steps_per_epoch, epochs=hp.get("epochs")
     )
     model.compile(optimizer=optimizer, loss=preset.loss, metrics=["accuracy"])
     return model
+
+
+def input_names(model: keras.Model) -> tuple[str, ...]:
+    """The names of what ``model`` takes (IMAGE_INPUT and/or VECTOR_INPUT), sorted."""
+    return tuple(sorted(tensor.name for tensor in model.inputs))
 
 
 def positive_probability(outputs):
@@ -389,6 +502,7 @@ class FaceHyperModel(kt.HyperModel):
       steps_per_epoch: ``fn(per_replica_batch_size) -> steps`` (the schedule's length);
         required with ``recipe``.
       fit_kwargs: Extra ``model.fit`` arguments for every trial (e.g. class_weight).
+      vector_length: The data's vector length (presets that take the vector need it).
     """
 
     def __init__(
@@ -403,6 +517,7 @@ class FaceHyperModel(kt.HyperModel):
         recipe: Recipe | None = None,
         steps_per_epoch: Callable[[int], int] | None = None,
         fit_kwargs: Mapping[str, Any] | None = None,
+        vector_length: int = 0,
     ):
         super().__init__(name=preset.name, tunable=True)
         self.preset = preset
@@ -412,6 +527,7 @@ class FaceHyperModel(kt.HyperModel):
         self.recipe = recipe
         self.steps_per_epoch = steps_per_epoch
         self.fit_kwargs = dict(fit_kwargs or {})
+        self.vector_length = vector_length
         self.space = {**preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
@@ -428,6 +544,7 @@ class FaceHyperModel(kt.HyperModel):
             space=self.space,
             recipe=self.recipe,
             steps_per_epoch=steps,
+            vector_length=self.vector_length,
         )
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):

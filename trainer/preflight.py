@@ -167,7 +167,16 @@ def check_shards(data_dir: str, manifest: Mapping[str, Any], *, input_pipelines:
     return findings
 
 
-def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Finding], models.Preset | None]:
+def missing_vector(preset: models.Preset, data_dir: str, manifest: Mapping[str, Any]) -> str | None:
+    """Why ``preset`` cannot train on ``data_dir``: it takes the vector and the data has none (else None)."""
+    if preset.needs_vector and not features.vector_length(manifest):
+        return f"--model {preset.name} needs a vector: {data_dir} was preprocessed without --numeric_columns"
+    return None
+
+
+def check_model(
+    manifest: Mapping[str, Any], model: str | None, data_dir: str
+) -> tuple[list[Finding], models.Preset | None]:
     """The preset's colour mode matches the manifest's, and it builds on the manifest's shape."""
     shape = features.image_shape(manifest)
     color_mode = manifest["image"].get("color_mode")
@@ -185,8 +194,12 @@ def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Fi
         preset = models.get_preset(model, channels=shape[2])
     except ValueError as e:
         return [Finding(False, str(e))], None
+    refusal = missing_vector(preset, data_dir, manifest)
+    if refusal:
+        return [Finding(False, refusal)], preset
     findings = []
-    if preset.channels != shape[2]:
+    # channels 0: a preset for any colour mode (face_cnn, the vector presets).
+    if preset.channels and preset.channels != shape[2]:
         modes = {channels: mode for mode, channels in features.COLOR_MODES.items()}
         findings.append(
             Finding(
@@ -200,7 +213,11 @@ def check_model(manifest: Mapping[str, Any], model: str | None) -> tuple[list[Fi
         )
     try:
         models.build_model(
-            models.fixed_hyperparameters(preset), preset=preset, input_shape=shape, num_classes=len(manifest["classes"])
+            models.fixed_hyperparameters(preset),
+            preset=preset,
+            input_shape=shape,
+            num_classes=len(manifest["classes"]),
+            vector_length=features.vector_length(manifest),
         )
     except ValueError as e:
         findings.append(
@@ -269,7 +286,7 @@ def preflight(
     findings += check_transform(data_dir, manifest)
     findings += check_splits(data_dir, manifest)
     findings += check_shards(data_dir, manifest, input_pipelines=input_pipelines)
-    model_findings, preset = check_model(manifest, model)
+    model_findings, preset = check_model(manifest, model, data_dir)
     findings += model_findings
     if preset is not None:
         findings += check_tuning_project(job_dir, preset, tuner=tuner, overwrite=overwrite)

@@ -3,7 +3,7 @@
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small|full|wide] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB [--baseline OTHER_JOB]
-  python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--output preds.csv]
+  python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--vectors_csv V.csv] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
   python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
 
@@ -147,7 +147,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     predict = commands.add_parser("predict", help="probabilities for image files with the exported model")
     common(predict, data=False)
-    predict.add_argument("--input", nargs="+", required=True, help="image files and/or folders")
+    predict.add_argument("--input", nargs="+", help="image files and/or folders (latent_mlp: optional)")
+    predict.add_argument(
+        "--vectors_csv",
+        metavar="FILE",
+        help="models with the --numeric_columns vector: CSV of id and the vector columns; without --input "
+        "(latent_mlp) every row is predicted",
+    )
     predict.add_argument("--output", help="CSV to write (default: print only)")
     predict.add_argument("--export_dir", help="default: JOB/export")
     predict.add_argument("--batch_size", type=int, default=32)
@@ -290,6 +296,9 @@ def _check_job_matches_data(job_dir: str, data_dir: data.DataDir) -> None:
 
 def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
     preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
+    refusal = preflight.missing_vector(preset, data_dir.path, data_dir.manifest)
+    if refusal:
+        raise errors.UsageError(refusal)
     logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
     return preset
 
@@ -318,7 +327,7 @@ def run_tune(args: argparse.Namespace) -> None:
         preset,
         input_shape=data_dir.image_shape,
         make_datasets=data.make_datasets_fn(
-            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic
+            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic, inputs=preset.inputs
         ),
         space=args.search_space,
         overrides=overrides,
@@ -328,6 +337,7 @@ def run_tune(args: argparse.Namespace) -> None:
             data.split_size(data_dir.manifest, "train"), distribute.global_batch_size(batch, strategy)
         ),
         fit_kwargs={"class_weight": weights} if weights else None,
+        vector_length=data_dir.vector_length,
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -422,7 +432,16 @@ def run_predict(args: argparse.Namespace) -> None:
             f"{flag}: no serving SavedModel in {export_dir}: run `python -m trainer.task train` first, "
             "or pass the --export_dir it wrote"
         )
-    predict.predict(export_dir, args.input, output=args.output, batch_size=args.batch_size, max_pixels=args.max_pixels)
+    if not args.input and not args.vectors_csv:
+        raise errors.UsageError("predict needs --input IMAGE_OR_FOLDER (or --vectors_csv FILE for latent_mlp)")
+    predict.predict(
+        export_dir,
+        args.input or [],
+        output=args.output,
+        batch_size=args.batch_size,
+        max_pixels=args.max_pixels,
+        vectors_csv=args.vectors_csv,
+    )
 
 
 def run_preflight(args: argparse.Namespace) -> int:
@@ -447,6 +466,11 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
         _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
     data_dir = data.DataDir.read(args.data_dir)
     preset = _preset(args, data_dir)
+    if preset.needs_vector:
+        raise errors.UsageError(
+            f"--model {preset.name}: find_label_issues cross-validates the image presets only; pass --model face_cnn "
+            "or leave --model out"
+        )
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
     label_issues.run(

@@ -105,7 +105,9 @@ def train(
         weights, patience = None, None
     config["class_weight"] = weights
     config["early_stopping_patience"] = patience or None
-    make_datasets = data.make_datasets_fn(data_dir, strategy=strategy, seed=seed, deterministic=deterministic)
+    make_datasets = data.make_datasets_fn(
+        data_dir, strategy=strategy, seed=seed, deterministic=deterministic, inputs=preset.inputs
+    )
     train_ds, validation_ds, steps = make_datasets(hp.get("batch_size"), hp.get("augment"))
     with strategy.scope():
         model = models.build_model(
@@ -115,6 +117,7 @@ def train(
             num_classes=len(data_dir.classes),
             recipe=recipe,
             steps_per_epoch=steps,
+            vector_length=data_dir.vector_length,
         )
     if verbose:
         model.summary(print_fn=logging.info)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -156,3 +158,27 @@ def test_trainer_never_imports_apache_beam(rgb_dir):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_the_vector_is_z_scored_with_train_statistics_and_image_inputs_are_unchanged(latent_dir):
+    manifest = features.read_manifest(latent_dir)
+    tft_output = data.load_transform(latent_dir, manifest)
+    common = dict(manifest=manifest, tft_output=tft_output, global_batch_size=64, training=False)
+    inputs, labels = next(iter(data.make_dataset(latent_dir, "test", inputs=("image", "latent"), **common)))
+    assert sorted(inputs) == ["image", "latent"] and inputs["latent"].shape == (12, 4)
+
+    def vectors(split):
+        lines = (pathlib.Path(latent_dir).parent / f"{split}.csv").read_text().splitlines()[1:]
+        return {line.split(",")[0]: np.array(line.split(",")[2:], np.float32) for line in lines}
+
+    train = np.stack(list(vectors("train").values()))
+    test_ids = next(iter(data.make_dataset(latent_dir, "test", with_metadata=True, **common)))["id"].numpy()
+    raw = np.stack([vectors("test")[i.decode()] for i in test_ids])
+    np.testing.assert_allclose(inputs["latent"].numpy(), (raw - train.mean(0)) / train.std(0), rtol=1e-4, atol=1e-4)
+
+    # An image preset on the same data: the image tensor alone, the same values.
+    image, same_labels = next(iter(data.make_dataset(latent_dir, "test", **common)))
+    np.testing.assert_array_equal(image.numpy(), inputs["image"].numpy())
+    np.testing.assert_array_equal(same_labels.numpy(), labels.numpy())
+    latent_only, _ = next(iter(data.make_dataset(latent_dir, "test", inputs=("latent",), **common)))
+    assert sorted(latent_only) == ["latent"]

@@ -188,3 +188,39 @@ def test_export_reloads_in_a_fresh_process_without_the_data_dir(make_data_dir, t
     np.testing.assert_allclose(reloaded["images"], in_process, atol=1e-6)
     np.testing.assert_allclose(reloaded["examples"], keras_path, atol=1e-5)
     assert set(np.round(in_process, 3)) != {0.5} or len(set(in_process)) > 1  # Not a constant model.
+
+
+def test_serving_the_raw_vector_matches_the_trainer_input_path(latent_dir, tmp_path):
+    manifest = features.read_manifest(latent_dir)
+    tft_output = data.load_transform(latent_dir, manifest)
+    height, width, channels = features.image_shape(manifest)
+    tf.keras.utils.set_random_seed(4)
+    hp = models.fixed_hyperparameters(models.IMAGE_LATENT, {"width": 8, "blocks": 2, "units": 8})
+    model = models.build_model(hp, preset=models.IMAGE_LATENT, input_shape=(height, width, channels), vector_length=4)
+    export_dir = export.export_model(model, tft_output=tft_output, manifest=manifest, export_dir=str(tmp_path / "e"))
+    rng = np.random.default_rng(2)
+    pixels = rng.integers(0, 256, size=(5, height, width, channels), dtype=np.uint8)
+    vectors = (rng.normal(size=(5, 4)) * 20).astype(np.float32)  # Far from the train statistics too.
+    serialized = [
+        features.encode_example(
+            image=p.tobytes(),
+            label=0,
+            example_id=f"x{i}",
+            height=height,
+            width=width,
+            channels=channels,
+            vector=v.tobytes(),
+        )
+        for i, (p, v) in enumerate(zip(pixels, vectors, strict=True))
+    ]
+    fn = data.make_parse_and_transform(
+        tft_output, image_shape=(height, width, channels), vector_length=4, inputs=models.IMAGE_LATENT.inputs
+    )
+    inputs, _ = fn(tf.constant(serialized))
+    expected = np.asarray(models.positive_probability(model.predict_on_batch(inputs)))
+    loaded = tf.saved_model.load(export_dir)
+    pngs = tf.constant([_png(p) for p in pixels])
+    served = loaded.signatures["serving_image_latent"](image_bytes=pngs, latent=tf.constant(vectors))
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-5)
+    by_example = loaded.signatures["serving_examples"](examples=tf.constant(serialized))
+    np.testing.assert_allclose(by_example["probability"].numpy(), expected, atol=1e-5)

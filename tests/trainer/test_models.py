@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import keras
 import keras_tuner as kt
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from trainer import models
+from pipelines import features
+from trainer import data, export, models, task, training
 
 
 def _layers(model):
@@ -152,6 +156,7 @@ def test_the_recipe_compiles_into_every_presets_optimizer():
             input_shape=(32, 32, 1),
             recipe=models.Recipe(clipnorm=2.0),
             steps_per_epoch=4,
+            vector_length=4,  # Ignored by the image presets.
         )
         schedule = model.optimizer.get_config()["learning_rate"]
         assert schedule["class_name"] == "CosineDecay" and schedule["config"]["warmup_steps"] == 4
@@ -160,3 +165,88 @@ def test_the_recipe_compiles_into_every_presets_optimizer():
         models.build_model(
             kt.HyperParameters(), preset=models.FACE_CNN, input_shape=(32, 32, 3), recipe=models.Recipe()
         )
+
+
+def test_image_latent_is_face_cnns_tower_and_latent_mlps_tower_with_one_head():
+    hp = models.fixed_hyperparameters(models.IMAGE_LATENT, {"blocks": 2, "layers": 2, "units": 8})
+    model = models.build_model(hp, preset=models.IMAGE_LATENT, input_shape=(16, 16, 3), vector_length=4)
+    names = {layer.name for layer in model.layers}
+    assert {"block1_conv1", "block2_conv1", "gap", "latent_dense_1", "latent_dense_2", "towers"} <= names
+    assert models.input_names(model) == ("image", "latent") and model.output_shape == (None, 1)
+    mlp = models.build_model(kt.HyperParameters(), preset=models.LATENT_MLP, input_shape=(16, 16, 3), vector_length=4)
+    assert models.input_names(mlp) == ("latent",)
+    assert [layer.units for layer in mlp.layers if isinstance(layer, keras.layers.Dense)] == [64, 64, 1]
+    with pytest.raises(ValueError, match="latent_mlp takes the --numeric_columns vector"):
+        models.build_model(kt.HyperParameters(), preset=models.LATENT_MLP, input_shape=(16, 16, 3))
+
+
+def _test_records(data_dir):
+    return [r.numpy() for r in tf.data.TFRecordDataset(data.list_shards(data_dir, "test"), compression_type="GZIP")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [models.LATENT_MLP, models.IMAGE_LATENT], ids=lambda p: p.name)
+def test_vector_presets_train_and_their_export_serves_the_same_probability(latent_dir, tmp_path, preset):
+    data_dir = data.DataDir.read(latent_dir)
+    small = {"width": 8, "blocks": 2, "units": 8, "layers": 1, "batch_size": 8}
+    model = training.train(
+        data_dir=data_dir,
+        job_dir=str(tmp_path / "job"),
+        preset=preset,
+        hyperparameters=small,
+        epochs=2,
+        verbose=0,
+        patience=0,
+    )
+    ds = data.make_dataset(
+        latent_dir,
+        "test",
+        manifest=data_dir.manifest,
+        tft_output=data_dir.tft_output,
+        global_batch_size=64,
+        training=False,
+        with_metadata=True,
+        inputs=preset.inputs,
+    )
+    batch = next(iter(ds))
+    expected = np.asarray(models.positive_probability(model.predict_on_batch(batch["inputs"])))
+    ids = [i.decode() for i in batch["id"].numpy()]
+
+    loaded = tf.saved_model.load(str(tmp_path / "job" / "export"))
+    by_example = loaded.signatures["serving_examples"](examples=tf.constant(_test_records(latent_dir)))
+    np.testing.assert_allclose(by_example["probability"].numpy(), expected, atol=1e-5)
+    # The raw vectors (the CSV's values) and the PNG files through the vector signatures.
+    rows = {
+        line.split(",")[0]: np.array(line.split(",")[2:], np.float32)
+        for line in (pathlib.Path(latent_dir).parent / "test.csv").read_text().splitlines()[1:]
+    }
+    vectors = tf.constant(np.stack([rows[i] for i in ids]))
+    if preset is models.LATENT_MLP:
+        served = loaded.signatures["serving_latent"](latent=vectors)
+    else:
+        images = [(pathlib.Path(latent_dir).parent / "images" / f"{i}.png").read_bytes() for i in ids]
+        served = loaded.signatures["serving_image_latent"](image_bytes=tf.constant(images), latent=vectors)
+    np.testing.assert_allclose(served["probability"].numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        loaded.signatures["serving_default"](
+            **(
+                {"latent": vectors}
+                if preset is models.LATENT_MLP
+                else {"image_bytes": tf.constant(images), "latent": vectors}
+            )
+        )["probability"].numpy(),
+        expected,
+        atol=1e-5,
+    )
+    assert export.read_serving_config(str(tmp_path / "job" / "export"))["vector_columns"] == ["v1", "v2", "v3", "v4"]
+
+
+@pytest.mark.parametrize("name", ["latent_mlp", "image_latent"])
+def test_a_vector_preset_is_refused_on_data_without_a_vector(rgb_dir, tmp_path, capsys, name):
+    for command in ("train", "tune"):
+        status = task.main([command, "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--model", name])
+        assert status == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"error: --model {name} needs a vector: {rgb_dir} was preprocessed without --numeric_columns"
+    assert not (tmp_path / "job").exists()
+    assert features.vector_length(features.read_manifest(rgb_dir)) == 0

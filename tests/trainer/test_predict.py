@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import pathlib
 import zlib
 
 import cv2
@@ -13,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines import features
-from trainer import errors, export, predict
+from trainer import data, errors, export, models, predict
 
 
 def _fake_serving(image_bytes):
@@ -78,3 +79,69 @@ def test_a_small_png_bomb_is_refused_at_the_default_cap(tmp_path, capsys):
     with pytest.raises(errors.DataError, match="none of the 1 input file"):
         predict.predict("export", [str(bomb)])
     assert f"9000x9000 pixels > --max_pixels {features.MAX_PIXELS}: refused before decoding" in capsys.readouterr().err
+
+
+_REAL_LOAD_SERVING = export.load_serving
+
+
+def _vector_export(tmp_path, data_dir, preset) -> str:
+    """A random-weight ``preset`` model on ``data_dir`` (with a vector), exported."""
+    manifest = features.read_manifest(data_dir)
+    tf.keras.utils.set_random_seed(5)
+    hp = models.fixed_hyperparameters(preset, {"width": 8, "blocks": 2, "units": 8})
+    model = models.build_model(
+        hp, preset=preset, input_shape=features.image_shape(manifest), vector_length=features.vector_length(manifest)
+    )
+    return export.export_model(
+        model, tft_output=data.load_transform(data_dir, manifest), manifest=manifest, export_dir=str(tmp_path / "x")
+    )
+
+
+def test_vectors_csv_alone_predicts_every_row_and_lists_bad_ones(latent_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "load_serving", _REAL_LOAD_SERVING)
+    export_dir = _vector_export(tmp_path, latent_dir, models.LATENT_MLP)
+    lines = (pathlib.Path(latent_dir).parent / "test.csv").read_text().splitlines()
+    vectors_csv = tmp_path / "vectors.csv"
+    vectors_csv.write_text("\n".join([*lines, "broken,0,1.0,x,3.0,4.0"]) + "\n")
+
+    rows = predict.predict(export_dir, [], vectors_csv=str(vectors_csv), output=str(tmp_path / "out.csv"))
+
+    assert [row.id for row in rows] == [line.split(",")[0] for line in lines[1:]] + ["broken"]
+    raw = np.array([line.split(",")[2:] for line in lines[1:]], np.float32)
+    served = export.load_serving(export_dir)[0](latent=tf.constant(raw))["probability"].numpy()
+    np.testing.assert_allclose([row.probability for row in rows[:-1]], served, atol=1e-6)
+    assert rows[-1].probability is None and "bad vector" in rows[-1].error
+    assert [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped ")] == [
+        f"skipped broken: {rows[-1].error}"
+    ]
+    with open(tmp_path / "out.csv") as f:
+        assert next(iter(csv.DictReader(f))).keys() == {"id", "path", "probability", "label", "error"}
+    with pytest.raises(errors.UsageError, match="--vectors_csv FILE: the model"):
+        predict.predict(export_dir, [])
+
+
+def test_images_with_vectors_by_id_and_an_id_without_a_vector(latent_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(export, "load_serving", _REAL_LOAD_SERVING)
+    export_dir = _vector_export(tmp_path, latent_dir, models.IMAGE_LATENT)
+    root = pathlib.Path(latent_dir).parent
+    lines = (root / "test.csv").read_text().splitlines()
+    missing = lines[-1].split(",")[0]
+    vectors_csv = tmp_path / "vectors.csv"
+    vectors_csv.write_text("\n".join(lines[:-1]) + "\n")  # The last image's row left out.
+    ids = [line.split(",")[0] for line in lines[1:]]
+    images = [str(root / "images" / f"{i}.png") for i in ids]
+
+    rows = predict.predict(export_dir, images, vectors_csv=str(vectors_csv))
+
+    assert [row.id for row in rows] == ids
+    assert (
+        rows[-1].probability is None and rows[-1].error == f"no vector for id {missing} in --vectors_csv {vectors_csv}"
+    )
+    assert f"skipped {images[-1]}: {rows[-1].error}" in capsys.readouterr().err.splitlines()
+    raw = np.array([line.split(",")[2:] for line in lines[1:-1]], np.float32)
+    served = export.load_serving(export_dir)[0](
+        image_bytes=tf.constant([pathlib.Path(p).read_bytes() for p in images[:-1]]), latent=tf.constant(raw)
+    )["probability"].numpy()
+    np.testing.assert_allclose([row.probability for row in rows[:-1]], served, atol=1e-6)
+    with pytest.raises(errors.UsageError, match="takes images; name image files"):
+        predict.predict(export_dir, [], vectors_csv=str(vectors_csv))
