@@ -68,7 +68,6 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 DEFAULT_SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 FROM_SOURCE = "from_source"
 

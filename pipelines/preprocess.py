@@ -36,7 +36,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cache, features, manifest, output_dir, transforms
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
-from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig, parse_args, usage_error
+from pipelines.options import PreprocessConfig, parse_args, usage_error
 from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.sinks import (
     WriteDeadLetters,
@@ -67,7 +67,7 @@ def count_images(config: PreprocessConfig) -> int:
     """How many image files the globs match: sizes the shards before the run."""
     total = 0
     for result in FileSystems.match(list(config.image_globs)):
-        total += sum(1 for m in result.metadata_list if m.path.lower().endswith(IMAGE_EXTENSIONS))
+        total += sum(1 for m in result.metadata_list if m.path.lower().endswith(features.IMAGE_EXTENSIONS))
     return total
 
 

@@ -18,10 +18,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import labels
+from pipelines import features, labels
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
-from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig
+from pipelines.options import PreprocessConfig
 
 NAMESPACE = "facepipe.sources"
 
@@ -93,7 +93,7 @@ class _SplitByExtension(beam.DoFn):
         self._others = Metrics.counter(NAMESPACE, "non_image_files")
 
     def process(self, file: tuple[str, int]) -> Iterator:
-        if file[0].lower().endswith(IMAGE_EXTENSIONS):
+        if file[0].lower().endswith(features.IMAGE_EXTENSIONS):
             self._images.inc()
             yield file
         else:

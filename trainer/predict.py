@@ -29,7 +29,6 @@ from pipelines import features
 from pipelines.labels import file_name_regex
 from trainer import atomic, errors, export
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 COLUMNS = ("path", "probability", "label", "error")
 # With --vectors_csv: each row's id too (the rows of a vector alone have no path).
 VECTOR_COLUMNS = ("id", *COLUMNS)
@@ -68,13 +67,13 @@ def list_images(paths: Sequence[str]) -> list[str]:
     for path in paths:
         if tf.io.gfile.isdir(path):
             names = sorted(tf.io.gfile.listdir(path))
-            files += [tf.io.gfile.join(path, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+            files += [tf.io.gfile.join(path, n) for n in names if n.lower().endswith(features.IMAGE_EXTENSIONS)]
         elif tf.io.gfile.exists(path):
             files.append(path)
         else:
             raise errors.MissingFile(f"--input {path}: no such file or folder")
     if not files:
-        raise errors.DataError(f"--input: no images ({', '.join(IMAGE_EXTENSIONS)}) in {', '.join(paths)}")
+        raise errors.DataError(f"--input: no images ({', '.join(features.IMAGE_EXTENSIONS)}) in {', '.join(paths)}")
     return files
 
 

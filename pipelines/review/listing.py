@@ -18,8 +18,8 @@ from typing import NamedTuple, TypeVar
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import labels, sources
-from pipelines.options import IMAGE_EXTENSIONS, PreprocessConfig
+from pipelines import features, labels, sources
+from pipelines.options import PreprocessConfig
 from pipelines.paths import is_remote
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def list_image_files(globs: Iterable[str]) -> list[tuple[str, int]]:
     files = {}
     for result in FileSystems.match(list(globs)):
         for metadata in result.metadata_list:
-            if metadata.path.lower().endswith(IMAGE_EXTENSIONS):
+            if metadata.path.lower().endswith(features.IMAGE_EXTENSIONS):
                 files[metadata.path] = metadata.size_in_bytes
     return sorted(files.items())
 

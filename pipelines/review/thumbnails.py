@@ -10,7 +10,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import transforms
+from pipelines import features, transforms
 from pipelines.review.listing import Item, is_under
 
 THUMB_JPEG_QUALITY = 85
@@ -51,7 +51,7 @@ def placeholder(reason: str, *, side: int) -> bytes:
 class Thumbnails:
     """Thumbnails made on demand from the originals, in a bounded in-memory LRU cache."""
 
-    def __init__(self, *, root: str, side: int = 160, capacity: int = 2000, max_pixels: int = 64_000_000):
+    def __init__(self, *, root: str, side: int = 160, capacity: int = 2000, max_pixels: int = features.MAX_PIXELS):
         self.root, self.side, self.capacity, self.max_pixels = root, side, capacity, max_pixels
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
