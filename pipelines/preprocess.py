@@ -13,13 +13,16 @@ from __future__ import annotations
 # The imports after quiet.preload() follow code: TensorFlow must see its log level first.
 # ruff: noqa: E402
 import contextlib
+import ctypes
 import fnmatch
 import logging
 import os
 import posixpath
 import signal
+import subprocess
 import sys
 import time
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -220,6 +223,39 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def _die_with_parent() -> None:
+    """In a new child process, before it runs: the kernel sends it SIGKILL when its parent
+    thread dies (Linux prctl PR_SET_PDEATHSIG), so a SIGKILLed driver leaves no worker behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+class _SdkWorkerPopen(subprocess.Popen):
+    """Beam's multi-process SDK workers (``sh -c 'python -m …sdk_worker_main'``, the shell
+    execs the worker): started so that they die with the driver, however it dies."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("preexec_fn", _die_with_parent)
+        super().__init__(*args, **kwargs)
+
+
+def workers_die_with_this_process() -> None:
+    """Makes the SDK workers of ``--direct_running_mode=multi_processing`` die with the driver.
+
+    Beam starts them with ``subprocess.Popen`` from a thread that waits for them until they
+    end, so "parent thread died" means "the driver died". On their own, workers of a killed
+    driver wait minutes for a runner that is gone. Linux only; elsewhere a no-op.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    from apache_beam.runners.portability import local_job_service
+
+    proxy = types.ModuleType("subprocess")
+    proxy.__dict__.update(vars(subprocess))
+    proxy.Popen = _SdkWorkerPopen
+    local_job_service.subprocess = proxy
+
+
 def _terminate_children(signum: int, frame: Any) -> None:
     """On SIGTERM/SIGINT: stop the SDK worker processes of a multi_processing run with us;
     on their own they wait minutes for a runner that is gone."""
@@ -235,6 +271,7 @@ def main() -> None:
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _terminate_children)
+    workers_die_with_this_process()
     try:
         result = run(sys.argv[1:])
     except manifest.PipelineError as e:

@@ -331,7 +331,8 @@ def test_images_matching_nothing_fail_before_the_run(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_killing_a_multi_process_run_stops_its_workers(corpus):
+@pytest.mark.parametrize("kill", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_a_multi_process_run_stops_its_workers(corpus, kill):
     tmp_path, _, _ = corpus
     command = [
         sys.executable,
@@ -344,7 +345,7 @@ def test_killing_a_multi_process_run_stops_its_workers(corpus):
         "--file_pattern",
         "face-{id}",
         "--output",
-        str(tmp_path / "out_killed"),
+        str(tmp_path / f"out_killed_{kill.name}"),
         "--direct_running_mode=multi_processing",
         "--direct_num_workers=2",
     ]
@@ -356,7 +357,7 @@ def test_killing_a_multi_process_run_stops_its_workers(corpus):
         workers = child_pids(driver.pid)
     assert len(workers) >= 2, "the run never started its SDK workers"
     time.sleep(1)
-    driver.terminate()
+    driver.send_signal(kill)
     driver.wait(timeout=60)
     time.sleep(5)
     survivors = [pid for pid in workers if os.path.exists(f"/proc/{pid}")]
