@@ -164,12 +164,14 @@ def example_groups(ids: Sequence[str], groups: Sequence[str]) -> dict[str, str] 
 
 
 def relu_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The Dense and Conv layers of ``model`` with a ReLU activation (those whose units can die)."""
-    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+    """The layers of ``model`` whose output is a ReLU (those whose units can die): Dense and
+    Conv layers with a ReLU activation, and ReLU layers of their own (conv-BN-ReLU blocks)."""
+    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.Activation)
     return [
         layer
         for layer in model.layers
-        if isinstance(layer, kinds) and getattr(getattr(layer, "activation", None), "__name__", "") == "relu"
+        if isinstance(layer, keras.layers.ReLU)
+        or (isinstance(layer, kinds) and getattr(getattr(layer, "activation", None), "__name__", "") == "relu")
     ]
 
 
@@ -266,7 +268,9 @@ def predict_split(
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], "group": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
-        outputs, *activations = probe.predict_on_batch(batch["inputs"])
+        predicted = probe.predict_on_batch(batch["inputs"])
+        # A model with one output and no ReLU layer gives a bare array, not a list of one.
+        outputs, *activations = predicted if probed else [predicted]
         for layer, activation in zip(probed, activations, strict=True):
             # Units are the last axis (channels_last); a maximum over examples and positions.
             maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)

@@ -290,3 +290,21 @@ def test_errors_per_group_from_the_examples_groups():
     # Every example its own group (no --group_by), or shards without groups: nothing to report.
     assert evaluation.example_groups(["u", "v"], ["u", "v"]) is None
     assert evaluation.example_groups(["u", "v"], ["", ""]) is None
+
+
+def test_relu_layers_of_their_own_are_probed_and_a_model_without_any_evaluates(rgb_dir):
+    # face_cnn's conv-BN-ReLU blocks: the ReLU is a layer of its own, after the BatchNorm.
+    inputs = keras.Input((16, 16, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.ReLU(name="relu")(x)
+    x = keras.layers.Activation("relu", name="act")(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="probability")(keras.layers.GlobalAveragePooling2D()(x))
+    blocks = keras.Model(inputs, outputs)
+    assert [layer.name for layer in evaluation.relu_layers(blocks)] == ["relu", "act"]
+    data_dir = data.DataDir.read(rgb_dir)
+    assert set(evaluation.predict_split(blocks, data_dir, "test", batch_size=8)["unit_max"]) == {"relu", "act"}
+    # No ReLU anywhere: the probe has one output, and Keras returns it bare.
+    linear = keras.Sequential([keras.Input((16, 16, 3), name="image"), keras.layers.Flatten(), keras.layers.Dense(1)])
+    result = evaluation.predict_split(linear, data_dir, "test", batch_size=8)
+    assert result["probability"].shape == (16,) and result["unit_max"] == {}
