@@ -1,0 +1,334 @@
+"""Cross-validated quality: facepipe's own commands, k folds grouped by person or pair.
+
+    python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
+        [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs 15]
+
+orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
+        tested once; validation (early stopping) is a sixth of the training people, never the
+        test fold's. 50x50 RGB, --balance none.
+comics  face2comics_v2 (40 faces + 40 comics): folds grouped by pair (faces/<id> and
+        comics/<id> are one group); 128x128 grey.
+demo    the demo's glasses set (pipelines.demo.data --count 600 --size 256): preprocess as
+        the demo does (its own train.csv / test.csv, validation carved from train), train
+        each preset with its defaults at the demo's epochs, evaluate on the test split.
+dead_units  on that demo set, glasses_cnn with the seeds' recipe (constant Adam, no warm-up,
+        no clipping) beside the shared recipe: first-epoch loss, test accuracy, collapse report.
+
+Every fold is the same three commands a user types (printed as they run): preprocess with
+per-fold train.csv / validation.csv / test.csv and --splits from_source, train, evaluate.
+No hyperparameter is chosen on a test split. Prints mean ± sd accuracy over folds, the
+groups with errors and wall times; writes everything to WORKDIR/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+# The project root, so that its packages import from this checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+
+from pipelines import features
+from trainer import job_layout
+from trainer.folds import assign_folds
+
+# (part, preset, augment) run by default; --presets / --augment narrow or widen these.
+DEFAULT_CONFIGS = (
+    ("orl", "glasses_cnn", "none"),
+    ("orl", "face_cnn", "light"),
+    ("orl", "face_cnn", "strong"),
+    ("comics", "comics_cnn", "none"),
+    ("comics", "face_cnn", "light"),
+)
+DEMO_PRESETS = ("glasses_cnn", "face_cnn", "comics_cnn")
+# The demo's train stage trains the glasses set's presets for 10 epochs (pipelines/demo/job.py).
+DEMO_EPOCHS = 10
+# A sixth of the training groups validate (early stopping); the rest train.
+VALIDATION_FOLDS = 6
+# What the seeds trained with: constant Adam from the first step, no clipping.
+SEEDS_RECIPE = ["--warmup_epochs", "0", "--lr_schedule", "constant", "--clipnorm", "0"]
+
+
+def _run(command: list[str]) -> float:
+    """Runs ``command`` (printed first); its wall time in seconds. Exits on failure."""
+    print(f"$ {shlex.join(command)}", flush=True)
+    started = time.monotonic()
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if completed.returncode:
+        sys.exit(f"failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    return time.monotonic() - started
+
+
+def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def fold_splits(groups: Sequence[str], folds: int) -> list[dict[str, np.ndarray]]:
+    """Per fold, boolean masks over the examples: test (one fold), validation and train (the rest, by group)."""
+    groups = np.asarray(groups).astype(str)
+    fold_of = assign_folds(groups, folds)
+    out = []
+    for fold in range(folds):
+        test = fold_of == fold
+        validation = np.zeros_like(test)
+        validation[~test] = assign_folds(groups[~test], VALIDATION_FOLDS) == 0
+        out.append({"test": test, "validation": validation, "train": ~test & ~validation})
+    return out
+
+
+def _orl_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], list[str]]:
+    """(header, rows, groups, preprocess flags) of the ORL set."""
+    with open(os.path.join(root, "labels.csv"), newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [row for row in reader if row]
+    groups = [row[header.index("subject")] for row in rows]
+    flags = [
+        "--images",
+        os.path.join(root, "images"),
+        "--label_column",
+        "glasses",
+        "--file_pattern",
+        "face-{id}.png",
+        "--classes",
+        "no_glasses,glasses",
+        "--group_by",
+        "subject",
+        "--image_size",
+        "50",
+        "--color_mode",
+        "rgb",
+    ]
+    return header, rows, groups, flags
+
+
+def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], list[str]]:
+    """(header, rows, groups, preprocess flags) of face2comics: ids as the comics layout names them."""
+    rows, groups = [], []
+    for folder in ("comics", "faces"):
+        for name in sorted(os.listdir(os.path.join(root, folder))):
+            stem = os.path.splitext(name)[0]
+            rows.append([f"{folder}/{stem}"])
+            groups.append(stem)
+    return ["id"], rows, groups, ["--dataset", "comics", "--images", root]
+
+
+def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[str]) -> tuple[dict, dict]:
+    """Trains and evaluates ``preset`` on ``data_dir``: (metrics.json, {train_s, evaluate_s, first_epoch_loss})."""
+    python = sys.executable
+    trainer = [python, "-m", "trainer.task"]
+    where = ["--data_dir", data_dir, "--job_dir", job_dir]
+    train_s = _run([*trainer, "train", *where, "--model", preset, "--verbose", "0", "--overwrite", *extra])
+    evaluate_s = _run([*trainer, "evaluate", *where])
+    with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.METRICS_FILE)) as f:
+        metrics = json.load(f)
+    with open(os.path.join(job_dir, job_layout.HISTORY_FILE), newline="") as f:
+        history = list(csv.DictReader(f))
+    timing = {
+        "train_s": train_s,
+        "evaluate_s": evaluate_s,
+        "epochs_run": len(history),
+        "first_epoch_loss": float(history[0]["loss"]) if history else float("nan"),
+    }
+    return metrics, timing
+
+
+def cross_validate(part: str, root: str, workdir: str, folds: int, configs, epochs: int) -> list[dict]:
+    """Every (preset, augment) of ``configs`` over ``folds`` grouped folds of one set."""
+    header, rows, groups, flags = (_orl_inputs if part == "orl" else _comics_inputs)(root)
+    results = {config: {"folds": [], "errors": Counter(), "counts": Counter()} for config in configs}
+    preprocess_s = []
+    for fold, masks in enumerate(fold_splits(groups, folds)):
+        fold_dir = os.path.join(workdir, part, f"fold{fold}")
+        labels_dir = os.path.join(fold_dir, "labels")
+        os.makedirs(labels_dir, exist_ok=True)
+        csvs = []
+        for split, mask in masks.items():
+            csvs += ["--labels_csv", os.path.join(labels_dir, f"{split}.csv")]
+            _write_csv(csvs[-1], header, [row for row, keep in zip(rows, mask, strict=True) if keep])
+        data_dir = os.path.join(fold_dir, "data")
+        preprocess_s.append(
+            _run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipelines.preprocess",
+                    *flags,
+                    *csvs,
+                    "--splits",
+                    "from_source",
+                    "--validation_fraction",
+                    "0",
+                    "--balance",
+                    "none",
+                    "--output",
+                    data_dir,
+                    "--overwrite",
+                ]
+            )
+        )
+        for preset, augment in configs:
+            job_dir = os.path.join(fold_dir, f"{preset}_{augment}")
+            extra = ["--augment", augment, "--epochs", str(epochs)]
+            metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
+            result = results[(preset, augment)]
+            result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], **timing})
+            for row in metrics.get("errors_per_group", []):
+                result["errors"][row["group"]] += row["errors"]
+                result["counts"][row["group"]] += row["count"]
+            print(f"  {part} fold {fold} {preset}/{augment}: accuracy {metrics['accuracy']:.3f}", flush=True)
+    out = []
+    for (preset, augment), result in results.items():
+        accuracies = [f["accuracy"] for f in result["folds"]]
+        out.append(
+            {
+                "set": part,
+                "preset": preset,
+                "augment": augment,
+                "epochs": epochs,
+                "fold_accuracies": accuracies,
+                "mean": statistics.fmean(accuracies),
+                "sd": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "errors_per_group": {
+                    g: f"{result['errors'][g]}/{result['counts'][g]}"
+                    for g, _ in result["errors"].most_common()
+                    if result["errors"][g]
+                },
+                "train_evaluate_s": sum(f["train_s"] + f["evaluate_s"] for f in result["folds"]),
+                "epochs_run": [f["epochs_run"] for f in result["folds"]],
+                "preprocess_s": sum(preprocess_s),
+            }
+        )
+    return out
+
+
+def demo_and_dead_units(workdir: str, parts: Sequence[str], presets: Sequence[str]) -> list[dict]:
+    """The demo set (600 images, 256 px): each preset's test accuracy, and the seeds' vs the shared recipe."""
+    python = sys.executable
+    raw, data_dir = os.path.join(workdir, "demo", "raw"), os.path.join(workdir, "demo", "data")
+    generate_s = _run(
+        [python, "-m", "pipelines.demo.data", "--dataset", "glasses", "--out", raw, "--count", "600", "--size", "256"]
+    )
+    # As the demo's preprocess stage: the set's own train.csv / test.csv, the review's CSVs.
+    preprocess_s = _run(
+        [
+            python,
+            "-m",
+            "pipelines.preprocess",
+            "--dataset",
+            "glasses",
+            "--images",
+            raw,
+            "--splits",
+            "from_source",
+            "--overrides_csv",
+            os.path.join(raw, "overrides.csv"),
+            "--exclude",
+            os.path.join(raw, "exclusions.csv"),
+            "--output",
+            data_dir,
+            "--overwrite",
+        ]
+    )
+    with open(os.path.join(data_dir, features.MANIFEST_FILE)) as f:
+        written = json.load(f)["counts"]["written"]
+    runs = []
+    if "demo" in parts:
+        runs += [(preset, "shared", []) for preset in presets]
+    if "dead_units" in parts:
+        if "demo" not in parts or "glasses_cnn" not in presets:
+            runs.append(("glasses_cnn", "shared", []))
+        runs.append(("glasses_cnn", "seeds", SEEDS_RECIPE))
+    out = []
+    for preset, recipe, extra in runs:
+        job_dir = os.path.join(workdir, "demo", f"{preset}_{recipe}")
+        metrics, timing = _train_evaluate(data_dir, job_dir, preset, ["--epochs", str(DEMO_EPOCHS), *extra])
+        out.append(
+            {
+                "set": "demo",
+                "preset": preset,
+                "recipe": recipe,
+                "accuracy": metrics["accuracy"],
+                "roc_auc": metrics["roc_auc"],
+                "test_examples": metrics["num_examples"],
+                "identical_outputs": metrics.get("identical_outputs"),
+                "dead_units": metrics.get("dead_units"),
+                "written": written,
+                "generate_s": generate_s,
+                "preprocess_s": preprocess_s,
+                **timing,
+            }
+        )
+        print(f"  demo {preset} ({recipe} recipe): test accuracy {metrics['accuracy']:.3f}", flush=True)
+    return out
+
+
+def _report(rows: Sequence[dict]) -> None:
+    print("\nset | preset | augment | mean ± sd accuracy | folds | epochs run | groups with errors | train+eval s")
+    for r in rows:
+        if "fold_accuracies" in r:
+            groups = ", ".join(f"{g}: {e}" for g, e in r["errors_per_group"].items()) or "none"
+            folds = " ".join(f"{a:.3f}" for a in r["fold_accuracies"])
+            print(
+                f"{r['set']} | {r['preset']} | {r['augment']} | {r['mean']:.3f} ± {r['sd']:.3f} | {folds} | "
+                f"{r['epochs_run']} | {groups} | {r['train_evaluate_s']:.0f}"
+            )
+    for r in rows:
+        if "recipe" in r:
+            dead = ", ".join(f"{k} {v['dead']}/{v['units']}" for k, v in (r["dead_units"] or {}).items())
+            print(
+                f"demo | {r['preset']} | {r['recipe']} recipe | test accuracy {r['accuracy']:.3f} "
+                f"(n={r['test_examples']}), AUC {r['roc_auc']:.3f} | first-epoch loss {r['first_epoch_loss']:.3f} | "
+                f"epochs run {r['epochs_run']} | identical outputs {r['identical_outputs']} | dead units {dead} | "
+                f"train+eval {r['train_s'] + r['evaluate_s']:.0f} s"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_root", required=True, help="the folder holding orl_glasses/ and face2comics_v2/")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_quality"))
+    parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--parts", default="orl,comics,demo,dead_units")
+    parser.add_argument("--presets", help="comma list: only these presets (default: the configs above)")
+    parser.add_argument("--augment", help="comma list: these augmentation levels for every chosen preset")
+    parser.add_argument("--epochs", type=int, default=15, help="cross-validation epochs (early stopping on)")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    presets = args.presets.split(",") if args.presets else None
+    rows: list[dict] = []
+    started = time.monotonic()
+    for part, folder in (("orl", "orl_glasses"), ("comics", "face2comics_v2")):
+        if part not in parts:
+            continue
+        configs = [(p, a) for s, p, a in DEFAULT_CONFIGS if s == part and (presets is None or p in presets)]
+        if args.augment:
+            configs = [(p, a) for p in dict.fromkeys(p for p, _ in configs) for a in args.augment.split(",")]
+        rows += cross_validate(
+            part, os.path.join(args.data_root, folder), args.workdir, args.folds, configs, args.epochs
+        )
+    if "demo" in parts or "dead_units" in parts:
+        rows += demo_and_dead_units(args.workdir, parts, presets or DEMO_PRESETS)
+    _report(rows)
+    os.makedirs(args.workdir, exist_ok=True)
+    with open(os.path.join(args.workdir, "quality.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"\nwall time {time.monotonic() - started:.0f} s; results in {os.path.join(args.workdir, 'quality.json')}")
+
+
+if __name__ == "__main__":
+    main()
