@@ -193,7 +193,9 @@ def _face_cnn_tower(hp: kt.HyperParameters, image):
             name = f"block{block}_conv{conv}"
             # No bias: the BatchNormalization after it has its own shift.
             x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
-            x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+            # synchronized: under a multi-worker strategy every replica normalises with the
+            # global batch's statistics and keeps the same moving averages (else they drift apart).
+            x = keras.layers.BatchNormalization(synchronized=True, name=f"{name}_bn")(x)
             x = keras.layers.ReLU(name=f"{name}_relu")(x)
         x = keras.layers.MaxPooling2D(2, padding="same", name=f"block{block}_pool")(x)
     x = keras.layers.GlobalAveragePooling2D(name="gap")(x)

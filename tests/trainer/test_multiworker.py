@@ -131,3 +131,16 @@ def test_two_workers_train_identically_and_only_the_chief_writes(rgb_dir, tmp_pa
     with open(job_dir / "history.csv") as f:
         assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2]
     assert (job_dir / "model.keras").exists() and (job_dir / "checkpoints/epoch-3.index").exists()
+
+
+def test_two_workers_train_the_image_and_vector_preset_identically(latent_dir, tmp_path):
+    # image_latent takes {"image", "latent"}: the custom loop, sharding and export with two inputs.
+    job_dir = tmp_path / "job"
+    (tmp_path / "hp.json").write_text(json.dumps({"batch_size": 4}))
+    argv = ["train", "--strategy", "multi_worker", "--data_dir", latent_dir, "--job_dir", str(job_dir)]
+    argv += ["--model", "image_latent", "--hyperparameters", str(tmp_path / "hp.json"), "--epochs", "1"]
+    chief_log, worker_log = run_cluster([*argv, "--verbose", "0"], tmp_path, "latent")
+    assert len(epoch_lines(chief_log)) == 1 and epoch_lines(chief_log) == epoch_lines(worker_log)
+    assert fingerprint(chief_log) == fingerprint(worker_log)
+    assert json.loads((job_dir / "training_config.json").read_text())["model"] == "image_latent"
+    assert (job_dir / "export" / "saved_model.pb").exists()
