@@ -37,7 +37,10 @@ from collections.abc import Sequence
 
 # The project root, so that its packages import from this checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# bench/, for the ORL set's flags that bench/real_photos.py defines.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import numpy as np
+from real_photos import orl_image_flags
 
 from pipelines import features
 from trainer import job_layout
@@ -109,23 +112,7 @@ def _orl_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], list[
     groups = [row[header.index("subject")] for row in rows]
     with_glasses = {g for g, row in zip(groups, rows, strict=True) if row[header.index("glasses")] == "1"}
     strata = ["glasses" if g in with_glasses else "none" for g in groups]
-    flags = [
-        "--images",
-        os.path.join(root, "images"),
-        "--label_column",
-        "glasses",
-        "--file_pattern",
-        "face-{id}.png",
-        "--classes",
-        "no_glasses,glasses",
-        "--group_by",
-        "subject",
-        "--image_size",
-        "50",
-        "--color_mode",
-        "rgb",
-    ]
-    return header, rows, groups, strata, flags
+    return header, rows, groups, strata, orl_image_flags(root)
 
 
 def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:

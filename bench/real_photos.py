@@ -28,25 +28,32 @@ from pipelines import features
 from trainer import job_layout
 
 
+def orl_image_flags(root: str) -> list[str]:
+    """The ORL set's images, labels column, classes, groups and size (no labels CSV, no splits)."""
+    return [
+        "--images",
+        os.path.join(root, "images"),
+        "--label_column",
+        "glasses",
+        "--file_pattern",
+        "face-{id}.png",
+        "--classes",
+        "no_glasses,glasses",
+        "--group_by",
+        "subject",
+        "--image_size",
+        "50",
+        "--color_mode",
+        "rgb",
+    ]
+
+
 def _preprocess_args(name: str, root: str) -> list[str]:
     if name == "orl_glasses":
         return [
-            "--images",
-            os.path.join(root, "images"),
             "--labels_csv",
             os.path.join(root, "labels.csv"),
-            "--label_column",
-            "glasses",
-            "--file_pattern",
-            "face-{id}.png",
-            "--classes",
-            "no_glasses,glasses",
-            "--group_by",
-            "subject",
-            "--image_size",
-            "50",
-            "--color_mode",
-            "rgb",
+            *orl_image_flags(root),
             # 32 people, 12 with glasses: 10% of them (3) is too few to hold both classes.
             "--splits",
             "train=0.6,validation=0.2,test=0.2",
