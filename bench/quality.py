@@ -1,11 +1,12 @@
 """Cross-validated quality: facepipe's own commands, k folds grouped by person or pair.
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
-        [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs 15]
+        [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
+        [--orl_image_size 50] [--orl_color_mode rgb]
 
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
         tested once; validation (early stopping) is a sixth of the training people, never the
-        test fold's. 50x50 RGB, --balance none.
+        test fold's. 50x50 RGB by default (the glasses preset's input), --balance none.
 comics  face2comics_v2 (40 faces + 40 comics): folds grouped by pair (faces/<id> and
         comics/<id> are one group); 128x128 grey.
 demo    the demo's glasses set (pipelines.demo.data --count 600 --size 256): preprocess as
@@ -103,8 +104,11 @@ def fold_splits(groups: Sequence[str], folds: int, strata: Sequence[str] | None 
     return out
 
 
-def _orl_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], list[str], list[str]]:
-    """(header, rows, groups, strata, preprocess flags) of the ORL set; stratum: does the person ever wear glasses."""
+def _orl_inputs(root: str, **image: str) -> tuple[list[str], list[list[str]], list[str], list[str], list[str]]:
+    """(header, rows, groups, strata, preprocess flags) of the ORL set; stratum: does the person ever wear glasses.
+
+    ``image``: orl_image_flags' image_size / color_mode.
+    """
     with open(os.path.join(root, "labels.csv"), newline="") as f:
         reader = csv.reader(f)
         header = next(reader)
@@ -112,7 +116,7 @@ def _orl_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], list[
     groups = [row[header.index("subject")] for row in rows]
     with_glasses = {g for g, row in zip(groups, rows, strict=True) if row[header.index("glasses")] == "1"}
     strata = ["glasses" if g in with_glasses else "none" for g in groups]
-    return header, rows, groups, strata, orl_image_flags(root)
+    return header, rows, groups, strata, orl_image_flags(root, **image)
 
 
 def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
@@ -149,9 +153,17 @@ def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[st
     return metrics, timing
 
 
-def cross_validate(part: str, root: str, workdir: str, folds: int, configs, epochs: int) -> list[dict]:
-    """Every (preset, augment) of ``configs`` over ``folds`` grouped folds of one set."""
-    header, rows, groups, strata, flags = (_orl_inputs if part == "orl" else _comics_inputs)(root)
+def cross_validate(
+    part: str, root: str, workdir: str, folds: int, configs, epochs: int | None, orl_image: dict[str, str]
+) -> list[dict]:
+    """Every (preset, augment) of ``configs`` over ``folds`` grouped folds of one set.
+
+    ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
+    """
+    if part == "orl":
+        header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
+    else:
+        header, rows, groups, strata, flags = _comics_inputs(root)
     results = {config: {"folds": [], "errors": Counter(), "counts": Counter()} for config in configs}
     preprocess_s = []
     for fold, masks in enumerate(fold_splits(groups, folds, strata)):
@@ -185,7 +197,7 @@ def cross_validate(part: str, root: str, workdir: str, folds: int, configs, epoc
         )
         for preset, augment in configs:
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}")
-            extra = ["--augment", augment, "--epochs", str(epochs)]
+            extra = ["--augment", augment, *(["--epochs", str(epochs)] if epochs else [])]
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
             result = results[(preset, augment)]
             result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], **timing})
@@ -308,7 +320,11 @@ def main() -> None:
     parser.add_argument("--parts", default="orl,comics,demo,dead_units")
     parser.add_argument("--presets", help="comma list: only these presets (default: the configs above)")
     parser.add_argument("--augment", help="comma list: these augmentation levels for every chosen preset")
-    parser.add_argument("--epochs", type=int, default=15, help="cross-validation epochs (early stopping on)")
+    parser.add_argument(
+        "--epochs", type=int, help="cross-validation epochs (early stopping on); default: each preset's own"
+    )
+    parser.add_argument("--orl_image_size", default="50", help="ORL: preprocess --image_size (the photos: 92,112)")
+    parser.add_argument("--orl_color_mode", default="rgb", help="ORL: preprocess --color_mode")
     args = parser.parse_args()
     parts = args.parts.split(",")
     presets = args.presets.split(",") if args.presets else None
@@ -321,7 +337,13 @@ def main() -> None:
         if args.augment:
             configs = [(p, a) for p in dict.fromkeys(p for p, _ in configs) for a in args.augment.split(",")]
         rows += cross_validate(
-            part, os.path.join(args.data_root, folder), args.workdir, args.folds, configs, args.epochs
+            part,
+            os.path.join(args.data_root, folder),
+            args.workdir,
+            args.folds,
+            configs,
+            args.epochs,
+            {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
         )
     if "demo" in parts or "dead_units" in parts:
         rows += demo_and_dead_units(args.workdir, parts, presets or DEMO_PRESETS)

@@ -28,8 +28,11 @@ from pipelines import features
 from trainer import job_layout
 
 
-def orl_image_flags(root: str) -> list[str]:
-    """The ORL set's images, labels column, classes, groups and size (no labels CSV, no splits)."""
+def orl_image_flags(root: str, *, image_size: str = "50", color_mode: str = "rgb") -> list[str]:
+    """The ORL set's images, labels column, classes, groups and size (no labels CSV, no splits).
+
+    The default size is the glasses preset's; the photos themselves are 92x112 grey.
+    """
     return [
         "--images",
         os.path.join(root, "images"),
@@ -42,9 +45,9 @@ def orl_image_flags(root: str) -> list[str]:
         "--group_by",
         "subject",
         "--image_size",
-        "50",
+        image_size,
         "--color_mode",
-        "rgb",
+        color_mode,
     ]
 
 

@@ -236,6 +236,24 @@ def make_augment(strength: str, *, seed: int = 0) -> Callable[[tf.Tensor], tf.Te
     return augment
 
 
+def augment_batches(ds: tf.data.Dataset, augment: str, *, seed: int = 0) -> tf.data.Dataset:
+    """``ds`` of (inputs, label [B]) batches with the image augmented by ``make_augment(augment)``.
+
+    ``ds`` itself for "none". Only the image is augmented, never the vector of a dict input.
+    """
+    augment_fn = make_augment(augment, seed=seed)
+    if augment_fn is None:
+        return ds
+
+    def augment_image(model_input, label):
+        if isinstance(model_input, dict):
+            return {**model_input, features.IMAGE_KEY: augment_fn(model_input[features.IMAGE_KEY])}, label
+        return augment_fn(model_input), label
+
+    # Sequential: the random layers and generator hold state a parallel map would share.
+    return ds.map(augment_image)
+
+
 def make_dataset(
     data_dir: str,
     split: str,
@@ -317,16 +335,7 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )  # (inputs, label [B]) or a dict with id and pixels
-    augment_fn = make_augment(augment, seed=seed)
-    if augment_fn is not None:
-
-        def augment_image(model_input, label):
-            if isinstance(model_input, dict):  # Only the image is augmented, never the vector.
-                return {**model_input, features.IMAGE_KEY: augment_fn(model_input[features.IMAGE_KEY])}, label
-            return augment_fn(model_input), label
-
-        # Sequential: the random layers and generator hold state a parallel map would share.
-        ds = ds.map(augment_image)
+    ds = augment_batches(ds, augment, seed=seed)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)

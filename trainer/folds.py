@@ -3,7 +3,9 @@
 Every example of every split (train, validation and test alike) is scored once, by a model
 trained on the other folds only. Folds are made of groups, and a group is never in two
 folds: the group is the example's ``group`` feature (pipelines/features.py: the
-``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the preset's own (``models.build_model``, as ``train`` builds them).
+``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the preset's own (``models.build_model``, as ``train`` builds them),
+trained with its augmentation and the shared recipe for its epochs (no early stopping: there is
+no validation split inside a fold).
 
 Memory: the images stay in the TFRecord shards and are streamed by tf.data; in memory are
 the ids, labels and fold numbers (one entry per example) and the probabilities [n, K].
@@ -154,12 +156,22 @@ def _train_fold(
         ds = ds.cache()  # Small serialized records: decompress and filter once, not per epoch.
     ds = ds.shuffle(max(1, min(num_train, data.MAX_SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.repeat().batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=data.AUTOTUNE)
+    # As train trains: the preset's augmentation and the shared recipe (warm-up, schedule, clipping).
+    ds = data.augment_batches(ds, hp.get("augment"), seed=seed)
     keras.utils.set_random_seed(seed)
-    model = models.build_model(hp, preset=preset, input_shape=data_dir.image_shape, num_classes=len(data_dir.classes))
+    steps = data.steps_per_epoch(num_train, batch_size)
+    model = models.build_model(
+        hp,
+        preset=preset,
+        input_shape=data_dir.image_shape,
+        num_classes=len(data_dir.classes),
+        recipe=models.DEFAULT_RECIPE,
+        steps_per_epoch=steps,
+    )
     model.fit(
         ds.prefetch(data.AUTOTUNE),
         epochs=int(hp.get("epochs")),
-        steps_per_epoch=data.steps_per_epoch(num_train, batch_size),
+        steps_per_epoch=steps,
         verbose=verbose,
         shuffle=False,  # The dataset shuffles with a seed.
     )

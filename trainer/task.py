@@ -112,7 +112,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     tune.add_argument("--search_space", choices=models.SEARCH_SPACES, default="full")
     tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
     tune.add_argument("--executions_per_trial", type=int, default=1)
-    tune.add_argument("--patience", type=int, default=2, help="EarlyStopping patience on val_loss")
+    tune.add_argument(
+        "--patience", type=int, default=2, help="EarlyStopping patience on val_loss, from half a trial's epochs on"
+    )
     tune.add_argument(
         "--overwrite",
         action="store_true",
@@ -132,7 +134,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--patience",
         type=int,
         default=3,
-        help="early stopping: epochs without a better val_loss before stopping; the best epoch's weights are kept (0: off)",
+        help="early stopping from half the epochs on: epochs without a better val_loss before stopping; "
+        "the best epoch's weights are kept (0: off)",
     )
 
     evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")

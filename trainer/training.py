@@ -242,16 +242,47 @@ def _fit(
     )
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping on val_loss with the best weights restored, continued across a resume.
+# Early stopping watches val_loss from this share of the fit's epochs on. In the first part of
+# the schedule (warm-up, then the highest learning rates) val_loss jumps from epoch to epoch
+# while BatchNormalization's statistics and the weights move fast; a model stopped and kept
+# from there was the one-class model of docs/benchmarks.md (section 9): face_cnn stopped after
+# 5-7 of 15 epochs on ORL and after 13 of 30 on the demo, its best epoch an early, noisy one.
+EARLY_STOPPING_START = 0.5
+
+
+class ScheduledEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on val_loss with the best weights restored, watching only the later epochs.
+
+    From epoch ``start_fraction`` x the fit's epochs on (Keras' ``start_from_epoch``, set when
+    the fit begins: a tuner's trials differ in epochs): no stop and no best epoch before it.
+    """
+
+    def __init__(self, *, patience: int, start_fraction: float = EARLY_STOPPING_START):
+        super().__init__(monitor="val_loss", mode="min", patience=patience, restore_best_weights=True)
+        self.start_fraction = start_fraction
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self.start_from_epoch = int(self.params["epochs"] * self.start_fraction)
+
+
+class ResumableEarlyStopping(ScheduledEarlyStopping):
+    """:class:`ScheduledEarlyStopping`, continued across a resume.
 
     A resumed fit starts a fresh callback; ``history`` (the rows of the epochs the killed
     run finished) restores its best value, best epoch and wait, and the best epoch's
     weights come from that epoch's ModelCheckpoint file when it is still the best at the end.
     """
 
-    def __init__(self, *, patience: int, history: Sequence[Mapping[str, float]] = (), checkpoint_dir: str = ""):
-        super().__init__(monitor="val_loss", mode="min", patience=patience, restore_best_weights=True)
+    def __init__(
+        self,
+        *,
+        patience: int,
+        history: Sequence[Mapping[str, float]] = (),
+        checkpoint_dir: str = "",
+        start_fraction: float = EARLY_STOPPING_START,
+    ):
+        super().__init__(patience=patience, start_fraction=start_fraction)
         self._history = [row for row in history if "val_loss" in row]
         self._checkpoint_dir = checkpoint_dir
         self._earlier_best_epoch: int | None = None
@@ -259,9 +290,10 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._earlier_best_epoch = None
-        if not self._history:
+        watched = [row for row in self._history if int(row["epoch"]) >= self.start_from_epoch]
+        if not watched:
             return
-        best = min(self._history, key=lambda row: row["val_loss"])
+        best = min(watched, key=lambda row: row["val_loss"])
         self.best, self.best_epoch = best["val_loss"], int(best["epoch"])
         self.wait = int(self._history[-1]["epoch"]) - self.best_epoch
         self._earlier_best_epoch = self.best_epoch

@@ -30,13 +30,12 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import keras
 import keras_tuner as kt
 import tensorflow as tf
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, errors, job_layout, models, records
+from trainer import atomic, errors, job_layout, models, records, training
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
@@ -282,7 +281,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-        tuner.search(callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)], verbose=verbose)
+        tuner.search(callbacks=[training.ScheduledEarlyStopping(patience=patience)], verbose=verbose)
         logging.info("tuner %s: the oracle has no trial left; the chief writes the results", tuner_id)
         return None
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -300,7 +299,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-    early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience)
+    early_stopping = training.ScheduledEarlyStopping(patience=patience)
     tuner.search(callbacks=[early_stopping], verbose=verbose)  # The chief: blocks while it serves.
 
     rows = results_rows(tuner)

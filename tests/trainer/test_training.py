@@ -48,12 +48,25 @@ class _EpochWeights(keras.callbacks.Callback):
 def test_early_stopping_restores_the_best_epochs_weights():
     model, x = _diverging_problem()
     recorder = _EpochWeights()
-    stopping = training.ResumableEarlyStopping(patience=2)
+    stopping = training.ResumableEarlyStopping(patience=2, start_fraction=0)
     history = model.fit(x, x, validation_data=(x, -x), epochs=10, verbose=0, callbacks=[recorder, stopping])
     val = history.history["val_loss"]
     assert len(val) == 3 and val[0] < val[1] < val[2]  # Stopped after 2 epochs without improving.
     np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[0])
     assert not np.array_equal(recorder.weights[0], recorder.weights[2])
+
+
+@pytest.mark.parametrize("stopping_class", [training.ScheduledEarlyStopping, training.ResumableEarlyStopping])
+def test_early_stopping_watches_only_the_later_half_of_the_epochs(stopping_class):
+    model, x = _diverging_problem()
+    recorder = _EpochWeights()
+    stopping = stopping_class(patience=2)  # The default start: half of the fit's epochs.
+    history = model.fit(x, x, validation_data=(x, -x), epochs=10, verbose=0, callbacks=[recorder, stopping])
+    # Epochs 0-4 are not watched although epoch 0 is the best; epoch 5 is the first watched
+    # one, hence the best, and 2 worse epochs after it stop the fit.
+    assert stopping.start_from_epoch == 5
+    assert len(history.history["val_loss"]) == 8
+    np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[5])
 
 
 def test_early_stopping_after_a_resume_restores_the_best_epoch_from_its_checkpoint(tmp_path):
@@ -64,10 +77,23 @@ def test_early_stopping_after_a_resume_restores_the_best_epoch_from_its_checkpoi
     model.save_weights(str(tmp_path / job_layout.EPOCH_WEIGHTS_FILE.format(epoch=1)))
     earlier = [{"epoch": 0, "val_loss": 0.5}, {"epoch": 1, "val_loss": 0.9}]
     model.fit(x, x, epochs=2, verbose=0)  # Its weights moved on before the kill.
-    stopping = training.ResumableEarlyStopping(patience=2, history=earlier, checkpoint_dir=str(tmp_path))
+    stopping = training.ResumableEarlyStopping(
+        patience=2, history=earlier, checkpoint_dir=str(tmp_path), start_fraction=0
+    )
     history = model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=10, verbose=0, callbacks=[stopping])
     assert len(history.history["val_loss"]) == 1  # Patience counts the killed run's epochs too.
     np.testing.assert_array_equal(model.get_weights()[0], best)
+
+
+def test_a_resumed_early_stopping_ignores_the_killed_runs_unwatched_epochs(tmp_path):
+    model, x = _diverging_problem()
+    # Epoch 0 (the killed run's best) is before the watched half of 4 epochs: not a candidate.
+    earlier = [{"epoch": 0, "val_loss": 0.1}, {"epoch": 1, "val_loss": 0.9}]
+    recorder = _EpochWeights()
+    stopping = training.ResumableEarlyStopping(patience=2, history=earlier, checkpoint_dir=str(tmp_path))
+    model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=4, verbose=0, callbacks=[recorder, stopping])
+    assert stopping.best_epoch == 2  # No checkpoint of epoch 0 was looked for (there is none).
+    np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[0])
 
 
 def test_augmentation_changes_training_inputs_only(rgb_dir):
