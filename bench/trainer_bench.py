@@ -2,6 +2,7 @@
 
     python bench/trainer_bench.py input [--runs 3] [--workdir DIR]
     python bench/trainer_bench.py tune  [--workdir DIR]
+    python bench/trainer_bench.py hyperband [--workdir DIR] [--epochs 4]
 
 ``input`` makes a data set per preset with facepipe's own commands (demo data ->
 pipelines.preprocess), then measures, in the same process:
@@ -11,12 +12,18 @@ pipelines.preprocess), then measures, in the same process:
 and prints input/train ratios (target >= 5: the input pipeline is never the bottleneck).
 ``tune`` times the comics preset's full 16-point grid with 1 epoch per trial on a fixed
 small data set, and how much of it one pass over the data would account for.
+``hyperband`` searches the same 16-point grid twice on that data set, with the grid tuner
+(every point for --epochs) and with keras-tuner's Hyperband (max_epochs --epochs, factor 3),
+and prints each search's best validation accuracy, the epochs it trained and its wall time,
+Hyperband's as a share of the grid's.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -26,7 +33,7 @@ import time
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, models
+from trainer import data, job_layout, models
 
 # (preset, demo dataset, demo images, image side of the generated files)
 _DATASETS = {"glasses_cnn": ("glasses", 1200, 256), "comics_cnn": ("comics", 600, 256)}
@@ -187,15 +194,59 @@ def tune_grid(args: argparse.Namespace) -> None:
     )
 
 
+def _tune(data_dir: str, job_dir: str, tuner: str, epochs: int) -> tuple[float, int]:
+    """Runs facepipe's tune command (comics_cnn, full grid): (wall seconds, epochs trained).
+
+    The epochs are Keras' "Epoch i/n" lines: one per epoch any trial trained (a Hyperband
+    trial that continues an earlier one prints only its own).
+    """
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-m", "trainer.task", "tune", "--data_dir", data_dir, "--job_dir", job_dir,
+         "--model", "comics_cnn", "--search_space", "full", "--tuner", tuner, "--epochs", str(epochs),
+         "--verbose", "2", "--overwrite"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    return wall, len(re.findall(r"^Epoch \d+/\d+$", completed.stdout + completed.stderr, flags=re.M))
+
+
+def _best_score(job_dir: str) -> tuple[float, int]:
+    """(best val_accuracy, completed trials) from the search's results table."""
+    with open(os.path.join(job_dir, job_layout.TUNING_DIR, job_layout.TUNING_RESULTS_CSV), newline="") as f:
+        rows = [row for row in csv.DictReader(f) if row["status"] == "COMPLETED"]
+    return max(float(row["score"]) for row in rows), len(rows)
+
+
+def hyperband_vs_grid(args: argparse.Namespace) -> None:
+    data_dir = _data_dir(args.workdir, "comics_cnn")
+    rows = {}
+    for tuner in ("grid", "hyperband"):
+        job_dir = os.path.join(args.workdir, f"search_{tuner}")
+        wall, epochs = _tune(data_dir, job_dir, tuner, args.epochs)
+        best, trials = _best_score(job_dir)
+        rows[tuner] = (best, epochs, trials, wall)
+    grid_best, grid_epochs, _, grid_wall = rows["grid"]
+    for tuner, (best, epochs, trials, wall) in rows.items():
+        print(
+            f"{tuner}: {trials} trials, {epochs} epochs trained, {wall:.0f} s wall "
+            f"({epochs / grid_epochs:.0%} of the grid's epochs, {wall / grid_wall:.0%} of its wall time); "
+            f"best val_accuracy {best:.4f} ({best - grid_best:+.4f} vs the grid's best)"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("input", "tune"):
+    for name in ("input", "tune", "hyperband"):
         sub = commands.add_parser(name)
         sub.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_bench"))
         sub.add_argument("--runs", type=int, default=3)
+        sub.add_argument("--epochs", type=int, default=4, help="hyperband: epochs per grid point, Hyperband's max")
     args = parser.parse_args()
-    {"input": input_vs_training, "tune": tune_grid}[args.command](args)
+    {"input": input_vs_training, "tune": tune_grid, "hyperband": hyperband_vs_grid}[args.command](args)
 
 
 if __name__ == "__main__":
