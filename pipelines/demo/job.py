@@ -210,9 +210,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{number}/{len(stages)}] {name} done in {time.monotonic() - stage_started:.0f} s", flush=True)
     job_dir = os.path.join(args.workdir, args.dataset, "job")
     with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
-        test_accuracy = json.load(f)["accuracy"]
+        metrics = json.load(f)
+    low, high = metrics["accuracy_ci95"]
     print(
-        f"\nTest accuracy {test_accuracy:.4f}.\nDone in {time.monotonic() - started:.0f} s.\n"
+        f"\nTest accuracy {metrics['accuracy']:.4f} (95% interval {low:.3f}-{high:.3f}, "
+        f"{metrics['num_examples']} test images).\nDone in {time.monotonic() - started:.0f} s.\n"
         f"  report:         {os.path.join(job_dir, 'eval', 'metrics.json')} (+ PNG plots beside it)\n"
         f"  exported model: {os.path.join(job_dir, 'export')} (serving signature: encoded image bytes)\n"
         f"  data manifest:  {os.path.join(args.workdir, args.dataset, 'data', 'manifest.json')}"

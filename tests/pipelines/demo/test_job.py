@@ -21,6 +21,8 @@ def test_demo_runs_every_stage_and_reports_where_the_results_are(tmp_path, capsy
     job = tmp_path / "glasses" / "job"
     metrics = json.loads((job / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
+    low, high = metrics["accuracy_ci95"]
+    assert f"Test accuracy {metrics['accuracy']:.4f} (95% interval {low:.3f}-{high:.3f}" in out
     assert (job / "export" / "saved_model.pb").exists()
     assert str(job / "eval" / "metrics.json") in out
     manifest = json.loads((tmp_path / "glasses" / "data" / "manifest.json").read_text())
