@@ -8,8 +8,8 @@ on the real sets.
    distorted images, ~2% exact / near copies), preprocessed with ``--balance none`` and neither
    overrides nor exclusions, so the injected problems stay; then ``find_label_issues`` with
    each ``--presets`` candidate (default face_cnn, the demo's preset; each with its own epochs),
-   the one with the higher out-of-fold accuracy
-   against the *given* labels kept (never chosen on truth). Against truth.csv it prints:
+   the one with the higher out-of-fold accuracy against the *given* labels kept (never chosen
+   on truth). Against truth.csv it prints:
    precision@N and recall@1.5N of label_issues.csv's ranking (N: the wrong labels among the
    scored images), the recall of the distorted images among the audit's flagged ones and the
    share of clean images flagged, the recall of the injected exact / near copies (found when

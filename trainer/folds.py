@@ -3,9 +3,10 @@
 Every example of every split (train, validation and test alike) is scored once, by a model
 trained on the other folds only. Folds are made of groups, and a group is never in two
 folds: the group is the example's ``group`` feature (pipelines/features.py: the
-``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the preset's own (``models.build_model``, as ``train`` builds them),
-trained with its augmentation and the shared recipe for its epochs (no early stopping: there is
-no validation split inside a fold).
+``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the
+preset's own (``models.build_model``, as ``train`` builds them), trained with its augmentation
+and the shared recipe for its epochs (no early stopping: there is no validation split inside a
+fold).
 
 Memory: the images stay in the TFRecord shards and are streamed by tf.data; in memory are
 the ids, labels and fold numbers (one entry per example) and the probabilities [n, K].

@@ -272,6 +272,8 @@ def tune(
         distribution_strategy=strategy,
         overwrite=overwrite,
     )
+    # Every process of a search (worker, chief or single) trains its trials with these.
+    callbacks = [training.ScheduledEarlyStopping(patience=patience)]
     this = role()
     if this == "worker":
         tuner_id = os.environ["KERASTUNER_TUNER_ID"]
@@ -281,7 +283,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-        tuner.search(callbacks=[training.ScheduledEarlyStopping(patience=patience)], verbose=verbose)
+        tuner.search(callbacks=callbacks, verbose=verbose)
         logging.info("tuner %s: the oracle has no trial left; the chief writes the results", tuner_id)
         return None
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -299,8 +301,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-    early_stopping = training.ScheduledEarlyStopping(patience=patience)
-    tuner.search(callbacks=[early_stopping], verbose=verbose)  # The chief: blocks while it serves.
+    tuner.search(callbacks=callbacks, verbose=verbose)  # The chief: blocks while it serves.
 
     rows = results_rows(tuner)
     csv_path, md_path = write_results(rows, job_dir)
