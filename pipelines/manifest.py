@@ -109,6 +109,7 @@ def _quality(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
         "dir": features.QUALITY_DIR,
         "outlier_threshold": config.outlier_threshold,
         "duplicate_distance": config.duplicate_distance,
+        "duplicate_similarity": config.duplicate_similarity,
         "dedupe": config.dedupe,
         "flagged_images": stats.get("quality/flagged_images", 0),
         "outliers": _by_reason(stats, "quality/outliers"),

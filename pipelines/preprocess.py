@@ -121,7 +121,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     audit = (
         decoded.images
         | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b""))  # The audit never needs pixels.
-        | "QualityAudit" >> AuditQuality(threshold=config.outlier_threshold, distance=config.duplicate_distance)
+        | "QualityAudit"
+        >> AuditQuality(
+            threshold=config.outlier_threshold,
+            distance=config.duplicate_distance,
+            similarity=config.duplicate_similarity,
+        )
     )
     _ = audit | "WriteQuality" >> WriteQuality(config.output_dir)
     unique = decoded.images

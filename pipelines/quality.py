@@ -6,6 +6,11 @@ decode cache that stores resized pixels and the original size can then recompute
 on a cache hit without reading or decoding the file again. The content hash (SHA-256 of the
 file bytes) is the one :class:`pipelines.transforms.DecodedImage` already carries.
 
+Near duplicates need two checks: their perceptual hashes within ``distance`` bits (found by LSH
+bands) *and* their 16x16 grey thumbnails correlated at ``similarity`` or more. The hash alone
+joins different faces of one layout (the demo's smooth synthetic faces, 55 false groups of 70
+at distance 6 in docs/benchmarks.md section 7); the thumbnails tell them apart.
+
 Plain numpy/cv2 functions here, tested eagerly; :class:`AuditQuality` wires them into Beam.
 """
 
@@ -23,6 +28,7 @@ from apache_beam.metrics import Metrics
 
 NAMESPACE = "facepipe.quality"
 HASH_BITS = 64
+THUMBNAIL_SIDE = 16
 # Audited statistic -> (reason when far below the median, reason when far above).
 OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {
     "sharpness": ("blurry", "oversharp"),
@@ -33,7 +39,9 @@ OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {
 }
 # Smallest MAD used per statistic: where nearly every image agrees (no saturated pixels at
 # all, say), the MAD is 0 and any difference would be "infinitely" far out.
-_MAD_FLOORS = {"sharpness": 0.05, "brightness": 1.0, "contrast": 1.0, "saturated": 0.005, "constancy": 0.005}
+# Constancy's floor is 5% of the pixels: flat backgrounds make a few percent of one grey value
+# common in clean photos (26 of 1485 clean demo faces were "constant" with a 0.5% floor).
+_MAD_FLOORS = {"sharpness": 0.05, "brightness": 1.0, "contrast": 1.0, "saturated": 0.005, "constancy": 0.05}
 _MAD_TO_SIGMA = 0.6745
 
 
@@ -49,6 +57,7 @@ class ImageQuality(NamedTuple):
     saturated: float  # share of channel values that are 0 or 255
     constancy: float  # share of the most common grey value (1.0: one colour)
     phash: int  # 64-bit perceptual hash (DCT)
+    thumbnail: bytes  # THUMBNAIL_SIDE² grey uint8: the near-duplicate check beside the hash
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:
@@ -67,6 +76,24 @@ def phash(grey: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
+def thumbnail(grey: np.ndarray) -> bytes:
+    """The grey image at THUMBNAIL_SIDE x THUMBNAIL_SIDE (area interpolation), as bytes."""
+    return cv2.resize(grey, (THUMBNAIL_SIDE, THUMBNAIL_SIDE), interpolation=cv2.INTER_AREA).tobytes()
+
+
+def similarity(a: bytes, b: bytes) -> float:
+    """Pearson correlation of two thumbnails, in [-1, 1]: blind to brightness and contrast
+    changes (a brightened copy stays 1.0), near 1 for re-encoded or slightly cropped copies.
+    Two flat thumbnails are alike (1.0); a flat one and another are not (0.0)."""
+    x = np.frombuffer(a, np.uint8).astype(np.float64)
+    y = np.frombuffer(b, np.uint8).astype(np.float64)
+    x, y = x - x.mean(), y - y.mean()
+    norms = math.sqrt(float(x @ x) * float(y @ y))
+    if norms == 0:
+        return 1.0 if not x.any() and not y.any() else 0.0
+    return float(x @ y) / norms
+
+
 def image_quality(pixels: np.ndarray, original_size: tuple[int, int]) -> ImageQuality:
     """The audit of one image: ``pixels`` uint8 HxWxC as written, ``original_size`` (width, height)."""
     grey = _grey(pixels)
@@ -82,6 +109,7 @@ def image_quality(pixels: np.ndarray, original_size: tuple[int, int]) -> ImageQu
         saturated=float(np.count_nonzero((pixels == 0) | (pixels == 255)) / pixels.size),
         constancy=float(counts.max() / grey.size),
         phash=phash(grey),
+        thumbnail=thumbnail(grey),
     )
 
 
@@ -131,6 +159,7 @@ class Member(NamedTuple):
     split: str
     content_hash: int
     phash: int
+    thumbnail: bytes
 
 
 def bands(phash: int, distance: int) -> list[tuple[int, int]]:
@@ -144,12 +173,15 @@ def bands(phash: int, distance: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
-def bucket_pairs(members: Iterable[Member], distance: int) -> Iterator[tuple[Member, Member]]:
-    """Pairs (lower id first) of one LSH bucket's members within ``distance`` bits."""
+def bucket_pairs(
+    members: Iterable[Member], distance: int, min_similarity: float = -1.0
+) -> Iterator[tuple[Member, Member]]:
+    """Pairs (lower id first) of one LSH bucket's members within ``distance`` bits whose
+    thumbnails correlate at ``min_similarity`` or more."""
     ordered = sorted(set(members), key=lambda m: id_order(m.id))
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
-            if hamming(a.phash, b.phash) <= distance:
+            if hamming(a.phash, b.phash) <= distance and similarity(a.thumbnail, b.thumbnail) >= min_similarity:
                 yield a, b
 
 
@@ -213,6 +245,7 @@ class _FlagOutliers(beam.DoFn):
         if flags:
             self._flagged.inc()
         stats = {**quality._asdict(), "phash": f"{quality.phash:016x}"}
+        del stats["thumbnail"]  # Pixels, not a statistic: the duplicate search's alone.
         yield {
             "id": image.id,
             "split": image.split,
@@ -240,32 +273,36 @@ class AuditQuality(beam.PTransform):
 
     Outliers: robust z-scores per data set, median and MAD (median of |x - median|) of each
     statistic by approximate quantiles. Duplicates: LSH on the perceptual hash's bands (GroupByKey on
-    (band, value), pairs compared within a bucket) plus exact copies by content hash; the
+    (band, value), pairs within ``distance`` bits and ``similarity`` compared within a bucket)
+    plus exact copies by content hash; the
     resulting edges are few (a pair per duplicate, not per image), so one global combine
     builds the groups from them.
     """
 
-    def __init__(self, *, threshold: float, distance: int, examples: int = 5):
+    def __init__(self, *, threshold: float, distance: int, similarity: float, examples: int = 5):
         super().__init__()
         self._threshold = threshold
         self._distance = distance
+        self._similarity = similarity
         self._examples = examples
 
     def expand(self, images):
-        distance = self._distance
+        distance, min_similarity = self._distance, self._similarity
         values = images | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
         medians = _median_per_key(values, "Value")
         deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
         mads = _median_per_key(deviations, "Deviation")
         lines = images | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
 
-        members = images | "Members" >> beam.Map(lambda im: Member(im.id, im.split, im.content_hash, im.quality.phash))
+        members = images | "Members" >> beam.Map(
+            lambda im: Member(im.id, im.split, im.content_hash, im.quality.phash, im.quality.thumbnail)
+        )
         near = (
             members
             | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
             | "GroupBands" >> beam.GroupByKey()
             # ((band index, band value), [Member])
-            | "NearPairs" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
+            | "NearPairs" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance, min_similarity))
         )
         exact = (
             members

@@ -12,7 +12,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipelines.demo import data as demo_data
 from pipelines.options import PreprocessConfig
 from pipelines.quality import (
+    THUMBNAIL_SIDE,
     AuditQuality,
+    Member,
     bands,
     bucket_pairs,
     duplicate_groups,
@@ -21,12 +23,14 @@ from pipelines.quality import (
     outlier_reasons,
     robust_values,
     robust_z,
+    similarity,
 )
 from pipelines.transforms import DecodedImage, decode_and_resize
 from tests.image_files import offline_test_pipeline
 
 SIZE = 128
-K = PreprocessConfig.duplicate_distance  # the default the job runs with
+K = PreprocessConfig.duplicate_distance  # the defaults the job runs with
+S = PreprocessConfig.duplicate_similarity
 
 
 def face(index: int) -> np.ndarray:
@@ -87,6 +91,28 @@ def test_reencoded_brightened_and_cropped_copies_are_near_duplicates_but_other_f
     assert min(hamming(a, b) for a, b in itertools.combinations(others, 2)) > K
 
 
+def test_copies_have_similar_thumbnails_and_other_faces_do_not() -> None:
+    image = face(2)
+    c = round(SIZE * 0.03)
+    cropped = cv2.resize(image[c:-c, c:-c], (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    brighter = cv2.convertScaleAbs(image, alpha=1.1, beta=8)
+    original = quality(image).thumbnail
+    assert all(similarity(original, quality(copy).thumbnail) >= S for copy in (cropped, brighter))
+    others = [quality(face(i)).thumbnail for i in range(3, 13)]
+    assert max(similarity(a, b) for a, b in itertools.combinations([original, *others], 2)) < S
+    flat, other_flat = bytes(256), bytes([9] * 256)
+    assert similarity(flat, other_flat) == 1.0 and similarity(flat, original) == 0.0
+
+
+def test_a_pair_with_one_hash_but_different_thumbnails_is_not_a_near_duplicate() -> None:
+    a, b = quality(face(3)), quality(face(4))
+    same_hash = [Member("1", "train", 1, a.phash, a.thumbnail), Member("2", "train", 2, a.phash, b.thumbnail)]
+    assert list(bucket_pairs(same_hash, K)) == [(same_hash[0], same_hash[1])]  # no thumbnail check
+    assert list(bucket_pairs(same_hash, K, S)) == []
+    copy = Member("3", "train", 3, a.phash ^ 0b101, quality(cv2.convertScaleAbs(face(3), alpha=1.05)).thumbnail)
+    assert list(bucket_pairs([*same_hash, copy], K, S)) == [(same_hash[0], copy)]
+
+
 def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
     rng = np.random.default_rng(0)
     for k in (0, 3, 6, 10):
@@ -107,10 +133,8 @@ def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
         assert any(hamming(ha, hb) <= k for (_, ha), (_, hb) in itertools.combinations(members, 2))
 
 
-def _member(image_id: str, phash: int, split: str = "train", content: int = 0):
-    from pipelines.quality import Member
-
-    return Member(image_id, split, content or int(image_id) + 1, phash)
+def _member(image_id: str, phash: int, split: str = "train", content: int = 0) -> Member:
+    return Member(image_id, split, content or int(image_id) + 1, phash, bytes(THUMBNAIL_SIDE**2))
 
 
 def test_groups_are_connected_components_with_kind_kept_and_leakage() -> None:
@@ -148,8 +172,12 @@ def test_audit_in_beam_finds_exact_and_near_duplicates_and_leakage_across_splits
         _decoded("21", "train", cv2.convertScaleAbs(face(2), alpha=1.06, beta=4), 21),  # near copy of 2
         _decoded("22", "validation", np.zeros((SIZE, SIZE, 3), np.uint8), 22),  # black
     ]
+    # Another face given face 3's hash: in its LSH buckets, but its thumbnail is not 3's.
+    images.append(
+        images[3]._replace(id="23", content_hash=23, quality=images[3].quality._replace(phash=images[2].quality.phash))
+    )
     with offline_test_pipeline() as pipeline:
-        audit = pipeline | beam.Create(images) | AuditQuality(threshold=3.5, distance=K)
+        audit = pipeline | beam.Create(images) | AuditQuality(threshold=3.5, distance=K, similarity=S)
         groups = audit["groups"] | "Brief" >> beam.Map(lambda g: (g["members"], g["kind"], g["leakage"]))
         assert_that(groups, equal_to([(["1", "20"], "exact", True), (["2", "21"], "near", False)]), label="groups")
         constant = (

@@ -121,7 +121,7 @@ def duplicates(out: Path) -> dict[int, tuple[int, str]]:
 
 def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glasses: tuple[Path, dict]) -> None:
     from pipelines.options import PreprocessConfig
-    from pipelines.quality import hamming, image_quality
+    from pipelines.quality import hamming, image_quality, similarity
     from pipelines.transforms import decode_and_resize
 
     out, summary = glasses
@@ -137,16 +137,22 @@ def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glas
     def read(image_id: int) -> bytes:
         return (out / "faces-spring-2020" / f"face-{image_id}.png").read_bytes()
 
-    def phash(image_id: int) -> int:
+    def audit(image_id: int):
         pixels = decode_and_resize(read(image_id), size=(50, 50), color_mode="rgb", max_pixels=10**9)
-        return image_quality(pixels, (SIZE, SIZE)).phash
+        return image_quality(pixels, (SIZE, SIZE))
 
-    k = PreprocessConfig.duplicate_distance
+    k, min_similarity = PreprocessConfig.duplicate_distance, PreprocessConfig.duplicate_similarity
     for copy, (source, kind) in copies.items():
         assert (read(copy) == read(source)) == (kind == "exact")
-        assert hamming(phash(copy), phash(source)) <= k, kind
+        a, b = audit(copy), audit(source)
+        assert hamming(a.phash, b.phash) <= k and similarity(a.thumbnail, b.thumbnail) >= min_similarity, kind
     others = [i for i in range(1, COUNT + 1) if i not in copies and i not in {s for s, _ in copies.values()}][:12]
-    assert min(hamming(phash(a), phash(b)) for a in others for b in others if a < b) > k
+    audited = {i: audit(i) for i in others}
+    assert min(hamming(audited[a].phash, audited[b].phash) for a in others for b in others if a < b) > k
+    assert (
+        max(similarity(audited[a].thumbnail, audited[b].thumbnail) for a in others for b in others if a < b)
+        < min_similarity
+    )
 
 
 def test_overrides_cover_every_test_id(glasses: tuple[Path, dict]) -> None:
