@@ -27,6 +27,12 @@ ImageFile = tuple[str, int, int | None, str]
 
 # The outcomes of resolve_label that are counted, by the name of their counter.
 COUNTED_OUTCOMES = ("overrides_applied", "excluded", "unlabelled", "labelled")
+# The label of an image that has none (a Kaggle test.csv id): decoded for the quality audit
+# alone, never written (its dead letter says ``unlabelled``).
+NO_LABEL = -1
+# The split the audit gives such images: a copy of a train image among them is leakage too.
+UNLABELLED_SPLIT = "unlabelled"
+AUDIT_ONLY = "audit_only"  # The output tag of such images (sources.LabelledImages, transforms.DecodeAndResize).
 
 
 class LabelledImage(NamedTuple):
@@ -71,6 +77,7 @@ class Resolution(NamedTuple):
     image: LabelledImage | None
     rejections: list[Rejection]
     outcome: str  # One of COUNTED_OUTCOMES, or "" when nothing is counted.
+    audit_only: LabelledImage | None = None  # An unlabelled image (label NO_LABEL), for the audit.
 
 
 # --- Ids from file names --------------------------------------------------------------------
@@ -465,5 +472,7 @@ def resolve_label(
     if len(values) > 1:
         return rejected("labels", "conflicting_labels", str(sorted(values)))
     if not values:
-        return rejected("labels", "unlabelled" if labels else "no_label_row", outcome="unlabelled")
+        unlabelled = rejected("labels", "unlabelled" if labels else "no_label_row", outcome="unlabelled")
+        image = LabelledImage(image_id, path, size, NO_LABEL, group, source_split, False, vector)
+        return unlabelled._replace(audit_only=image)
     return labelled(values.pop(), False)

@@ -39,6 +39,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cache, features, manifest, output_dir, transforms
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
+from pipelines.labels import AUDIT_ONLY, NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args, usage_error
 from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.sinks import (
@@ -93,6 +94,10 @@ def count_unlisted(config: PreprocessConfig) -> int:
     return unlisted
 
 
+def _split(image: LabelledImage, config: PreprocessConfig) -> str:
+    return UNLABELLED_SPLIT if image.label == NO_LABEL else assign_split(image, config)
+
+
 def _drop_duplicates(image, dropped: dict):
     """--dedupe keep_one: an image that a kept one duplicates becomes a dead letter."""
     if image.id in dropped:
@@ -108,19 +113,25 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     import tensorflow_transform.beam as tft_beam
 
     sources = pipeline | "Sources" >> LabelledImages(config)
-    # sources["images"]: LabelledImage
+    # sources["images"]: LabelledImage; sources[AUDIT_ONLY]: LabelledImage, label NO_LABEL
     decoded = (
-        sources["images"]
-        | "AssignSplit" >> beam.Map(lambda image: (assign_split(image, config), image))
+        (sources["images"], sources[AUDIT_ONLY])
+        | "WithUnlabelled" >> beam.Flatten()
+        | "AssignSplit" >> beam.Map(lambda image: (_split(image, config), image))
         # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
         # id, which spreads the images over the workers as a Reshuffle would.
-        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
-        # DecodedImage(id, label, split, pixels, content_hash, group, vector, quality)
+        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, AUDIT_ONLY, main="images")
+        # images: DecodedImage(id, label, split, pixels, content_hash, group, vector, quality);
+        # AUDIT_ONLY: the same without pixels, label None, split UNLABELLED_SPLIT
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
     audit = (
-        decoded.images
-        | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b""))  # The audit never needs pixels.
+        (
+            decoded.images | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b"")),
+            decoded[AUDIT_ONLY],
+        )
+        | "WithUnlabelledStats" >> beam.Flatten()
+        # DecodedImage without pixels (the audit never needs them), labelled and unlabelled
         | "QualityAudit"
         >> AuditQuality(
             threshold=config.outlier_threshold,

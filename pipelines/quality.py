@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from pipelines.labels import UNLABELLED_SPLIT
+
 NAMESPACE = "facepipe.quality"
 HASH_BITS = 64
 THUMBNAIL_SIDE = 16
@@ -214,6 +216,8 @@ def duplicate_groups(edges: Iterable[tuple[Member, Member]]) -> list[dict[str, A
     groups = []
     for component in components.values():
         component.sort(key=lambda m: id_order(m.id))
+        # The kept one is the lowest id among the written (labelled) members, if any.
+        kept = min(component, key=lambda m: (m.split == UNLABELLED_SPLIT, id_order(m.id)))
         splits = sorted({m.split for m in component})
         groups.append(
             {
@@ -221,7 +225,7 @@ def duplicate_groups(edges: Iterable[tuple[Member, Member]]) -> list[dict[str, A
                 "member_splits": [m.split for m in component],
                 "splits": splits,
                 "kind": "exact" if len({m.content_hash for m in component}) == 1 else "near",
-                "kept": component[0].id,
+                "kept": kept.id,
                 "leakage": len(splits) > 1,
             }
         )

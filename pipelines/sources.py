@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import features, labels
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import LabelledImage
+from pipelines.labels import AUDIT_ONLY, LabelledImage
 from pipelines.options import PreprocessConfig
 
 NAMESPACE = "facepipe.sources"
@@ -173,7 +173,9 @@ def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_d
 class LabelledImages(beam.PTransform):
     """Lists the images and resolves each one's label.
 
-    Output (a dict of PCollections): ``images`` LabelledImage; ``dead_letter`` dicts;
+    Output (a dict of PCollections): ``images`` LabelledImage; ``audit_only`` LabelledImage of
+    the unlabelled images (label NO_LABEL: each has its ``unlabelled`` dead letter too, and is
+    decoded for the quality audit alone); ``dead_letter`` dicts;
     ``not_image_file`` paths of skipped non-image files; ``fingerprint`` the path/size hash
     (an int) of every listed image, once even where globs overlap.
     """
@@ -208,11 +210,14 @@ class LabelledImages(beam.PTransform):
             | "JoinById" >> beam.CoGroupByKey()
             # (id, {"images": [...], "labels": [LabelRow], "overrides": [int], "exclusions": [None]})
             | "ResolveLabels"
-            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(DEAD_LETTER, main="images")
+            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(
+                DEAD_LETTER, AUDIT_ONLY, main="images"
+            )
         )
         dead_letters = [keyed[DEAD_LETTER], resolved[DEAD_LETTER], *label_dead, *override_dead, *exclusion_dead]
         return {
             "images": resolved.images,
+            AUDIT_ONLY: resolved[AUDIT_ONLY],
             DEAD_LETTER: flatten("FlattenSourceDeadLetters", dead_letters),
             NOT_IMAGE_FILE: listed[NOT_IMAGE_FILE],
             "fingerprint": fingerprint,
@@ -244,3 +249,5 @@ class ResolveLabel(beam.DoFn):
         yield from map(_dead_letter, resolution.rejections)
         if resolution.image is not None:
             yield resolution.image
+        if resolution.audit_only is not None:
+            yield beam.pvalue.TaggedOutput(AUDIT_ONLY, resolution.audit_only)

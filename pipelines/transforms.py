@@ -21,7 +21,7 @@ from PIL import Image
 from pipelines import features
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import LabelledImage
+from pipelines.labels import AUDIT_ONLY, NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
 from pipelines.quality import ImageQuality, image_quality
 
@@ -37,7 +37,7 @@ class DecodedImage(NamedTuple):
     """A labelled image reduced to the pixels that go into a shard."""
 
     id: str
-    label: int
+    label: int | None  # None: an unlabelled image, audited but never written
     split: str
     pixels: bytes  # uint8, row-major height x width x channels
     content_hash: int
@@ -183,7 +183,11 @@ def decode_and_resize(
 
 
 class DecodeAndResize(beam.DoFn):
-    """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not."""
+    """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not.
+
+    An unlabelled image (label NO_LABEL) goes to the ``audit_only`` output instead, without
+    its pixels: it is audited (a copy of it in the train split is leakage) but never written.
+    """
 
     _LOG_EVERY = 500
 
@@ -196,6 +200,8 @@ class DecodeAndResize(beam.DoFn):
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._cache_counters = {name: Metrics.counter(NAMESPACE, name) for name in CACHE_COUNTERS}
         self._failed = Metrics.counter(NAMESPACE, "decode_failed")
+        self._audited_only = Metrics.counter(NAMESPACE, "audited_unlabelled")
+        self._not_audited = Metrics.counter(NAMESPACE, "unlabelled_not_audited")
         self._bytes_read = Metrics.counter(NAMESPACE, "bytes_read")
 
     def setup(self):
@@ -211,37 +217,43 @@ class DecodeAndResize(beam.DoFn):
             with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
         except Exception as e:  # Any filesystem's error: the image is lost, not the job.
-            self._failed.inc()
-            yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason="read_error", detail=repr(e))
+            yield from self._failure(image, "read_error", repr(e))
             return
         self._bytes_read.inc(len(data))
         content_sha256 = hashlib.sha256(data).digest()
         try:
             decoded = self._pixels(data, content_sha256)
         except UndecodableImage as e:
-            self._failed.inc()
-            yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=e.reason, detail=e.detail)
+            yield from self._failure(image, e.reason, e.detail)
             return
         except Exception as e:  # An unexpected decoder failure is one bad image, never a crashed job.
-            self._failed.inc()
-            yield dead_letter(
-                path=image.path,
-                image_id=image.id,
-                stage="decode",
-                reason="undecodable",
-                detail=f"{type(e).__name__}: {e}",
-            )
+            yield from self._failure(image, "undecodable", f"{type(e).__name__}: {e}")
             return
         # The audit reads only the resized pixels and the original size (see pipelines.quality),
         # which a cache hit holds too.
         pixels = decoded.pixels
         quality = image_quality(pixels, decoded.original_size)
-        self._decoded.inc()
         self._log_progress()
         content_hash = int.from_bytes(content_sha256, "big")
+        if image.label == NO_LABEL:
+            self._audited_only.inc()
+            yield beam.pvalue.TaggedOutput(
+                AUDIT_ONLY, DecodedImage(image.id, None, split, b"", content_hash, image.group, b"", quality)
+            )
+            return
+        self._decoded.inc()
         yield DecodedImage(
             image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector, quality
         )
+
+    def _failure(self, image: LabelledImage, reason: str, detail: str) -> Iterator:
+        """A decode dead letter; none for an unlabelled image, which has its ``unlabelled`` one."""
+        if image.label == NO_LABEL:
+            self._not_audited.inc()
+            logging.warning("unlabelled image %s not audited: %s %s", image.path, reason, detail)
+            return
+        self._failed.inc()
+        yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=reason, detail=detail)
 
     def _pixels(self, data: bytes, content_sha256: bytes) -> CachedPixels:
         """The resized pixels and original size: from the cache when it holds a sound entry,

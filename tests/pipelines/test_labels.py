@@ -9,6 +9,7 @@ import pytest
 
 from pipelines import labels
 from pipelines.labels import (
+    NO_LABEL,
     LabelledImage,
     LabelRow,
     Rejection,
@@ -199,7 +200,7 @@ def test_overrides_and_exclusions_with_unknown_columns_are_refused(header, with_
 
 def test_the_csv_label_is_used_when_nothing_else_decides():
     resolution = resolve_label("7", [IMAGE], [_row(1)])
-    assert resolution == (LabelledImage("7", "/data/face-7.png", 123, 1, "7", "train", False), [], "labelled")
+    assert resolution == (LabelledImage("7", "/data/face-7.png", 123, 1, "7", "train", False), [], "labelled", None)
 
 
 def test_an_override_wins_over_the_csv_label():
@@ -234,6 +235,9 @@ def test_unlabelled_rows_and_no_label_row_differ():
     assert [r.reason for r in unlabelled.rejections] == ["unlabelled"]
     assert [r.reason for r in no_row.rejections] == ["no_label_row"]
     assert unlabelled.outcome == no_row.outcome == "unlabelled"
+    # Both still go to the quality audit, with no label.
+    assert unlabelled.image is None and unlabelled.audit_only.label == no_row.audit_only.label == NO_LABEL
+    assert unlabelled.audit_only.path == "/data/face-7.png"
 
 
 def test_a_folder_label_needs_no_csv_and_duplicates_are_reported():

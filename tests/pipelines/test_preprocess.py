@@ -540,3 +540,26 @@ def test_quality_audit_finds_duplicates_and_leakage_and_keep_one_dead_letters_th
     }
     assert written_ids == {str(i) for i in [*range(1, 31), 99]}
     assert "LEAKAGE" in summary_table(manifest) and not list(out.glob("quality/beam-temp-*"))
+
+
+def test_unlabelled_images_are_audited_never_written_and_a_labelled_copy_is_kept(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 10)
+    shutil.copy(images / "face-2.png", images / "face-1.png")  # 1 and 2: one labelled pair
+    shutil.copy(images / "face-3.png", images / "face-0.png")  # 0: no label row, copies 3
+    (images / "face-40.png").write_bytes(b"not a png")  # no label row, undecodable
+
+    manifest = _preprocess(tmp_path, "out", "--balance", "none", "--dedupe", "keep_one")
+
+    out = tmp_path / "out"
+    groups = {tuple(g["members"]): g for g in _jsonl(out / "quality", "duplicates-*.jsonl")}
+    assert set(groups) == {("0", "3"), ("1", "2")}
+    unlabelled_copy = groups[("0", "3")]
+    assert unlabelled_copy["member_splits"][0] == "unlabelled" and unlabelled_copy["leakage"]
+    assert unlabelled_copy["kept"] == "3"  # the labelled one, though 0 is the lower id
+    lines = {line["id"]: line for line in _jsonl(out / "quality", "images-*.jsonl")}
+    assert len(lines) == 21 and (lines["0"]["split"], lines["0"]["label"]) == ("unlabelled", None)
+    reasons = sorted((r["id"], r["reason"]) for r in _jsonl(out / "dead_letter", "*.jsonl"))
+    assert reasons == [("0", "no_label_row"), ("2", "near_duplicate"), ("40", "no_label_row")]
+    counts = manifest["counts"]
+    assert counts["images_seen"] == 22 == counts["written_total"] + counts["dead_letter_total"]
+    assert manifest["quality"]["leakage"]["count"] >= 1
