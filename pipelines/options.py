@@ -310,8 +310,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         "--outlier_threshold",
         type=float,
         default=_default("outlier_threshold"),
-        help="Robust z-score (median/MAD) beyond which sharpness, brightness, contrast, saturation or "
-        "constancy flag an image (default 3.5).",
+        help="Robust z-score (median/MAD) beyond which sharpness, gradient anisotropy, brightness, contrast, "
+        "saturation or constancy flag an image (default 3.5).",
     )
     add(
         "--duplicate_distance",

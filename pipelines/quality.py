@@ -34,6 +34,7 @@ THUMBNAIL_SIDE = 16
 # Audited statistic -> (reason when far below the median, reason when far above).
 OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {
     "sharpness": ("blurry", "oversharp"),
+    "anisotropy": ("directional_blur", "directional_blur"),
     "brightness": ("dark", "bright"),
     "contrast": ("low_contrast", "high_contrast"),
     "saturated": (None, "saturated"),
@@ -43,7 +44,14 @@ OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {
 # all, say), the MAD is 0 and any difference would be "infinitely" far out.
 # Constancy's floor is 5% of the pixels: flat backgrounds make a few percent of one grey value
 # common in clean photos (26 of 1485 clean demo faces were "constant" with a 0.5% floor).
-_MAD_FLOORS = {"sharpness": 0.05, "brightness": 1.0, "contrast": 1.0, "saturated": 0.005, "constancy": 0.05}
+_MAD_FLOORS = {
+    "sharpness": 0.05,
+    "anisotropy": 0.05,
+    "brightness": 1.0,
+    "contrast": 1.0,
+    "saturated": 0.005,
+    "constancy": 0.05,
+}
 _MAD_TO_SIGMA = 0.6745
 
 
@@ -54,6 +62,7 @@ class ImageQuality(NamedTuple):
     height: int
     aspect_ratio: float  # width / height of the original
     sharpness: float  # variance of the Laplacian of the resized grey image
+    anisotropy: float  # log of the horizontal / vertical gradient energies: far off by motion blur, smears
     brightness: float  # mean grey value, 0-255
     contrast: float  # std of the grey values
     saturated: float  # share of channel values that are 0 or 255
@@ -101,11 +110,16 @@ def image_quality(pixels: np.ndarray, original_size: tuple[int, int]) -> ImageQu
     grey = _grey(pixels)
     width, height = original_size
     counts = np.bincount(grey.ravel(), minlength=256)
+    # A blur along one direction removes the gradients across it alone; the +1 keeps flat
+    # images (no gradients either way) at 0.
+    energy_x = float(np.square(cv2.Sobel(grey, cv2.CV_32F, 1, 0)).mean())
+    energy_y = float(np.square(cv2.Sobel(grey, cv2.CV_32F, 0, 1)).mean())
     return ImageQuality(
         width=int(width),
         height=int(height),
         aspect_ratio=width / height,
         sharpness=float(cv2.Laplacian(grey, cv2.CV_64F).var()),
+        anisotropy=math.log((energy_x + 1) / (energy_y + 1)),
         brightness=float(grey.mean()),
         contrast=float(grey.std()),
         saturated=float(np.count_nonzero((pixels == 0) | (pixels == 255)) / pixels.size),
@@ -123,6 +137,7 @@ def robust_values(quality: ImageQuality) -> dict[str, float]:
     """The audited statistics on the scale their z-scores use (sharpness is heavy-tailed: log)."""
     return {
         "sharpness": math.log1p(quality.sharpness),
+        "anisotropy": quality.anisotropy,
         "brightness": quality.brightness,
         "contrast": quality.contrast,
         "saturated": quality.saturated,

@@ -77,6 +77,17 @@ def test_black_image_is_flagged_constant_among_faces() -> None:
     assert not any(flags & {"constant", "dark", "blurry", "saturated"} for flags in faces_flagged)
 
 
+def test_a_face_smeared_along_one_axis_is_a_directional_blur_among_faces() -> None:
+    values = [robust_values(quality(face(i))) for i in range(15)]
+    medians = {name: float(np.median([v[name] for v in values])) for name in values[0]}
+    mads = {name: float(np.median([abs(v[name] - medians[name]) for v in values])) for name in values[0]}
+    for kernel in ((SIZE - 1, 1), (1, SIZE - 1)):  # a motion blur across the image, then down it
+        smeared = robust_values(quality(cv2.blur(face(1), kernel)))
+        assert "directional_blur" in outlier_reasons(robust_z(smeared, medians, mads), 3.5)
+    faces_flagged = [outlier_reasons(robust_z(v, medians, mads), 3.5) for v in values]
+    assert not any("directional_blur" in flags for flags in faces_flagged)
+
+
 def test_reencoded_brightened_and_cropped_copies_are_near_duplicates_but_other_faces_are_not() -> None:
     image = face(2)
     jpeg = cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 60])[1], cv2.IMREAD_UNCHANGED)
