@@ -90,6 +90,9 @@ def fit_multi_worker(
     global_batch_size: int,
     job_dir: str,
     config: Mapping[str, Any],
+    class_weight: Mapping[int, float] | None = None,
+    patience: int | None = None,
+    watch_from_epoch: int = 0,
 ) -> list[dict[str, float]]:
     """Synchronous data-parallel training on every worker of ``strategy``; returns the history.
 
@@ -98,6 +101,12 @@ def fit_multi_worker(
     their checkpoints to a temporary directory (checkpoint saving is collective) and
     delete it. A cluster restarted after a failure resumes from the chief's last epoch
     checkpoint when the run had not finished (no ``model.keras`` yet).
+
+    ``class_weight`` weighs each example's loss by its class, as ``model.fit`` does.
+    ``patience``: early stopping as in the single-process fit (trainer.training.
+    ScheduledEarlyStopping): val_loss is watched from epoch ``watch_from_epoch`` on, the run
+    stops after ``patience`` epochs without a new best, and the best epoch's checkpoint is
+    restored. Every worker decides alike: the validation figures are all-reduced.
     """
     chief = distribute.is_chief(strategy)
     name = distribute.worker_name(strategy)
@@ -158,11 +167,18 @@ def fit_multi_worker(
     train_dist = strategy.experimental_distribute_dataset(train_ds.with_options(options))
     validation_dist = strategy.experimental_distribute_dataset(validation_ds.with_options(options))
     per_example_loss = per_example_loss_fn(model)
+    if class_weight:
+        table = tf.constant([class_weight.get(c, 1.0) for c in range(max(class_weight) + 1)], tf.float32)
+
+        def training_loss(labels, outputs):
+            return per_example_loss(labels, outputs) * tf.gather(table, labels)
+    else:
+        training_loss = per_example_loss
 
     def train_step(images, labels):
         with tf.GradientTape() as tape:
             outputs = model(images, training=True)
-            losses = per_example_loss(labels, outputs)
+            losses = training_loss(labels, outputs)
             # Scaled by the global batch: the optimizer SUMs the replicas' gradients.
             loss = tf.nn.compute_average_loss(losses, global_batch_size=global_batch_size)
             if model.losses:
@@ -186,10 +202,19 @@ def fit_multi_worker(
     def validate(batch):
         return strategy.reduce(_SUM, strategy.run(validation_step, args=batch), axis=None)
 
+    # Every worker keeps the rows (the chief's history.csv, read back on a resume): the
+    # early-stopping decision needs the earlier epochs.
+    history = (
+        [row for row in records.read_history(job_dir) if row["epoch"] < int(epoch_done.numpy())] if resuming else []
+    )
     iterator = iter(train_dist)
     # A resumed run restarts the input at its beginning; with reshuffling each epoch that
     # only changes which permutation the remaining epochs see.
     for epoch in range(int(epoch_done.numpy()), epochs):
+        best = records.best_watched_row(history, watch_from_epoch) if patience else None
+        if best is not None and epoch - 1 - int(best["epoch"]) >= patience:
+            logging.info("%s: early stopping after epoch %d: val_loss best at epoch %d", name, epoch, best["epoch"] + 1)
+            break
         loss_sum, correct, count = train_epoch(iterator).numpy()
         totals = sum((validate(batch) for batch in validation_dist), tf.zeros([3])).numpy()
         row = {
@@ -218,8 +243,18 @@ def fit_multi_worker(
                     tf.summary.scalar("epoch_loss", row[prefix + "loss"], step=epoch)
                     tf.summary.scalar("epoch_accuracy", row[prefix + "accuracy"], step=epoch)
                 writer.flush()
+        history.append(row)
         epoch_done.assign(epoch + 1)
         manager.save(checkpoint_number=epoch + 1)  # On every worker: saving is collective.
+
+    best = records.best_watched_row(history, watch_from_epoch) if patience else None
+    if best is not None:
+        best_epoch = int(best["epoch"])
+        _all_workers_agree(strategy, best_epoch, "the best epoch")
+        # The chief's checkpoint of that epoch (every worker reads job_dir, as on a resume).
+        path = _join(checkpoint_dir, f"{job_layout.CHECKPOINT_PREFIX}-{best_epoch + 1}")
+        logging.info("%s: restoring the best epoch's weights (epoch %d) from %s", name, best_epoch + 1, path)
+        checkpoint.restore(path).assert_existing_objects_matched()
 
     if not chief:
         tf.io.gfile.rmtree(write_dir)

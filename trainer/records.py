@@ -14,7 +14,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,13 @@ def append_history(job_dir: str, row: Mapping[str, float]) -> None:
         writer.writeheader()
     writer.writerow({k: row[k] for k in HISTORY_COLUMNS})
     atomic.write(path, buffer.getvalue())
+
+
+def best_watched_row(history: Sequence[Mapping[str, float]], start_epoch: int) -> Mapping[str, float] | None:
+    """The history row of the lowest val_loss from ``start_epoch`` on (the first of equal ones,
+    as Keras' EarlyStopping keeps); None when no such epoch has run."""
+    watched = [row for row in history if "val_loss" in row and int(row["epoch"]) >= start_epoch]
+    return min(watched, key=lambda row: row["val_loss"]) if watched else None
 
 
 def read_history(job_dir: str) -> list[dict[str, float]]:

@@ -66,8 +66,8 @@ def train(
     ``class_weight`` "auto" weighs classes by the manifest's train counts when they are
     unequal; ``patience`` stops when val_loss has not improved for that many epochs and
     restores the best epoch's weights (None or 0: every epoch runs). The multi-worker loop
-    follows the recipe (it is the compiled optimizer) and the augmentation (it is in the
-    dataset) but has neither class weights nor early stopping.
+    does the same: it follows the recipe (the compiled optimizer), the augmentation (in the
+    dataset), the class weights and the early stopping (``multiworker.fit_multi_worker``).
     """
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = distribute.is_multi_worker(strategy)
@@ -100,9 +100,6 @@ def train(
     if flags is not None:
         config[job_layout.CONFIG_FLAGS_KEY] = dict(flags)
     weights = class_weights(data_dir.manifest) if class_weight == "auto" else None
-    if multi_worker and (weights or patience):
-        logging.warning("several workers: the custom loop has no class weights and no early stopping")
-        weights, patience = None, None
     config["class_weight"] = weights
     config["early_stopping_patience"] = patience or None
     make_datasets = data.make_datasets_fn(
@@ -135,6 +132,9 @@ def train(
             global_batch_size=distribute.global_batch_size(hp.get("batch_size"), strategy),
             job_dir=job_dir,
             config=config,
+            class_weight=weights,
+            patience=patience,
+            watch_from_epoch=int(hp.get("epochs") * EARLY_STOPPING_START),
         )
     else:
         _fit(
@@ -290,10 +290,9 @@ class ResumableEarlyStopping(ScheduledEarlyStopping):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         self._earlier_best_epoch = None
-        watched = [row for row in self._history if int(row["epoch"]) >= self.start_from_epoch]
-        if not watched:
+        best = records.best_watched_row(self._history, self.start_from_epoch)
+        if best is None:
             return
-        best = min(watched, key=lambda row: row["val_loss"])
         self.best, self.best_epoch = best["val_loss"], int(best["epoch"])
         self.wait = int(self._history[-1]["epoch"]) - self.best_epoch
         self._earlier_best_epoch = self.best_epoch

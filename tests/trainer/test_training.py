@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, export, job_layout, models, training
+from trainer import data, export, job_layout, models, multiworker, training
 
 
 def _manifest(train_counts: dict[str, int]) -> dict:
@@ -94,6 +94,53 @@ def test_a_resumed_early_stopping_ignores_the_killed_runs_unwatched_epochs(tmp_p
     model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=4, verbose=0, callbacks=[recorder, stopping])
     assert stopping.best_epoch == 2  # No checkpoint of epoch 0 was looked for (there is none).
     np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[0])
+
+
+def _multi_worker_fit(model, x, y, validation_y, tmp_path, **kwargs) -> list[dict[str, float]]:
+    """The multi-worker loop under the default strategy (one replica, in this process)."""
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    validation = tf.data.Dataset.from_tensor_slices((x, validation_y)).batch(8)
+    return multiworker.fit_multi_worker(
+        model,
+        strategy=tf.distribute.get_strategy(),
+        train_ds=train,
+        validation_ds=validation,
+        steps_per_epoch=4,
+        global_batch_size=8,
+        job_dir=str(tmp_path),
+        config={},
+        **kwargs,
+    )
+
+
+def test_the_multi_worker_loop_stops_early_and_restores_the_best_epoch(tmp_path):
+    model, x = _diverging_problem()
+    history = _multi_worker_fit(model, x, x[:, 0], -x[:, 0], tmp_path, epochs=10, patience=2, watch_from_epoch=1)
+    val = [row["val_loss"] for row in history]
+    # Epoch 0 is not watched; epoch 1 is the best watched one, and 2 worse epochs stop the loop.
+    assert len(val) == 4 and val[0] < val[1] < val[2] < val[3]
+    best = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    tf.train.Checkpoint(model=best).restore(str(tmp_path / job_layout.CHECKPOINT_DIR / "epoch-2")).expect_partial()
+    np.testing.assert_array_equal(model.get_weights()[0], best.get_weights()[0])
+    assert not np.array_equal(model.get_weights()[0], np.zeros((1, 1)))
+
+
+def test_the_multi_worker_loop_weighs_the_loss_by_class(tmp_path):
+    x = np.linspace(-1, 1, 32, dtype="float32").reshape(-1, 1)
+    y = (x[:, 0] > 0.5).astype("int64")  # 8 of 32 in class 1
+
+    def loss(class_weight, name):
+        model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, "sigmoid", kernel_initializer="ones")])
+        model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy")  # No step moves it.
+        history = _multi_worker_fit(model, x, y, y, tmp_path / name, epochs=1, class_weight=class_weight)
+        return history[0]["loss"], history[0]["val_loss"]
+
+    plain, weighted = loss(None, "plain"), loss({0: 1.0, 1: 3.0}, "weighted")
+    model_loss = keras.losses.binary_crossentropy(y[:, None].astype("float32"), keras.activations.sigmoid(x))
+    per_example = np.asarray(model_loss)
+    np.testing.assert_allclose(plain[0], per_example.mean(), rtol=1e-5)
+    np.testing.assert_allclose(weighted[0], np.where(y == 1, 3.0, 1.0).dot(per_example) / 32, rtol=1e-5)
+    assert weighted[1] == plain[1]  # Validation is never weighted.
 
 
 def test_augmentation_changes_training_inputs_only(rgb_dir):
