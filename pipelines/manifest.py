@@ -15,7 +15,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import features, output_dir
+from pipelines import cache, features, output_dir
 from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
 from pipelines.options import PreprocessConfig
 
@@ -76,8 +76,8 @@ def _sha256_json(value: Any) -> str:
 
 
 def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
-    """The run's data fingerprint: ``data`` changes whenever the images, the CSVs or an
-    option that changes the examples do, and only then."""
+    """The run's data fingerprint: ``data`` changes whenever the images, the CSVs, an
+    option that changes the examples or the decoders that compute the pixels do, and only then."""
     excluded = (*_NOT_DATA_OPTIONS, *_LOCATION_OPTIONS)
     options = {k: v for k, v in config.to_json().items() if k not in excluded}
     roles = {"labels": config.labels_csv, "overrides": config.overrides_csv, "exclusions": config.exclude_csv}
@@ -87,18 +87,20 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "content": stats.get("fingerprint/content_hashes", ""),
         "csvs": csvs,
         "options": _sha256_json(options),
+        "decoder": cache.decoder_version(),
     }
     # The file name of a labels CSV names its split (train.csv), so it counts; its folder does not.
     csv_contents = {role: [[posixpath.basename(p), csvs[p]] for p in paths] for role, paths in roles.items()}
-    data = {"content": parts["content"], "csvs": csv_contents, "options": parts["options"]}
+    data = {"content": parts["content"], "csvs": csv_contents, "options": parts["options"], "decoder": parts["decoder"]}
     return {
         "data": _sha256_json(data),
         **parts,
-        "about": "data: SHA-256 of content, the CSVs' names and contents by role, and options; not of where "
+        "about": "data: SHA-256 of content, the CSVs' names and contents by role, options and decoder; not of where "
         "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
-        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, nor the input paths).",
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, nor the input paths). "
+        "decoder: the versions of what decodes and resizes the images (OpenCV, simplejpeg, the cache format).",
     }
 
 

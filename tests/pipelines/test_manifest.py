@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines import features
+from pipelines import cache, features
 from pipelines.manifest import build_manifest, summary_table
 from pipelines.options import parse_args
 
@@ -74,6 +74,14 @@ def test_changing_a_csvs_content_changes_the_data_fingerprint(inputs, name):
 def test_changing_the_images_changes_the_data_fingerprint(inputs):
     other = _fingerprint(inputs, stats={**STATS, "fingerprint/content_hashes": "c" * 64})
     assert other["data"] != _fingerprint(inputs)["data"]
+
+
+def test_another_decoder_version_changes_the_data_fingerprint(inputs, monkeypatch):
+    before = _fingerprint(inputs)
+    monkeypatch.setattr(cache, "decoder_version", lambda: "opencv=99.0;simplejpeg=1.0;facepipe_cache=1")
+    after = _fingerprint(inputs)
+    assert after["decoder"] != before["decoder"] and after["data"] != before["data"]
+    assert after["content"] == before["content"]  # The same files, other pixels.
 
 
 def test_the_same_data_elsewhere_keeps_its_data_fingerprint(inputs, tmp_path_factory):
