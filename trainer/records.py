@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,8 +132,31 @@ def best_watched_row(history: Sequence[Mapping[str, float]], start_epoch: int) -
 
 
 def read_history(job_dir: str) -> list[dict[str, float]]:
-    """history.csv rows, one per epoch (the last row wins when a resumed run repeated one)."""
+    """history.csv rows, one per epoch (the last row wins when a resumed run repeated one).
+
+    A malformed row (a kill in the middle of Keras' CSVLogger write) is skipped with a warning.
+    """
+    rows = []
     with tf.io.gfile.GFile(history_path(job_dir)) as f:
-        rows = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    by_epoch = {int(row["epoch"]): row for row in rows}
+        for number, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                if None in row or None in row.values():
+                    raise ValueError("wrong number of fields")
+                rows.append({k: float(v) for k, v in row.items() if v != ""})
+            except ValueError as e:
+                logging.warning("%s line %d skipped (%s): %s", history_path(job_dir), number, e, row)
+    by_epoch = {int(row["epoch"]): row for row in rows if "epoch" in row}
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def drop_partial_history_row(job_dir: str) -> None:
+    """Cuts history.csv back to its last complete line: a killed CSVLogger may have written
+    half a row, which the resumed run's first row would otherwise continue on the same line."""
+    path = history_path(job_dir)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        text = f.read()
+    if text and not text.endswith("\n"):
+        logging.warning("%s: dropping the unfinished last row %r", path, text[text.rfind("\n") + 1 :])
+        atomic.write(path, text[: text.rfind("\n") + 1])

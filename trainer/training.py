@@ -208,6 +208,7 @@ def _fit(
         resuming = False
     if resuming:
         records.check_resumable(job_dir, config)
+        records.drop_partial_history_row(job_dir)
         logging.info("found %s: resuming the interrupted run", backup_dir)
     elif tf.io.gfile.exists(history_path):
         tf.io.gfile.remove(history_path)  # A finished earlier run's history; this run starts over.

@@ -77,6 +77,19 @@ def test_history_rows_are_appended(tmp_path):
     assert [row["epoch"] for row in records.read_history(str(tmp_path))] == [0.0, 1.0]
 
 
+def test_a_half_written_history_row_is_dropped_before_a_resume_and_skipped_when_read(tmp_path):
+    header = ",".join(records.HISTORY_COLUMNS)
+    (tmp_path / "history.csv").write_text(f"{header}\n0,0.5,1.0,0.5,0.9\n1,0.6,0.")  # killed mid-row
+    assert [row["epoch"] for row in records.read_history(str(tmp_path))] == [0.0]
+    records.drop_partial_history_row(str(tmp_path))
+    assert (tmp_path / "history.csv").read_text() == f"{header}\n0,0.5,1.0,0.5,0.9\n"
+    with open(tmp_path / "history.csv", "a") as f:  # What a resumed CSVLogger appends.
+        f.write("1,0.6,0.8,0.6,0.7\n")
+    assert [row["val_loss"] for row in records.read_history(str(tmp_path))] == [0.9, 0.7]
+    (tmp_path / "history.csv").write_text(f"{header}\n0,0.5,1.0,0.5,0.9,9\n1,0.6,0.8,0.6,0.7\n")
+    assert [row["epoch"] for row in records.read_history(str(tmp_path))] == [1.0]  # the odd row skipped
+
+
 def test_resuming_with_other_hyperparameters_is_refused(tmp_path):
     config = {"model": "glasses_cnn", "hyperparameters": {"units": 8, "epochs": 2}, "image_shape": [8, 8, 3]}
     records.write_config(str(tmp_path), config)
