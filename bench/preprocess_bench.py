@@ -15,11 +15,11 @@ steady state (the pipeline's fixed cost — interpreter and TensorFlow start-up,
 construction, tf.Transform analysis — measured on a 40-image run and taken off).
 ``memory`` runs the pipeline and the seeds' notebook code at growing input counts, each in
 a child process, and prints their peak RSS.
-``cache`` builds --count 1024x1024 demo PNGs with an empty --cache_dir (cold), then again
-after changing one override (warm: every image a cache hit), and prints both wall times,
-their ratio (goal: warm <= 0.2x cold) and peak RSS.
+``cache`` builds --count demo PNGs (--size px, default 1024) with an empty --cache_dir (cold),
+then again after changing one override (warm: every image a cache hit), and prints both wall
+times, their ratio (goal: warm <= 0.2x cold) and peak RSS.
 
-    python bench/preprocess_bench.py cache [--count 500] [--workdir DIR]
+    python bench/preprocess_bench.py cache [--count 500] [--size 1024] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -199,8 +199,8 @@ def _timed_peak(command: list[str]) -> tuple[float, float]:
 
 
 def cache(args: argparse.Namespace) -> None:
-    root, _ = _ensure_data(args.workdir, "glasses", args.count, 1024)
-    with tempfile.TemporaryDirectory() as scratch:
+    root, _ = _ensure_data(args.workdir, "glasses", args.count, args.size)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         cache_dir, output = os.path.join(scratch, "cache"), os.path.join(scratch, "out")
         overrides = os.path.join(root, demo_data.OVERRIDES_CSV)
         with open(overrides) as f:
@@ -230,6 +230,7 @@ def main() -> None:
     mem.add_argument("--size", type=int, default=256, help="image side; memory should not grow with the count")
     cache_parser = commands.add_parser("cache")
     cache_parser.add_argument("--count", type=int, default=500)
+    cache_parser.add_argument("--size", type=int, default=1024, help="image side (the Kaggle set's: 1024)")
     for sub in (tp, mem, cache_parser):
         sub.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_bench"))
     args = parser.parse_args()
