@@ -47,9 +47,10 @@ _CANDIDATES = {"glasses": ("face_cnn",), "comics": ("comics_cnn",)}
 _TUNE_EPOCHS = {"glasses": ["--epochs", "6"], "comics": []}
 _TRAIN_EPOCHS = {"glasses": ["--epochs", "30"], "comics": []}
 CANDIDATES_DIR = "candidates"
-# The generated images' side: half the Kaggle set's 1024, so that generating and decoding them
-# (a quarter of the pixels) leave the demo's 5 minutes to training; the models see 50x50 either way.
-DEMO_SIZE = 512
+# The generated images' side: a quarter of the Kaggle set's 1024, so that generating and
+# decoding them (1/16 of the pixels) leave the demo's 5 minutes to training; the generator
+# draws at any size alike, and the models see 50x50 either way.
+DEMO_SIZE = 256
 # A stage: its name and a function giving its commands when it is its turn to run (the
 # train stage's command depends on what the tune stage found).
 Stage = tuple[str, Callable[[], list[list[str]]]]
