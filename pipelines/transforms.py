@@ -34,7 +34,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class DecodedImage(NamedTuple):
-    """A labelled image reduced to the pixels that go into a shard."""
+    """A decoded image reduced to the pixels that go into a shard (an unlabelled one: to its audit)."""
 
     id: str
     label: int | None  # None: an unlabelled image, audited but never written

@@ -134,7 +134,7 @@ def train(
             config=config,
             class_weight=weights,
             patience=patience,
-            watch_from_epoch=int(hp.get("epochs") * EARLY_STOPPING_START),
+            watch_from_epoch=first_watched_epoch(hp.get("epochs")),
         )
     else:
         _fit(
@@ -251,6 +251,11 @@ def _fit(
 EARLY_STOPPING_START = 0.5
 
 
+def first_watched_epoch(epochs: int, start_fraction: float = EARLY_STOPPING_START) -> int:
+    """The first epoch (0-based) whose val_loss early stopping watches, of a fit of ``epochs``."""
+    return int(epochs * start_fraction)
+
+
 class ScheduledEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping on val_loss with the best weights restored, watching only the later epochs.
 
@@ -264,7 +269,7 @@ class ScheduledEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        self.start_from_epoch = int(self.params["epochs"] * self.start_fraction)
+        self.start_from_epoch = first_watched_epoch(self.params["epochs"], self.start_fraction)
 
 
 class ResumableEarlyStopping(ScheduledEarlyStopping):
