@@ -13,6 +13,7 @@ import codecs
 import dataclasses
 import difflib
 import json
+import math
 import os
 import posixpath
 import sys
@@ -210,7 +211,10 @@ def parse_splits(text: str) -> dict[str, float] | None:
 
 def parse_duplicate_distance(text: str) -> int:
     """0..15: the LSH search splits the 64-bit hash into distance + 1 bands, which must stay long."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if not 0 <= value <= 15:
         raise argparse.ArgumentTypeError(f"--duplicate_distance {text}: expected 0..15 bits")
     return value
@@ -218,7 +222,10 @@ def parse_duplicate_distance(text: str) -> int:
 
 def parse_similarity(text: str) -> float:
     """-1..1: a correlation."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not -1.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"--duplicate_similarity {text}: expected a correlation in -1..1")
     return value
