@@ -319,6 +319,7 @@ def test_a_row_carries_its_vector_as_float32_bytes():
         ("1,inf", "column b: 'inf' is not a finite float32"),
         ("nan,1", "column a: 'nan' is not a finite float32"),
         ("1e39,1", "column a: '1e39' is not a finite float32"),  # finite as a double, not as float32
+        ("inf,abc", "column a: 'inf' is not a finite float32"),  # the first bad column is named
     ],
 )
 def test_a_bad_vector_value_is_kept_as_the_rows_vector_error(cells, message):
