@@ -189,15 +189,13 @@ def parse_vector(row: list[str], indices: tuple[int, ...], names: tuple[str, ...
     # One conversion for the whole row: the Kaggle layout has 512 columns, and a numpy call per
     # cell made this the costliest step of a rerun served by the decode cache.
     try:
-        values = np.array([float(row[index]) for index in indices], np.float64)
-    except ValueError:
-        values = None
-    if values is not None:
         with np.errstate(over="ignore"):  # 1e39 becomes inf, rejected below.
-            values = values.astype(np.float32)
-        if np.isfinite(values).all():
-            return values.tobytes()
-    raise ValueError(_first_vector_problem(row, indices, names))
+            values = np.array([float(row[index]) for index in indices], np.float32)
+    except ValueError:
+        raise ValueError(_first_vector_problem(row, indices, names)) from None
+    if not np.isfinite(values).all():
+        raise ValueError(_first_vector_problem(row, indices, names))
+    return values.tobytes()
 
 
 def _first_vector_problem(row: list[str], indices: tuple[int, ...], names: tuple[str, ...]) -> str:
