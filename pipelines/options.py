@@ -184,7 +184,10 @@ def _default(name: str) -> Any:
 
 def parse_image_size(text: str) -> tuple[int, int]:
     """``50`` -> (50, 50); ``64,48`` -> (64, 48) as (width, height)."""
-    parts = [int(p) for p in text.replace("x", ",").split(",")]
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
     if len(parts) == 1:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
@@ -202,7 +205,10 @@ def parse_splits(text: str) -> dict[str, float] | None:
         name = name.strip()
         if name not in features.SPLITS:
             raise argparse.ArgumentTypeError(f"--splits: unknown split {name!r}; use {features.SPLITS}")
-        splits[name] = float(value)
+        try:
+            splits[name] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--splits: {name}={value!r} is not a fraction") from None
     total = sum(splits.values())
     if abs(total - 1.0) > 1e-6 or min(splits.values()) < 0:
         raise argparse.ArgumentTypeError(f"--splits {text!r}: fractions must be >= 0 and sum to 1 (got {total})")

@@ -35,6 +35,26 @@ def test_unknown_flag_is_a_usage_error_with_a_suggestion(flag, message, capsys):
     assert capsys.readouterr().err == f"error: {message}\n"
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--image_size", "abc", "--image_size 'abc': expected N or W,H with positive integers"),
+        ("--image_size", "0", "--image_size '0': expected N or W,H with positive integers"),
+        ("--splits", "train=x,test=1", "--splits: train='x' is not a fraction"),
+        ("--splits", "train=0.5,test=0.4", "--splits 'train=0.5,test=0.4': fractions must be >= 0 and sum to 1"),
+        ("--duplicate_distance", "x", "--duplicate_distance x: expected 0..15 bits"),
+        ("--duplicate_distance", "16", "--duplicate_distance 16: expected 0..15 bits"),
+        ("--duplicate_similarity", "high", "--duplicate_similarity high: expected a correlation in -1..1"),
+        ("--duplicate_similarity", "1.5", "--duplicate_similarity 1.5: expected a correlation in -1..1"),
+    ],
+)
+def test_a_bad_flag_value_says_what_the_flag_expects(flag, value, message, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args([*BASE, flag, value])
+    assert raised.value.code == 2
+    assert f"error: argument {flag}: {message}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("module", ["pipelines.preprocess", "pipelines.preflight"])
 def test_command_lines_exit_2_with_one_line_on_a_misspelled_flag(module, tmp_path):
     completed = subprocess.run(
