@@ -30,7 +30,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import output_dir
-from pipelines.options import usage_error
+from pipelines.cli import usage_error
 
 # Bump whenever the decode or resize changes the pixels without a library version changing.
 CACHE_VERSION = "1"

@@ -16,14 +16,14 @@ import json
 import math
 import os
 import posixpath
-import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import features
+from pipelines.cli import ArgumentParser, usage_error
 from pipelines.paths import is_remote
 
 # The two Kaggle layouts' names: the presets below read them, the demo data writes them.
@@ -139,23 +139,6 @@ class PreprocessConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-class UsageError(SystemExit):
-    """A user mistake on the command line: exits 2; ``str()`` is the message."""
-
-    def __init__(self, message: str):
-        super().__init__(2)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
-
-
-def usage_error(message: str) -> NoReturn:
-    """Prints ``error: message`` and exits 2 (also when nothing above catches it)."""
-    print(f"error: {message}", file=sys.stderr)
-    raise UsageError(message)
-
-
 def beam_flags() -> set[str]:
     """Every flag of Beam's PipelineOptions classes, found the way Beam itself parses them."""
     parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
@@ -247,7 +230,7 @@ def parse_class_folders(text: str) -> dict[str, int]:
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m pipelines.preprocess",
         description="Raw images -> TFRecord shards, tf.Transform statistics and a manifest. "
         "Flags not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).",
@@ -377,12 +360,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]
     else:
         classes = ["0", "1"]
     if not labels and not class_folders:
-        raise SystemExit("error: give --labels_csv, --class_folders or --dataset: images need labels")
+        usage_error("give --labels_csv, --class_folders or --dataset: images need labels")
     exclude_csv, exclude_ids = split_exclude(args.exclude, ids_have_folders=bool(class_folders))
     try:
         codecs.lookup(args.csv_encoding)
     except LookupError:
-        _usage_error(f"--csv_encoding {args.csv_encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1)")
+        usage_error(f"--csv_encoding {args.csv_encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1)")
     id_column = args.id_column or _default("id_column")
     label_column = args.label_column or preset.get("label_column", _default("label_column"))
     vector_columns = numeric_columns(
@@ -439,7 +422,7 @@ def numeric_columns(
     if not spec or spec.strip().lower() == "none":
         return ()
     if not labels_csvs:
-        _usage_error("--numeric_columns: the vector's columns come from a labels CSV; give --labels_csv")
+        usage_error("--numeric_columns: the vector's columns come from a labels CSV; give --labels_csv")
     resolved = set()
     for path in labels_csvs:
         try:
@@ -447,9 +430,9 @@ def numeric_columns(
         except (CsvError, ValueError) as e:
             if flag is None:
                 return ()  # The preset's columns are optional: a CSV without them gets no vector.
-            _usage_error(str(e) if isinstance(e, CsvError) else f"{path}: {e}")
+            usage_error(str(e) if isinstance(e, CsvError) else f"{path}: {e}")
     if len(resolved) > 1:
-        _usage_error(f"--numeric_columns {spec!r} names other columns in each labels CSV {list(labels_csvs)}")
+        usage_error(f"--numeric_columns {spec!r} names other columns in each labels CSV {list(labels_csvs)}")
     return resolved.pop()
 
 
@@ -465,16 +448,10 @@ def split_exclude(values: Sequence[str], *, ids_have_folders: bool) -> tuple[tup
         if FileSystems.exists(value):
             csvs.append(value)
         elif looks_like_path:
-            _usage_error(f"--exclude {value}: no such file (give an existing CSV or comma-separated ids)")
+            usage_error(f"--exclude {value}: no such file (give an existing CSV or comma-separated ids)")
         else:
             ids.extend(i.strip() for i in value.split(",") if i.strip())
     return tuple(csvs), tuple(ids)
-
-
-def _usage_error(message: str) -> NoReturn:
-    """Ends the program with one line ``error: …`` and exit status 2, as argparse does for usage errors."""
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
 
 
 def _is_glob(path: str) -> bool:

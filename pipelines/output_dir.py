@@ -17,7 +17,7 @@ from typing import Any
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
 from pipelines import features
-from pipelines.options import usage_error
+from pipelines.cli import usage_error
 from pipelines.paths import is_remote
 
 # Beam's file sinks write to temp files and rename them when complete, so a failed run

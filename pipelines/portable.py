@@ -16,7 +16,6 @@ files written where workers cannot see them. SIGTERM stops a service and its wor
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import logging
 import os
@@ -32,6 +31,8 @@ from apache_beam.runners.portability import local_job_service
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.worker import worker_pool_main
 from apache_beam.utils import thread_pool_executor
+
+from pipelines.cli import ArgumentParser
 
 LOOPBACK = "127.0.0.1"
 
@@ -91,7 +92,7 @@ def start_job_service(port: int) -> tuple[int, LoopbackJobServicer]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.portable", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m pipelines.portable", description=__doc__.split("\n\n")[0])
     parser.add_argument("service", choices=["job_service", "worker_pool"])
     parser.add_argument("--port", type=int, default=0, help="0: any free port (printed)")
     args = parser.parse_args(argv)

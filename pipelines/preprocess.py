@@ -38,9 +38,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import cache, features, manifest, output_dir, transforms
+from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.labels import AUDIT_ONLY, NO_LABEL, UNLABELLED_SPLIT, LabelledImage
-from pipelines.options import PreprocessConfig, parse_args, usage_error
+from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.sinks import (
     WriteDeadLetters,

@@ -1,4 +1,4 @@
-"""The trainer's command line: tune | train | evaluate | predict | preflight.
+"""The trainer's command line: tune | train | evaluate | predict | preflight | find_label_issues.
 
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small|full|wide] [--overwrite]
   python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
@@ -46,6 +46,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import quiet
+from pipelines.cli import ArgumentParser
 
 # Before TensorFlow is imported: it reads its C++ log level once, at import.
 quiet.configure()
@@ -71,8 +72,8 @@ _SPLITS = {"tune": ("train", "validation"), "train": ("train", "validation")}
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     """The parser and its subcommands' parsers by name."""
-    parser = argparse.ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="python -m trainer.task", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
 
     def common(p: argparse.ArgumentParser, *, data: bool = True) -> None:
         p.add_argument("--data_dir", required=data, help="preprocessing output (shards, transform/, manifest.json)")
@@ -233,7 +234,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser, subparsers = _parser()
     if argv and argv[0] in subparsers:
         # --config is read before the real parse, which checks required flags the file may give.
-        peek = argparse.ArgumentParser(add_help=False)
+        peek = ArgumentParser(add_help=False)
         peek.add_argument("--config")
         config = peek.parse_known_args(argv[1:])[0].config
         if config:

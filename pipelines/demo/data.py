@@ -43,7 +43,6 @@ bounded whatever the count.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
 import functools
@@ -61,6 +60,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipelines.cli import ArgumentParser
 from pipelines.options import (
     COMICS_DIR,
     COMICS_ROOT,
@@ -718,7 +718,7 @@ def generate(dataset: str, out_dir: str, *, count: int, size: int = DEFAULT_SIZE
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command line: generate a demo dataset and print its summary as JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m pipelines.demo.data", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument(

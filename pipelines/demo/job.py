@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from pipelines import options, quiet
+from pipelines.cli import ArgumentParser
 from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
 
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
@@ -172,7 +173,7 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m pipelines.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=sorted(_PREPROCESS_EXTRA), default="glasses")
     parser.add_argument("--workdir", default="demo_runs", help="where data, shards and the job go")
     parser.add_argument("--data_root", help="use this folder (Kaggle layout) instead of generating demo data")

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 
 from pipelines import options
+from pipelines.cli import ArgumentParser
 from pipelines.options import PreprocessConfig
 from pipelines.review.findings import read_findings
 from pipelines.review.listing import build_index, images_root, read_predictions
@@ -17,7 +18,7 @@ from pipelines.review.thumbnails import Thumbnails
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m pipelines.review",
         description="Review labels nine images at a time in a local web page; writes the overrides "
         "and exclusions CSVs that python -m pipelines.preprocess reads.",

@@ -25,7 +25,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import features, labels
-from pipelines.options import usage_error
+from pipelines.cli import usage_error
 from pipelines.review.listing import natural_key
 
 log = logging.getLogger(__name__)

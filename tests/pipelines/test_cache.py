@@ -10,7 +10,7 @@ import pytest
 
 from pipelines import cache, features
 from pipelines.cache import CachedPixels, CorruptEntry, cache_key, decode_entry, encode_entry
-from pipelines.options import UsageError
+from pipelines.cli import UsageError
 from pipelines.preprocess import run
 from tests.image_files import write_glasses_like
 from tests.pipelines.test_preprocess import _read_split

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features, output_dir
-from pipelines.options import UsageError
+from pipelines.cli import UsageError
 
 
 @pytest.fixture

@@ -22,8 +22,9 @@ import tensorflow_transform as tft
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import features
+from pipelines.cli import UsageError
 from pipelines.manifest import PipelineError, summary_table
-from pipelines.options import PreprocessConfig, UsageError
+from pipelines.options import PreprocessConfig
 from pipelines.preprocess import child_pids, run
 from pipelines.sinks import sum_hashes
 from pipelines.sources import LabelledImages

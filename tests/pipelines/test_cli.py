@@ -1,0 +1,69 @@
+"""Every command's flag mistakes end in one line ``error: …`` naming the flag, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pipelines import portable, preprocess
+from pipelines.cli import ArgumentParser, UsageError
+from pipelines.demo import data, job
+from pipelines.review import cli as review
+from trainer import task
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--count {text!r}: expected a positive integer")
+    return int(text)
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="tool")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--count", type=_positive)
+    parser.add_argument("--mode", choices=["a", "b"])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("train").add_argument("--needed", required=True)
+    return parser
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--epochs", "x"], "--epochs: invalid int value: 'x' (see tool --help)"),
+        # The flag's own message already names it: said once.
+        (["--count", "-3"], "--count '-3': expected a positive integer (see tool --help)"),
+        (["--mode", "c"], "--mode: invalid choice: 'c' (choose from 'a', 'b') (see tool --help)"),
+        (["--epochs"], "--epochs: expected one argument (see tool --help)"),
+        (["stray"], "command: invalid choice: 'stray' (choose from 'train') (see tool --help)"),
+        (["train"], "the following arguments are required: --needed (see tool train --help)"),
+    ],
+)
+def test_a_mistake_is_one_line_naming_the_flag(argv, message, capsys):
+    with pytest.raises(UsageError) as raised:
+        _parser().parse_args(argv)
+    assert raised.value.code == 2
+    assert str(raised.value) == message
+    assert capsys.readouterr().err == f"error: {message}\n"
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "flag"),
+    [
+        (preprocess.run, ["--images", "i", "--output", "o", "--labels_csv", "l.csv", "--seed", "x"], "--seed"),
+        (task.main, ["train", "--data_dir", "d", "--job_dir", "j", "--epochs", "x"], "--epochs"),
+        (task.main, [], "{tune,train,evaluate,predict,preflight,find_label_issues}"),
+        (job.main, ["--dataset", "faces"], "--dataset"),
+        (data.main, ["--dataset", "glasses", "--out", "o", "--count", "x"], "--count"),
+        (review.main, ["--images", "i", "--overrides_csv", "o", "--exclude_csv", "e", "--port", "x"], "--port"),
+        (portable.main, ["job_service", "--port", "x"], "--port"),
+    ],
+)
+def test_every_command_line_says_one_line(main, argv, flag, capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(argv)
+    assert raised.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
