@@ -15,15 +15,18 @@ from pipelines.quality import (
     THUMBNAIL_SIDE,
     AuditQuality,
     Member,
+    ThumbnailMoments,
     bands,
     bucket_pairs,
     duplicate_groups,
+    face_space_fold,
     hamming,
     image_quality,
     outlier_reasons,
     robust_values,
     robust_z,
     similarity,
+    with_atypicality,
 )
 from pipelines.transforms import DecodedImage, decode_and_resize
 from tests.image_files import offline_test_pipeline
@@ -205,3 +208,56 @@ def test_audit_in_beam_finds_exact_and_near_duplicates_and_leakage_across_splits
         ]
         flagged = stats | beam.Filter(lambda kv: kv[0] != "quality/flagged_images")
         assert_that(flagged, equal_to(expected), label="stats")
+
+
+def _faces_and_odd_ones(count: int) -> tuple[list[DecodedImage], set[str]]:
+    """``count`` faces and two images that are no face: a block-scrambled face and noise."""
+    rng = np.random.default_rng(5)
+    odd = {
+        "scrambled": demo_data._scramble(face(count + 1), rng),
+        "noise": rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8),
+    }
+    images = [_decoded(str(i), "train", face(i), i) for i in range(1, count + 1)]
+    images += [_decoded(name, "train", rgb, count + n) for n, (name, rgb) in enumerate(odd.items(), 1)]
+    return images, set(odd)
+
+
+def test_thumbnail_moments_merged_give_the_face_space_of_one_pass() -> None:
+    thumbnails = [quality(face(i)).thumbnail for i in range(1, 13)]
+    whole, first, second = ThumbnailMoments(), ThumbnailMoments(), ThumbnailMoments()
+    for i, thumbnail in enumerate(thumbnails):
+        whole.add(thumbnail)
+        (first if i % 3 else second).add(thumbnail)
+    merged = first.merge(second).face_space()
+    space = whole.face_space()
+    assert merged.basis.shape == space.basis.shape and 1 < space.basis.shape[1] < len(thumbnails)
+    np.testing.assert_allclose(merged.mean, space.mean, atol=1e-9)
+    # The same subspace (its directions' signs may differ): the same projection.
+    np.testing.assert_allclose(merged.basis @ merged.basis.T, space.basis @ space.basis.T, atol=1e-6)
+    assert ThumbnailMoments().face_space() is None
+
+
+def test_a_scrambled_face_and_noise_are_the_most_atypical_among_faces() -> None:
+    images, odd = _faces_and_odd_ones(40)
+    moments: dict[int, ThumbnailMoments] = {}
+    for image in images:
+        moments.setdefault(face_space_fold(image.content_hash), ThumbnailMoments()).add(image.quality.thumbnail)
+    spaces = {fold: m.face_space() for fold, m in moments.items()}
+    atypicality = {im.id: with_atypicality(im.quality, im.content_hash, spaces).atypicality for im in images}
+    ranked = sorted(atypicality, key=atypicality.get, reverse=True)
+    assert set(ranked[:2]) == odd
+    faces = [atypicality[i] for i in ranked[2:]]
+    # Well apart: further above the faces' largest than the faces' own spread.
+    assert atypicality[ranked[1]] - max(faces) > float(np.std(faces))
+
+
+def test_audit_in_beam_finds_the_atypical_images() -> None:
+    images, odd = _faces_and_odd_ones(40)
+    with offline_test_pipeline() as pipeline:
+        lines = pipeline | beam.Create(images) | AuditQuality(threshold=3.5, distance=K, similarity=S)
+        most = (
+            lines["images"]
+            | beam.combiners.Top.Largest(2, key=lambda line: line["z"]["atypicality"])
+            | beam.Map(lambda top: sorted(line["id"] for line in top))
+        )
+        assert_that(most, equal_to([sorted(odd)]))
