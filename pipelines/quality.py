@@ -11,10 +11,10 @@ bands) *and* their 16x16 grey thumbnails correlated at ``similarity`` or more. T
 joins different faces of one layout (the demo's smooth synthetic faces, 55 false groups of 70
 at distance 6 in docs/benchmarks.md section 7); the thumbnails tell them apart.
 
-One statistic needs the rest of the data set: ``atypicality``, how far an image's thumbnail
-lies from the principal subspace (the "face space", see :class:`ThumbnailMoments`) of the
-other half of the images. It sees what no pixel statistic does: a scrambled or warped face,
-a foreign image.
+One statistic needs the rest of the data set: ``atypicality``, how far the parts of an
+image's thumbnail lie from the principal subspaces of the same parts of the other half of the
+images (their "face space", see :class:`PatchMoments`). It sees what no pixel statistic does:
+a scrambled or warped face, a foreign image.
 
 Plain numpy/cv2 functions here, tested eagerly; :class:`AuditQuality` wires them into Beam.
 """
@@ -76,7 +76,8 @@ class ImageQuality(NamedTuple):
     constancy: float  # share of the most common grey value (1.0: one colour)
     phash: int  # 64-bit perceptual hash (DCT)
     thumbnail: bytes  # THUMBNAIL_SIDE² grey uint8: the near-duplicate check beside the hash
-    # log mean squared distance of the thumbnail from the other fold's face space: set by
+    patches: bytes  # PATCHES_SIDE² grey uint8: what the atypicality measures
+    # How far the patches lie from the other fold's face space (:func:`atypicality`): set by
     # the audit once the whole data set is seen (:func:`with_atypicality`); NaN until then.
     atypicality: float = math.nan
 
@@ -141,6 +142,7 @@ def image_quality(pixels: np.ndarray, original_size: tuple[int, int]) -> ImageQu
         constancy=float(counts.max() / grey.size),
         phash=phash(grey),
         thumbnail=thumbnail(grey),
+        patches=cv2.resize(grey, (PATCHES_SIDE, PATCHES_SIDE), interpolation=cv2.INTER_AREA).tobytes(),
     )
 
 
@@ -186,62 +188,70 @@ def outlier_reasons(z: Mapping[str, float], threshold: float) -> list[str]:
 
 # --- Face space ------------------------------------------------------------------------
 
-# The principal components kept: as many as hold this share of the thumbnails' variance
+# Images of one data set are alike (faces, aligned and lit alike), so each part of them varies
+# little: the 8x8 patch at one place of a 32x32 grey thumbnail lies near a low-dimensional
+# subspace of its own ("modular eigenspaces", Pentland et al. 1994). A patch far from its
+# subspace is not like that part of the other images: a warped eye, a block out of place, a
+# foreign picture. Local subspaces see what one subspace of the whole thumbnail misses (a mild
+# warp changes every part a little; on the demo sets they found the global model's flags and
+# more, docs/benchmarks.md section 7).
+PATCH_SIDE = 8
+PATCHES_SIDE = 32  # The thumbnail the patches are cut from: 4x4 patches.
+_PATCHES = (PATCHES_SIDE // PATCH_SIDE) ** 2
+_PATCH_PIXELS = PATCH_SIDE * PATCH_SIDE
+# The principal components kept at each place: as many as hold this share of its variance
 # (the usual eigenfaces choice). The rest is what "atypical" measures.
 FACE_SPACE_VARIANCE = 0.95
 # An image is measured against the face space of the *other* fold: in its own, an odd image
 # (noise, a scramble) is a large share of the variance and gets a component of its own, so
 # it would look typical exactly when it is not (a small data set shows it at once).
 FACE_SPACE_FOLDS = 2
-# Keeps the log finite for a thumbnail exactly in the face space (a data set of 2 images).
+# Keeps the logs finite for a patch exactly in its subspace (a data set of 2 images).
 _RESIDUAL_FLOOR = 1e-4
 
 
 class FaceSpace(NamedTuple):
-    """The data set's face space: the standardised thumbnails' mean and principal directions."""
+    """The standardised patches' mean, principal directions and residual variance, per place."""
 
-    mean: np.ndarray  # (THUMBNAIL_SIDE²,)
-    basis: np.ndarray  # (THUMBNAIL_SIDE², k), orthonormal columns
+    mean: np.ndarray  # (places, 64)
+    basis: np.ndarray  # (places, 64, 64): orthonormal columns, zeros beyond each place's own k
+    residual_variance: np.ndarray  # (places,): the mean variance per pixel outside the basis
 
 
-def standardised(thumbnails: bytes) -> np.ndarray:
-    """Concatenated thumbnails as float64 rows of mean 0 and sd 1 (brightness and contrast
-    are audited apart); a flat one is all zeros."""
-    x = np.frombuffer(thumbnails, np.uint8).reshape(-1, THUMBNAIL_SIDE * THUMBNAIL_SIDE).astype(np.float64)
-    x -= x.mean(axis=1, keepdims=True)
-    std = x.std(axis=1, keepdims=True)
+def standardised_patches(thumbnails: bytes) -> np.ndarray:
+    """Concatenated PATCHES_SIDE² thumbnails -> (images, places, 64) float64 patches, each of mean 0
+    and sd 1 (brightness and contrast are audited apart); a flat patch is all zeros."""
+    grid = PATCHES_SIDE // PATCH_SIDE
+    x = np.frombuffer(thumbnails, np.uint8).astype(np.float64)
+    x = x.reshape(-1, grid, PATCH_SIDE, grid, PATCH_SIDE).swapaxes(2, 3).reshape(-1, _PATCHES, _PATCH_PIXELS)
+    x -= x.mean(axis=2, keepdims=True)
+    std = x.std(axis=2, keepdims=True)
     return np.divide(x, std, out=np.zeros_like(x), where=std > 0)
 
 
-class ThumbnailMoments:
-    """Count, sum and sum of outer products of standardised thumbnails.
+class PatchMoments:
+    """Count, sum and sum of outer products of the standardised patches, per place.
 
-    Images of one data set are alike (faces, aligned and lit alike), so their thumbnails lie
-    near a low-dimensional subspace: eigenfaces, Turk and Pentland 1991. An image far from it
-    is not like the others: a scrambled or warped face, a foreign picture. The moments merge,
-    so the subspace of any number of images costs one combine of a 256x256 matrix, never
-    their pixels on one worker.
-
-    Thumbnails wait in a block of at most _BLOCK rows and are summed by one matrix product:
-    one outer product per image costs 0.1 ms, 5% of a 256-px PNG's decode.
+    They merge, so the face space of any number of images costs one combine of 16 64x64
+    matrices, never their pixels on one worker. Thumbnails wait in a block of at most _BLOCK
+    and are summed by one batched matrix product (an outer product per image costs 5x more).
     """
 
     _BLOCK = 256
 
     def __init__(self) -> None:
-        side = THUMBNAIL_SIDE * THUMBNAIL_SIDE
         self.count = 0
-        self.total = np.zeros(side)
-        self.outer = np.zeros((side, side))
+        self.total = np.zeros((_PATCHES, _PATCH_PIXELS))
+        self.outer = np.zeros((_PATCHES, _PATCH_PIXELS, _PATCH_PIXELS))
         self._pending: list[bytes] = []
 
-    def add(self, thumbnail: bytes) -> ThumbnailMoments:
+    def add(self, thumbnail: bytes) -> PatchMoments:
         self._pending.append(thumbnail)
         if len(self._pending) >= self._BLOCK:
             self._flush()
         return self
 
-    def merge(self, other: ThumbnailMoments) -> ThumbnailMoments:
+    def merge(self, other: PatchMoments) -> PatchMoments:
         self._flush()
         other._flush()
         self.count += other.count
@@ -251,31 +261,40 @@ class ThumbnailMoments:
 
     def _flush(self) -> None:
         if self._pending:
-            block = standardised(b"".join(self._pending))
-            self.count += len(block)
-            self.total += block.sum(axis=0)
-            self.outer += block.T @ block
+            by_place = standardised_patches(b"".join(self._pending)).swapaxes(0, 1)  # (places, images, 64)
+            self.count += by_place.shape[1]
+            self.total += by_place.sum(axis=1)
+            self.outer += by_place.swapaxes(1, 2) @ by_place
             self._pending = []
 
     def face_space(self) -> FaceSpace | None:
-        """The principal subspace holding FACE_SPACE_VARIANCE of the variance; None without images."""
+        """Each place's principal subspace holding FACE_SPACE_VARIANCE of its variance; None without images."""
         self._flush()
         if not self.count:
             return None
         mean = self.total / self.count
-        variances, directions = np.linalg.eigh(self.outer / self.count - np.outer(mean, mean))
-        variances, directions = variances[::-1].clip(min=0), directions[:, ::-1]  # largest first
-        if variances.sum() <= 0:  # every thumbnail alike: nothing to span
-            return FaceSpace(mean, directions[:, :0])
-        kept = int(np.searchsorted(np.cumsum(variances) / variances.sum(), FACE_SPACE_VARIANCE)) + 1
-        return FaceSpace(mean, directions[:, :kept])
+        covariance = self.outer / self.count - mean[:, :, None] * mean[:, None, :]
+        variances, directions = np.linalg.eigh(covariance)  # ascending, per place
+        variances, directions = variances[:, ::-1].clip(min=0), directions[:, :, ::-1]  # largest first
+        share = np.cumsum(variances, axis=1) / np.maximum(variances.sum(axis=1, keepdims=True), 1e-300)
+        kept = (share < FACE_SPACE_VARIANCE).sum(axis=1) + 1  # per place; all zero variance: 1
+        columns = np.arange(_PATCH_PIXELS)
+        basis = np.where(columns[None, None, :] < kept[:, None, None], directions, 0.0)
+        residual = np.where(columns[None, :] >= kept[:, None], variances, 0.0).sum(axis=1) / _PATCH_PIXELS
+        return FaceSpace(mean, basis, residual)
 
 
 def atypicality(thumbnail: bytes, space: FaceSpace) -> float:
-    """log of the mean squared part of the standardised thumbnail outside ``space``."""
-    centred = standardised(thumbnail)[0] - space.mean
-    residual = centred - space.basis @ (space.basis.T @ centred)
-    return math.log(_RESIDUAL_FLOOR + float(residual @ residual) / residual.size)
+    """The mean over places of log(squared distance of the patch from its subspace / the
+    subspace's residual variance): 0 for an image as typical as the average one, about the
+    same at every place. The ratio is the "distance from feature space" over its expected
+    value (Moghaddam and Pentland 1997), so a place that is noisy in every image (a
+    textured background) does not outweigh one that is not."""
+    centred = standardised_patches(thumbnail)[0] - space.mean  # (places, 64)
+    coefficients = np.einsum("pij,pi->pj", space.basis, centred)
+    residual = centred - np.einsum("pij,pj->pi", space.basis, coefficients)
+    distance = (residual * residual).mean(axis=1)
+    return float(np.mean(np.log((_RESIDUAL_FLOOR + distance) / (_RESIDUAL_FLOOR + space.residual_variance))))
 
 
 def face_space_fold(content_hash: int) -> int:
@@ -289,7 +308,7 @@ def with_atypicality(quality: ImageQuality, content_hash: int, spaces: Mapping[i
     space = spaces.get((face_space_fold(content_hash) + 1) % FACE_SPACE_FOLDS)
     if space is None:
         return quality
-    return quality._replace(atypicality=atypicality(quality.thumbnail, space))
+    return quality._replace(atypicality=atypicality(quality.patches, space))
 
 
 # --- Duplicates ------------------------------------------------------------------------
@@ -390,7 +409,7 @@ class _FlagOutliers(beam.DoFn):
         if flags:
             self._flagged.inc()
         stats = {**quality._asdict(), "phash": f"{quality.phash:016x}"}
-        del stats["thumbnail"]  # Pixels, not a statistic: the duplicate search's alone.
+        del stats["thumbnail"], stats["patches"]  # Pixels, not statistics.
         yield {
             "id": image.id,
             "split": image.split,
@@ -403,21 +422,21 @@ class _FlagOutliers(beam.DoFn):
 
 
 class _FaceSpaceFn(beam.CombineFn):
-    """Thumbnails -> their FaceSpace (None for no images), by ThumbnailMoments."""
+    """Patch thumbnails -> their FaceSpace (None for no images), by PatchMoments."""
 
-    def create_accumulator(self) -> ThumbnailMoments:
-        return ThumbnailMoments()
+    def create_accumulator(self) -> PatchMoments:
+        return PatchMoments()
 
-    def add_input(self, moments: ThumbnailMoments, thumbnail: bytes) -> ThumbnailMoments:
+    def add_input(self, moments: PatchMoments, thumbnail: bytes) -> PatchMoments:
         return moments.add(thumbnail)
 
-    def merge_accumulators(self, accumulators: Iterable[ThumbnailMoments]) -> ThumbnailMoments:
-        merged = ThumbnailMoments()
+    def merge_accumulators(self, accumulators: Iterable[PatchMoments]) -> PatchMoments:
+        merged = PatchMoments()
         for moments in accumulators:
             merged.merge(moments)
         return merged
 
-    def extract_output(self, moments: ThumbnailMoments) -> FaceSpace | None:
+    def extract_output(self, moments: PatchMoments) -> FaceSpace | None:
         return moments.face_space()
 
 
@@ -455,9 +474,9 @@ class AuditQuality(beam.PTransform):
         distance, min_similarity = self._distance, self._similarity
         spaces = beam.pvalue.AsDict(
             images
-            | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.thumbnail))
+            | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.patches))
             | "FaceSpaces" >> beam.CombinePerKey(_FaceSpaceFn())
-            # (fold, FaceSpace): a 256 x k matrix per fold
+            # (fold, FaceSpace): 16 64x64 matrices per fold
         )
         images = images | "Atypicality" >> beam.Map(
             lambda im, spaces: im._replace(quality=with_atypicality(im.quality, im.content_hash, spaces)), spaces
