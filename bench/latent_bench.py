@@ -18,7 +18,6 @@ included); the train process's whole wall time divided by the epochs run is prin
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import time
 # The project root, so that its packages import from this checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipelines import features
+from pipelines.cli import ArgumentParser
 from pipelines.demo.data import EXCLUSIONS_CSV, OVERRIDES_CSV
 from trainer import job_layout, records
 
@@ -124,7 +124,7 @@ def bench_preset(preset: str, data_dir: str, job_dir: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", default="1500", help="comma-separated image counts, e.g. 1500,5000")
     parser.add_argument("--size", type=int, default=256, help="side of the generated demo images")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_latent"))

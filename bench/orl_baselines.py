@@ -25,6 +25,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pipelines.cli import ArgumentParser
+
 # Rows of the 112-pixel-high ORL photo that hold the eyes (and any glasses) in every shot.
 EYE_BAND = slice(28, 68)
 STRENGTHS = (0.01, 0.1, 1.0)
@@ -57,7 +59,7 @@ def _features(images: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_root", required=True, help="the folder holding orl_glasses/")
     parser.add_argument("--folds", type=int, default=4)
     args = parser.parse_args()

@@ -37,6 +37,7 @@ import time
 
 import cv2
 
+from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
 from pipelines.transforms import decode_and_resize
 
@@ -220,7 +221,7 @@ def cache(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     tp = commands.add_parser("throughput")
     tp.add_argument("--count", type=int, default=500)

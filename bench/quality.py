@@ -23,7 +23,6 @@ groups with errors and wall times; writes everything to WORKDIR/quality.json.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -44,6 +43,7 @@ import numpy as np
 from real_photos import orl_image_flags
 
 from pipelines import features
+from pipelines.cli import ArgumentParser
 from trainer import job_layout
 from trainer.folds import assign_folds
 
@@ -315,7 +315,7 @@ def _report(rows: Sequence[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", required=True, help="the folder holding orl_glasses/ and face2comics_v2/")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_quality"))
     parser.add_argument("--folds", type=int, default=4)

@@ -14,7 +14,6 @@ The images are read where they are; nothing is copied into the project.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -25,6 +24,7 @@ import tempfile
 # The project root, so that its packages import from this checkout.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipelines import features
+from pipelines.cli import ArgumentParser
 from trainer import job_layout
 
 
@@ -107,7 +107,7 @@ def evaluate_set(name: str, root: str, workdir: str, epochs: int | None) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", required=True, help="the folder holding orl_glasses/ and face2comics_v2/")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_real"))
     parser.add_argument("--epochs", type=int, help="override the presets' epochs (small sets need more)")

@@ -16,7 +16,6 @@ a Kaggle-layout folder given with --data_root.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -28,6 +27,7 @@ import time
 
 # The loopback process helpers are the tests' own (tests/processes.py), importable from the project root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pipelines.cli import ArgumentParser
 from tests.processes import free_ports, running_services, stop_processes
 from trainer import job_layout
 
@@ -61,7 +61,7 @@ def train_two_workers(argv: list[str], log_dir: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_root", help="Kaggle-layout glasses folder (default: generate the demo set)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_rehearsal"))
     parser.add_argument("--count", type=int, default=800)

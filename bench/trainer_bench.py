@@ -34,6 +34,7 @@ import time
 import tensorflow as tf
 
 from pipelines import features
+from pipelines.cli import ArgumentParser
 from trainer import data, job_layout, models
 
 # (preset, demo dataset, demo images, image side of the generated files)
@@ -253,7 +254,7 @@ def hyperband_vs_grid(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     for name in ("input", "tune", "hyperband"):
         sub = commands.add_parser(name)

@@ -307,7 +307,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         type=float,
         default=_default("outlier_threshold"),
         help="Robust z-score (median/MAD) beyond which sharpness, gradient anisotropy, brightness, contrast, "
-        "saturation, constancy or atypicality (distance from the other half's face space) flag an image (default 3.5).",
+        "saturation, constancy or atypicality (distance from the other half's local face spaces) flag an image "
+        "(default 3.5).",
     )
     add(
         "--duplicate_distance",

@@ -216,6 +216,7 @@ class FaceSpace(NamedTuple):
     mean: np.ndarray  # (places, 64)
     basis: np.ndarray  # (places, 64, 64): orthonormal columns, zeros beyond each place's own k
     residual_variance: np.ndarray  # (places,): the mean variance per pixel outside the basis
+    complement: np.ndarray  # (places, 64, 64): I - basis basisᵀ, the projection off each subspace
 
 
 def standardised_patches(thumbnails: bytes) -> np.ndarray:
@@ -261,7 +262,8 @@ class PatchMoments:
 
     def _flush(self) -> None:
         if self._pending:
-            by_place = standardised_patches(b"".join(self._pending)).swapaxes(0, 1)  # (places, images, 64)
+            # (places, images, 64), contiguous: the product below is then one BLAS call per place.
+            by_place = np.ascontiguousarray(standardised_patches(b"".join(self._pending)).swapaxes(0, 1))
             self.count += by_place.shape[1]
             self.total += by_place.sum(axis=1)
             self.outer += by_place.swapaxes(1, 2) @ by_place
@@ -277,11 +279,13 @@ class PatchMoments:
         variances, directions = np.linalg.eigh(covariance)  # ascending, per place
         variances, directions = variances[:, ::-1].clip(min=0), directions[:, :, ::-1]  # largest first
         share = np.cumsum(variances, axis=1) / np.maximum(variances.sum(axis=1, keepdims=True), 1e-300)
-        kept = (share < FACE_SPACE_VARIANCE).sum(axis=1) + 1  # per place; all zero variance: 1
+        # Per place; where every patch is alike (no variance), all 64: nothing is left over.
+        kept = np.minimum((share < FACE_SPACE_VARIANCE).sum(axis=1) + 1, _PATCH_PIXELS)
         columns = np.arange(_PATCH_PIXELS)
         basis = np.where(columns[None, None, :] < kept[:, None, None], directions, 0.0)
         residual = np.where(columns[None, :] >= kept[:, None], variances, 0.0).sum(axis=1) / _PATCH_PIXELS
-        return FaceSpace(mean, basis, residual)
+        complement = np.eye(_PATCH_PIXELS) - basis @ basis.swapaxes(1, 2)
+        return FaceSpace(mean, basis, residual, complement)
 
 
 def atypicality(thumbnail: bytes, space: FaceSpace) -> float:
@@ -291,9 +295,8 @@ def atypicality(thumbnail: bytes, space: FaceSpace) -> float:
     value (Moghaddam and Pentland 1997), so a place that is noisy in every image (a
     textured background) does not outweigh one that is not."""
     centred = standardised_patches(thumbnail)[0] - space.mean  # (places, 64)
-    coefficients = np.einsum("pij,pi->pj", space.basis, centred)
-    residual = centred - np.einsum("pij,pj->pi", space.basis, coefficients)
-    distance = (residual * residual).mean(axis=1)
+    residual = (centred[:, None, :] @ space.complement)[:, 0, :]  # the complement is symmetric
+    distance = np.square(residual).mean(axis=1)
     return float(np.mean(np.log((_RESIDUAL_FLOOR + distance) / (_RESIDUAL_FLOOR + space.residual_variance))))
 
 
@@ -410,6 +413,8 @@ class _FlagOutliers(beam.DoFn):
             self._flagged.inc()
         stats = {**quality._asdict(), "phash": f"{quality.phash:016x}"}
         del stats["thumbnail"], stats["patches"]  # Pixels, not statistics.
+        if math.isnan(quality.atypicality):  # No other fold to measure it against: unknown, not NaN in JSON.
+            del stats["atypicality"]
         yield {
             "id": image.id,
             "split": image.split,

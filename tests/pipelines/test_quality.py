@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import apache_beam as beam
 import cv2
@@ -266,3 +267,17 @@ def test_audit_in_beam_finds_the_atypical_images() -> None:
             | beam.Map(lambda top: sorted(line["id"] for line in top))
         )
         assert_that(most, equal_to([sorted(odd)]))
+
+
+def test_a_lone_image_has_no_atypicality_and_its_line_is_strict_json() -> None:
+    with offline_test_pipeline() as pipeline:
+        lines = (
+            pipeline
+            | beam.Create([_decoded("1", "train", face(1), 1)])
+            | AuditQuality(threshold=3.5, distance=K, similarity=S)
+        )
+        keys = lines["images"] | beam.Map(lambda line: (sorted(line["stats"]), json.dumps(line, allow_nan=False)))
+        assert_that(
+            keys | beam.Map(lambda kv: "atypicality" in kv[0] or "thumbnail" in kv[0] or "patches" in kv[0]),
+            equal_to([False]),
+        )
