@@ -206,35 +206,45 @@ FACE_SPACE_VARIANCE = 0.95
 # (noise, a scramble) is a large share of the variance and gets a component of its own, so
 # it would look typical exactly when it is not (a small data set shows it at once).
 FACE_SPACE_FOLDS = 2
-# Keeps the logs finite for a patch exactly in its subspace (a data set of 2 images).
-_RESIDUAL_FLOOR = 1e-4
+# A fold's face space needs as many images as a patch has pixels: with fewer, each place's
+# covariance has rank < 64 and its "residual" is rounding noise. Smaller folds get none, and
+# their images no atypicality (a data set under ~130 images is not audited for it).
+MIN_FOLD_IMAGES = _PATCH_PIXELS
+# A patch's sd is never taken below 2 grey levels: a flat background with one pixel off by 1
+# would otherwise be standardised into a full-size spike.
+_MIN_PATCH_STD = 2.0
+# Distances and residual variances are per pixel of patches standardised to about unit
+# variance: 1% of that is the smallest residual a place is measured against, so a place whose
+# subspace holds (nearly) all its variance keeps a meaningful ratio.
+_RESIDUAL_FLOOR = 1e-2
 
 
 class FaceSpace(NamedTuple):
-    """The standardised patches' mean, principal directions and residual variance, per place."""
+    """The standardised patches' mean, the projection off their principal subspace and the
+    variance left outside it, per place."""
 
     mean: np.ndarray  # (places, 64)
-    basis: np.ndarray  # (places, 64, 64): orthonormal columns, zeros beyond each place's own k
-    residual_variance: np.ndarray  # (places,): the mean variance per pixel outside the basis
-    complement: np.ndarray  # (places, 64, 64): I - basis basisᵀ, the projection off each subspace
+    complement: np.ndarray  # (places, 64, 64): I - B Bᵀ, B the place's kept principal directions
+    residual_variance: np.ndarray  # (places,): the mean variance per pixel outside the subspace
 
 
 def standardised_patches(thumbnails: bytes) -> np.ndarray:
     """Concatenated PATCHES_SIDE² thumbnails -> (images, places, 64) float64 patches, each of mean 0
-    and sd 1 (brightness and contrast are audited apart); a flat patch is all zeros."""
+    and sd 1 (brightness and contrast are audited apart); sd below _MIN_PATCH_STD grey levels is
+    divided by that instead, so a flat patch is all zeros and a nearly flat one stays small."""
     grid = PATCHES_SIDE // PATCH_SIDE
     x = np.frombuffer(thumbnails, np.uint8).astype(np.float64)
     x = x.reshape(-1, grid, PATCH_SIDE, grid, PATCH_SIDE).swapaxes(2, 3).reshape(-1, _PATCHES, _PATCH_PIXELS)
     x -= x.mean(axis=2, keepdims=True)
-    std = x.std(axis=2, keepdims=True)
-    return np.divide(x, std, out=np.zeros_like(x), where=std > 0)
+    x /= np.maximum(x.std(axis=2, keepdims=True), _MIN_PATCH_STD)
+    return x
 
 
 class PatchMoments:
     """Count, sum and sum of outer products of the standardised patches, per place.
 
     They merge, so the face space of any number of images costs one combine of 16 64x64
-    matrices, never their pixels on one worker. Thumbnails wait in a block of at most _BLOCK
+    matrices per fold, never their pixels on one worker. Thumbnails wait in a block of at most _BLOCK
     and are summed by one batched matrix product (an outer product per image costs 5x more).
     """
 
@@ -270,28 +280,28 @@ class PatchMoments:
             self._pending = []
 
     def face_space(self) -> FaceSpace | None:
-        """Each place's principal subspace holding FACE_SPACE_VARIANCE of its variance; None without images."""
+        """Each place's principal subspace holding FACE_SPACE_VARIANCE of its variance; None for
+        fewer than MIN_FOLD_IMAGES images."""
         self._flush()
-        if not self.count:
+        if self.count < MIN_FOLD_IMAGES:
             return None
         mean = self.total / self.count
         covariance = self.outer / self.count - mean[:, :, None] * mean[:, None, :]
         variances, directions = np.linalg.eigh(covariance)  # ascending, per place
         variances, directions = variances[:, ::-1].clip(min=0), directions[:, :, ::-1]  # largest first
         share = np.cumsum(variances, axis=1) / np.maximum(variances.sum(axis=1, keepdims=True), 1e-300)
-        # Per place; where every patch is alike (no variance), all 64: nothing is left over.
-        kept = np.minimum((share < FACE_SPACE_VARIANCE).sum(axis=1) + 1, _PATCH_PIXELS)
+        # Per place; where every patch is alike (flat everywhere), none: any structure there is atypical.
+        kept = np.where(variances.sum(axis=1) > 0, (share < FACE_SPACE_VARIANCE).sum(axis=1) + 1, 0)
         columns = np.arange(_PATCH_PIXELS)
         basis = np.where(columns[None, None, :] < kept[:, None, None], directions, 0.0)
         residual = np.where(columns[None, :] >= kept[:, None], variances, 0.0).sum(axis=1) / _PATCH_PIXELS
-        complement = np.eye(_PATCH_PIXELS) - basis @ basis.swapaxes(1, 2)
-        return FaceSpace(mean, basis, residual, complement)
+        return FaceSpace(mean, np.eye(_PATCH_PIXELS) - basis @ basis.swapaxes(1, 2), residual)
 
 
 def atypicality(thumbnail: bytes, space: FaceSpace) -> float:
     """The mean over places of log(squared distance of the patch from its subspace / the
-    subspace's residual variance): 0 for an image as typical as the average one, about the
-    same at every place. The ratio is the "distance from feature space" over its expected
+    subspace's residual variance), both floored at _RESIDUAL_FLOOR: about 0 for an image as
+    typical as the average one. The ratio is the "distance from feature space" over its expected
     value (Moghaddam and Pentland 1997), so a place that is noisy in every image (a
     textured background) does not outweigh one that is not."""
     centred = standardised_patches(thumbnail)[0] - space.mean  # (places, 64)
@@ -481,7 +491,7 @@ class AuditQuality(beam.PTransform):
             images
             | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.patches))
             | "FaceSpaces" >> beam.CombinePerKey(_FaceSpaceFn())
-            # (fold, FaceSpace): 16 64x64 matrices per fold
+            # (fold, FaceSpace): 16 64x64 projections per fold; none for a fold too small
         )
         images = images | "Atypicality" >> beam.Map(
             lambda im, spaces: im._replace(quality=with_atypicality(im.quality, im.content_hash, spaces)), spaces
