@@ -8,6 +8,7 @@ ends in that one line, which names the flag, instead of argparse's whole usage b
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
@@ -40,6 +41,7 @@ class ArgumentParser(argparse.ArgumentParser):
         # function may already start its message with the flag: say it once.
         head, colon, rest = message.partition(": ")
         if head.startswith("argument ") and colon:
-            flag = head.removeprefix("argument ")
-            message = rest if rest.startswith(flag.split("/")[0]) else f"{flag}: {rest}"
+            flag = head.removeprefix("argument ")  # "--count" or "-n/--count"
+            said = any(re.match(re.escape(name) + r"(\W|$)", rest) for name in flag.split("/"))
+            message = rest if said else f"{flag}: {rest}"
         usage_error(f"{message} (see {self.prog} --help)")

@@ -229,9 +229,9 @@ def parse_class_folders(text: str) -> dict[str, int]:
     return mapping
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
+def build_arg_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
     parser = ArgumentParser(
-        prog="python -m pipelines.preprocess",
+        prog=prog,
         description="Raw images -> TFRecord shards, tf.Transform statistics and a manifest. "
         "Flags not listed here are Beam pipeline options (--runner, --direct_num_workers, ...).",
     )
@@ -333,9 +333,12 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[PreprocessConfig, list[str]]:
-    """Returns the app's config and the remaining argv for Beam's PipelineOptions."""
-    parser = build_arg_parser()
+def parse_args(
+    argv: Sequence[str] | None, *, prog: str = "python -m pipelines.preprocess"
+) -> tuple[PreprocessConfig, list[str]]:
+    """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
+    is the command its errors name (the review and preflight read the same flags)."""
+    parser = build_arg_parser(prog)
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
     preset = DATASET_PRESETS.get(args.dataset, {})

@@ -117,7 +117,7 @@ def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Fi
 
 def preflight(argv: Sequence[str]) -> list[Finding]:
     """All findings for a preprocessing command line (its arguments without the program)."""
-    config, beam_args = parse_args(argv)
+    config, beam_args = parse_args(argv, prog="python -m pipelines.preflight")
     options = PipelineOptions(beam_args)
     return [*_check_inputs(config), *_check_output(config), *_check_runner(config, options)]
 

@@ -210,7 +210,8 @@ def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
     try:
         with tf.io.gfile.GFile(path) as f:
             values = json.load(f)
-    except (tf.errors.NotFoundError, json.JSONDecodeError) as e:
+    except (tf.errors.OpError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        # Missing, a folder, unreadable, not JSON, not text: one line naming the file.
         parser.error(f"--config {path}: {e}")
     if isinstance(values, dict) and isinstance(values.get(job_layout.CONFIG_FLAGS_KEY), dict):
         values = values[job_layout.CONFIG_FLAGS_KEY]  # A training_config.json: the flags it recorded.
@@ -234,7 +235,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser, subparsers = _parser()
     if argv and argv[0] in subparsers:
         # --config is read before the real parse, which checks required flags the file may give.
-        peek = ArgumentParser(add_help=False)
+        peek = ArgumentParser(prog=subparsers[argv[0]].prog, add_help=False)
         peek.add_argument("--config")
         config = peek.parse_known_args(argv[1:])[0].config
         if config:

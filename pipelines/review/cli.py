@@ -53,7 +53,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Preproce
     forwarded = ["--images", args.images, "--output", os.devnull, *rest]
     if args.dataset:
         forwarded += ["--dataset", args.dataset]
-    config, unknown = options.parse_args(forwarded)
+    config, unknown = options.parse_args(forwarded, prog=parser.prog)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.journal is None:

@@ -22,7 +22,8 @@ def _positive(text: str) -> int:
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="tool")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--count", type=_positive)
+    parser.add_argument("-n", "--count", type=_positive)
+    parser.add_argument("--c", type=int)
     parser.add_argument("--mode", choices=["a", "b"])
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("train").add_argument("--needed", required=True)
@@ -35,6 +36,8 @@ def _parser() -> ArgumentParser:
         (["--epochs", "x"], "--epochs: invalid int value: 'x' (see tool --help)"),
         # The flag's own message already names it: said once.
         (["--count", "-3"], "--count '-3': expected a positive integer (see tool --help)"),
+        (["-n", "x"], "--count 'x': expected a positive integer (see tool --help)"),  # any of its names
+        (["--c", "x"], "--c: invalid int value: 'x' (see tool --help)"),  # a prefix of another flag is not it
         (["--mode", "c"], "--mode: invalid choice: 'c' (choose from 'a', 'b') (see tool --help)"),
         (["--epochs"], "--epochs: expected one argument (see tool --help)"),
         (["stray"], "command: invalid choice: 'stray' (choose from 'train') (see tool --help)"),
@@ -58,6 +61,12 @@ def test_a_mistake_is_one_line_naming_the_flag(argv, message, capsys):
         (job.main, ["--dataset", "faces"], "--dataset"),
         (data.main, ["--dataset", "glasses", "--out", "o", "--count", "x"], "--count"),
         (review.main, ["--images", "i", "--overrides_csv", "o", "--exclude_csv", "e", "--port", "x"], "--port"),
+        # The pipeline's own flags, read for the review: the review's command is named.
+        (
+            review.main,
+            ["--images", "i", "--overrides_csv", "o", "--exclude_csv", "e", "--seed", "x"],
+            "pipelines.review",
+        ),
         (portable.main, ["job_service", "--port", "x"], "--port"),
     ],
 )
@@ -67,3 +76,14 @@ def test_every_command_line_says_one_line(main, argv, flag, capsys):
     assert raised.value.code == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and flag in lines[0], lines
+
+
+def test_a_config_that_is_a_folder_or_not_text_is_one_line(tmp_path, capsys):
+    binary = tmp_path / "config.json"
+    binary.write_bytes(b"\xff\xfe{")
+    for config in (tmp_path, binary):
+        with pytest.raises(SystemExit) as raised:
+            task.main(["train", "--config", str(config)])
+        assert raised.value.code == 2
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: --config {config}: "), lines
