@@ -266,7 +266,7 @@ def test_a_scrambled_face_a_warped_one_and_noise_are_the_most_atypical_among_fac
     for image in images:
         moments.setdefault(face_space_fold(image.content_hash), PatchMoments()).add(image.quality.patches)
     spaces = {fold: m.face_space() for fold, m in moments.items()}
-    atypicality = {im.id: with_atypicality(im.quality, im.content_hash, spaces).atypicality for im in images}
+    atypicality = {im.id: im.quality.atypicality for im in with_atypicality(images, spaces)}
     ranked = sorted(atypicality, key=atypicality.get, reverse=True)
     assert set(ranked[:3]) == odd
 
