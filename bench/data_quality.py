@@ -14,8 +14,8 @@ on the real sets.
    scored images), the recall of the distorted images among the audit's flagged ones and the
    share of clean images flagged, the recall of the injected exact / near copies (found when
    both are in one group), the groups holding no injected pair, every cross-split group, and
-   the audit's cost (``image_quality``, the face-space moments and atypicality) as a share of the decode, timed image
-   by image on the same files, and on ``--cost_count`` more at the Kaggle set's 1024 px.
+   the audit's cost (``image_quality``, the face-space moments and atypicality) as a share of
+   the decode, timed image by image on the same files, and on ``--cost_count`` more at the Kaggle set's 1024 px.
 2. The real sets in ``--data_root`` (no truth): the same two commands, with the preset chosen
    on the demo set, on ORL (split by subject, as bench/real_photos.py does) and face2comics; how many of each kind were flagged, and a
    contact sheet (PNG) of the top 9 label suspects, quality outliers and duplicate groups.
@@ -45,7 +45,7 @@ from pipelines import features
 from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
 from pipelines.options import GLASSES_IMAGE_DIR, GLASSES_LABEL_COLUMN, TRAIN_CSV
-from pipelines.quality import PatchMoments, atypicality, image_quality
+from pipelines.quality import ATYPICALITY_BATCH, PatchMoments, atypicality, image_quality
 from pipelines.transforms import decode_with_size
 from trainer import job_layout
 
@@ -117,8 +117,8 @@ def audit_cost(image_dir: str, size: tuple[int, int]) -> dict[str, float]:
             decode += t1 - t0
         t1 = time.perf_counter()
         space = moments.face_space()
-        for start in range(0, len(patches), 256):  # in batches, as the pipeline measures them
-            atypicality(b"".join(patches[start : start + 256]), space)
+        for start in range(0, len(patches), ATYPICALITY_BATCH):  # in batches, as the pipeline measures them
+            atypicality(b"".join(patches[start : start + ATYPICALITY_BATCH]), space)
         quality += time.perf_counter() - t1
         ratios.append(quality / decode)
         decode_s.append(decode)

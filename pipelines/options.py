@@ -229,7 +229,10 @@ def parse_class_folders(text: str) -> dict[str, int]:
     return mapping
 
 
-def build_arg_parser(prog: str = "python -m pipelines.preprocess") -> argparse.ArgumentParser:
+PROG = "python -m pipelines.preprocess"
+
+
+def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog=prog,
         description="Raw images -> TFRecord shards, tf.Transform statistics and a manifest. "
@@ -333,9 +336,7 @@ def build_arg_parser(prog: str = "python -m pipelines.preprocess") -> argparse.A
     return parser
 
 
-def parse_args(
-    argv: Sequence[str] | None, *, prog: str = "python -m pipelines.preprocess"
-) -> tuple[PreprocessConfig, list[str]]:
+def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
     """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
     is the command its errors name (the review and preflight read the same flags)."""
     parser = build_arg_parser(prog)

@@ -36,6 +36,8 @@ from pipelines.labels import UNLABELLED_SPLIT
 NAMESPACE = "facepipe.quality"
 HASH_BITS = 64
 THUMBNAIL_SIDE = 16
+PATCHES_SIDE = 32  # The grey image the hash's DCT and the atypicality's patches are made of.
+PATCH_SIDE = 8  # PATCHES_SIDE cut into 4x4 patches.
 # Audited statistic -> (reason when far below the median, reason when far above).
 OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {
     "sharpness": ("blurry", "oversharp"),
@@ -89,7 +91,7 @@ def _grey(pixels: np.ndarray) -> np.ndarray:
 
 
 def small_grey(grey: np.ndarray) -> np.ndarray:
-    """The grey image at 32x32 (area interpolation): what the hash and the patches are made of."""
+    """The grey image at PATCHES_SIDE² (area interpolation): what the hash and the patches are made of."""
     return cv2.resize(grey, (PATCHES_SIDE, PATCHES_SIDE), interpolation=cv2.INTER_AREA)
 
 
@@ -201,8 +203,6 @@ def outlier_reasons(z: Mapping[str, float], threshold: float) -> list[str]:
 # foreign picture. Local subspaces see what one subspace of the whole thumbnail misses (a mild
 # warp changes every part a little; on the demo sets they found the global model's flags and
 # more, docs/benchmarks.md section 7).
-PATCH_SIDE = 8
-PATCHES_SIDE = 32  # The thumbnail the patches are cut from: 4x4 patches.
 _PATCHES = (PATCHES_SIDE // PATCH_SIDE) ** 2
 _PATCH_PIXELS = PATCH_SIDE * PATCH_SIDE
 # The principal components kept at each place: as many as hold this share of its variance
@@ -223,6 +223,8 @@ _MIN_PATCH_STD = 2.0
 # variance: 1% of that is the smallest residual a place is measured against, so a place whose
 # subspace holds (nearly) all its variance keeps a meaningful ratio.
 _RESIDUAL_FLOOR = 1e-2
+# The most images the pipeline measures in one call of :func:`atypicality`.
+ATYPICALITY_BATCH = 256
 
 
 class FaceSpace(NamedTuple):
@@ -250,8 +252,9 @@ class PatchMoments:
     """Count, sum and sum of outer products of the standardised patches, per place.
 
     They merge, so the face space of any number of images costs one combine of 16 64x64
-    matrices per fold, never their pixels on one worker. Thumbnails wait in a block of at most _BLOCK
-    and are summed by one batched matrix product (an outer product per image costs 5x more).
+    matrices per fold, never their pixels on one worker. Thumbnails wait in a block of at most
+    _BLOCK and are summed by one batched matrix product (an outer product per image costs 5x
+    more).
     """
 
     _BLOCK = 256
@@ -305,13 +308,14 @@ class PatchMoments:
 
 
 def atypicality(thumbnails: bytes, space: FaceSpace) -> np.ndarray:
-    """Per image of the concatenated PATCHES_SIDE² ``thumbnails`` (many at once: a per-image
-    call costs 5x more in numpy's overheads than the arithmetic), the mean over places of
-    log(squared distance of the patch from its subspace / the
-    subspace's residual variance), both floored at _RESIDUAL_FLOOR: about 0 for an image as
-    typical as the average one. The ratio is the "distance from feature space" over its expected
-    value (Moghaddam and Pentland 1997), so a place that is noisy in every image (a
-    textured background) does not outweigh one that is not."""
+    """Per image of the concatenated PATCHES_SIDE² ``thumbnails``, the mean over places of
+    log(squared distance of the patch from its subspace / the subspace's residual variance),
+    both floored at _RESIDUAL_FLOOR: about 0 for an image as typical as the average one.
+
+    The ratio is the "distance from feature space" over its expected value (Moghaddam and
+    Pentland 1997), so a place that is noisy in every image (a textured background) does not
+    outweigh one that is not. Many images at once (ATYPICALITY_BATCH): one at a time, numpy's
+    overheads cost 5x the arithmetic."""
     # (places, images, 64), contiguous: one BLAS product per place below.
     centred = np.ascontiguousarray((standardised_patches(thumbnails) - space.mean).swapaxes(0, 1))
     residual = centred @ space.complement  # the complement is symmetric
@@ -456,7 +460,7 @@ class _FlagOutliers(beam.DoFn):
 
 
 class _FaceSpaceFn(beam.CombineFn):
-    """Patch thumbnails -> their FaceSpace (None for no images), by PatchMoments."""
+    """Patch thumbnails -> their FaceSpace (None for fewer than MIN_FOLD_IMAGES), by PatchMoments."""
 
     def create_accumulator(self) -> PatchMoments:
         return PatchMoments()
@@ -514,7 +518,7 @@ class AuditQuality(beam.PTransform):
         )
         images = (
             images
-            | "BatchForAtypicality" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+            | "BatchForAtypicality" >> beam.BatchElements(min_batch_size=16, max_batch_size=ATYPICALITY_BATCH)
             # [image]: within a bundle, so that the atypicality is one numpy pass per batch
             | "Atypicality" >> beam.FlatMap(with_atypicality, spaces)
         )
