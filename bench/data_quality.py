@@ -46,7 +46,7 @@ from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
 from pipelines.options import GLASSES_IMAGE_DIR, GLASSES_LABEL_COLUMN, TRAIN_CSV
 from pipelines.quality import ATYPICALITY_BATCH, PatchMoments, atypicality, image_quality
-from pipelines.transforms import decode_with_size
+from pipelines.transforms import AUDIT_BATCH, decode_with_size
 from trainer import job_layout
 
 PRESETS = ("face_cnn",)
@@ -99,27 +99,31 @@ def find_label_issues(data_dir: str, job_dir: str, folds: int, extra: list[str])
 
 def audit_cost(image_dir: str, size: tuple[int, int]) -> dict[str, float]:
     """Seconds of decode_with_size and of the audit's per-image work (image_quality on its
-    pixels, adding its patches to the face-space moments, its atypicality), summed."""
+    pixels, adding its patches to the face-space moments, its atypicality), summed; both in
+    batches as the pipeline runs them (AUDIT_BATCH decodes, then their audits)."""
     paths = sorted(glob.glob(os.path.join(image_dir, "*.png")))
     ratios, decode_s, quality_s = [], [], []
     for _ in range(TIMING_PASSES):
         decode, quality = 0.0, 0.0
         moments, patches = PatchMoments(), []
-        for path in paths:
-            with open(path, "rb") as f:
-                data = f.read()
+        for start in range(0, len(paths), AUDIT_BATCH):
+            batch = []
+            for path in paths[start : start + AUDIT_BATCH]:
+                with open(path, "rb") as f:
+                    data = f.read()
+                t0 = time.perf_counter()
+                batch.append(decode_with_size(data, size=size, color_mode="rgb", max_pixels=10**9))
+                decode += time.perf_counter() - t0
             t0 = time.perf_counter()
-            decoded = decode_with_size(data, size=size, color_mode="rgb", max_pixels=10**9)
-            t1 = time.perf_counter()
-            patches.append(image_quality(decoded.pixels, decoded.original_size).patches)
-            moments.add(patches[-1])
-            quality += time.perf_counter() - t1
-            decode += t1 - t0
-        t1 = time.perf_counter()
+            for decoded in batch:
+                patches.append(image_quality(decoded.pixels, decoded.original_size).patches)
+                moments.add(patches[-1])
+            quality += time.perf_counter() - t0
+        t0 = time.perf_counter()
         space = moments.face_space()
         for start in range(0, len(patches), ATYPICALITY_BATCH):  # in batches, as the pipeline measures them
             atypicality(b"".join(patches[start : start + ATYPICALITY_BATCH]), space)
-        quality += time.perf_counter() - t1
+        quality += time.perf_counter() - t0
         ratios.append(quality / decode)
         decode_s.append(decode)
         quality_s.append(quality)

@@ -7,7 +7,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import cv2
@@ -16,6 +16,7 @@ import simplejpeg
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from pipelines import features
@@ -29,6 +30,9 @@ NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
 # DecodeAndResize's decode-cache counters (the manifest's ``cache`` section).
 CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_corrupt")
+# Decoded images audited together: an audit right after each decode costs about twice as much
+# (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
+AUDIT_BATCH = 64
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -182,11 +186,24 @@ def decode_and_resize(
     return decode_with_size(data, size=size, color_mode=color_mode, max_pixels=max_pixels, min_side=min_side).pixels
 
 
+class _Pending(NamedTuple):
+    """A decoded image waiting for its audit, with where it came from in the pipeline."""
+
+    split: str
+    image: LabelledImage
+    decoded: CachedPixels
+    content_hash: int
+    timestamp: Any
+    window: Any
+
+
 class DecodeAndResize(beam.DoFn):
     """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not.
 
     An unlabelled image (label NO_LABEL) goes to the ``audit_only`` output instead, without
     its pixels: it is audited (a copy of it in the train split is leakage) but never written.
+    Decoded images are audited AUDIT_BATCH at a time (and at the end of each bundle), so they
+    leave in batches, each with its own window and timestamp.
     """
 
     _LOG_EVERY = 500
@@ -211,7 +228,12 @@ class DecodeAndResize(beam.DoFn):
             DecodeCache(self._cache_dir, size=self._size, color_mode=self._color_mode) if self._cache_dir else None
         )
 
-    def process(self, element: tuple[str, LabelledImage]) -> Iterator:
+    def start_bundle(self):
+        self._pending: list[_Pending] = []
+
+    def process(
+        self, element: tuple[str, LabelledImage], timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+    ) -> Iterator:
         split, image = element
         try:
             with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
@@ -229,22 +251,40 @@ class DecodeAndResize(beam.DoFn):
         except Exception as e:  # An unexpected decoder failure is one bad image, never a crashed job.
             yield from self._failure(image, "undecodable", f"{type(e).__name__}: {e}")
             return
-        # The audit reads only the resized pixels and the original size (see pipelines.quality),
-        # which a cache hit holds too.
-        pixels = decoded.pixels
-        quality = image_quality(pixels, decoded.original_size)
         self._log_progress()
         content_hash = int.from_bytes(content_sha256, "big")
-        if image.label == NO_LABEL:
-            self._audited_only.inc()
-            yield beam.pvalue.TaggedOutput(
-                AUDIT_ONLY, DecodedImage(image.id, None, split, b"", content_hash, image.group, b"", quality)
+        self._pending.append(_Pending(split, image, decoded, content_hash, timestamp, window))
+        if len(self._pending) >= AUDIT_BATCH:
+            yield from self._audited()
+
+    def finish_bundle(self) -> Iterator:
+        yield from self._audited()
+
+    def _audited(self) -> Iterator:
+        """The pending images, audited, as windowed values (what finish_bundle must emit)."""
+        pending, self._pending = self._pending, []
+        # The audit reads only the resized pixels and the original size (see pipelines.quality),
+        # which a cache hit holds too; all of them first, in one loop that keeps its code in cache.
+        qualities = [image_quality(p.decoded.pixels, p.decoded.original_size) for p in pending]
+        for p, quality in zip(pending, qualities, strict=True):
+            image = p.image
+            if image.label == NO_LABEL:
+                self._audited_only.inc()
+                audited = DecodedImage(image.id, None, p.split, b"", p.content_hash, image.group, b"", quality)
+                yield beam.pvalue.TaggedOutput(AUDIT_ONLY, WindowedValue(audited, p.timestamp, (p.window,)))
+                continue
+            self._decoded.inc()
+            decoded = DecodedImage(
+                image.id,
+                image.label,
+                p.split,
+                p.decoded.pixels.tobytes(),
+                p.content_hash,
+                image.group,
+                image.vector,
+                quality,
             )
-            return
-        self._decoded.inc()
-        yield DecodedImage(
-            image.id, image.label, split, pixels.tobytes(), content_hash, image.group, image.vector, quality
-        )
+            yield WindowedValue(decoded, p.timestamp, (p.window,))
 
     def _failure(self, image: LabelledImage, reason: str, detail: str) -> Iterator:
         """A decode dead letter; none for an unlabelled image, which has its ``unlabelled`` one."""

@@ -12,9 +12,13 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipelines.labels import LabelledImage
+from pipelines.dead_letters import DEAD_LETTER
+from pipelines.labels import AUDIT_ONLY, NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
+from pipelines.quality import image_quality
 from pipelines.transforms import (
+    AUDIT_BATCH,
+    DecodeAndResize,
     DecodedImage,
     DownsampleToSmallestClass,
     UndecodableImage,
@@ -22,7 +26,7 @@ from pipelines.transforms import (
     balance_priority,
     decode_and_resize,
 )
-from tests.image_files import offline_test_pipeline
+from tests.image_files import labelled_image, offline_test_pipeline
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -167,6 +171,41 @@ class TestAssignSplit:
         train = Counter(assign_split(_image(str(i), source_split="train"), config) for i in range(2000))
         assert set(train) == {"train", "validation"}
         assert abs(train["validation"] / 2000 - 0.1) < 0.03
+
+
+class TestDecodeAndResizeInAPipeline:
+    def test_every_image_leaves_once_with_its_own_audit_across_batches(self, tmp_path):
+        # Two full audit batches and a remainder, unlabelled and broken files among them: each
+        # decodable image comes out once, with the audit of its own pixels; the rest as dead letters.
+        count = 2 * AUDIT_BATCH + 11
+        images, expected, expected_unlabelled = [], [], []
+        for i in range(count):
+            path = tmp_path / f"{i}.png"
+            if i % 29 == 0:
+                path.write_bytes(b"not a png")
+            else:
+                path.write_bytes(_png(labelled_image(i % 2, i, height=12, width=10)))
+            label = NO_LABEL if i % 7 == 0 else i % 2
+            images.append(("train", LabelledImage(str(i), str(path), 0, label, str(i), "", False)))
+            if i % 29:
+                pixels = _decode(path.read_bytes(), size=(6, 6))
+                row = (str(i), image_quality(pixels, (10, 12))._replace(atypicality=None))  # NaN != NaN
+                (expected_unlabelled if label == NO_LABEL else expected).append(row)
+        assert (len(expected) + len(expected_unlabelled)) % AUDIT_BATCH  # a batch left for the bundle's end
+        config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), image_size=(6, 6))
+        with offline_test_pipeline() as p:
+            out = (
+                p
+                | beam.Create(images)
+                | beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, AUDIT_ONLY, main="images")
+            )
+            by_id = lambda image: (image.id, image.quality._replace(atypicality=None))  # noqa: E731
+            assert_that(out.images | "Labelled" >> beam.Map(by_id), equal_to(expected), label="Labelled")
+            assert_that(out[AUDIT_ONLY] | "Unlabelled" >> beam.Map(by_id), equal_to(expected_unlabelled), label="Unl")
+            reasons = out[DEAD_LETTER] | beam.Map(lambda letter: letter["reason"])
+            # Unlabelled broken files have their own ("unlabelled") letter from the sources: none here.
+            broken = [i for i in range(0, count, 29) if i % 7]
+            assert_that(reasons, equal_to(["not_an_image"] * len(broken)), label="DeadLetters")
 
 
 def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:
