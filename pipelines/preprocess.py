@@ -27,10 +27,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from pipelines import quiet
+from pipelines.tensorflow_import import without_eager_keras
 
-# Before Beam and tf.Transform import TensorFlow (see pipelines/quiet.py).
+# Before Beam and tf.Transform import TensorFlow (see pipelines/quiet.py), and without the
+# Keras 3 that TensorFlow would load for nothing (see pipelines/tensorflow_import.py).
 quiet.configure()
-quiet.preload("tensorflow")
+with without_eager_keras():
+    quiet.preload("tensorflow")
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
