@@ -131,11 +131,12 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
     audit = (
         (
-            decoded.images | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b"")),
+            decoded.images | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b"", vector=b"")),
             decoded[AUDIT_ONLY],
         )
         | "WithUnlabelledStats" >> beam.Flatten()
-        # DecodedImage without pixels (the audit never needs them), labelled and unlabelled
+        # DecodedImage without pixels or vector (the audit never needs them, and its records wait
+        # in memory at its side inputs on the local runner), labelled and unlabelled
         | "QualityAudit"
         >> AuditQuality(
             threshold=config.outlier_threshold,
