@@ -25,11 +25,12 @@ from pipelines.paths import is_remote
 STATS_FILE = "_stats.json"  # Run statistics, read by the driver into the manifest, then removed.
 SHARDS_TEMP_DIR = ".tmp_shards"  # Shards being written; removed by the driver at the end.
 TFT_TEMP_DIR = ".tft_tmp"  # tf.Transform's working files; removed by the driver at the end.
+STAGING_DIR = ".staging"  # Decoded pixels waiting for the writer (pipelines.staging); removed at the end.
 
 
 MARKER_FILE = ".facepipe_output"  # Written first by every run: this directory is facepipe's.
 BEAM_TEMP_PREFIX = "beam-temp-"  # Beam's WriteToText temp directories.
-RUN_FILES = (STATS_FILE, SHARDS_TEMP_DIR, TFT_TEMP_DIR)
+RUN_FILES = (STATS_FILE, SHARDS_TEMP_DIR, TFT_TEMP_DIR, STAGING_DIR)
 # Everything a run writes at the top of its output directory (shards are matched by name):
 # --overwrite deletes these and nothing else.
 OWN_NAMES = frozenset(

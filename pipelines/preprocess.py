@@ -40,7 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, features, manifest, output_dir, transforms
+from pipelines import cache, features, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.labels import AUDIT_ONLY, NO_LABEL, UNLABELLED_SPLIT, LabelledImage
@@ -116,6 +116,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     """Wires sources -> transforms -> sinks onto ``pipeline``."""
     import tensorflow_transform.beam as tft_beam
 
+    staging_dir = FileSystems.join(config.output_dir, output_dir.STAGING_DIR)
+
     sources = pipeline | "Sources" >> LabelledImages(config)
     # sources["images"]: LabelledImage; sources[AUDIT_ONLY]: LabelledImage, label NO_LABEL
     decoded = (
@@ -129,14 +131,13 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         # AUDIT_ONLY: the same without pixels, label None, split UNLABELLED_SPLIT
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
+    staged = decoded.images | "StagePixels" >> beam.ParDo(staging.StagePixels(staging_dir))
+    # DecodedImage without pixels or vector: they wait in a staging file (``staged``) for the
+    # writer, so that nothing below holds them in memory at a stage boundary
     audit = (
-        (
-            decoded.images | "QualityStats" >> beam.Map(lambda image: image._replace(pixels=b"", vector=b"")),
-            decoded[AUDIT_ONLY],
-        )
+        (staged, decoded[AUDIT_ONLY])
         | "WithUnlabelledStats" >> beam.Flatten()
-        # DecodedImage without pixels or vector (the audit never needs them, and its records wait
-        # in memory at its side inputs on the local runner), labelled and unlabelled
+        # DecodedImage without pixels or vector, labelled and unlabelled
         | "QualityAudit"
         >> AuditQuality(
             threshold=config.outlier_threshold,
@@ -145,24 +146,24 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         )
     )
     _ = audit | "WriteQuality" >> WriteQuality(config.output_dir)
-    unique = decoded.images
+    unique = staged | "DropQuality" >> beam.Map(lambda image: image._replace(quality=None))
     if config.dedupe == "keep_one":
         # The groups are known only once every image is decoded: a side input of the dropped
         # ids (one per duplicate, not per image) joins them to the images before the writer.
         dropped = beam.pvalue.AsDict(audit["groups"] | "DroppedIds" >> beam.FlatMap(dropped_duplicates))
-        deduped = decoded.images | "Dedupe" >> beam.FlatMap(_drop_duplicates, dropped).with_outputs(
-            DEAD_LETTER, main="kept"
-        )
+        deduped = unique | "Dedupe" >> beam.FlatMap(_drop_duplicates, dropped).with_outputs(DEAD_LETTER, main="kept")
         unique = deduped.kept
         dead_letters.append(deduped[DEAD_LETTER])
-    # unique: DecodedImage, one per duplicate group with keep_one
+    # unique: DecodedImage without pixels, vector or quality, one per duplicate group with keep_one
     if config.balance == "downsample":
         balanced = unique | "Balance" >> DownsampleToSmallestClass(config.seed)
-        written = balanced["kept"]
+        kept = balanced["kept"]
         dead_letters.append(balanced[DEAD_LETTER])
     else:
-        written = unique
-    # written: DecodedImage, the examples that go into the shards
+        kept = unique
+    # kept: DecodedImage without pixels, the examples that go into the shards
+    written = kept | "RestorePixels" >> staging.RestorePixels()
+    # written: DecodedImage with pixels and vector, read back one staging file at a time
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
@@ -177,9 +178,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         "labelled": sources["images"],
         "dead_letters": all_dead_letters,
         "decoded": unique,
-        "written": written,
+        "written": kept,
         "file_hashes": sources["fingerprint"],
-        "content_hashes": decoded.images | "ContentHash" >> beam.Map(lambda image: image.content_hash),
+        "content_hashes": staged | "ContentHash" >> beam.Map(lambda image: image.content_hash),
         "quality": audit["stats"],
     } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
 

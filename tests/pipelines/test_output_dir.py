@@ -61,7 +61,7 @@ def test_empty_shard_is_a_valid_empty_gzip_tfrecord_file(tmp_path):
 
 
 def test_remove_run_files_removes_only_the_run_files(tmp_path):
-    run_files = [output_dir.STATS_FILE, output_dir.TFT_TEMP_DIR, output_dir.SHARDS_TEMP_DIR, "beam-temp-x-123"]
+    run_files = [*output_dir.RUN_FILES, "beam-temp-x-123"]
     for name in run_files[1:]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "part").write_text("temp")

@@ -1,0 +1,125 @@
+"""Staging files: a decoded image's pixels and vector wait on disk until the shard writer needs them.
+
+Between the decode and the writer the job has stage boundaries that need every image first:
+the class balance (a side input of counts per class), ``--dedupe keep_one`` (a side input of
+the audit's groups) and the Flattens that join branches. A local runner holds whatever crosses
+such a boundary in memory until its consumer runs, so images that carried their pixels across
+them made the job's memory grow with the data set (docs/benchmarks.md section 2). Instead, the
+decode's own stage appends each image's pixels and vector to a staging file, the rest of the
+job carries only the image's small fields and that file's name, and the writer's stage reads
+them back one staging file at a time. The files live in the output directory's
+``output_dir.STAGING_DIR`` and go when the run ends, with its other temp files.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import (
+    _TFRecordUtil,  # Beam's own TFRecord framing: a truncated or corrupt record fails its CRC.
+)
+from apache_beam.metrics import Metrics
+
+from pipelines.transforms import NAMESPACE, DecodedImage
+
+# Images per staging file: what one read-back holds of their small fields (a few hundred
+# bytes each), and the unit of the writer's parallelism.
+IMAGES_PER_FILE = 1000
+
+_LENGTHS = struct.Struct("<III")  # id, pixels, vector lengths in bytes
+
+
+def encode_staged(image: DecodedImage) -> bytes:
+    """The staging record of an image: its id (to check it on the way back), pixels and vector."""
+    image_id = image.id.encode("utf-8")
+    return b"".join(
+        [_LENGTHS.pack(len(image_id), len(image.pixels), len(image.vector)), image_id, image.pixels, image.vector]
+    )
+
+
+def decode_staged(record: bytes) -> tuple[str, bytes, bytes]:
+    """(id, pixels, vector) of a staging record."""
+    id_length, pixel_length, vector_length = _LENGTHS.unpack_from(record)
+    start = _LENGTHS.size
+    image_id = record[start : start + id_length].decode("utf-8")
+    start += id_length
+    pixels = record[start : start + pixel_length]
+    vector = record[start + pixel_length : start + pixel_length + vector_length]
+    if len(vector) != vector_length:
+        raise ValueError(f"a staging record of {image_id!r} is {len(record)} bytes, shorter than its lengths say")
+    return image_id, pixels, vector
+
+
+class StagePixels(beam.DoFn):
+    """DecodedImage -> the same without pixels and vector, ``staged`` naming the file that holds them.
+
+    Each bundle writes its own files (IMAGES_PER_FILE images at most), closed at the end of the
+    bundle, before its outputs count: a retried bundle writes new files, and the ones a failed
+    attempt left are never read.
+    """
+
+    def __init__(self, staging_dir: str):
+        self._dir = staging_dir
+        self._staged = Metrics.counter(NAMESPACE, "staged")
+
+    def start_bundle(self) -> None:
+        self._file = None
+        self._path = ""
+        self._in_file = 0
+
+    def process(self, image: DecodedImage) -> Iterator[DecodedImage]:
+        if self._file is None or self._in_file >= IMAGES_PER_FILE:
+            self._close()
+            self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.staged")
+            self._file = FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED)
+        _TFRecordUtil.write_record(self._file, encode_staged(image))
+        self._in_file += 1
+        self._staged.inc()
+        yield image._replace(pixels=b"", vector=b"", staged=self._path)
+
+    def finish_bundle(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._in_file = None, 0
+
+
+class _ReadStagingFile(beam.DoFn):
+    """(staging file, [DecodedImage without pixels]) -> each of them with its pixels and vector."""
+
+    def process(self, element: tuple[str, Iterable[DecodedImage]]) -> Iterator[DecodedImage]:
+        path, images = element
+        wanted = {}
+        for image in images:
+            if image.id in wanted:
+                raise ValueError(f"{image.id!r} is twice in the staging file {path}")
+            wanted[image.id] = image
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            while wanted and (record := _TFRecordUtil.read_record(f)) is not None:
+                image_id, pixels, vector = decode_staged(record)
+                image = wanted.pop(image_id, None)
+                if image is not None:
+                    yield image._replace(pixels=pixels, vector=vector, staged="")
+        if wanted:
+            raise ValueError(f"the staging file {path} lacks {sorted(wanted)[:5]} ({len(wanted)} images)")
+
+
+class RestorePixels(beam.PTransform):
+    """DecodedImage staged by StagePixels -> the same with its pixels and vector, for the writer."""
+
+    def expand(self, images):
+        return (
+            images
+            | "KeyByStagingFile" >> beam.Map(lambda image: (image.staged, image))
+            | "GroupByStagingFile" >> beam.GroupByKey()
+            # (staging file, [DecodedImage without pixels]): IMAGES_PER_FILE at most
+            | "ReadStagingFile" >> beam.ParDo(_ReadStagingFile())
+            # DecodedImage with pixels and vector, ``staged`` empty
+        )
