@@ -523,11 +523,16 @@ class AuditQuality(beam.PTransform):
             | "Atypicality" >> beam.FlatMap(with_atypicality, spaces)
         )
         # images: as given, their quality's atypicality set
-        values = images | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
+        measured = images | "WithoutPixels" >> beam.Map(
+            lambda im: im._replace(quality=im.quality._replace(thumbnail=b"", patches=b""))
+        )
+        # images without their thumbnail and patches: what waits for the medians below needs
+        # neither (a local runner holds every such record in memory until they are known)
+        values = measured | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
         medians = _median_per_key(values, "Value")
         deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
         mads = _median_per_key(deviations, "Deviation")
-        lines = images | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
+        lines = measured | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
 
         members = images | "Members" >> beam.Map(
             lambda im: Member(im.id, im.split, im.content_hash, im.quality.phash, im.quality.thumbnail)
