@@ -32,7 +32,6 @@ COUNTED_OUTCOMES = ("overrides_applied", "excluded", "unlabelled", "labelled")
 NO_LABEL = -1
 # The split the audit gives such images: a copy of a train image among them is leakage too.
 UNLABELLED_SPLIT = "unlabelled"
-AUDIT_ONLY = "audit_only"  # The output tag of such images (sources.LabelledImages, transforms.DecodeAndResize).
 
 
 class LabelledImage(NamedTuple):

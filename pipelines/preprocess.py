@@ -43,7 +43,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines import cache, features, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
-from pipelines.labels import AUDIT_ONLY, NO_LABEL, UNLABELLED_SPLIT, LabelledImage
+from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.sinks import (
@@ -119,34 +119,31 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     staging_dir = FileSystems.join(config.output_dir, output_dir.STAGING_DIR)
 
     sources = pipeline | "Sources" >> LabelledImages(config)
-    # sources["images"]: LabelledImage; sources[AUDIT_ONLY]: LabelledImage, label NO_LABEL
+    # sources["images"]: LabelledImage, the unlabelled ones (for the audit alone) with label NO_LABEL
     decoded = (
-        (sources["images"], sources[AUDIT_ONLY])
-        | "WithUnlabelled" >> beam.Flatten()
+        sources["images"]
         | "AssignSplit" >> beam.Map(lambda image: (_split(image, config), image))
         # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
         # id, which spreads the images over the workers as a Reshuffle would.
-        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, AUDIT_ONLY, main="images")
+        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
         # images: DecodedImage(id, label, split, pixels, content_hash, group, vector, quality);
-        # AUDIT_ONLY: the same without pixels, label None, split UNLABELLED_SPLIT
+        # the unlabelled ones without pixels, label None, split UNLABELLED_SPLIT
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
     staged = decoded.images | "StagePixels" >> beam.ParDo(staging.StagePixels(staging_dir))
     # DecodedImage without pixels or vector: they wait in a staging file (``staged``) for the
     # writer, so that nothing below holds them in memory at a stage boundary
-    audit = (
-        (staged, decoded[AUDIT_ONLY])
-        | "WithUnlabelledStats" >> beam.Flatten()
-        # DecodedImage without pixels or vector, labelled and unlabelled
-        | "QualityAudit"
-        >> AuditQuality(
-            threshold=config.outlier_threshold,
-            distance=config.duplicate_distance,
-            similarity=config.duplicate_similarity,
-        )
+    audit = staged | "QualityAudit" >> AuditQuality(
+        threshold=config.outlier_threshold,
+        distance=config.duplicate_distance,
+        similarity=config.duplicate_similarity,
     )
     _ = audit | "WriteQuality" >> WriteQuality(config.output_dir)
-    unique = staged | "DropQuality" >> beam.Map(lambda image: image._replace(quality=None))
+    labelled = staged | "LabelledOnly" >> beam.FlatMap(
+        lambda image: [] if image.split == UNLABELLED_SPLIT else [image._replace(quality=None)]
+    )
+    # labelled: DecodedImage without pixels, vector or quality, the unlabelled ones gone
+    unique = labelled
     if config.dedupe == "keep_one":
         # The groups are known only once every image is decoded: a side input of the dropped
         # ids (one per duplicate, not per image) joins them to the images before the writer.
@@ -180,7 +177,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         "decoded": unique,
         "written": kept,
         "file_hashes": sources["fingerprint"],
-        "content_hashes": staged | "ContentHash" >> beam.Map(lambda image: image.content_hash),
+        "content_hashes": labelled | "ContentHash" >> beam.Map(lambda image: image.content_hash),
         "quality": audit["stats"],
     } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
 

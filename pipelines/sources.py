@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines import features, labels
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import AUDIT_ONLY, LabelledImage
+from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
 
 NAMESPACE = "facepipe.sources"
@@ -173,9 +173,9 @@ def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_d
 class LabelledImages(beam.PTransform):
     """Lists the images and resolves each one's label.
 
-    Output (a dict of PCollections): ``images`` LabelledImage; ``audit_only`` LabelledImage of
-    the unlabelled images (label NO_LABEL: each has its ``unlabelled`` dead letter too, and is
-    decoded for the quality audit alone); ``dead_letter`` dicts;
+    Output (a dict of PCollections): ``images`` LabelledImage, the unlabelled ones among them
+    with label NO_LABEL (each has its ``unlabelled`` dead letter too, and is decoded for the
+    quality audit alone: one output, so that no Flatten holds them all); ``dead_letter`` dicts;
     ``not_image_file`` paths of skipped non-image files; ``fingerprint`` the path/size hash
     (an int) of every listed image, once even where globs overlap.
     """
@@ -197,28 +197,22 @@ class LabelledImages(beam.PTransform):
         if config.exclude_ids:
             exclusion_rows.append(pipeline | "ExcludeIds" >> beam.Create([(i, None) for i in config.exclude_ids]))
 
-        def flatten(name: str, pcolls: list):
-            return pcolls | name >> beam.Flatten(pipeline=pipeline.pipeline)
-
+        # Each CSV is an input of its own: a Flatten before the join would hold every row (and
+        # its --numeric_columns vector) in memory once more on a local runner.
+        joined = {"images": keyed.keyed}
+        for kind, rows in (("labels", label_rows), ("overrides", override_rows), ("exclusions", exclusion_rows)):
+            joined.update({f"{kind}{i}": pcoll for i, pcoll in enumerate(rows)})
         resolved = (
-            {
-                "images": keyed.keyed,
-                "labels": flatten("FlattenLabels", label_rows),
-                "overrides": flatten("FlattenOverrides", override_rows),
-                "exclusions": flatten("FlattenExclusions", exclusion_rows),
-            }
+            joined
             | "JoinById" >> beam.CoGroupByKey()
-            # (id, {"images": [...], "labels": [LabelRow], "overrides": [int], "exclusions": [None]})
+            # (id, {"images": [...], "labels0": [LabelRow], ..., "overrides0": [int], ..., "exclusions0": [None], ...})
             | "ResolveLabels"
-            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(
-                DEAD_LETTER, AUDIT_ONLY, main="images"
-            )
+            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(DEAD_LETTER, main="images")
         )
         dead_letters = [keyed[DEAD_LETTER], resolved[DEAD_LETTER], *label_dead, *override_dead, *exclusion_dead]
         return {
             "images": resolved.images,
-            AUDIT_ONLY: resolved[AUDIT_ONLY],
-            DEAD_LETTER: flatten("FlattenSourceDeadLetters", dead_letters),
+            DEAD_LETTER: dead_letters | "FlattenSourceDeadLetters" >> beam.Flatten(pipeline=pipeline.pipeline),
             NOT_IMAGE_FILE: listed[NOT_IMAGE_FILE],
             "fingerprint": fingerprint,
         }
@@ -236,12 +230,16 @@ class ResolveLabel(beam.DoFn):
 
     def process(self, element) -> Iterator[LabelledImage | beam.pvalue.TaggedOutput]:
         image_id, joined = element
+
+        def rows(kind: str) -> list:
+            return [row for name, values in joined.items() if name.startswith(kind) for row in values]
+
         resolution = labels.resolve_label(
             image_id,
             joined["images"],
-            joined["labels"],
-            overrides=joined["overrides"],
-            excluded=bool(list(joined["exclusions"])),
+            rows("labels"),
+            overrides=rows("overrides"),
+            excluded=bool(rows("exclusions")),
             with_vector=self._with_vector,
         )
         if resolution.outcome:
@@ -250,4 +248,4 @@ class ResolveLabel(beam.DoFn):
         if resolution.image is not None:
             yield resolution.image
         if resolution.audit_only is not None:
-            yield beam.pvalue.TaggedOutput(AUDIT_ONLY, resolution.audit_only)
+            yield resolution.audit_only

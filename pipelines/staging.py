@@ -25,6 +25,7 @@ from apache_beam.io.tfrecordio import (
 )
 from apache_beam.metrics import Metrics
 
+from pipelines.labels import UNLABELLED_SPLIT
 from pipelines.transforms import NAMESPACE, DecodedImage
 
 # Images per staging file: what one read-back holds of their small fields (a few hundred
@@ -58,6 +59,8 @@ def decode_staged(record: bytes) -> tuple[str, bytes, bytes]:
 class StagePixels(beam.DoFn):
     """DecodedImage -> the same without pixels and vector, ``staged`` naming the file that holds them.
 
+    An unlabelled image (split UNLABELLED_SPLIT: decoded for the audit alone, without pixels) passes as it is.
+
     Each bundle writes its own files (IMAGES_PER_FILE images at most), closed at the end of the
     bundle, before its outputs count: a retried bundle writes new files, and the ones a failed
     attempt left are never read.
@@ -73,6 +76,9 @@ class StagePixels(beam.DoFn):
         self._in_file = 0
 
     def process(self, image: DecodedImage) -> Iterator[DecodedImage]:
+        if image.split == UNLABELLED_SPLIT:
+            yield image
+            return
         if self._file is None or self._in_file >= IMAGES_PER_FILE:
             self._close()
             self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.staged")

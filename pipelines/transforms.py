@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines import features
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import AUDIT_ONLY, NO_LABEL, LabelledImage
+from pipelines.labels import NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
 from pipelines.quality import ImageQuality, image_quality
 
@@ -201,8 +201,8 @@ class _Pending(NamedTuple):
 class DecodeAndResize(beam.DoFn):
     """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not.
 
-    An unlabelled image (label NO_LABEL) goes to the ``audit_only`` output instead, without
-    its pixels: it is audited (a copy of it in the train split is leakage) but never written.
+    An unlabelled image (label NO_LABEL) comes out without its pixels, label None, split
+    UNLABELLED_SPLIT: it is audited (a copy of it in the train split is leakage) but never written.
     Decoded images are audited AUDIT_BATCH at a time (and at the end of each bundle), so they
     leave in batches, each with its own window and timestamp.
     """
@@ -272,7 +272,7 @@ class DecodeAndResize(beam.DoFn):
             if image.label == NO_LABEL:
                 self._audited_only.inc()
                 audited = DecodedImage(image.id, None, p.split, b"", p.content_hash, image.group, b"", quality)
-                yield beam.pvalue.TaggedOutput(AUDIT_ONLY, WindowedValue(audited, p.timestamp, (p.window,)))
+                yield WindowedValue(audited, p.timestamp, (p.window,))
                 continue
             self._decoded.inc()
             decoded = DecodedImage(

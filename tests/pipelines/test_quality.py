@@ -15,10 +15,11 @@ from pipelines.demo import data as demo_data
 from pipelines.options import PreprocessConfig
 from pipelines.quality import (
     MIN_FOLD_IMAGES,
-    THUMBNAIL_SIDE,
     AuditQuality,
+    MedianPerKey,
     Member,
     PatchMoments,
+    alike_pair,
     bands,
     bucket_pairs,
     duplicate_groups,
@@ -123,11 +124,14 @@ def test_copies_have_similar_thumbnails_and_other_faces_do_not() -> None:
 
 def test_a_pair_with_one_hash_but_different_thumbnails_is_not_a_near_duplicate() -> None:
     a, b = quality(face(3)), quality(face(4))
-    same_hash = [Member("1", "train", 1, a.phash, a.thumbnail), Member("2", "train", 2, a.phash, b.thumbnail)]
-    assert list(bucket_pairs(same_hash, K)) == [(same_hash[0], same_hash[1])]  # no thumbnail check
-    assert list(bucket_pairs(same_hash, K, S)) == []
-    copy = Member("3", "train", 3, a.phash ^ 0b101, quality(cv2.convertScaleAbs(face(3), alpha=1.05)).thumbnail)
-    assert list(bucket_pairs([*same_hash, copy], K, S)) == [(same_hash[0], copy)]
+    same_hash = [Member("1", "train", 1, a.phash), Member("2", "train", 2, a.phash)]
+    assert list(bucket_pairs(same_hash, K)) == [(same_hash[0], same_hash[1])]  # no thumbnail check yet
+    assert alike_pair([(same_hash[1], b.thumbnail), (same_hash[0], a.thumbnail)], S) == []
+    copy = Member("3", "train", 3, a.phash ^ 0b101)
+    brightened = quality(cv2.convertScaleAbs(face(3), alpha=1.05)).thumbnail
+    # Ends as a GroupByKey gives them: any order, once per bucket the pair shares.
+    ends = [(copy, brightened), (same_hash[0], a.thumbnail), (copy, brightened)]
+    assert alike_pair(ends, S) == [(same_hash[0], copy)]
 
 
 def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
@@ -151,7 +155,7 @@ def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
 
 
 def _member(image_id: str, phash: int, split: str = "train", content: int = 0) -> Member:
-    return Member(image_id, split, content or int(image_id) + 1, phash, bytes(THUMBNAIL_SIDE**2))
+    return Member(image_id, split, content or int(image_id) + 1, phash)
 
 
 def test_groups_are_connected_components_with_kind_kept_and_leakage() -> None:
@@ -295,3 +299,13 @@ def test_a_lone_image_has_no_atypicality_and_its_line_is_strict_json() -> None:
             keys | beam.Map(lambda kv: "atypicality" in kv[0] or "thumbnail" in kv[0] or "patches" in kv[0]),
             equal_to([False]),
         )
+
+
+def test_medians_are_exact_whatever_order_the_values_come_in() -> None:
+    # 2001 values per key, in an order that pulled Beam's default 3-quantile sketch (error bound
+    # a third of the ranks) off the middle: the audit's medians must not move with the order.
+    values = np.random.default_rng(0).permutation(2001).tolist()
+    ordered = [*values[::2], *values[1::2]]
+    with offline_test_pipeline() as p:
+        pairs = p | beam.Create([(name, float(v)) for v in ordered for name in ("a", "b")], reshuffle=False)
+        assert_that(pairs | MedianPerKey(), equal_to([("a", 1000.0), ("b", 1000.0)]))

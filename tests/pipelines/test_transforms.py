@@ -13,7 +13,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.labels import AUDIT_ONLY, NO_LABEL, LabelledImage
+from pipelines.labels import NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
 from pipelines.quality import image_quality
 from pipelines.transforms import (
@@ -194,14 +194,15 @@ class TestDecodeAndResizeInAPipeline:
         assert (len(expected) + len(expected_unlabelled)) % AUDIT_BATCH  # a batch left for the bundle's end
         config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), image_size=(6, 6))
         with offline_test_pipeline() as p:
-            out = (
-                p
-                | beam.Create(images)
-                | beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, AUDIT_ONLY, main="images")
-            )
+            out = p | beam.Create(images) | beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
             by_id = lambda image: (image.id, image.quality._replace(atypicality=None))  # noqa: E731
-            assert_that(out.images | "Labelled" >> beam.Map(by_id), equal_to(expected), label="Labelled")
-            assert_that(out[AUDIT_ONLY] | "Unlabelled" >> beam.Map(by_id), equal_to(expected_unlabelled), label="Unl")
+            labelled = out.images | "Labelled" >> beam.Filter(lambda image: image.label is not None and image.pixels)
+            # Unlabelled images come out beside them, without pixels (never written).
+            unlabelled = out.images | "Unlabelled" >> beam.Filter(
+                lambda image: image.label is None and not image.pixels
+            )
+            assert_that(labelled | "LabelledIds" >> beam.Map(by_id), equal_to(expected), label="LabelledOut")
+            assert_that(unlabelled | "UnlabelledIds" >> beam.Map(by_id), equal_to(expected_unlabelled), label="Unl")
             reasons = out[DEAD_LETTER] | beam.Map(lambda letter: letter["reason"])
             # Unlabelled broken files have their own ("unlabelled") letter from the sources: none here.
             broken = [i for i in range(0, count, 29) if i % 7]
