@@ -13,8 +13,9 @@ of --runs runs:
 and prints images/s and the ratios the targets are stated in, for the whole job and for the
 steady state (the pipeline's fixed cost — interpreter and TensorFlow start-up, graph
 construction, tf.Transform analysis — measured on a 40-image run and taken off).
-``memory`` runs the pipeline and the seeds' notebook code at growing input counts, each in
-a child process, and prints their peak RSS.
+``memory`` runs the pipeline (its defaults: audit, class balance, the preset's numeric columns)
+and the seeds' notebook code at growing input counts, each in a child process, and prints their
+peak RSS.
 ``cache`` builds --count demo PNGs (--size px, default 1024) with an empty --cache_dir (cold),
 then again after changing one override (warm: every image a cache hit), and prints both wall
 times, their ratio (goal: warm <= 0.2x cold) and peak RSS.
@@ -70,7 +71,9 @@ def decode_limit(paths: list[str]) -> int:
     return len(paths)
 
 
-def _pipeline_args(dataset: str, root: str, output: str) -> list[str]:
+def _pipeline_args(dataset: str, root: str, output: str, *, balance: bool = False) -> list[str]:
+    """The job's command at 50x50 RGB; ``balance``: the job's default class balance, else
+    ``--balance none`` (every image written, as the loops it is compared with)."""
     return [
         sys.executable,
         "-m",
@@ -86,8 +89,7 @@ def _pipeline_args(dataset: str, root: str, output: str) -> list[str]:
         "50",
         "--color_mode",
         "rgb",
-        "--balance",
-        "none",
+        *([] if balance else ["--balance", "none"]),
     ]
 
 
@@ -185,7 +187,7 @@ def memory(args: argparse.Namespace) -> None:
     for count in (int(c) for c in args.counts.split(",")):
         root, _ = _ensure_data(args.workdir, "glasses", count, args.size)
         with tempfile.TemporaryDirectory() as output:
-            pipeline_mb = _peak_rss_mb(_pipeline_args("glasses", root, output))
+            pipeline_mb = _peak_rss_mb(_pipeline_args("glasses", root, output, balance=True))
         seeds_mb = _peak_rss_mb(
             [sys.executable, "-c", _SEEDS_NOTEBOOK, os.path.join(root, "faces-spring-2020", "*.png")]
         )

@@ -125,7 +125,7 @@ def write_quality(folder: pathlib.Path, images: dict[str, list[str]], groups: li
     records = [  # Built by the audit's own code, so that the keys are the writer's.
         duplicate_groups(
             itertools.pairwise(
-                Member(m, split, 0 if g["kind"] == "exact" else n, 0, b"")
+                Member(m, split, 0 if g["kind"] == "exact" else n, 0)
                 for n, (m, split) in enumerate(zip(g["members"], g["member_splits"], strict=True))
             )
         )[0]
