@@ -555,7 +555,7 @@ class AuditQuality(beam.PTransform):
         members = with_thumbnails | "WithoutThumbnails" >> beam.Keys()
         # The LSH buckets hold each image once per band (distance + 1 times): they carry no
         # thumbnail; the few candidate pairs they find fetch their two thumbnails after.
-        partners = beam.pvalue.AsMultiMap(
+        partners = beam.pvalue.AsDict(
             members
             | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
             | "GroupBands" >> beam.GroupByKey()
@@ -563,6 +563,9 @@ class AuditQuality(beam.PTransform):
             | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
             # (Member, Member) within ``distance`` bits, once per bucket they share
             | "BothEnds" >> beam.FlatMap(lambda pair: [(pair[0].id, pair[1].id), (pair[1].id, pair[0].id)])
+            | "PartnersById" >> beam.GroupByKey()
+            # (id, [ids of its candidate partners]): a dict side input, read once per bundle (a
+            # multimap's lookups are one runner request per image)
         )
         near = (
             with_thumbnails
@@ -607,7 +610,7 @@ def _candidate_pair_ends(
     member_thumbnail: tuple[Member, bytes], partners: Mapping[str, Sequence[str]]
 ) -> Iterator[tuple[tuple[str, str], tuple[Member, bytes]]]:
     member = member_thumbnail[0]
-    for partner in set(partners[member.id]):  # A MultiMap: [] for an id with no partner.
+    for partner in set(partners.get(member.id, ())):
         yield tuple(sorted((member.id, partner), key=id_order)), member_thumbnail
 
 
