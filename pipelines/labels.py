@@ -34,6 +34,14 @@ NO_LABEL = -1
 UNLABELLED_SPLIT = "unlabelled"
 
 
+class VectorLocation(NamedTuple):
+    """Where a --numeric_columns vector waits on disk (pipelines.staging): a record of a vectors file."""
+
+    path: str
+    offset: int  # of the record: the vector's digest, then its bytes
+    length: int
+
+
 class LabelledImage(NamedTuple):
     """One input image with its resolved label, before decoding."""
 
@@ -45,6 +53,8 @@ class LabelledImage(NamedTuple):
     source_split: str  # "train"/"validation"/"test" from the labels CSV name, else "".
     overridden: bool
     vector: bytes = b""  # float32 values of the --numeric_columns (ndarray.tobytes()); b"" when none.
+    # Where the vector waits when the job staged it at the CSV parse; ``vector`` is then its digest.
+    vector_location: VectorLocation | None = None
 
 
 class LabelRow(NamedTuple):
@@ -56,6 +66,9 @@ class LabelRow(NamedTuple):
     error: str  # Non-empty when the label value could not be parsed.
     vector: bytes = b""  # float32 values of the --numeric_columns, in order; b"" when none or bad.
     vector_error: str = ""  # Non-empty when a --numeric_columns value is missing or not a finite number.
+    # Where the vector waits when the job staged it (pipelines.staging); ``vector`` is then its
+    # digest, so that equal vectors still compare equal.
+    vector_location: VectorLocation | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,9 +469,10 @@ def resolve_label(
 
     vectors = {row.vector for row in labels if row.vector}
     vector = next(iter(vectors), b"")
+    location = next((row.vector_location for row in labels if vector and row.vector == vector), None)
 
     def labelled(label: int, overridden: bool) -> Resolution:
-        image = LabelledImage(image_id, path, size, label, group, source_split, overridden, vector)
+        image = LabelledImage(image_id, path, size, label, group, source_split, overridden, vector, location)
         return Resolution(image, rejections, "overrides_applied" if overridden else "labelled")
 
     if excluded:
@@ -483,6 +497,6 @@ def resolve_label(
         return rejected("labels", "conflicting_labels", str(sorted(values)))
     if not values:
         unlabelled = rejected("labels", "unlabelled" if labels else "no_label_row", outcome="unlabelled")
-        image = LabelledImage(image_id, path, size, NO_LABEL, group, source_split, False, vector)
+        image = LabelledImage(image_id, path, size, NO_LABEL, group, source_split, False)
         return unlabelled._replace(audit_only=image)
     return labelled(values.pop(), False)

@@ -118,8 +118,9 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
 
     staging_dir = FileSystems.join(config.output_dir, output_dir.STAGING_DIR)
 
-    sources = pipeline | "Sources" >> LabelledImages(config)
-    # sources["images"]: LabelledImage, the unlabelled ones (for the audit alone) with label NO_LABEL
+    sources = pipeline | "Sources" >> LabelledImages(config, staging_dir=staging_dir)
+    # sources["images"]: LabelledImage, the unlabelled ones (for the audit alone) with label
+    # NO_LABEL; a vector as its digest and location (staged at the parse)
     decoded = (
         sources["images"]
         | "AssignSplit" >> beam.Map(lambda image: (_split(image, config), image))
@@ -161,6 +162,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     # kept: DecodedImage without pixels, the examples that go into the shards
     written = kept | "RestorePixels" >> staging.RestorePixels()
     # written: DecodedImage with pixels and vector, read back one staging file at a time
+    # (the vectors by offset from theirs)
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")

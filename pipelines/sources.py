@@ -18,7 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import features, labels
+from pipelines import features, labels, staging
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
@@ -178,11 +178,15 @@ class LabelledImages(beam.PTransform):
     quality audit alone: one output, so that no Flatten holds them all); ``dead_letter`` dicts;
     ``not_image_file`` paths of skipped non-image files; ``fingerprint`` the path/size hash
     (an int) of every listed image, once even where globs overlap.
+
+    ``staging_dir``: the --numeric_columns vectors wait there from the parse on (the images
+    carry their digest and location, staging.StageVectors); None: they travel in the records.
     """
 
-    def __init__(self, config: PreprocessConfig):
+    def __init__(self, config: PreprocessConfig, *, staging_dir: str | None = None):
         super().__init__()
         self._config = config
+        self._staging_dir = staging_dir
 
     def expand(self, pipeline):
         config = self._config
@@ -192,6 +196,11 @@ class LabelledImages(beam.PTransform):
         # (id, (path, size, folder_label, group))
 
         label_rows, label_dead = _read_csvs(pipeline, "Labels", "labels_csv", config, ParseLabelRows)
+        if self._staging_dir and config.vector_length:
+            # (id, LabelRow) with the vector's digest and location: the join by id holds every
+            # row, and a 512-column vector is most of one (pipelines/staging.py).
+            stage = staging.StageVectors(self._staging_dir)
+            label_rows = [rows | f"StageVectors{i}" >> beam.ParDo(stage) for i, rows in enumerate(label_rows)]
         override_rows, override_dead = _read_csvs(pipeline, "Overrides", "overrides_csv", config, ParseIdLabel)
         exclusion_rows, exclusion_dead = _read_csvs(pipeline, "Exclusions", "exclude_csv", config, ParseIdLabel)
         if config.exclude_ids:

@@ -22,7 +22,7 @@ from PIL import Image
 from pipelines import features
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import NO_LABEL, LabelledImage
+from pipelines.labels import NO_LABEL, LabelledImage, VectorLocation
 from pipelines.options import PreprocessConfig
 from pipelines.quality import ImageQuality, image_quality
 
@@ -49,6 +49,7 @@ class DecodedImage(NamedTuple):
     vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
     quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
     staged: str = ""  # The staging file holding pixels and vector while they are b"" (pipelines.staging).
+    vector_location: VectorLocation | None = None  # Where the vector waits while it is b"" (staged at the parse).
 
 
 def unit_hash(*parts: object) -> float:
@@ -282,8 +283,9 @@ class DecodeAndResize(beam.DoFn):
                 p.decoded.pixels.tobytes(),
                 p.content_hash,
                 image.group,
-                image.vector,
+                image.vector if image.vector_location is None else b"",  # Else: its digest.
                 quality,
+                vector_location=image.vector_location,
             )
             yield WindowedValue(decoded, p.timestamp, (p.window,))
 

@@ -8,6 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import staging
+from pipelines.labels import LabelRow
 from pipelines.transforms import DecodedImage
 
 
@@ -47,3 +48,42 @@ def test_an_image_missing_from_its_staging_file_fails_loudly(tmp_path):
         staged = p | beam.Create([_image(1)]) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
         stranger = staged | "Rename" >> beam.Map(lambda im: im._replace(id="not-staged"))
         _ = stranger | "Restore" >> staging.RestorePixels()
+
+
+def _stage_vectors(tmp_path, rows):
+    """Runs StageVectors over (id, LabelRow) rows as one bundle; returns its outputs."""
+    stage = staging.StageVectors(str(tmp_path))
+    stage.start_bundle()
+    out = [staged for row in rows for staged in stage.process(row)]
+    stage.finish_bundle()
+    return out
+
+
+def test_vectors_wait_in_files_from_the_parse_and_come_back_by_offset(tmp_path, monkeypatch):
+    monkeypatch.setattr(staging, "VECTORS_PER_FILE", 2)  # 5 vectors: 3 files
+    vectors = [bytes([i]) * 8 for i in range(5)]
+    rows = [(f"id{i}", LabelRow(i % 2, "train", "", "", vector)) for i, vector in enumerate(vectors)]
+    staged = _stage_vectors(tmp_path, [*rows, ("novector", LabelRow(0, "train", "", ""))])
+    assert staged[-1] == ("novector", LabelRow(0, "train", "", ""))
+    assert len({row.vector_location.path for _, row in staged[:-1]}) == 3
+    # What the join carries: a 16-byte digest, equal for equal vectors, and where the vector is.
+    assert all(len(row.vector) == staging.DIGEST_BYTES for _, row in staged[:-1])
+    again = _stage_vectors(tmp_path, rows[:1])
+    assert again[0][1].vector == staged[0][1].vector and again[0][1].vector_location != staged[0][1].vector_location
+    images = [
+        _image(i)._replace(vector=b"", vector_location=row.vector_location) for i, (_, row) in enumerate(staged[:-1])
+    ]
+    restored = list(staging._with_vectors([_image(9), *reversed(images)]))
+    assert sorted((im.id, im.vector, im.vector_location) for im in restored) == sorted(
+        [(_image(9).id, b"", None), *((_image(i).id, vector, None) for i, vector in enumerate(vectors))]
+    )
+
+
+def test_a_damaged_vector_record_fails_loudly(tmp_path):
+    ((_, row),) = _stage_vectors(tmp_path, [("a", LabelRow(0, "train", "", "", b"\1" * 8))])
+    path = row.vector_location.path
+    with open(path, "r+b") as f:
+        f.seek(row.vector_location.offset + staging.DIGEST_BYTES)
+        f.write(b"\2")
+    with pytest.raises(ValueError, match="no intact vector"):
+        list(staging._with_vectors([_image(1)._replace(vector_location=row.vector_location)]))
