@@ -18,6 +18,7 @@ and where it is (labels.VectorLocation), and the writer's stage reads it back by
 from __future__ import annotations
 
 import hashlib
+import io
 import struct
 import uuid
 from collections.abc import Iterable, Iterator
@@ -69,14 +70,40 @@ def decode_staged(record: bytes) -> tuple[str, bytes, bytes]:
     return image_id, pixels, vector
 
 
+class _BundleFiles:
+    """One bundle's staging files of one kind: a new file every ``per_file`` records, each
+    closed by :meth:`close` at the end of the bundle, before the bundle's outputs count: a
+    retried bundle writes new files, and the ones a failed attempt left are never read."""
+
+    def __init__(self, directory: str, suffix: str, per_file: int):
+        self._dir, self._suffix, self._per_file = directory, suffix, per_file
+        self._file = None
+        self._path = ""
+        self._in_file = self._offset = 0
+
+    def write(self, record: bytes) -> tuple[str, int]:
+        """Appends ``record``; returns (the file's path, the record's offset in it)."""
+        if self._file is None or self._in_file >= self._per_file:
+            self.close()
+            self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}{self._suffix}")
+            self._file = FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._file.write(record)
+        offset = self._offset
+        self._in_file += 1
+        self._offset += len(record)
+        return self._path, offset
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._in_file, self._offset = None, 0, 0
+
+
 class StagePixels(beam.DoFn):
     """DecodedImage -> the same without pixels and vector, ``staged`` naming the file that holds them.
 
     An unlabelled image (split UNLABELLED_SPLIT: decoded for the audit alone, without pixels) passes as it is.
-
-    Each bundle writes its own files (IMAGES_PER_FILE images at most), closed at the end of the
-    bundle, before its outputs count: a retried bundle writes new files, and the ones a failed
-    attempt left are never read.
+    Each bundle writes its own files (IMAGES_PER_FILE images at most, TFRecord-framed records).
     """
 
     def __init__(self, staging_dir: str):
@@ -84,71 +111,46 @@ class StagePixels(beam.DoFn):
         self._staged = Metrics.counter(NAMESPACE, "staged")
 
     def start_bundle(self) -> None:
-        self._file = None
-        self._path = ""
-        self._in_file = 0
+        self._files = _BundleFiles(self._dir, ".staged", IMAGES_PER_FILE)
 
     def process(self, image: DecodedImage) -> Iterator[DecodedImage]:
         if image.split == UNLABELLED_SPLIT:
             yield image
             return
-        if self._file is None or self._in_file >= IMAGES_PER_FILE:
-            self._close()
-            self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.staged")
-            self._file = FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED)
-        _TFRecordUtil.write_record(self._file, encode_staged(image))
-        self._in_file += 1
+        framed = io.BytesIO()
+        _TFRecordUtil.write_record(framed, encode_staged(image))
+        path, _ = self._files.write(framed.getvalue())
         self._staged.inc()
-        yield image._replace(pixels=b"", vector=b"", staged=self._path)
+        yield image._replace(pixels=b"", vector=b"", staged=path)
 
     def finish_bundle(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._in_file = None, 0
+        self._files.close()
 
 
 class StageVectors(beam.DoFn):
     """(id, LabelRow) -> the same with ``vector`` its digest and ``vector_location`` the vectors
     file record (digest, then the vector) that holds it; a row without a vector passes as it is.
-
-    Files per bundle, as :class:`StagePixels`' (VECTORS_PER_FILE vectors at most).
+    Each bundle writes its own files (VECTORS_PER_FILE vectors at most).
     """
 
     def __init__(self, staging_dir: str):
         self._dir = staging_dir
 
     def start_bundle(self) -> None:
-        self._file = None
-        self._path = ""
-        self._in_file = self._offset = 0
+        self._files = _BundleFiles(self._dir, ".vectors", VECTORS_PER_FILE)
 
     def process(self, element: tuple[str, LabelRow]) -> Iterator[tuple[str, LabelRow]]:
         image_id, row = element
         if not row.vector:
             yield element
             return
-        if self._file is None or self._in_file >= VECTORS_PER_FILE:
-            self._close()
-            self._path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.vectors")
-            self._file = FileSystems.create(self._path, compression_type=CompressionTypes.UNCOMPRESSED)
         digest = vector_digest(row.vector)
         record = digest + row.vector
-        self._file.write(record)
-        location = VectorLocation(self._path, self._offset, len(record))
-        self._in_file += 1
-        self._offset += len(record)
-        yield image_id, row._replace(vector=digest, vector_location=location)
+        path, offset = self._files.write(record)
+        yield image_id, row._replace(vector=digest, vector_location=VectorLocation(path, offset, len(record)))
 
     def finish_bundle(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-        self._file, self._in_file, self._offset = None, 0, 0
+        self._files.close()
 
 
 def _with_vectors(images: list[DecodedImage]) -> Iterator[DecodedImage]:
