@@ -5,9 +5,9 @@ the class balance (a side input of counts per class), ``--dedupe keep_one`` (a s
 the audit's groups) and the Flattens that join branches. A local runner holds whatever crosses
 such a boundary in memory until its consumer runs, so images that carried their pixels across
 them made the job's memory grow with the data set (docs/benchmarks.md section 2). Instead, the
-decode's own stage appends each image's pixels and vector to a staging file, the rest of the
-job carries only the image's small fields and that file's name, and the writer's stage reads
-them back one staging file at a time. The files live in the output directory's
+decode's own stage appends each image's pixels to a staging file, the rest of the job carries
+only the image's small fields and that file's name, and the writer's stage reads them back one
+staging file at a time. The files live in the output directory's
 ``output_dir.STAGING_DIR`` and go when the run ends, with its other temp files.
 
 A --numeric_columns vector (2 KB for Kaggle's 512 columns) leaves even earlier, at the labels
@@ -38,7 +38,7 @@ from pipelines.transforms import NAMESPACE, DecodedImage
 # bytes each), and the unit of the writer's parallelism.
 IMAGES_PER_FILE = 1000
 
-_LENGTHS = struct.Struct("<III")  # id, pixels, vector lengths in bytes
+_LENGTHS = struct.Struct("<II")  # id, pixels lengths in bytes
 # Vectors per vectors file (2 KB each for 512 columns): a file is read back by offset.
 VECTORS_PER_FILE = 10_000
 DIGEST_BYTES = 16
@@ -50,24 +50,20 @@ def vector_digest(vector: bytes) -> bytes:
 
 
 def encode_staged(image: DecodedImage) -> bytes:
-    """The staging record of an image: its id (to check it on the way back), pixels and vector."""
+    """The staging record of an image: its id (to check it on the way back) and pixels."""
     image_id = image.id.encode("utf-8")
-    return b"".join(
-        [_LENGTHS.pack(len(image_id), len(image.pixels), len(image.vector)), image_id, image.pixels, image.vector]
-    )
+    return b"".join([_LENGTHS.pack(len(image_id), len(image.pixels)), image_id, image.pixels])
 
 
-def decode_staged(record: bytes) -> tuple[str, bytes, bytes]:
-    """(id, pixels, vector) of a staging record."""
-    id_length, pixel_length, vector_length = _LENGTHS.unpack_from(record)
+def decode_staged(record: bytes) -> tuple[str, bytes]:
+    """(id, pixels) of a staging record."""
+    id_length, pixel_length = _LENGTHS.unpack_from(record)
     start = _LENGTHS.size
     image_id = record[start : start + id_length].decode("utf-8")
-    start += id_length
-    pixels = record[start : start + pixel_length]
-    vector = record[start + pixel_length : start + pixel_length + vector_length]
-    if len(vector) != vector_length:
+    pixels = record[start + id_length : start + id_length + pixel_length]
+    if len(pixels) != pixel_length:
         raise ValueError(f"a staging record of {image_id!r} is {len(record)} bytes, shorter than its lengths say")
-    return image_id, pixels, vector
+    return image_id, pixels
 
 
 class _BundleFiles:
@@ -100,8 +96,9 @@ class _BundleFiles:
 
 
 class StagePixels(beam.DoFn):
-    """DecodedImage -> the same without pixels and vector, ``staged`` naming the file that holds them.
+    """DecodedImage -> the same without pixels, ``staged`` naming the file that holds them.
 
+    Its vector stays as it is: in the job it left at the labels CSV's parse (StageVectors).
     An unlabelled image (split UNLABELLED_SPLIT: decoded for the audit alone, without pixels) passes as it is.
     Each bundle writes its own files (IMAGES_PER_FILE images at most, TFRecord-framed records).
     """
@@ -121,7 +118,7 @@ class StagePixels(beam.DoFn):
         _TFRecordUtil.write_record(framed, encode_staged(image))
         path, _ = self._files.write(framed.getvalue())
         self._staged.inc()
-        yield image._replace(pixels=b"", vector=b"", staged=path)
+        yield image._replace(pixels=b"", staged=path)
 
     def finish_bundle(self) -> None:
         self._files.close()
@@ -187,10 +184,10 @@ class _ReadStagingFile(beam.DoFn):
         restored = []
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             while wanted and (record := _TFRecordUtil.read_record(f)) is not None:
-                image_id, pixels, vector = decode_staged(record)
+                image_id, pixels = decode_staged(record)
                 image = wanted.pop(image_id, None)
                 if image is not None:
-                    restored.append(image._replace(pixels=pixels, vector=vector, staged=""))
+                    restored.append(image._replace(pixels=pixels, staged=""))
         if wanted:
             raise ValueError(f"the staging file {path} lacks {sorted(wanted)[:5]} ({len(wanted)} images)")
         yield from _with_vectors(restored)

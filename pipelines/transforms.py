@@ -48,7 +48,7 @@ class DecodedImage(NamedTuple):
     group: str  # What the split kept together (a person with --group_by), else the id.
     vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
     quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
-    staged: str = ""  # The staging file holding pixels and vector while they are b"" (pipelines.staging).
+    staged: str = ""  # The staging file holding the pixels while they are b"" (pipelines.staging).
     vector_location: VectorLocation | None = None  # Where the vector waits while it is b"" (staged at the parse).
 
 

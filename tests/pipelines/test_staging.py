@@ -17,17 +17,19 @@ def _image(index: int, vector: bytes = b"") -> DecodedImage:
 
 
 def test_a_staging_record_round_trips():
-    image = _image(3, vector=b"\1\2\3\4")
-    assert staging.decode_staged(staging.encode_staged(image)) == (image.id, image.pixels, image.vector)
-    assert staging.decode_staged(staging.encode_staged(_image(4))) == (_image(4).id, _image(4).pixels, b"")
+    image = _image(3)
+    assert staging.decode_staged(staging.encode_staged(image)) == (image.id, image.pixels)
+    empty = image._replace(pixels=b"")
+    assert staging.decode_staged(staging.encode_staged(empty)) == (image.id, b"")
 
 
 def test_a_truncated_staging_record_is_an_error():
     with pytest.raises(ValueError, match="shorter"):
-        staging.decode_staged(staging.encode_staged(_image(3, vector=b"\1\2\3\4"))[:-1])
+        staging.decode_staged(staging.encode_staged(_image(3))[:-1])
 
 
 def test_images_leave_without_pixels_and_the_kept_ones_come_back_whole(tmp_path, monkeypatch):
+    # A vector StageVectors did not take (none does in the job) stays on the image.
     monkeypatch.setattr(staging, "IMAGES_PER_FILE", 3)  # 10 images: 4 files, the last one partly full
     images = [_image(i, vector=bytes([i]) * 8) for i in range(10)]
     kept = [image for image in images if image.label == 1]
@@ -35,7 +37,7 @@ def test_images_leave_without_pixels_and_the_kept_ones_come_back_whole(tmp_path,
         staged = p | beam.Create(images) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
         assert_that(
             staged | "Carried" >> beam.Map(lambda im: (im.id, im.pixels, im.vector, bool(im.staged))),
-            equal_to([(image.id, b"", b"", True) for image in images]),
+            equal_to([(image.id, b"", image.vector, True) for image in images]),
             label="NoPixels",
         )
         restored = staged | "KeepOdd" >> beam.Filter(lambda im: im.label == 1) | "Restore" >> staging.RestorePixels()
