@@ -2,7 +2,7 @@
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
         [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
-        [--orl_image_size 50] [--orl_color_mode rgb]
+        [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2]
 
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
         tested once; validation (early stopping) is a sixth of the training people, never the
@@ -18,7 +18,9 @@ dead_units  on that demo set, glasses_cnn with the seeds' recipe (constant Adam,
 Every fold is the same three commands a user types (printed as they run): preprocess with
 per-fold train.csv / validation.csv / test.csv and --splits from_source, train, evaluate.
 No hyperparameter is chosen on a test split. Prints mean ± sd accuracy over folds, the
-groups with errors and wall times; writes everything to WORKDIR/quality.json.
+groups with errors and wall times; writes everything to WORKDIR/quality.json. With several
+--seeds every fold trains once per seed (train --seed), and a row "seeds K-ensemble" scores
+the mean of the seeds' probabilities per test image (what `train --ensemble K` would ship).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from pipelines import features
 from pipelines.cli import ArgumentParser
 from trainer import job_layout
 from trainer.folds import assign_folds
+from trainer.models import THRESHOLD
 
 # (part, preset, augment) run by default; --presets / --augment narrow or widen these.
 DEFAULT_CONFIGS = (
@@ -134,6 +137,24 @@ def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], No
     return ["id"], rows, groups, None, ["--dataset", "comics", "--images", root]
 
 
+def _predictions(job_dir: str) -> dict[str, tuple[int, float]]:
+    """{id: (label, probability of class 1)} from a job's evaluate predictions.csv."""
+    with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.PREDICTIONS_FILE), newline="") as f:
+        return {row["id"]: (int(row["label"]), float(row["probability"])) for row in csv.DictReader(f)}
+
+
+def _ensemble_errors(job_dirs: Sequence[str]) -> tuple[float, list[str]]:
+    """(accuracy, ids wrong) of the mean probability over ``job_dirs``' predictions of the same test images."""
+    predictions = [_predictions(job_dir) for job_dir in job_dirs]
+    ids = sorted(predictions[0])
+    if any(sorted(p) != ids for p in predictions):
+        raise SystemExit(f"the seeds' predictions are for different images: {job_dirs}")
+    labels = np.array([predictions[0][i][0] for i in ids])
+    mean = np.mean([[p[i][1] for i in ids] for p in predictions], axis=0)
+    wrong = (mean >= THRESHOLD).astype(int) != labels
+    return float(1 - wrong.mean()), [i for i, w in zip(ids, wrong, strict=True) if w]
+
+
 def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[str]) -> tuple[dict, dict]:
     """Trains and evaluates ``preset`` on ``data_dir``: (metrics.json, {train_s, evaluate_s, first_epoch_loss})."""
     python = sys.executable
@@ -155,17 +176,28 @@ def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[st
 
 
 def cross_validate(
-    part: str, root: str, workdir: str, folds: int, configs, epochs: int | None, orl_image: dict[str, str]
+    part: str,
+    root: str,
+    workdir: str,
+    folds: int,
+    configs,
+    epochs: int | None,
+    orl_image: dict[str, str],
+    seeds: Sequence[int] = (0,),
 ) -> list[dict]:
-    """Every (preset, augment) of ``configs`` over ``folds`` grouped folds of one set.
+    """Every (preset, augment) of ``configs``, trained with every seed, over ``folds`` grouped folds of one set.
 
     ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
+    Several ``seeds``: one row per seed, and one for the mean of their probabilities.
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
     else:
         header, rows, groups, strata, flags = _comics_inputs(root)
-    results = {config: {"folds": [], "errors": Counter(), "counts": Counter()} for config in configs}
+    runs = [(preset, augment, seed) for preset, augment in configs for seed in seeds]
+    results = {run: {"folds": [], "errors": Counter(), "counts": Counter()} for run in runs}
+    ensembles = {config: {"folds": [], "errors": Counter()} for config in configs} if len(seeds) > 1 else {}
+    group_of = dict(zip((row[0] for row in rows), groups, strict=True))  # Both layouts: the id comes first.
     preprocess_s = []
     for fold, masks in enumerate(fold_splits(groups, folds, strata)):
         fold_dir = os.path.join(workdir, part, f"fold{fold}")
@@ -196,24 +228,37 @@ def cross_validate(
                 ]
             )
         )
-        for preset, augment in configs:
-            job_dir = os.path.join(fold_dir, f"{preset}_{augment}")
-            extra = ["--augment", augment, *(["--epochs", str(epochs)] if epochs else [])]
+        for preset, augment, seed in runs:
+            # Seed 0's folder keeps the name it had before --seeds.
+            job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
+            extra = ["--augment", augment, "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
-            result = results[(preset, augment)]
-            result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], **timing})
+            result = results[(preset, augment, seed)]
+            result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], "job_dir": job_dir, **timing})
             for row in metrics.get("errors_per_group", []):
                 result["errors"][row["group"]] += row["errors"]
                 result["counts"][row["group"]] += row["count"]
-            print(f"  {part} fold {fold} {preset}/{augment}: accuracy {metrics['accuracy']:.3f}", flush=True)
+            print(
+                f"  {part} fold {fold} {preset}/{augment} seed {seed}: accuracy {metrics['accuracy']:.3f}", flush=True
+            )
+        for preset, augment in ensembles:
+            job_dirs = [results[(preset, augment, seed)]["folds"][-1]["job_dir"] for seed in seeds]
+            accuracy, wrong = _ensemble_errors(job_dirs)
+            ensembles[(preset, augment)]["folds"].append(accuracy)
+            ensembles[(preset, augment)]["errors"].update(group_of.get(i, i) for i in wrong)
+            print(
+                f"  {part} fold {fold} {preset}/{augment} {len(seeds)}-seed ensemble: accuracy {accuracy:.3f}",
+                flush=True,
+            )
     out = []
-    for (preset, augment), result in results.items():
+    for (preset, augment, seed), result in results.items():
         accuracies = [f["accuracy"] for f in result["folds"]]
         out.append(
             {
                 "set": part,
                 "preset": preset,
                 "augment": augment,
+                "seed": seed,
                 "epochs": epochs,
                 "fold_accuracies": accuracies,
                 "mean": statistics.fmean(accuracies),
@@ -226,6 +271,21 @@ def cross_validate(
                 "train_evaluate_s": sum(f["train_s"] + f["evaluate_s"] for f in result["folds"]),
                 "epochs_run": [f["epochs_run"] for f in result["folds"]],
                 "preprocess_s": sum(preprocess_s),
+            }
+        )
+    for (preset, augment), ensemble in ensembles.items():
+        members = [r for r in out if (r["preset"], r["augment"]) == (preset, augment)]
+        accuracies, counts = ensemble["folds"], Counter(groups)
+        out.append(
+            {
+                **members[0],
+                "seed": f"{len(seeds)}-ensemble",
+                "fold_accuracies": accuracies,
+                "mean": statistics.fmean(accuracies),
+                "sd": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+                "errors_per_group": {g: f"{e}/{counts[g]}" for g, e in ensemble["errors"].most_common()},
+                "train_evaluate_s": sum(r["train_evaluate_s"] for r in members),
+                "epochs_run": [],
             }
         )
     return out
@@ -294,13 +354,15 @@ def demo_and_dead_units(workdir: str, parts: Sequence[str], presets: Sequence[st
 
 
 def _report(rows: Sequence[dict]) -> None:
-    print("\nset | preset | augment | mean ± sd accuracy | folds | epochs run | groups with errors | train+eval s")
+    print(
+        "\nset | preset | augment | seed | mean ± sd accuracy | folds | epochs run | groups with errors | train+eval s"
+    )
     for r in rows:
         if "fold_accuracies" in r:
             groups = ", ".join(f"{g}: {e}" for g, e in r["errors_per_group"].items()) or "none"
             folds = " ".join(f"{a:.3f}" for a in r["fold_accuracies"])
             print(
-                f"{r['set']} | {r['preset']} | {r['augment']} | {r['mean']:.3f} ± {r['sd']:.3f} | {folds} | "
+                f"{r['set']} | {r['preset']} | {r['augment']} | {r['seed']} | {r['mean']:.3f} ± {r['sd']:.3f} | {folds} | "
                 f"{r['epochs_run']} | {groups} | {r['train_evaluate_s']:.0f}"
             )
     for r in rows:
@@ -327,6 +389,11 @@ def main() -> None:
     )
     parser.add_argument("--orl_image_size", default="50", help="ORL: preprocess --image_size (the photos: 92,112)")
     parser.add_argument("--orl_color_mode", default="rgb", help="ORL: preprocess --color_mode")
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma list: train every fold once per seed (train --seed); several: their ensemble too",
+    )
     args = parser.parse_args()
     parts = args.parts.split(",")
     presets = args.presets.split(",") if args.presets else None
@@ -346,6 +413,7 @@ def main() -> None:
             configs,
             args.epochs,
             {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
+            seeds=[int(seed) for seed in args.seeds.split(",")],
         )
     if "demo" in parts or "dead_units" in parts:
         rows += demo_and_dead_units(args.workdir, parts, presets or DEMO_PRESETS)
