@@ -29,10 +29,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import (
     _TFRecordUtil,  # Beam's own TFRecord framing: a truncated or corrupt record fails its CRC.
 )
-from apache_beam.metrics import Metrics
 
 from pipelines.labels import UNLABELLED_SPLIT, LabelRow, VectorLocation
-from pipelines.transforms import NAMESPACE, DecodedImage
+from pipelines.transforms import DecodedImage
 
 # Images per staging file: what one read-back holds of their small fields (a few hundred
 # bytes each), and the unit of the writer's parallelism.
@@ -105,7 +104,6 @@ class StagePixels(beam.DoFn):
 
     def __init__(self, staging_dir: str):
         self._dir = staging_dir
-        self._staged = Metrics.counter(NAMESPACE, "staged")
 
     def start_bundle(self) -> None:
         self._files = _BundleFiles(self._dir, ".staged", IMAGES_PER_FILE)
@@ -117,7 +115,6 @@ class StagePixels(beam.DoFn):
         framed = io.BytesIO()
         _TFRecordUtil.write_record(framed, encode_staged(image))
         path, _ = self._files.write(framed.getvalue())
-        self._staged.inc()
         yield image._replace(pixels=b"", staged=path)
 
     def finish_bundle(self) -> None:
