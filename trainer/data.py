@@ -25,7 +25,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -342,6 +342,17 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+class FitDatasets(NamedTuple):
+    """What a fit reads: ``train`` (augmented, repeated), ``validation`` (one pass), the steps of
+    one epoch of ``train``, and ``calibration``: the train split shuffled and repeated like
+    ``train`` but never augmented, for BatchNormalization's statistics (trainer/batch_norm.py)."""
+
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_epoch: int
+    calibration: tf.data.Dataset
+
+
 def make_datasets_fn(
     data_dir: DataDir,
     *,
@@ -349,8 +360,8 @@ def make_datasets_fn(
     seed: int = 0,
     deterministic: bool = True,
     inputs: Sequence[str] = (features.IMAGE_KEY,),
-) -> Callable[[int], tuple[tf.data.Dataset, tf.data.Dataset, int]]:
-    """``fn(per_replica_batch_size, augment="none") -> (train_ds, validation_ds, steps_per_epoch)`` for fit and tuning.
+) -> Callable[..., FitDatasets]:
+    """``fn(per_replica_batch_size, augment="none") -> FitDatasets`` for fit and tuning.
 
     ``inputs``: what the model takes (a preset's ``inputs``).
     """
@@ -365,8 +376,11 @@ def make_datasets_fn(
             deterministic=deterministic,
             inputs=inputs,
         )
-        train_ds = make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common)
-        validation_ds = make_dataset(data_dir.path, "validation", training=False, **common)
-        return train_ds, validation_ds, steps_per_epoch(split_size(data_dir.manifest, "train"), batch)
+        return FitDatasets(
+            train=make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common),
+            validation=make_dataset(data_dir.path, "validation", training=False, **common),
+            steps_per_epoch=steps_per_epoch(split_size(data_dir.manifest, "train"), batch),
+            calibration=make_dataset(data_dir.path, "train", training=True, seed=seed, **common),
+        )
 
     return make_datasets

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, job_layout, models
+from trainer import batch_norm, data, export, job_layout, models
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -156,9 +156,10 @@ def _train_fold(
     if num_train * math.prod(data_dir.image_shape) < data.DEFAULT_CACHE_MAX_BYTES:
         ds = ds.cache()  # Small serialized records: decompress and filter once, not per epoch.
     ds = ds.shuffle(max(1, min(num_train, data.MAX_SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat().batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=data.AUTOTUNE)
-    # As train trains: the preset's augmentation and the shared recipe (warm-up, schedule, clipping).
-    ds = data.augment_batches(ds, hp.get("augment"), seed=seed)
+    clean = ds.repeat().batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=data.AUTOTUNE)
+    # As train trains: the preset's augmentation and the shared recipe (warm-up, schedule,
+    # clipping, BatchNormalization's statistics re-measured on clean batches at the end).
+    ds = data.augment_batches(clean, hp.get("augment"), seed=seed)
     keras.utils.set_random_seed(seed)
     steps = data.steps_per_epoch(num_train, batch_size)
     model = models.build_model(
@@ -176,6 +177,7 @@ def _train_fold(
         verbose=verbose,
         shuffle=False,  # The dataset shuffles with a seed.
     )
+    batch_norm.recalibrate(model, clean, max_batches=min(steps, batch_norm.MAX_BATCHES))
     return model
 
 

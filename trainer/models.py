@@ -25,6 +25,7 @@ import keras
 import keras_tuner as kt
 
 from pipelines import features
+from trainer import batch_norm
 
 SEARCH_SPACES = ("small", "full", "wide")
 # Hyperparameters read by the fit step (batch size, epochs) or the input pipeline
@@ -34,6 +35,10 @@ FIT_HPARAMS = ("batch_size", "epochs", "augment")
 AUGMENT_LEVELS = ("none", "light", "strong")
 # After the warm-up: cosine decay to 0 at the last step, or constant.
 LR_SCHEDULES = ("cosine", "constant")
+# What BatchNormalization normalises with at inference: statistics measured on clean
+# training batches before every validation and the export (trainer/batch_norm.py), or
+# Keras' moving averages of the (augmented) training batches.
+BN_STATISTICS = ("precise", "moving")
 # The decision rule of every head: class 1 when P(class 1) >= THRESHOLD (serving,
 # evaluation and the multi-worker loop's accuracy alike).
 THRESHOLD = 0.5
@@ -44,7 +49,7 @@ VECTOR_INPUT = features.VECTOR_KEY
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """The optimizer recipe every preset shares (tune and train flags).
+    """The training recipe every preset shares (tune and train flags): optimizer and BatchNormalization.
 
     Why: with a constant Adam step of lr from the first batch, every one of the glasses
     seed's 36 864 x 128 Dense weights moves by ~lr per step whatever its gradient, and the
@@ -58,17 +63,21 @@ class Recipe:
       warmup_epochs: Linear warm-up from 0 to the learning rate over this many epochs.
       schedule: After the warm-up, "cosine" decay to 0 at the last step or "constant".
       clipnorm: Clip each gradient to this L2 norm; 0 or None: no clipping.
+      bn_statistics: One of BN_STATISTICS; only models with BatchNormalization layers see it.
     """
 
     warmup_epochs: float = 1.0
     schedule: str = "cosine"
     clipnorm: float | None = 1.0
+    bn_statistics: str = "precise"
 
     def __post_init__(self):
         if self.schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.schedule!r}, expected one of {LR_SCHEDULES}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.bn_statistics not in BN_STATISTICS:
+            raise ValueError(f"unknown bn_statistics {self.bn_statistics!r}, expected one of {BN_STATISTICS}")
 
 
 # What train and tune use unless told otherwise (the flags' defaults).
@@ -504,7 +513,7 @@ class FaceHyperModel(kt.HyperModel):
     Args:
       preset: The architecture and its search space.
       input_shape: (height, width, channels) from the manifest.
-      make_datasets: ``fn(per_replica_batch_size, augment) -> (train_ds, validation_ds, steps_per_epoch)``.
+      make_datasets: ``fn(per_replica_batch_size, augment) -> data.FitDatasets``.
       space: "small", "full" or "wide". Defaults to "full".
       overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
       num_classes: Defaults to 2.
@@ -564,11 +573,19 @@ class FaceHyperModel(kt.HyperModel):
         epochs = kwargs.pop("epochs", None) or hp.get("epochs")
         # One line per fit: what resumed searches are audited with (no trial runs twice).
         logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
-        train_ds, validation_ds, steps = self.make_datasets(hp.get("batch_size"), hp.get("augment"))
+        datasets = self.make_datasets(hp.get("batch_size"), hp.get("augment"))
+        if self.recipe is not None and self.recipe.bn_statistics == "precise":
+            # First: the tuner's own callbacks then read the recalibrated model's val_* figures.
+            precise = batch_norm.PreciseBatchNorm(
+                datasets.calibration,
+                datasets.validation,
+                batches=min(datasets.steps_per_epoch, batch_norm.MAX_BATCHES),
+            )
+            kwargs["callbacks"] = [precise, *kwargs.get("callbacks", [])]
         return model.fit(
-            train_ds,
-            validation_data=validation_ds,
+            datasets.train,
+            validation_data=datasets.validation,
             epochs=epochs,
-            steps_per_epoch=steps,
+            steps_per_epoch=datasets.steps_per_epoch,
             **{"shuffle": False, **self.fit_kwargs, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.
         )

@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import distribute, job_layout, models, records
+from trainer import batch_norm, distribute, job_layout, models, records
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -88,6 +88,7 @@ def fit_multi_worker(
     steps_per_epoch: int,
     epochs: int,
     global_batch_size: int,
+    calibration_ds: tf.data.Dataset | None = None,
     job_dir: str,
     config: Mapping[str, Any],
     class_weight: Mapping[int, float] | None = None,
@@ -103,6 +104,9 @@ def fit_multi_worker(
     checkpoint when the run had not finished (no ``model.keras`` yet).
 
     ``class_weight`` weighs each example's loss by its class, as ``model.fit`` does.
+    ``calibration_ds`` (clean training batches, the same on every worker): BatchNormalization's
+    statistics are re-measured after every epoch's training, before its validation, as in
+    the fit path (batch_norm.recalibrate); None: the moving averages.
     ``patience``: early stopping as in the single-process fit (trainer.training.
     ScheduledEarlyStopping): val_loss is watched from epoch ``watch_from_epoch`` on, the run
     stops after ``patience`` epochs without a new best, and the best epoch's checkpoint is
@@ -208,6 +212,8 @@ def fit_multi_worker(
         [row for row in records.read_history(job_dir) if row["epoch"] < int(epoch_done.numpy())] if resuming else []
     )
     iterator = iter(train_dist)
+    calibration = iter(calibration_ds) if calibration_ds is not None else None
+    recalibrate = batch_norm.Recalibrator(model)
     # A resumed run restarts the input at its beginning; with reshuffling each epoch that
     # only changes which permutation the remaining epochs see.
     for epoch in range(int(epoch_done.numpy()), epochs):
@@ -216,6 +222,9 @@ def fit_multi_worker(
             logging.info("%s: early stopping after epoch %d: val_loss best at epoch %d", name, epoch, best["epoch"] + 1)
             break
         loss_sum, correct, count = train_epoch(iterator).numpy()
+        if calibration is not None:
+            # Every worker runs the same batches in the same order: the statistics agree.
+            recalibrate(calibration, max_batches=min(steps_per_epoch, batch_norm.MAX_BATCHES))
         totals = sum((validate(batch) for batch in validation_dist), tf.zeros([3])).numpy()
         row = {
             "epoch": epoch,

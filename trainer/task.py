@@ -10,7 +10,8 @@
 ``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn; face_cnn by
 name). ``--tuner`` defaults to hyperband for ``--search_space wide`` (too large for a
 grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
-``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--augment`` (training inputs only;
+``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--bn_statistics`` (what
+BatchNormalization normalises with at inference), ``--augment`` (training inputs only;
 default: the preset's "augment" value), ``--class_weight``. ``train``
 reads JOB/best_hyperparameters.json when ``tune`` wrote one for the same model, else the
 preset's defaults. Killed ``tune`` and ``train`` runs resume when restarted with the same
@@ -94,6 +95,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         )
         p.add_argument("--lr_schedule", choices=models.LR_SCHEDULES, default="cosine", help="after the warm-up")
         p.add_argument("--clipnorm", type=float, default=1.0, help="gradient norm clipping (0: none)")
+        p.add_argument(
+            "--bn_statistics",
+            choices=models.BN_STATISTICS,
+            default="precise",
+            help="BatchNormalization at inference: statistics of clean training batches, re-measured before "
+            "every validation and the export (precise), or Keras' moving averages (moving)",
+        )
         p.add_argument(
             "--augment",
             choices=models.AUGMENT_LEVELS,
@@ -309,7 +317,12 @@ def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
 
 
 def _recipe(args: argparse.Namespace) -> models.Recipe:
-    return models.Recipe(warmup_epochs=args.warmup_epochs, schedule=args.lr_schedule, clipnorm=args.clipnorm or None)
+    return models.Recipe(
+        warmup_epochs=args.warmup_epochs,
+        schedule=args.lr_schedule,
+        clipnorm=args.clipnorm or None,
+        bn_statistics=args.bn_statistics,
+    )
 
 
 def run_tune(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import atomic, data, distribute, export, job_layout, models, multiworker, records
+from trainer import atomic, batch_norm, data, distribute, export, job_layout, models, multiworker, records
 
 
 def _join(*parts: str) -> str:
@@ -105,7 +105,10 @@ def train(
     make_datasets = data.make_datasets_fn(
         data_dir, strategy=strategy, seed=seed, deterministic=deterministic, inputs=preset.inputs
     )
-    train_ds, validation_ds, steps = make_datasets(hp.get("batch_size"), hp.get("augment"))
+    datasets = make_datasets(hp.get("batch_size"), hp.get("augment"))
+    steps = datasets.steps_per_epoch
+    # Recalibrated before every validation and the export (trainer/batch_norm.py), or never.
+    calibration = datasets.calibration if recipe and recipe.bn_statistics == "precise" else None
     with strategy.scope():
         model = models.build_model(
             hp,
@@ -125,8 +128,9 @@ def train(
         multiworker.fit_multi_worker(
             model,
             strategy=strategy,
-            train_ds=train_ds,
-            validation_ds=validation_ds,
+            train_ds=datasets.train,
+            validation_ds=datasets.validation,
+            calibration_ds=calibration,
             steps_per_epoch=steps,
             epochs=hp.get("epochs"),
             global_batch_size=distribute.global_batch_size(hp.get("batch_size"), strategy),
@@ -139,8 +143,9 @@ def train(
     else:
         _fit(
             model,
-            train_ds=train_ds,
-            validation_ds=validation_ds,
+            train_ds=datasets.train,
+            validation_ds=datasets.validation,
+            calibration_ds=calibration,
             steps_per_epoch=steps,
             epochs=hp.get("epochs"),
             job_dir=job_dir,
@@ -187,6 +192,7 @@ def _fit(
     *,
     train_ds: tf.data.Dataset,
     validation_ds: tf.data.Dataset,
+    calibration_ds: tf.data.Dataset | None,
     steps_per_epoch: int,
     epochs: int,
     job_dir: str,
@@ -197,7 +203,12 @@ def _fit(
     class_weight: Mapping[int, float] | None = None,
     patience: int | None = None,
 ) -> None:
-    """``model.fit`` with BackupAndRestore, CSV history, epoch weights, TensorBoard and early stopping."""
+    """``model.fit`` with BackupAndRestore, CSV history, epoch weights, TensorBoard and early stopping.
+
+    ``calibration_ds`` (clean training batches): BatchNormalization's statistics are
+    re-measured at every epoch's end, before the others see its validation figures
+    (batch_norm.PreciseBatchNorm); None: Keras' moving averages.
+    """
     tf.io.gfile.makedirs(job_dir)
     backup_dir = _join(job_dir, job_layout.BACKUP_DIR)
     history_path = records.history_path(job_dir)
@@ -220,7 +231,18 @@ def _fit(
     if patience:
         earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
         stopping = [ResumableEarlyStopping(patience=patience, history=earlier, checkpoint_dir=checkpoint_dir)]
+    precise = (
+        [
+            batch_norm.PreciseBatchNorm(
+                calibration_ds, validation_ds, batches=min(steps_per_epoch, batch_norm.MAX_BATCHES)
+            )
+        ]
+        if calibration_ds is not None
+        else []
+    )
     callbacks = [
+        # First: the others read the validation figures of the recalibrated model.
+        *precise,
         # The CSV row before the backup: a kill between the two repeats that epoch's row on
         # resume (read_history keeps the last row per epoch) instead of losing it.
         keras.callbacks.CSVLogger(history_path, append=True),

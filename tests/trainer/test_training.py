@@ -169,7 +169,7 @@ def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_d
     with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
         config = json.load(f)
     assert config["model"] == "face_cnn" and config["hyperparameters"]["augment"] == "strong"
-    assert config["recipe"] == {"warmup_epochs": 1.0, "schedule": "cosine", "clipnorm": 1.0}
+    assert config["recipe"] == {"warmup_epochs": 1.0, "schedule": "cosine", "clipnorm": 1.0, "bn_statistics": "precise"}
     assert config["class_weight"] is None and config["early_stopping_patience"] == 3
     assert int(model.optimizer.iterations.numpy()) == 2 * 3  # 48 train images / batch 16, 2 epochs.
     serve, _ = export.load_serving(f"{job_dir}/{job_layout.EXPORT_DIR}")

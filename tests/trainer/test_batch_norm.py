@@ -1,0 +1,113 @@
+"""trainer/batch_norm.py: BatchNormalization statistics measured on clean training batches."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import batch_norm, data, job_layout, models, training
+
+
+def _normalising_model(momentum: float = 0.99) -> keras.Model:
+    inputs = keras.Input((2,))
+    outputs = keras.layers.BatchNormalization(momentum=momentum, name="bn")(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def _batches(count: int, size: int = 8) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    # Each batch its own offset: the mean of the batch statistics is not any one batch's.
+    return [
+        (rng.normal(loc=[3.0 + i, -2.0], scale=[1.0 + i, 0.5], size=(size, 2)).astype("float32"), np.zeros(size))
+        for i in range(count)
+    ]
+
+
+def test_recalibrate_sets_the_mean_of_the_batch_statistics_and_restores_the_momentum():
+    model = _normalising_model(momentum=0.99)
+    batches = _batches(5)
+    assert batch_norm.recalibrate(model, iter(batches), max_batches=3) == 3  # Stops at max_batches.
+    used = np.stack([x for x, _ in batches[:3]])
+    layer = model.get_layer("bn")
+    np.testing.assert_allclose(layer.moving_mean.numpy(), used.mean(axis=1).mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(layer.moving_variance.numpy(), used.var(axis=1).mean(axis=0), rtol=1e-5)
+    assert layer.momentum == 0.99
+    np.testing.assert_array_equal(layer.gamma.numpy(), [1.0, 1.0])  # No weight is trained.
+    np.testing.assert_array_equal(layer.beta.numpy(), [0.0, 0.0])
+
+
+def test_recalibrate_finds_layers_in_nested_models_and_leaves_a_model_without_any_alone():
+    outer = keras.Sequential([keras.Input((2,)), _normalising_model(), keras.layers.Dense(1)])
+    assert [layer.name for layer in batch_norm.batch_norm_layers(outer)] == ["bn"]
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    before = [w.copy() for w in plain.get_weights()]
+    assert batch_norm.recalibrate(plain, iter(_batches(2))) == 0
+    for a, b in zip(before, plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_callback_replaces_the_validation_figures_with_the_recalibrated_models():
+    # Inputs far from 0 / 1 and a slow momentum: after one short epoch Keras' moving averages
+    # are still near their start, and the model validates badly with them.
+    x = np.random.default_rng(1).normal(loc=50.0, scale=5.0, size=(64, 2)).astype("float32")
+    y = (x[:, 0] > 50.0).astype("float32")
+
+    def fitted(callbacks):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((2,))
+        hidden = keras.layers.BatchNormalization(momentum=0.99)(inputs)
+        model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", metrics=["accuracy"])
+        history = model.fit(x, y, batch_size=16, epochs=1, validation_data=(x, y), verbose=0, callbacks=callbacks)
+        return model, history.history
+
+    calibration = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    validation = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    precise = batch_norm.PreciseBatchNorm(calibration, validation, batches=4)
+    model, history = fitted([precise])
+    _, moving = fitted([])
+    # What every later callback and the history saw is the recalibrated model's validation.
+    assert history["val_loss"][0] == pytest.approx(model.evaluate(validation, verbose=0)[0], rel=1e-5)
+    assert history["val_loss"][0] < moving["val_loss"][0] / 2
+    bn = batch_norm.batch_norm_layers(model)[0]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(axis=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize("bn_statistics", models.BN_STATISTICS)
+def test_training_keeps_the_statistics_of_the_clean_training_images(rgb_dir, tmp_path, bn_statistics):
+    data_dir = data.DataDir.read(rgb_dir)
+    job_dir = str(tmp_path / "job")
+    training.train(
+        data_dir=data_dir,
+        job_dir=job_dir,
+        preset=models.FACE_CNN,
+        hyperparameters={"width": 8, "blocks": 2, "batch_size": 16, "augment": "strong"},
+        epochs=2,
+        verbose=0,
+        recipe=models.Recipe(bn_statistics=bn_statistics),
+    )
+    with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
+        assert json.load(f)["recipe"]["bn_statistics"] == bn_statistics
+    model = keras.saving.load_model(f"{job_dir}/{job_layout.MODEL_FILE}")
+    # The first BatchNormalization's input is the first convolution's output (no bias):
+    # its mean over the 48 clean training images is what "precise" keeps (3 batches of 16).
+    conv = keras.Model(model.inputs, model.get_layer("block1_conv1").output)
+    train_images = data.make_dataset(
+        rgb_dir,
+        "train",
+        manifest=data_dir.manifest,
+        tft_output=data_dir.tft_output,
+        global_batch_size=48,
+        training=False,
+    )
+    images, _ = next(iter(train_images))
+    mean = conv(images).numpy().mean(axis=(0, 1, 2))
+    kept = model.get_layer("block1_conv1_bn").moving_mean.numpy()
+    if bn_statistics == "precise":
+        np.testing.assert_allclose(kept, mean, atol=1e-4)
+    else:
+        assert not np.allclose(kept, mean, atol=1e-2)
