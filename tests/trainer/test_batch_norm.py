@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import batch_norm, data, job_layout, models, training
+from trainer import batch_norm
 
 
 def _normalising_model(momentum: float = 0.99) -> keras.Model:
@@ -75,39 +73,3 @@ def test_the_callback_replaces_the_validation_figures_with_the_recalibrated_mode
     assert history["val_loss"][0] < moving["val_loss"][0] / 2
     bn = batch_norm.batch_norm_layers(model)[0]
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(axis=0), rtol=1e-4)
-
-
-@pytest.mark.parametrize("bn_statistics", models.BN_STATISTICS)
-def test_training_keeps_the_statistics_of_the_clean_training_images(rgb_dir, tmp_path, bn_statistics):
-    data_dir = data.DataDir.read(rgb_dir)
-    job_dir = str(tmp_path / "job")
-    training.train(
-        data_dir=data_dir,
-        job_dir=job_dir,
-        preset=models.FACE_CNN,
-        hyperparameters={"width": 8, "blocks": 2, "batch_size": 16, "augment": "strong"},
-        epochs=2,
-        verbose=0,
-        recipe=models.Recipe(bn_statistics=bn_statistics),
-    )
-    with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
-        assert json.load(f)["recipe"]["bn_statistics"] == bn_statistics
-    model = keras.saving.load_model(f"{job_dir}/{job_layout.MODEL_FILE}")
-    # The first BatchNormalization's input is the first convolution's output (no bias):
-    # its mean over the 48 clean training images is what "precise" keeps (3 batches of 16).
-    conv = keras.Model(model.inputs, model.get_layer("block1_conv1").output)
-    train_images = data.make_dataset(
-        rgb_dir,
-        "train",
-        manifest=data_dir.manifest,
-        tft_output=data_dir.tft_output,
-        global_batch_size=48,
-        training=False,
-    )
-    images, _ = next(iter(train_images))
-    mean = conv(images).numpy().mean(axis=(0, 1, 2))
-    kept = model.get_layer("block1_conv1_bn").moving_mean.numpy()
-    if bn_statistics == "precise":
-        np.testing.assert_allclose(kept, mean, atol=1e-4)
-    else:
-        assert not np.allclose(kept, mean, atol=1e-2)

@@ -155,7 +155,8 @@ def test_augmentation_changes_training_inputs_only(rgb_dir):
         data.make_dataset(rgb_dir, "validation", training=False, augment="light", **common)
 
 
-def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_dir, tmp_path):
+@pytest.mark.parametrize("bn_statistics", models.BN_STATISTICS)
+def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_dir, tmp_path, bn_statistics):
     data_dir = data.DataDir.read(rgb_dir)
     job_dir = str(tmp_path / "job")
     model = training.train(
@@ -165,11 +166,23 @@ def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_d
         hyperparameters={"width": 8, "blocks": 2, "batch_size": 16, "augment": "strong"},
         epochs=2,
         verbose=0,
+        recipe=models.Recipe(bn_statistics=bn_statistics),
     )
     with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
         config = json.load(f)
     assert config["model"] == "face_cnn" and config["hyperparameters"]["augment"] == "strong"
-    assert config["recipe"] == {"warmup_epochs": 1.0, "schedule": "cosine", "clipnorm": 1.0, "bn_statistics": "precise"}
+    recipe = {"warmup_epochs": 1.0, "schedule": "cosine", "clipnorm": 1.0, "bn_statistics": bn_statistics}
+    assert config["recipe"] == recipe
+    # The first BatchNormalization's input is the first convolution's output (no bias): its
+    # mean over the 48 clean training images is what "precise" keeps (3 batches of 16), not
+    # what the moving averages of the augmented batches hold.
+    saved = keras.saving.load_model(f"{job_dir}/{job_layout.MODEL_FILE}")
+    conv = keras.Model(saved.inputs, saved.get_layer("block1_conv1").output)
+    common = dict(manifest=data_dir.manifest, tft_output=data_dir.tft_output, global_batch_size=48)
+    images, _ = next(iter(data.make_dataset(rgb_dir, "train", training=False, **common)))
+    clean_mean = conv(images).numpy().mean(axis=(0, 1, 2))
+    kept = saved.get_layer("block1_conv1_bn").moving_mean.numpy()
+    assert np.allclose(kept, clean_mean, atol=1e-4) == (bn_statistics == "precise")
     assert config["class_weight"] is None and config["early_stopping_patience"] == 3
     assert int(model.optimizer.iterations.numpy()) == 2 * 3  # 48 train images / batch 16, 2 epochs.
     serve, _ = export.load_serving(f"{job_dir}/{job_layout.EXPORT_DIR}")
