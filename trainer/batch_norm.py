@@ -7,7 +7,7 @@ the network that validates, is kept by early stopping and is exported is not qui
 one that was trained. On ORL (subject-grouped folds, face_cnn) validation accuracy jumped
 between 0.36 and 0.96 from one epoch to the next while training accuracy stayed at
 0.95-1.0, and the kept models ranked the test people almost perfectly (ROC AUC 0.99-1.0)
-but called 17 of 65 people without glasses "glasses": a shifted decision boundary.
+but called 14-17 of the 65 photos without glasses "glasses": a shifted decision boundary.
 Re-measuring the statistics as the mean of the batch statistics over one clean pass of
 the training set ("precise BN", Wu & Johnson, "Rethinking 'Batch' in BatchNorm", 2021)
 before every validation and before saving fixes what inference sees (docs/benchmarks.md §9).
@@ -52,7 +52,11 @@ class Recalibrator:
         self._forward = tf.function(lambda inputs: model(inputs, training=True))
 
     def __call__(self, batches: Iterable[tuple[Any, Any]], *, max_batches: int = MAX_BATCHES) -> int:
-        """Recalibrates from up to ``max_batches`` of ``batches``; the number used (0: no layer, not run)."""
+        """Recalibrates from up to ``max_batches`` (at most MAX_BATCHES) of ``batches``; the number used (0: no layer, not run).
+
+        Callers pass an epoch's steps: a small training set is measured whole, a large one sampled.
+        """
+        max_batches = min(max_batches, MAX_BATCHES)
         if not self.layers:
             return 0
         momenta = [layer.momentum for layer in self.layers]
@@ -96,7 +100,7 @@ class PreciseBatchNorm(keras.callbacks.Callback):
       calibration: (inputs, labels) batches of clean training examples, repeated
         (:func:`recalibrate` takes ``batches`` of them per epoch).
       validation: The validation dataset, or None (no ``val_*`` figures to replace).
-      batches: Batches per recalibration.
+      batches: Batches per recalibration (an epoch's steps; at most MAX_BATCHES are read).
     """
 
     def __init__(self, calibration, validation=None, *, batches: int):

@@ -177,7 +177,7 @@ def _train_fold(
         verbose=verbose,
         shuffle=False,  # The dataset shuffles with a seed.
     )
-    batch_norm.recalibrate(model, clean, max_batches=min(steps, batch_norm.MAX_BATCHES))
+    batch_norm.recalibrate(model, clean, max_batches=steps)
     return model
 
 

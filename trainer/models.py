@@ -579,7 +579,7 @@ class FaceHyperModel(kt.HyperModel):
             precise = batch_norm.PreciseBatchNorm(
                 datasets.calibration,
                 datasets.validation,
-                batches=min(datasets.steps_per_epoch, batch_norm.MAX_BATCHES),
+                batches=datasets.steps_per_epoch,
             )
             kwargs["callbacks"] = [precise, *kwargs.get("callbacks", [])]
         return model.fit(

@@ -224,7 +224,7 @@ def fit_multi_worker(
         loss_sum, correct, count = train_epoch(iterator).numpy()
         if calibration is not None:
             # Every worker runs the same batches in the same order: the statistics agree.
-            recalibrate(calibration, max_batches=min(steps_per_epoch, batch_norm.MAX_BATCHES))
+            recalibrate(calibration, max_batches=steps_per_epoch)
         totals = sum((validate(batch) for batch in validation_dist), tf.zeros([3])).numpy()
         row = {
             "epoch": epoch,

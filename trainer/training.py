@@ -232,11 +232,7 @@ def _fit(
         earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
         stopping = [ResumableEarlyStopping(patience=patience, history=earlier, checkpoint_dir=checkpoint_dir)]
     precise = (
-        [
-            batch_norm.PreciseBatchNorm(
-                calibration_ds, validation_ds, batches=min(steps_per_epoch, batch_norm.MAX_BATCHES)
-            )
-        ]
+        [batch_norm.PreciseBatchNorm(calibration_ds, validation_ds, batches=steps_per_epoch)]
         if calibration_ds is not None
         else []
     )
