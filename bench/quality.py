@@ -2,7 +2,7 @@
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
         [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
-        [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2]
+        [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2] [--hyperparameters JSON]
 
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
         tested once; validation (early stopping) is a sixth of the training people, never the
@@ -185,11 +185,13 @@ def cross_validate(
     epochs: int | None,
     orl_image: dict[str, str],
     seeds: Sequence[int] = (0,),
+    train_flags: Sequence[str] = (),
 ) -> list[dict]:
     """Every (preset, augment) of ``configs``, trained with every seed, over ``folds`` grouped folds of one set.
 
     ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
     Several ``seeds``: one row per seed, and one for the mean of their probabilities.
+    ``train_flags``: given to every train.
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
@@ -233,6 +235,7 @@ def cross_validate(
             # Seed 0's folder keeps the name it had before --seeds.
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
             extra = ["--augment", augment, "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
+            extra += train_flags
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
             result = results[(preset, augment, seed)]
             result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], "job_dir": job_dir, **timing})
@@ -395,7 +398,11 @@ def main() -> None:
         default="0",
         help="comma list: train every fold once per seed (train --seed); several: their ensemble too",
     )
+    parser.add_argument(
+        "--hyperparameters", help="JSON of hyperparameter values over the presets' defaults, for every train"
+    )
     args = parser.parse_args()
+    train_flags = ["--hyperparameters", os.path.abspath(args.hyperparameters)] if args.hyperparameters else []
     parts = args.parts.split(",")
     presets = args.presets.split(",") if args.presets else None
     rows: list[dict] = []
@@ -415,6 +422,7 @@ def main() -> None:
             args.epochs,
             {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
             seeds=[int(seed) for seed in args.seeds.split(",")],
+            train_flags=train_flags,
         )
     if "demo" in parts or "dead_units" in parts:
         rows += demo_and_dead_units(args.workdir, parts, presets or DEMO_PRESETS)
