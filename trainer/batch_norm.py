@@ -89,17 +89,17 @@ def recalibrate(model: keras.Model, batches: Iterable[tuple[Any, Any]], *, max_b
 
 
 class PreciseBatchNorm(keras.callbacks.Callback):
-    """At the end of every epoch, :func:`recalibrate` the model, then validate it again.
+    """At the end of every epoch, :func:`recalibrate` the model, then validate it.
 
-    Place it first among a fit's callbacks: it replaces the epoch's ``val_*`` figures in
-    ``logs`` (those Keras measured with the training-time averages) before early stopping,
-    the CSV history, TensorBoard, checkpoints and keras-tuner read them. A model without
-    BatchNormalization is left alone (no extra pass).
+    Place it first among a fit's callbacks and give the fit no validation data
+    (:func:`fit_validation` does both): it writes the epoch's ``val_*`` figures into ``logs``
+    before early stopping, the CSV history, TensorBoard, checkpoints and keras-tuner read
+    them, and the validation set is run once an epoch, with the statistics the model keeps.
 
     Args:
       calibration: (inputs, labels) batches of clean training examples, repeated
         (:func:`recalibrate` takes ``batches`` of them per epoch).
-      validation: The validation dataset, or None (no ``val_*`` figures to replace).
+      validation: The validation dataset, or None (no ``val_*`` figures).
       batches: Batches per recalibration (an epoch's steps; at most MAX_BATCHES are read).
     """
 
@@ -116,8 +116,21 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         self._recalibrate = Recalibrator(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self._recalibrate(self._iterator, max_batches=self.batches):
-            return
+        self._recalibrate(self._iterator, max_batches=self.batches)
         if self.validation is not None and logs is not None:
             results = self.model.evaluate(self.validation, verbose=0, return_dict=True)
             logs.update({f"val_{name}": value for name, value in results.items()})
+
+
+def fit_validation(
+    model: keras.Model, calibration, validation, *, batches: int
+) -> tuple[Any, list[keras.callbacks.Callback]]:
+    """(``validation_data`` for ``model.fit``, the callbacks to put first among its callbacks).
+
+    ``calibration`` None (Keras' moving averages) or a model without BatchNormalization:
+    Keras validates, no callback. Otherwise :class:`PreciseBatchNorm` recalibrates and
+    validates, and Keras does not (its figures would be the moving averages', thrown away).
+    """
+    if calibration is None or not batch_norm_layers(model):
+        return validation, []
+    return None, [PreciseBatchNorm(calibration, validation, batches=batches)]

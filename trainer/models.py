@@ -79,6 +79,11 @@ class Recipe:
         if self.bn_statistics not in BN_STATISTICS:
             raise ValueError(f"unknown bn_statistics {self.bn_statistics!r}, expected one of {BN_STATISTICS}")
 
+    @property
+    def precise_batch_norm(self) -> bool:
+        """Whether BatchNormalization statistics are re-measured on clean batches (trainer/batch_norm.py)."""
+        return self.bn_statistics == "precise"
+
 
 # What train and tune use unless told otherwise (the flags' defaults).
 DEFAULT_RECIPE = Recipe()
@@ -574,17 +579,18 @@ class FaceHyperModel(kt.HyperModel):
         # One line per fit: what resumed searches are audited with (no trial runs twice).
         logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
         datasets = self.make_datasets(hp.get("batch_size"), hp.get("augment"))
-        if self.recipe is not None and self.recipe.bn_statistics == "precise":
-            # First: the tuner's own callbacks then read the recalibrated model's val_* figures.
-            precise = batch_norm.PreciseBatchNorm(
-                datasets.calibration,
-                datasets.validation,
-                batches=datasets.steps_per_epoch,
-            )
-            kwargs["callbacks"] = [precise, *kwargs.get("callbacks", [])]
+        precise = self.recipe is not None and self.recipe.precise_batch_norm
+        validation, first = batch_norm.fit_validation(
+            model,
+            datasets.calibration if precise else None,
+            datasets.validation,
+            batches=datasets.steps_per_epoch,
+        )
+        # First: the tuner's own callbacks then read the recalibrated model's val_* figures.
+        kwargs["callbacks"] = [*first, *kwargs.get("callbacks", [])]
         return model.fit(
             datasets.train,
-            validation_data=datasets.validation,
+            validation_data=validation,
             epochs=epochs,
             steps_per_epoch=datasets.steps_per_epoch,
             **{"shuffle": False, **self.fit_kwargs, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.

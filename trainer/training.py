@@ -108,7 +108,7 @@ def train(
     datasets = make_datasets(hp.get("batch_size"), hp.get("augment"))
     steps = datasets.steps_per_epoch
     # Recalibrated before every validation and the export (trainer/batch_norm.py), or never.
-    calibration = datasets.calibration if recipe and recipe.bn_statistics == "precise" else None
+    calibration = datasets.calibration if recipe and recipe.precise_batch_norm else None
     with strategy.scope():
         model = models.build_model(
             hp,
@@ -231,11 +231,7 @@ def _fit(
     if patience:
         earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
         stopping = [ResumableEarlyStopping(patience=patience, history=earlier, checkpoint_dir=checkpoint_dir)]
-    precise = (
-        [batch_norm.PreciseBatchNorm(calibration_ds, validation_ds, batches=steps_per_epoch)]
-        if calibration_ds is not None
-        else []
-    )
+    validation, precise = batch_norm.fit_validation(model, calibration_ds, validation_ds, batches=steps_per_epoch)
     callbacks = [
         # First: the others read the validation figures of the recalibrated model.
         *precise,
@@ -251,7 +247,7 @@ def _fit(
     ]
     model.fit(
         train_ds,
-        validation_data=validation_ds,
+        validation_data=validation,
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         callbacks=callbacks,

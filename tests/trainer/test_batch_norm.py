@@ -48,28 +48,45 @@ def test_recalibrate_finds_layers_in_nested_models_and_leaves_a_model_without_an
         np.testing.assert_array_equal(a, b)
 
 
-def test_the_callback_replaces_the_validation_figures_with_the_recalibrated_models():
+def test_fit_validation_validates_the_recalibrated_model_once_an_epoch():
     # Inputs far from 0 / 1 and a slow momentum: after one short epoch Keras' moving averages
     # are still near their start, and the model validates badly with them.
     x = np.random.default_rng(1).normal(loc=50.0, scale=5.0, size=(64, 2)).astype("float32")
     y = (x[:, 0] > 50.0).astype("float32")
+    calibration = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    passes = tf.Variable(0)
 
-    def fitted(callbacks):
+    def counted(images, labels):
+        passes.assign_add(1)  # Once per validation batch read, whoever reads it.
+        return images, labels
+
+    validation = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).map(counted)
+
+    def fitted(calibration):
         keras.utils.set_random_seed(0)
         inputs = keras.Input((2,))
         hidden = keras.layers.BatchNormalization(momentum=0.99)(inputs)
         model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", metrics=["accuracy"])
-        history = model.fit(x, y, batch_size=16, epochs=1, validation_data=(x, y), verbose=0, callbacks=callbacks)
+        validation_data, first = batch_norm.fit_validation(model, calibration, validation, batches=4)
+        passes.assign(0)
+        history = model.fit(
+            x, y, batch_size=16, epochs=2, validation_data=validation_data, verbose=0, callbacks=first
+        )
         return model, history.history
 
-    calibration = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
-    validation = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    precise = batch_norm.PreciseBatchNorm(calibration, validation, batches=4)
-    model, history = fitted([precise])
-    _, moving = fitted([])
+    model, history = fitted(calibration)
+    assert int(passes.numpy()) == 2 * 4  # Two epochs, four validation batches each: one pass an epoch.
+    _, moving = fitted(None)
+    assert int(passes.numpy()) == 2 * 4
     # What every later callback and the history saw is the recalibrated model's validation.
-    assert history["val_loss"][0] == pytest.approx(model.evaluate(validation, verbose=0)[0], rel=1e-5)
+    assert history["val_loss"][-1] == pytest.approx(model.evaluate(validation, verbose=0)[0], rel=1e-5)
     assert history["val_loss"][0] < moving["val_loss"][0] / 2
     bn = batch_norm.batch_norm_layers(model)[0]
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(axis=0), rtol=1e-4)
+
+
+def test_fit_validation_leaves_a_model_without_batch_normalization_to_keras():
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    validation = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros(4))).batch(2)
+    assert batch_norm.fit_validation(plain, validation.repeat(), validation, batches=2) == (validation, [])
