@@ -251,10 +251,18 @@ def predict_split(
     """Ids, labels, P(class 1) and stored pixels of every example of ``split``, in file order.
 
     Also "unit_max": {layer name: per-unit maximum activation over the split} of every ReLU
-    layer (:func:`relu_layers`), from the same forward pass, reduced batch by batch.
+    layer (:func:`relu_layers`), from the same forward pass, reduced batch by batch. An
+    ensemble (models.average_ensemble) runs member by member, its probability the mean of
+    theirs as in the model, and its layers are named "member_K/layer".
     """
-    probed = relu_layers(model)
-    probe = keras.Model(model.inputs, [model.outputs[0], *(layer.output for layer in probed)])
+    members = models.ensemble_members(model)
+    probes = []  # (prefix of the layer names, probe model, its ReLU layers)
+    for part in members or [model]:
+        probed = relu_layers(part)
+        prefix = f"{part.name}/" if members else ""
+        probes.append(
+            (prefix, keras.Model(part.inputs, [part.outputs[0], *(layer.output for layer in probed)]), probed)
+        )
     unit_max: dict[str, np.ndarray] = {}
     ds = data.make_dataset(
         data_dir.path,
@@ -268,14 +276,18 @@ def predict_split(
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], "group": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
-        predicted = probe.predict_on_batch(batch["inputs"])
-        # A model with one output and no ReLU layer gives a bare array, not a list of one.
-        outputs, *activations = predicted if probed else [predicted]
-        for layer, activation in zip(probed, activations, strict=True):
-            # Units are the last axis (channels_last); a maximum over examples and positions.
-            maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)
-            unit_max[layer.name] = np.maximum(unit_max[layer.name], maxima) if layer.name in unit_max else maxima
-        parts["probability"].append(np.asarray(models.positive_probability(outputs)))
+        probabilities = []
+        for prefix, probe, probed in probes:
+            predicted = probe.predict_on_batch(batch["inputs"])
+            # A model with one output and no ReLU layer gives a bare array, not a list of one.
+            outputs, *activations = predicted if probed else [predicted]
+            for layer, activation in zip(probed, activations, strict=True):
+                # Units are the last axis (channels_last); a maximum over examples and positions.
+                name = prefix + layer.name
+                maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)
+                unit_max[name] = np.maximum(unit_max[name], maxima) if name in unit_max else maxima
+            probabilities.append(np.asarray(models.positive_probability(outputs)))
+        parts["probability"].append(np.mean(probabilities, axis=0))
         parts["id"].append(np.char.decode(batch["id"].numpy().astype(bytes), "utf-8"))
         parts["group"].append(np.char.decode(batch["group"].numpy().astype(bytes), "utf-8"))
         parts["label"].append(batch["label"].numpy())
@@ -451,10 +463,19 @@ def evaluate(
         writer.writerow([id_, int(label), repr(float(probability)), int(probability >= models.THRESHOLD)])
     atomic.write(tf.io.gfile.join(out_dir, job_layout.PREDICTIONS_FILE), buffer.getvalue())
 
-    try:
-        plot_training_curves(records.read_history(job_dir), tf.io.gfile.join(out_dir, job_layout.TRAINING_CURVES_PLOT))
-    except (tf.errors.NotFoundError, FileNotFoundError, KeyError):
-        logging.warning("no usable %s in %s: training curves not plotted", job_layout.HISTORY_FILE, job_dir)
+    if models.ensemble_members(model):
+        logging.info(
+            "an ensemble: no training curves of its own; each member's are in %s/*/%s",
+            tf.io.gfile.join(job_dir, job_layout.MEMBERS_DIR),
+            job_layout.HISTORY_FILE,
+        )
+    else:
+        try:
+            plot_training_curves(
+                records.read_history(job_dir), tf.io.gfile.join(out_dir, job_layout.TRAINING_CURVES_PLOT)
+            )
+        except (tf.errors.NotFoundError, FileNotFoundError, KeyError):
+            logging.warning("no usable %s in %s: training curves not plotted", job_layout.HISTORY_FILE, job_dir)
     plot_confusion_matrix(metrics, tf.io.gfile.join(out_dir, job_layout.CONFUSION_MATRIX_PLOT))
     wrong = np.flatnonzero((result["probability"] >= models.THRESHOLD).astype(np.int64) != result["label"])
     plot_misclassified(

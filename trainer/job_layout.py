@@ -13,6 +13,8 @@ directory: the commands, the tests and the benchmarks name these paths only thro
   history.csv                 train: one row per epoch (trainer/history.py)
   model.keras                 train: the trained Keras model
   export/                     train: the serving SavedModel (trainer/export.py)
+  members/member-K/           train --ensemble N: member K's own run (seed + K), as above
+                              but without export/; JOB's model.keras averages them
   eval/                       evaluate: metrics.json, predictions.csv and the plots
   label_issues.csv            find_label_issues: the likely wrong labels, most likely first
   label_issues_summary.json   find_label_issues: per-class noise rates, thresholds, confident joint
@@ -48,6 +50,7 @@ VALIDATION_LOGS = "validation"
 HISTORY_FILE = "history.csv"
 MODEL_FILE = "model.keras"
 EXPORT_DIR = "export"
+MEMBERS_DIR = "members"
 
 # evaluate
 EVAL_DIR = "eval"
@@ -73,6 +76,11 @@ def tuning_project(model: str, tuner: str) -> str:
 def fold_file(fold: int, num_folds: int) -> str:
     """The held-out predictions of fold ``fold`` (0-based) of ``num_folds``, under ``CROSS_VALIDATION_DIR``."""
     return f"fold-{fold + 1}-of-{num_folds}.csv"
+
+
+def member_dir(member: int) -> str:
+    """Ensemble member ``member``'s own job folder (0-based), under ``MEMBERS_DIR``."""
+    return f"{MEMBERS_DIR}/member-{member}"
 
 
 def write_dir(job_dir: str, *, chief: bool) -> str:

@@ -1,7 +1,7 @@
 """The trainer's command line: tune | train | evaluate | predict | preflight | find_label_issues.
 
   python -m trainer.task tune     --data_dir DATA --job_dir JOB [--tuner grid] [--search_space small|full|wide] [--overwrite]
-  python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N]
+  python -m trainer.task train    --data_dir DATA --job_dir JOB [--epochs N] [--ensemble N]
   python -m trainer.task evaluate --data_dir DATA --job_dir JOB [--baseline OTHER_JOB]
   python -m trainer.task predict  --job_dir JOB --input IMAGE_OR_FOLDER [...] [--vectors_csv V.csv] [--output preds.csv]
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
@@ -137,7 +137,16 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "--hyperparameters", help="JSON written by tune (default: JOB/best_hyperparameters.json if present)"
     )
     train.add_argument(
-        "--overwrite", action="store_true", help="delete JOB/backup of an interrupted run and start afresh"
+        "--overwrite",
+        action="store_true",
+        help="delete JOB/backup of an interrupted run and start afresh (with --ensemble: retrain every member)",
+    )
+    train.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="train N models with seeds --seed, --seed+1, ... (JOB/members/) and export the mean of their "
+        "probabilities: N times the training, steadier on unseen people (docs/benchmarks.md section 9)",
     )
     train.add_argument(
         "--patience",
@@ -399,8 +408,10 @@ def run_train(args: argparse.Namespace) -> None:
     logging.info("hyperparameters from %s", source)
     if args.augment:
         values = {**(values or {}), "augment": args.augment}
+    if args.ensemble < 1:
+        raise errors.UsageError(f"--ensemble {args.ensemble}: give the number of models to train, at least 1")
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
-    training.train(
+    arguments = dict(
         data_dir=data_dir,
         job_dir=args.job_dir,
         preset=preset,
@@ -416,6 +427,10 @@ def run_train(args: argparse.Namespace) -> None:
         class_weight=args.class_weight,
         patience=args.patience,
     )
+    if args.ensemble > 1:
+        training.train_ensemble(members=args.ensemble, **arguments)
+    else:
+        training.train(**arguments)
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
     )

@@ -70,9 +70,7 @@ def test_fit_validation_validates_the_recalibrated_model_once_an_epoch():
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy", metrics=["accuracy"])
         validation_data, first = batch_norm.fit_validation(model, calibration, validation, batches=4)
         passes.assign(0)
-        history = model.fit(
-            x, y, batch_size=16, epochs=2, validation_data=validation_data, verbose=0, callbacks=first
-        )
+        history = model.fit(x, y, batch_size=16, epochs=2, validation_data=validation_data, verbose=0, callbacks=first)
         return model, history.history
 
     model, history = fitted(calibration)

@@ -163,3 +163,9 @@ def test_training_config_reruns_the_same_command(gray_dir, tmp_path):
     task.main(argv)
     written = str(job_dir / "training_config.json")
     assert vars(task.parse_args(["train", "--config", written])) == {**vars(task.parse_args(argv)), "config": written}
+
+
+def test_an_ensemble_of_no_model_is_a_one_line_error(gray_dir, tmp_path, capsys):
+    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(tmp_path / "job"), "--ensemble", "0"]
+    assert task.main(argv) == 2
+    assert _error_line(capsys) == "error: --ensemble 0: give the number of models to train, at least 1"
