@@ -20,8 +20,8 @@ per-fold train.csv / validation.csv / test.csv and --splits from_source, train, 
 No hyperparameter is chosen on a test split. Prints mean ± sd accuracy over folds, the
 groups with errors and wall times; writes everything to WORKDIR/quality.json. With several
 --seeds every fold trains once per seed (train --seed), and a row "seeds K-ensemble" scores
-the mean of the seeds' probabilities per test image (an ensemble of K trainings; the trainer
-has no ensemble flag yet, docs/benchmarks.md section 9).
+the mean of the seeds' probabilities per test image: what `train --ensemble K --seed S`
+exports, with seeds S..S+K-1 (docs/benchmarks.md section 9).
 """
 
 from __future__ import annotations
