@@ -86,12 +86,16 @@ def _write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[str]]) 
         writer.writerows(rows)
 
 
-def fold_splits(groups: Sequence[str], folds: int, strata: Sequence[str] | None = None) -> list[dict[str, np.ndarray]]:
+def fold_splits(
+    groups: Sequence[str], folds: int, strata: Sequence[str] | None = None, validation_part: int = 0
+) -> list[dict[str, np.ndarray]]:
     """Per fold, boolean masks over the examples: test (one fold), validation and train (the rest, by group).
 
     ``strata`` (one per example, constant within a group): validation people are drawn from
     each stratum separately. Why: by group alone, 3 of ORL's 4 folds validated on 4 people
     without glasses, so early stopping watched a one-class validation set.
+    ``validation_part``: which sixth of each stratum's training people validates (the test
+    folds do not depend on it).
     """
     groups = np.asarray(groups).astype(str)
     strata = np.zeros(len(groups), dtype=str) if strata is None else np.asarray(strata).astype(str)
@@ -104,7 +108,8 @@ def fold_splits(groups: Sequence[str], folds: int, strata: Sequence[str] | None 
             rows = ~test & (strata == stratum)
             count = len(np.unique(groups[rows]))
             if count >= 2:  # A stratum of one group trains: it cannot be split.
-                validation[rows] = assign_folds(groups[rows], min(VALIDATION_FOLDS, count)) == 0
+                parts = min(VALIDATION_FOLDS, count)
+                validation[rows] = assign_folds(groups[rows], parts) == validation_part % parts
         out.append({"test": test, "validation": validation, "train": ~test & ~validation})
     return out
 
@@ -156,6 +161,35 @@ def _ensemble_errors(job_dirs: Sequence[str]) -> tuple[float, list[str]]:
     return float(1 - wrong.mean()), [i for i, w in zip(ids, wrong, strict=True) if w]
 
 
+def _preprocess(
+    header: Sequence[str], rows: Sequence[Sequence[str]], masks: dict, labels_dir: str, data_dir: str, flags
+) -> float:
+    """Writes one fold's train / validation / test CSVs and preprocesses them into ``data_dir``: seconds."""
+    os.makedirs(labels_dir, exist_ok=True)
+    csvs = []
+    for split, mask in masks.items():
+        csvs += ["--labels_csv", os.path.join(labels_dir, f"{split}.csv")]
+        _write_csv(csvs[-1], header, [row for row, keep in zip(rows, mask, strict=True) if keep])
+    return _run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.preprocess",
+            *flags,
+            *csvs,
+            "--splits",
+            "from_source",
+            "--validation_fraction",
+            "0",
+            "--balance",
+            "none",
+            "--output",
+            data_dir,
+            "--overwrite",
+        ]
+    )
+
+
 def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[str]) -> tuple[dict, dict]:
     """Trains and evaluates ``preset`` on ``data_dir``: (metrics.json, {train_s, evaluate_s, first_epoch_loss})."""
     python = sys.executable
@@ -186,12 +220,14 @@ def cross_validate(
     orl_image: dict[str, str],
     seeds: Sequence[int] = (0,),
     train_flags: Sequence[str] = (),
+    rotate_validation: bool = False,
 ) -> list[dict]:
     """Every (preset, augment) of ``configs``, trained with every seed, over ``folds`` grouped folds of one set.
 
     ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
     Several ``seeds``: one row per seed, and one for the mean of their probabilities.
-    ``train_flags``: given to every train.
+    ``train_flags``: given to every train. ``rotate_validation``: the i-th seed validates on
+    the i-th sixth of the training people, so that the seeds' ensemble trained on all of them.
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
@@ -202,38 +238,21 @@ def cross_validate(
     ensembles = {config: {"folds": [], "errors": Counter()} for config in configs} if len(seeds) > 1 else {}
     group_of = dict(zip((row[0] for row in rows), groups, strict=True))  # Both layouts: the id comes first.
     preprocess_s = []
-    for fold, masks in enumerate(fold_splits(groups, folds, strata)):
+    # The validation sixth each seed uses: the first, or with rotate_validation the seed's own.
+    part_of_seed = {seed: (i % VALIDATION_FOLDS if rotate_validation else 0) for i, seed in enumerate(seeds)}
+    splits = {k: fold_splits(groups, folds, strata, k) for k in sorted(set(part_of_seed.values()))}
+    for fold in range(folds):
         fold_dir = os.path.join(workdir, part, f"fold{fold}")
-        labels_dir = os.path.join(fold_dir, "labels")
-        os.makedirs(labels_dir, exist_ok=True)
-        csvs = []
-        for split, mask in masks.items():
-            csvs += ["--labels_csv", os.path.join(labels_dir, f"{split}.csv")]
-            _write_csv(csvs[-1], header, [row for row, keep in zip(rows, mask, strict=True) if keep])
-        data_dir = os.path.join(fold_dir, "data")
-        preprocess_s.append(
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pipelines.preprocess",
-                    *flags,
-                    *csvs,
-                    "--splits",
-                    "from_source",
-                    "--validation_fraction",
-                    "0",
-                    "--balance",
-                    "none",
-                    "--output",
-                    data_dir,
-                    "--overwrite",
-                ]
-            )
-        )
+        data_dirs = {}
+        for k, fold_masks in splits.items():
+            # The first sixth's folders keep the names they had before rotate_validation.
+            labels_dir = os.path.join(fold_dir, "labels" + (f"_v{k}" if k else ""))
+            data_dirs[k] = os.path.join(fold_dir, "data" + (f"_v{k}" if k else ""))
+            preprocess_s.append(_preprocess(header, rows, fold_masks[fold], labels_dir, data_dirs[k], flags))
         for preset, augment, seed in runs:
             # Seed 0's folder keeps the name it had before --seeds.
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
+            data_dir = data_dirs[part_of_seed[seed]]
             extra = ["--augment", augment, "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
             extra += train_flags
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
@@ -401,6 +420,11 @@ def main() -> None:
     parser.add_argument(
         "--hyperparameters", help="JSON of hyperparameter values over the presets' defaults, for every train"
     )
+    parser.add_argument(
+        "--rotate_validation",
+        action="store_true",
+        help="the i-th seed validates on the i-th sixth of the training people (default: all the first)",
+    )
     args = parser.parse_args()
     train_flags = ["--hyperparameters", os.path.abspath(args.hyperparameters)] if args.hyperparameters else []
     parts = args.parts.split(",")
@@ -423,6 +447,7 @@ def main() -> None:
             {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
             seeds=[int(seed) for seed in args.seeds.split(",")],
             train_flags=train_flags,
+            rotate_validation=args.rotate_validation,
         )
     if "demo" in parts or "dead_units" in parts:
         rows += demo_and_dead_units(args.workdir, parts, presets or DEMO_PRESETS)
