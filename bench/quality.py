@@ -226,8 +226,8 @@ def cross_validate(
 
     ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
     Several ``seeds``: one row per seed, and one for the mean of their probabilities.
-    ``train_flags``: given to every train. ``rotate_validation``: the i-th seed validates on
-    the i-th sixth of the training people, so that the seeds' ensemble trained on all of them.
+    ``train_flags``: given to every train. ``rotate_validation``: seed s validates on the
+    (s mod 6)-th sixth of the training people, so that the seeds' ensemble trained on all of them.
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
@@ -239,7 +239,7 @@ def cross_validate(
     group_of = dict(zip((row[0] for row in rows), groups, strict=True))  # Both layouts: the id comes first.
     preprocess_s = []
     # The validation sixth each seed uses: the first, or with rotate_validation the seed's own.
-    part_of_seed = {seed: (i % VALIDATION_FOLDS if rotate_validation else 0) for i, seed in enumerate(seeds)}
+    part_of_seed = {seed: (seed % VALIDATION_FOLDS if rotate_validation else 0) for seed in seeds}
     splits = {k: fold_splits(groups, folds, strata, k) for k in sorted(set(part_of_seed.values()))}
     for fold in range(folds):
         fold_dir = os.path.join(workdir, part, f"fold{fold}")
@@ -423,7 +423,7 @@ def main() -> None:
     parser.add_argument(
         "--rotate_validation",
         action="store_true",
-        help="the i-th seed validates on the i-th sixth of the training people (default: all the first)",
+        help="seed s validates on the (s mod 6)-th sixth of the training people (default: every seed the first)",
     )
     args = parser.parse_args()
     train_flags = ["--hyperparameters", os.path.abspath(args.hyperparameters)] if args.hyperparameters else []
