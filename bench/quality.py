@@ -3,6 +3,7 @@
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
         [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
         [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2] [--hyperparameters JSON]
+        [--rotate_validation] [--train_flags "--ensemble 3 --ensemble_validation rotate"]
 
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
         tested once; validation (early stopping) is a sixth of the training people, never the
@@ -27,6 +28,7 @@ exports, with seeds S..S+K-1 (docs/benchmarks.md section 9).
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
 import shlex
@@ -48,7 +50,7 @@ from real_photos import orl_image_flags
 from pipelines import features
 from pipelines.cli import ArgumentParser
 from trainer import job_layout
-from trainer.folds import assign_folds
+from trainer.folds import assign_folds, held_out_part
 from trainer.models import THRESHOLD
 
 # (part, preset, augment) run by default; --presets / --augment narrow or widen these.
@@ -104,12 +106,7 @@ def fold_splits(
     for fold in range(folds):
         test = fold_of == fold
         validation = np.zeros_like(test)
-        for stratum in np.unique(strata[~test]):
-            rows = ~test & (strata == stratum)
-            count = len(np.unique(groups[rows]))
-            if count >= 2:  # A stratum of one group trains: it cannot be split.
-                parts = min(VALIDATION_FOLDS, count)
-                validation[rows] = assign_folds(groups[rows], parts) == validation_part % parts
+        validation[~test] = held_out_part(groups[~test], strata[~test], VALIDATION_FOLDS, validation_part)
         out.append({"test": test, "validation": validation, "train": ~test & ~validation})
     return out
 
@@ -199,13 +196,18 @@ def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[st
     evaluate_s = _run([*trainer, "evaluate", *where])
     with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.METRICS_FILE)) as f:
         metrics = json.load(f)
-    with open(os.path.join(job_dir, job_layout.HISTORY_FILE), newline="") as f:
-        history = list(csv.DictReader(f))
+    # An ensemble (train --ensemble) has no history of its own: its members' epochs, summed.
+    histories = []
+    members = sorted(glob.glob(os.path.join(job_dir, job_layout.MEMBERS_DIR, "*", job_layout.HISTORY_FILE)))
+    for path in [os.path.join(job_dir, job_layout.HISTORY_FILE), *members]:
+        if os.path.exists(path):
+            with open(path, newline="") as f:
+                histories.append(list(csv.DictReader(f)))
     timing = {
         "train_s": train_s,
         "evaluate_s": evaluate_s,
-        "epochs_run": len(history),
-        "first_epoch_loss": float(history[0]["loss"]) if history else float("nan"),
+        "epochs_run": sum(map(len, histories)),
+        "first_epoch_loss": float(histories[0][0]["loss"]) if histories and histories[0] else float("nan"),
     }
     return metrics, timing
 
@@ -425,8 +427,14 @@ def main() -> None:
         action="store_true",
         help="seed s validates on the (s mod 6)-th sixth of the training people (default: every seed the first)",
     )
+    parser.add_argument(
+        "--train_flags",
+        default="",
+        help='more flags for every train, e.g. "--ensemble 3 --ensemble_validation rotate" (a row is then the ensemble)',
+    )
     args = parser.parse_args()
     train_flags = ["--hyperparameters", os.path.abspath(args.hyperparameters)] if args.hyperparameters else []
+    train_flags += shlex.split(args.train_flags)
     parts = args.parts.split(",")
     presets = args.presets.split(",") if args.presets else None
     rows: list[dict] = []
