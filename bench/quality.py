@@ -3,7 +3,7 @@
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
         [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
         [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2] [--hyperparameters JSON]
-        [--rotate_validation] [--train_flags "--ensemble 3 --ensemble_validation rotate"]
+        [--rotate_validation] [--train_flags "--patience 0"]
 
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
         tested once; validation (early stopping) is a sixth of the training people, never the
@@ -50,7 +50,7 @@ from real_photos import orl_image_flags
 from pipelines import features
 from pipelines.cli import ArgumentParser
 from trainer import job_layout
-from trainer.folds import assign_folds, held_out_part
+from trainer.folds import assign_folds
 from trainer.models import THRESHOLD
 
 # (part, preset, augment) run by default; --presets / --augment narrow or widen these.
@@ -106,7 +106,12 @@ def fold_splits(
     for fold in range(folds):
         test = fold_of == fold
         validation = np.zeros_like(test)
-        validation[~test] = held_out_part(groups[~test], strata[~test], VALIDATION_FOLDS, validation_part)
+        for stratum in np.unique(strata[~test]):
+            rows = ~test & (strata == stratum)
+            count = len(np.unique(groups[rows]))
+            if count >= 2:  # A stratum of one group trains: it cannot be split.
+                parts = min(VALIDATION_FOLDS, count)
+                validation[rows] = assign_folds(groups[rows], parts) == validation_part % parts
         out.append({"test": test, "validation": validation, "train": ~test & ~validation})
     return out
 
@@ -430,7 +435,7 @@ def main() -> None:
     parser.add_argument(
         "--train_flags",
         default="",
-        help='more flags for every train, e.g. "--ensemble 3 --ensemble_validation rotate" (a row is then the ensemble)',
+        help='more flags for every train, e.g. "--patience 0" or "--ensemble 3" (a row is then the ensemble)',
     )
     args = parser.parse_args()
     train_flags = ["--hyperparameters", os.path.abspath(args.hyperparameters)] if args.hyperparameters else []

@@ -254,14 +254,6 @@ def augment_batches(ds: tf.data.Dataset, augment: str, *, seed: int = 0) -> tf.d
     return ds.map(augment_image)
 
 
-class Subset(NamedTuple):
-    """Some examples of some shards: those of ``files`` whose id is in ``ids`` (an ensemble
-    member's share of the train and validation splits, trainer/folds.py rotated_validation)."""
-
-    files: tuple[str, ...]
-    ids: tuple[str, ...]
-
-
 def make_dataset(
     data_dir: str,
     split: str,
@@ -276,7 +268,6 @@ def make_dataset(
     with_metadata: bool = False,
     augment: str = "none",
     inputs: Sequence[str] = (features.IMAGE_KEY,),
-    subset: Subset | None = None,
 ) -> tf.data.Dataset:
     """Batches of one split, normalised with the pipeline's transform graph.
 
@@ -298,15 +289,14 @@ def make_dataset(
       with_metadata: Yield dicts with id and the stored uint8 pixels too (evaluation).
       augment: "none", "light" or "strong" (:func:`make_augment`); training only; on the image.
       inputs: What the model takes, "image" and/or "latent" (:func:`model_inputs`).
-      subset: Read these examples instead of ``split``'s (which then only names them in logs).
     """
     if augment != "none" and not training:
         raise ValueError(f"augmentation ({augment!r}) is for the training dataset only")
     image_shape = features.image_shape(manifest)
-    num_examples = len(subset.ids) if subset else split_size(manifest, split)
+    num_examples = split_size(manifest, split)
     if cache is None:
         cache = num_examples * math.prod(image_shape) < DEFAULT_CACHE_MAX_BYTES
-    files = list(subset.files) if subset else list_shards(data_dir, split)
+    files = list_shards(data_dir, split)
     logging.info(
         "%s: %d examples in %d shards, global batch %d, training=%s, cache=%s",
         split,
@@ -318,8 +308,6 @@ def make_dataset(
     )
 
     ds = _read_serialized(files, shuffle_files=training and not cache, seed=seed, deterministic=deterministic)
-    if subset:
-        ds = ds.filter(_has_id_in(subset.ids))
     # The manifest's count is the contract: a split with any other number of examples fails
     # at the end of its first pass, and Keras knows the length of an evaluation epoch.
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
@@ -354,16 +342,6 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
-def _has_id_in(ids: Sequence[str]) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A tf.data predicate on serialized examples: is the example's id one of ``ids``."""
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(list(ids), dtype=tf.string), tf.ones(len(ids), tf.int64)),
-        default_value=0,
-    )
-    spec = {features.ID_KEY: features.raw_feature_spec()[features.ID_KEY]}
-    return lambda serialized: tf.equal(table.lookup(tf.io.parse_single_example(serialized, spec)[features.ID_KEY]), 1)
-
-
 class FitDatasets(NamedTuple):
     """What a fit reads: ``train`` (augmented, repeated), ``validation`` (one pass), the steps of
     one epoch of ``train``, and ``calibration``: the train split shuffled and repeated like
@@ -382,15 +360,11 @@ def make_datasets_fn(
     seed: int = 0,
     deterministic: bool = True,
     inputs: Sequence[str] = (features.IMAGE_KEY,),
-    subsets: tuple[Subset, Subset] | None = None,
 ) -> Callable[..., FitDatasets]:
     """``fn(per_replica_batch_size, augment="none") -> FitDatasets`` for fit and tuning.
 
-    ``inputs``: what the model takes (a preset's ``inputs``). ``subsets``: (train,
-    validation) examples to read instead of the train and validation splits.
+    ``inputs``: what the model takes (a preset's ``inputs``).
     """
-    train_subset, validation_subset = subsets or (None, None)
-    num_train = len(train_subset.ids) if train_subset else split_size(data_dir.manifest, "train")
     tft_output = data_dir.tft_output  # Now: a missing transform fails before any trial or epoch.
 
     def make_datasets(per_replica_batch_size: int, augment: str = "none"):
@@ -402,12 +376,11 @@ def make_datasets_fn(
             deterministic=deterministic,
             inputs=inputs,
         )
-        train = dict(training=True, seed=seed, subset=train_subset, **common)
         return FitDatasets(
-            train=make_dataset(data_dir.path, "train", augment=augment, **train),
-            validation=make_dataset(data_dir.path, "validation", training=False, subset=validation_subset, **common),
-            steps_per_epoch=steps_per_epoch(num_train, batch),
-            calibration=make_dataset(data_dir.path, "train", **train),
+            train=make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common),
+            validation=make_dataset(data_dir.path, "validation", training=False, **common),
+            steps_per_epoch=steps_per_epoch(split_size(data_dir.manifest, "train"), batch),
+            calibration=make_dataset(data_dir.path, "train", training=True, seed=seed, **common),
         )
 
     return make_datasets

@@ -337,11 +337,6 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
             f"only this model right b={b['b']}, only the baseline right c={b['c']}; exact McNemar p={b['p_value']:.4g}, "
             f"{verdict} at {b['alpha']}"
         )
-    if not metrics.get("held_out", True):
-        lines.append(
-            f"note: the ensemble's members trained on parts of the {metrics['split']} split (--ensemble_validation "
-            "rotate): these figures are not from unseen examples; evaluate --split test"
-        )
     if metrics["same_data_as_training"] is False:
         lines.append(
             f"note: the {metrics['split']} data ({metrics['data_fingerprint']:.12s}) is not the data the model was "
@@ -443,8 +438,7 @@ def evaluate(
         metrics["baseline"] = compare_with_baseline(
             ids, result["label"], predicted, baseline_predictions, baseline_dir=baseline
         )
-    training_config = records.read_config(job_dir)
-    trained_on = training_config.get(records.DATA_FINGERPRINT_KEY)
+    trained_on = records.read_data_fingerprint(job_dir)
     metrics.update(
         {
             "split": split,
@@ -456,10 +450,6 @@ def evaluate(
             "training_data_fingerprint": trained_on,
             # None: the job does not say what it was trained with (trained before fingerprints).
             "same_data_as_training": None if trained_on is None else trained_on == data_dir.fingerprint,
-            # False: the model trained on some of these examples (an ensemble that rotated its validation).
-            "held_out": not (
-                split == "validation" and training_config.get("ensemble", {}).get("validation") == "rotate"
-            ),
         }
     )
 

@@ -32,7 +32,6 @@ import tensorflow as tf
 
 from pipelines import features
 from trainer import batch_norm, data, export, job_layout, models
-from trainer.errors import DataError
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -47,7 +46,6 @@ class Examples:
     ids: np.ndarray  # [n] str
     labels: np.ndarray  # [n] int64
     groups: np.ndarray  # [n] str: what a fold keeps together
-    splits: np.ndarray  # [n] str: the split whose shards hold it
 
 
 def assign_folds(groups: np.ndarray, num_folds: int) -> np.ndarray:
@@ -74,96 +72,34 @@ def assign_folds(groups: np.ndarray, num_folds: int) -> np.ndarray:
     return fold_of_group[inverse.reshape(-1)]
 
 
-def held_out_part(groups: np.ndarray, strata: np.ndarray, parts: int, part: int) -> np.ndarray:
-    """[n] bool: the examples of part ``part`` of ``parts``, made of groups and drawn within each stratum.
-
-    Each stratum's groups are split by :func:`assign_folds` into ``parts`` parts (fewer when it
-    has fewer groups; ``part`` wraps around); a stratum of one group is never held out.
-    Why strata: by group alone a small held-out part can hold one class only (3 of ORL's 4
-    cross-validation folds validated on people without glasses).
-    """
-    groups, strata = np.asarray(groups).astype(str), np.asarray(strata).astype(str)
-    held_out = np.zeros(len(groups), dtype=bool)
-    for stratum in np.unique(strata):
-        rows = strata == stratum
-        count = len(np.unique(groups[rows]))
-        if count >= 2:
-            stratum_parts = min(parts, count)
-            held_out[rows] = assign_folds(groups[rows], stratum_parts) == part % stratum_parts
-    return held_out
-
-
-def label_strata(groups: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """[n] each example's stratum: the classes its group holds (e.g. "1" for a person always in glasses)."""
-    groups = np.asarray(groups).astype(str)
-    classes: dict[str, set[int]] = {}
-    for group, label in zip(groups, np.asarray(labels), strict=True):
-        classes.setdefault(group, set()).add(int(label))
-    names = {group: ",".join(map(str, sorted(held))) for group, held in classes.items()}
-    return np.array([names[group] for group in groups], dtype=str)
-
-
-def rotated_validation(data_dir: data.DataDir, part: int) -> tuple[data.Subset, data.Subset, dict[str, int]]:
-    """(train, validation, summary) for an ensemble member that validates on part ``part`` of the training people.
-
-    The train and validation splits are pooled and split again by group, within each
-    stratum (:func:`label_strata`), into as many parts as the validation split's share
-    makes (24 people of whom 4 validate: 6 parts): member K validates on part K and trains
-    on the rest, so that the members together learn from every training person. Why: with
-    a few hundred photos, which people validate moves the early-stopped model a lot (ORL:
-    0.88-0.95 cross-validated for three choices of the validation people,
-    docs/benchmarks.md section 9), and a fixed validation split keeps its people out of
-    every member. The test split is never read.
-    """
-    examples = read_examples(data_dir, splits=("train", "validation"))
-    validation_groups = len(np.unique(examples.groups[examples.splits == "validation"]))
-    if validation_groups == 0:
-        raise DataError(
-            f"{data_dir.path}: no validation split to rotate (--ensemble_validation rotate); preprocess with "
-            "--validation_fraction above 0"
-        )
-    parts = max(2, round(len(np.unique(examples.groups)) / validation_groups))
-    held_out = held_out_part(examples.groups, label_strata(examples.groups, examples.labels), parts, part)
-    train = data.Subset(tuple(examples.files), tuple(examples.ids[~held_out]))
-    validation = data.Subset(tuple(examples.files), tuple(examples.ids[held_out]))
-    summary = {
-        "part": part % parts,
-        "parts": parts,
-        "train_examples": len(train.ids),
-        "validation_examples": len(validation.ids),
-    }
-    return train, validation, summary
-
-
-def read_examples(data_dir: data.DataDir, splits: tuple[str, ...] = features.SPLITS) -> Examples:
-    """Ids and labels of every example in the shards of ``splits`` (pixels are not kept)."""
+def read_examples(data_dir: data.DataDir) -> Examples:
+    """Ids and labels of every example in every split's shards (pixels are not kept)."""
+    files = []
+    for split in features.SPLITS:
+        files += sorted(tf.io.gfile.glob(features.shard_pattern(data_dir.path, split)))
+    if not files:
+        raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in any split")
     keys = (features.ID_KEY, features.LABEL_KEY, features.GROUP_KEY)
     spec = {key: features.raw_feature_spec()[key] for key in keys}
-    files, ids, labels, groups, split_names = [], [], [], [], []
-    for split in splits:
-        split_files = sorted(tf.io.gfile.glob(features.shard_pattern(data_dir.path, split)))
-        if not split_files:
-            continue
-        files += split_files
-        ds = tf.data.TFRecordDataset(split_files, compression_type="GZIP").batch(1024)
-        ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
-        for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
-            ids.append(batch[features.ID_KEY].astype(str))
-            labels.append(batch[features.LABEL_KEY])
-            groups.append(batch[features.GROUP_KEY].astype(str))
-            split_names.append(np.full(len(ids[-1]), split))
-    if not files:
-        raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in {', '.join(splits)}")
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+    ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
+    ids, labels, groups = [], [], []
+    for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
+        ids.append(batch[features.ID_KEY].astype(str))
+        labels.append(batch[features.LABEL_KEY])
+        groups.append(batch[features.GROUP_KEY].astype(str))
     ids_array, labels_array = np.concatenate(ids), np.concatenate(labels).astype(np.int64)
     # Shards written before examples had a group read "": each such example is its own group.
     groups_array = np.where(np.concatenate(groups) == "", ids_array, np.concatenate(groups))
-    expected = sum(int(n) for split in splits for n in data_dir.manifest["counts"]["written"].get(split, {}).values())
+    expected = sum(
+        int(n) for split in features.SPLITS for n in data_dir.manifest["counts"]["written"].get(split, {}).values()
+    )
     if len(ids_array) != expected:
         raise ValueError(f"{data_dir.path}: the shards hold {len(ids_array)} examples, the manifest says {expected}")
     unique, counts = np.unique(ids_array, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"{data_dir.path}: id {unique[counts > 1][0]!r} is in the shards more than once")
-    return Examples(files, ids_array, labels_array, groups_array, np.concatenate(split_names))
+    return Examples(files, ids_array, labels_array, groups_array)
 
 
 def read_unlabelled(data_dir: str) -> tuple[np.ndarray, np.ndarray]:

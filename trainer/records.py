@@ -97,13 +97,13 @@ def check_resumable(job_dir: str, config: Mapping[str, Any]) -> None:
         )
 
 
-def read_config(job_dir: str) -> dict[str, Any]:
-    """JOB/training_config.json; {} when there is none."""
-    path = config_path(job_dir)
+def read_data_fingerprint(job_dir: str) -> str | None:
+    """The data fingerprint training_config.json records; None when absent (or an older job)."""
+    path = tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
     if not tf.io.gfile.exists(path):
-        return {}
+        return None
     with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+        return json.load(f).get(DATA_FINGERPRINT_KEY)
 
 
 def append_history(job_dir: str, row: Mapping[str, float]) -> None:

@@ -57,7 +57,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.findings import report
-from trainer import distribute, errors, job_layout, models, preflight, training, tuning
+from trainer import distribute, errors, job_layout, models, preflight, tuning
 
 if TYPE_CHECKING:
     from trainer import data
@@ -147,14 +147,6 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         default=1,
         help="train N models with seeds --seed, --seed+1, ... (JOB/members/) and export the mean of their "
         "probabilities: N times the training, steadier on unseen people (docs/benchmarks.md section 9)",
-    )
-    train.add_argument(
-        "--ensemble_validation",
-        choices=training.ENSEMBLE_VALIDATION,
-        default="fixed",
-        help="with --ensemble: fixed, every member validates (early stopping) on the validation split; rotate, "
-        "member K on its own part of the train and validation people and trains on the rest, so that the "
-        "members together learn from all of them (the validation split is then no longer held out)",
     )
     train.add_argument(
         "--patience",
@@ -343,7 +335,7 @@ def _recipe(args: argparse.Namespace) -> models.Recipe:
 
 
 def run_tune(args: argparse.Namespace) -> None:
-    from trainer import data
+    from trainer import data, training
 
     data_dir = _read_data_dir(args, _SPLITS["tune"])
     preset = _preset(args, data_dir)
@@ -397,6 +389,8 @@ def run_tune(args: argparse.Namespace) -> None:
 
 
 def run_train(args: argparse.Namespace) -> None:
+    from trainer import training
+
     data_dir = _read_data_dir(args, _SPLITS["train"])
     preset = _preset(args, data_dir)
     if args.hyperparameters:
@@ -416,11 +410,6 @@ def run_train(args: argparse.Namespace) -> None:
         values = {**(values or {}), "augment": args.augment}
     if args.ensemble < 1:
         raise errors.UsageError(f"--ensemble {args.ensemble}: give the number of models to train, at least 1")
-    if args.ensemble == 1 and args.ensemble_validation != "fixed":
-        raise errors.UsageError(
-            f"--ensemble_validation {args.ensemble_validation}: rotates the validation people between an ensemble's "
-            "members; add --ensemble N (N >= 2)"
-        )
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     arguments = dict(
         data_dir=data_dir,
@@ -439,7 +428,7 @@ def run_train(args: argparse.Namespace) -> None:
         patience=args.patience,
     )
     if args.ensemble > 1:
-        training.train_ensemble(members=args.ensemble, validation=args.ensemble_validation, **arguments)
+        training.train_ensemble(members=args.ensemble, **arguments)
     else:
         training.train(**arguments)
     print(

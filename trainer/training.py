@@ -30,23 +30,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import (
-    atomic,
-    batch_norm,
-    data,
-    distribute,
-    errors,
-    export,
-    folds,
-    job_layout,
-    models,
-    multiworker,
-    records,
-)
-
-# How an ensemble's members validate: all on the validation split, or each on its own part
-# of the training people (train_ensemble).
-ENSEMBLE_VALIDATION = ("fixed", "rotate")
+from trainer import atomic, batch_norm, data, distribute, errors, export, job_layout, models, multiworker, records
 
 
 def _join(*parts: str) -> str:
@@ -71,7 +55,6 @@ def train(
     class_weight: str = "auto",
     patience: int | None = 3,
     serving_export: bool = True,
-    validation_part: int | None = None,
 ) -> keras.Model:
     """Trains ``preset`` with ``hyperparameters`` (else its defaults), saves and exports it.
 
@@ -90,8 +73,6 @@ def train(
     does the same: it follows the recipe (the compiled optimizer), the augmentation (in the
     dataset), the class weights and the early stopping (``multiworker.fit_multi_worker``).
     ``serving_export`` False: model.keras only, no export/ (an ensemble's members).
-    ``validation_part`` K: validate on part K of the train and validation splits' groups and
-    train on the rest (:func:`folds.rotated_validation`; an ensemble's members), not on the splits.
     """
     strategy = strategy or tf.distribute.get_strategy()
     multi_worker = distribute.is_multi_worker(strategy)
@@ -122,16 +103,8 @@ def train(
     weights = class_weights(data_dir.manifest) if class_weight == "auto" else None
     config["class_weight"] = weights
     config["early_stopping_patience"] = patience or None
-    config["validation_part"] = validation_part
-    subsets = None
-    if validation_part is not None:
-        train_subset, validation_subset, config["validation_groups"] = folds.rotated_validation(
-            data_dir, validation_part
-        )
-        subsets = (train_subset, validation_subset)
-        logging.info("validating on part %(part)d of %(parts)d of the training groups", config["validation_groups"])
     make_datasets = data.make_datasets_fn(
-        data_dir, strategy=strategy, seed=seed, deterministic=deterministic, inputs=preset.inputs, subsets=subsets
+        data_dir, strategy=strategy, seed=seed, deterministic=deterministic, inputs=preset.inputs
     )
     datasets = make_datasets(hp.get("batch_size"), hp.get("augment"))
     steps = datasets.steps_per_epoch
@@ -205,7 +178,6 @@ def train_ensemble(
     seed: int = 0,
     overwrite: bool = False,
     recipe: models.Recipe | None = models.DEFAULT_RECIPE,
-    validation: str = "fixed",
     **train_kwargs: Any,
 ) -> keras.Model:
     """Trains ``members`` runs of :func:`train` with seeds ``seed``, ``seed`` + 1, ...; saves and exports their mean.
@@ -219,16 +191,11 @@ def train_ensemble(
     and export/. A member whose model.keras and training_config.json say it was trained with
     this model, these hyperparameters, data, seed and recipe is reused unless ``overwrite``:
     a killed ensemble run resumes at the member it was training (that one at its last epoch).
-    ``validation`` "fixed": every member validates (early stopping) on the validation split;
-    "rotate": member K on part K of the train and validation splits' people, training on the
-    rest (:func:`folds.rotated_validation`), so that the members together learn from all of
-    them; the validation split's figures are then no longer held out. ``train_kwargs``: the rest of :func:`train`'s arguments, the same for every member.
+    ``train_kwargs``: the rest of :func:`train`'s arguments, the same for every member.
     """
     strategy = strategy or tf.distribute.get_strategy()
     if members < 1:
         raise errors.UsageError(f"--ensemble {members}: an ensemble needs at least 1 member")
-    if validation not in ENSEMBLE_VALIDATION:
-        raise errors.UsageError(f"--ensemble_validation {validation}: choose one of {', '.join(ENSEMBLE_VALIDATION)}")
     if distribute.is_multi_worker(strategy):
         raise errors.UsageError(
             "--ensemble with several workers: not supported (the members train one after the other in one "
@@ -244,7 +211,6 @@ def train_ensemble(
             records.DATA_FINGERPRINT_KEY: data_dir.fingerprint,
             "seed": seed + k,
             "recipe": dataclasses.asdict(recipe) if recipe else None,
-            "validation_part": k if validation == "rotate" else None,
         }
         model = None if overwrite else _trained_member(member_dir, expected)
         if model is None:
@@ -260,7 +226,6 @@ def train_ensemble(
                 overwrite=overwrite,
                 recipe=recipe,
                 serving_export=False,
-                validation_part=expected["validation_part"],
                 **train_kwargs,
             )
         else:
@@ -268,18 +233,16 @@ def train_ensemble(
                 "ensemble member %d of %d: reusing %s (trained with these settings)", k + 1, members, member_dir
             )
         trained.append(model)
-    config = records.read_config(_join(job_dir, job_layout.member_dir(0)))
-    config.pop("validation_groups", None)  # Member 0's.
+    with tf.io.gfile.GFile(records.config_path(_join(job_dir, job_layout.member_dir(0)))) as f:
+        config = json.load(f)
     config.update(
         {
             "data_dir": data_dir.path,
             "seed": seed,
-            "validation_part": None,
             "ensemble": {
                 "members": members,
                 "seeds": [seed + k for k in range(members)],
                 "member_dirs": [job_layout.member_dir(k) for k in range(members)],
-                "validation": validation,
             },
         }
     )

@@ -169,10 +169,3 @@ def test_an_ensemble_of_no_model_is_a_one_line_error(gray_dir, tmp_path, capsys)
     argv = ["train", "--data_dir", gray_dir, "--job_dir", str(tmp_path / "job"), "--ensemble", "0"]
     assert task.main(argv) == 2
     assert _error_line(capsys) == "error: --ensemble 0: give the number of models to train, at least 1"
-
-
-def test_rotating_the_validation_of_a_single_model_is_a_one_line_error(gray_dir, tmp_path, capsys):
-    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(tmp_path / "job"), "--ensemble_validation", "rotate"]
-    assert task.main(argv) == 2
-    line = _error_line(capsys)
-    assert line.startswith("error: --ensemble_validation rotate: ") and "add --ensemble N" in line

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, errors, evaluation, export, job_layout, models, multiworker, records, training
+from trainer import data, evaluation, export, job_layout, models, multiworker, training
 
 
 def _manifest(train_counts: dict[str, int]) -> dict:
@@ -217,7 +217,6 @@ def test_an_ensemble_exports_the_mean_of_its_members_and_reuses_those_already_tr
         "members": 2,
         "seeds": [3, 4],
         "member_dirs": ["members/member-0", "members/member-1"],
-        "validation": "fixed",
     }
     assert config["data_fingerprint"] == data_dir.fingerprint and config["model"] == "face_cnn"
     assert not (job_dir / job_layout.HISTORY_FILE).exists()  # Not this model's curves.
@@ -249,43 +248,3 @@ def test_an_ensemble_exports_the_mean_of_its_members_and_reuses_those_already_tr
     assert [path.stat().st_mtime_ns for path in member_paths] == written
     training.train_ensemble(**{**arguments, "hyperparameters": {"width": 4, "blocks": 2, "batch_size": 16}})
     assert all(path.stat().st_mtime_ns != before for path, before in zip(member_paths, written, strict=True))
-
-
-def test_an_ensemble_that_rotates_validation_trains_each_member_on_other_people(rgb_dir, tmp_path):
-    data_dir = data.DataDir.read(rgb_dir)
-    job_dir = tmp_path / "job"
-    arguments = dict(
-        members=2,
-        data_dir=data_dir,
-        job_dir=str(job_dir),
-        preset=models.FACE_CNN,
-        hyperparameters={"width": 4, "blocks": 2, "batch_size": 16},
-        epochs=1,
-        verbose=0,
-    )
-    training.train_ensemble(**arguments, validation="rotate")
-    config = records.read_config(str(job_dir))
-    assert config["ensemble"]["validation"] == "rotate"
-    assert config["validation_part"] is None and "validation_groups" not in config  # Member 0's, not the ensemble's.
-    for k in range(2):
-        member = records.read_config(str(job_dir / job_layout.member_dir(k)))
-        assert member["validation_part"] == k
-        # 64 train + validation images, each its own group: 4 parts of 16.
-        assert member["validation_groups"] == {"part": k, "parts": 4, "train_examples": 48, "validation_examples": 16}
-        history = records.read_history(str(job_dir / job_layout.member_dir(k)))
-        assert len(history) == 1 and np.isfinite(history[0]["val_loss"])
-
-    # Validation figures of such an ensemble are not held out, and evaluate says so.
-    metrics = evaluation.evaluate(data_dir=data_dir, job_dir=str(job_dir), split="validation", batch_size=16)
-    assert metrics["held_out"] is False
-    assert any("not from unseen examples" in line for line in evaluation.summary_lines(metrics))
-    assert evaluation.evaluate(data_dir=data_dir, job_dir=str(job_dir), batch_size=16)["held_out"] is True
-
-    # Members trained with the other validation are not reused.
-    member_path = job_dir / job_layout.member_dir(1) / job_layout.MODEL_FILE
-    written = member_path.stat().st_mtime_ns
-    training.train_ensemble(**arguments, validation="fixed")
-    assert member_path.stat().st_mtime_ns != written
-    assert records.read_config(str(job_dir / job_layout.member_dir(1)))["validation_part"] is None
-    with pytest.raises(errors.UsageError, match="choose one of fixed, rotate"):
-        training.train_ensemble(**arguments, validation="sometimes")
