@@ -201,6 +201,42 @@ def _build_comics_cnn(hp: kt.HyperParameters, shapes: Mapping[str, tuple[int, ..
 BN_MOMENTUM = 0.9
 
 
+def local_contrast_window(image_size: Sequence[int]) -> int:
+    """The window of :class:`LocalContrastNormalization`: an eighth of the shorter side, odd, at least 3
+    (11 at 92x112: about an eye's width, so a frame's edges stay and a cheek's shade goes)."""
+    return max(3, (min(image_size) // 8) | 1)
+
+
+@keras.saving.register_keras_serializable(package="facepipe")
+class LocalContrastNormalization(keras.layers.Layer):
+    """Each pixel minus the mean of its ``size`` x ``size`` window, over that window's sd; no weights.
+
+    Why (face_cnn's ``input_norm`` "local"): what tells glasses from no glasses is thin edges,
+    not how light or dark a face is. On ORL the models called the one dark-skinned person
+    "glasses" on 9-10 of his 10 photos whatever the recipe, global brightness and contrast
+    jitter and per-image standardisation included; with the skin's shade taken out window
+    by window they did not (docs/benchmarks.md section 9). It also takes out what tells a
+    flat-shaded comic from a photo: face2comics does worse with it, hence opt-in.
+    ``epsilon`` (in the normalised image's variance units) keeps flat regions from being
+    blown up to noise.
+    """
+
+    def __init__(self, size: int, epsilon: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.epsilon = size, epsilon
+
+    def call(self, x):
+        def window_mean(t):
+            # "same" padding averages over the pixels inside the image only (TensorFlow's avg_pool).
+            return keras.ops.average_pool(t, self.size, strides=1, padding="same")
+
+        centred = x - window_mean(x)
+        return centred / keras.ops.sqrt(window_mean(centred * centred) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "epsilon": self.epsilon}
+
+
 def _face_cnn_tower(hp: kt.HyperParameters, image):
     """(Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GlobalAveragePooling -> Dropout: image features.
 
@@ -209,6 +245,8 @@ def _face_cnn_tower(hp: kt.HyperParameters, image):
     """
     width = hp.get("width")
     x = image
+    if hp.get("input_norm") == "local":
+        x = LocalContrastNormalization(local_contrast_window(image.shape[1:3]), name="local_contrast")(x)
     for block in range(1, hp.get("blocks") + 1):
         filters = width * min(2 ** (block - 1), 4)
         for conv in range(1, hp.get("convs_per_block") + 1):
@@ -348,6 +386,7 @@ FACE_CNN = Preset(
         "augment": "light",
         "batch_size": 32,
         "epochs": 30,
+        "input_norm": "none",
     },
     spaces={
         "full": {
@@ -357,6 +396,7 @@ FACE_CNN = Preset(
             "dropout": [0.3, 0.5],
             "learning_rate": [3e-3, 1e-3],
             "augment": ["light", "strong", "none"],
+            "input_norm": ["none", "local"],
         },
         "small": {"width": [32, 16]},
         "wide": {
@@ -366,6 +406,7 @@ FACE_CNN = Preset(
             "dropout": _WIDE_DROPOUT,
             "learning_rate": [3e-3, 1e-3, 3e-4],
             "augment": ["none", "light", "strong"],
+            "input_norm": ["none", "local"],
             "epochs": [30],
         },
     },

@@ -118,6 +118,52 @@ def test_face_cnn_builds_for_any_size_and_channels_under_a_million_parameters(si
         assert max(models.FACE_CNN.space(space)["width"]) <= 32
 
 
+def test_local_contrast_normalisation_takes_out_each_windows_shade_and_keeps_edges():
+    layer = models.LocalContrastNormalization(5)
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 24, 20, 1)).astype("float32")
+    # A face's shade: a smooth ramp from dark to light, and a global brightness and contrast.
+    shade = np.linspace(-3, 3, 20, dtype="float32")[None, None, :, None]
+    out = layer(image).numpy()
+    np.testing.assert_allclose(layer(image + 4.0).numpy(), out, atol=1e-4)
+    # Three times the contrast: nearly the same output (epsilon keeps it from being exactly so).
+    assert np.corrcoef(layer(3.0 * image).numpy().ravel(), out.ravel())[0, 1] > 0.99
+    # A ramp is all shade, no edge: nothing left of it away from the image's border.
+    assert np.abs(layer(shade * np.ones_like(image)).numpy()[:, :, 2:-2]).max() < 1e-4
+
+    # By hand at an inner pixel (10, 8): its 5x5 window's mean, and the mean over that window of
+    # each pixel's own centred value squared.
+    def centred(row, col):
+        return image[0, row, col, 0] - image[0, row - 2 : row + 3, col - 2 : col + 3, 0].mean()
+
+    variance = np.mean([centred(r, c) ** 2 for r in range(8, 13) for c in range(6, 11)])
+    np.testing.assert_allclose(out[0, 10, 8, 0], centred(10, 8) / np.sqrt(variance + 0.1), rtol=1e-4)
+    assert models.local_contrast_window((112, 92)) == 11 and models.local_contrast_window((16, 16)) == 3
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_face_cnn_with_local_contrast_saves_and_loads(tmp_path, channels):
+    hp = models.fixed_hyperparameters(models.FACE_CNN, {"width": 8, "blocks": 2, "input_norm": "local"})
+    model = models.build_model(hp, preset=models.FACE_CNN, input_shape=(50, 50, channels))
+    assert model.get_layer("local_contrast").size == 7  # An eighth of 50, odd.
+    images = np.random.default_rng(1).normal(size=(2, 50, 50, channels)).astype("float32")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded(images).numpy(), model(images).numpy(), rtol=1e-5, atol=1e-6)
+    assert "input_norm" in models.FACE_CNN.space("full") and "input_norm" in models.IMAGE_LATENT.space("wide")
+
+
+def test_face_cnn_with_local_contrast_exports_a_serving_model(rgb_dir, tmp_path):
+    data_dir = data.DataDir.read(rgb_dir)
+    hp = models.fixed_hyperparameters(models.FACE_CNN, {"width": 8, "blocks": 2, "input_norm": "local"})
+    model = models.build_model(hp, preset=models.FACE_CNN, input_shape=data_dir.image_shape)
+    export.export_model(model, tft_output=data_dir.tft_output, manifest=data_dir.manifest, export_dir=str(tmp_path))
+    serve, _ = export.load_serving(str(tmp_path))
+    png = next(pathlib.Path(rgb_dir).parent.joinpath("images").glob("*.png")).read_bytes()
+    probability = serve(image_bytes=tf.constant([png]))["probability"].numpy()
+    assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
+
+
 def test_wide_space_is_seed_003s_future_work_for_every_preset():
     for preset in models.PRESETS.values():
         wide = preset.space("wide")
