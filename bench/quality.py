@@ -131,10 +131,13 @@ def _orl_inputs(root: str, **image: str) -> tuple[list[str], list[list[str]], li
     return header, rows, groups, strata, orl_image_flags(root, **image)
 
 
-def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
+def _comics_inputs(
+    root: str, color_mode: str | None = None
+) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
     """(header, rows, groups, strata, preprocess flags) of face2comics: ids as the comics layout names them.
 
-    No strata: every pair holds both classes.
+    No strata: every pair holds both classes. ``color_mode``: preprocess --color_mode (None:
+    the comics preset's grayscale, the seeds').
     """
     rows, groups = [], []
     for folder in ("comics", "faces"):
@@ -142,7 +145,8 @@ def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], No
             stem = os.path.splitext(name)[0]
             rows.append([f"{folder}/{stem}"])
             groups.append(stem)
-    return ["id"], rows, groups, None, ["--dataset", "comics", "--images", root]
+    flags = ["--dataset", "comics", "--images", root, *(["--color_mode", color_mode] if color_mode else [])]
+    return ["id"], rows, groups, None, flags
 
 
 def _predictions(job_dir: str) -> dict[str, tuple[int, float]]:
@@ -226,6 +230,7 @@ def cross_validate(
     epochs: int | None,
     orl_image: dict[str, str],
     seeds: Sequence[int] = (0,),
+    comics_color_mode: str | None = None,
     train_flags: Sequence[str] = (),
     rotate_validation: bool = False,
 ) -> list[dict]:
@@ -239,7 +244,7 @@ def cross_validate(
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
     else:
-        header, rows, groups, strata, flags = _comics_inputs(root)
+        header, rows, groups, strata, flags = _comics_inputs(root, comics_color_mode)
     runs = [(preset, augment, seed) for preset, augment in configs for seed in seeds]
     results = {run: {"folds": [], "errors": Counter(), "counts": Counter()} for run in runs}
     ensembles = {config: {"folds": [], "errors": Counter()} for config in configs} if len(seeds) > 1 else {}
@@ -419,6 +424,7 @@ def main() -> None:
     )
     parser.add_argument("--orl_image_size", default="50", help="ORL: preprocess --image_size (the photos: 92,112)")
     parser.add_argument("--orl_color_mode", default="rgb", help="ORL: preprocess --color_mode")
+    parser.add_argument("--comics_color_mode", help="face2comics: preprocess --color_mode (default: the preset's grey)")
     parser.add_argument(
         "--seeds",
         default="0",
@@ -459,6 +465,7 @@ def main() -> None:
             args.epochs,
             {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
             seeds=[int(seed) for seed in args.seeds.split(",")],
+            comics_color_mode=args.comics_color_mode,
             train_flags=train_flags,
             rotate_validation=args.rotate_validation,
         )
