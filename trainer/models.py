@@ -215,7 +215,7 @@ class LocalContrastNormalization(keras.layers.Layer):
     not how light or dark a face is. On ORL the models called the one dark-skinned person
     "glasses" on 9-10 of his 10 photos whatever the recipe, global brightness and contrast
     jitter and per-image standardisation included; with the skin's shade taken out window
-    by window they did not (docs/benchmarks.md section 9). It also takes out what tells a
+    by window, on 1-2 of 10 (docs/benchmarks.md section 9). It also takes out what tells a
     flat-shaded comic from a photo: face2comics does worse with it, hence opt-in.
     ``epsilon`` (in the normalised image's variance units) keeps flat regions from being
     blown up to noise.
@@ -238,9 +238,9 @@ class LocalContrastNormalization(keras.layers.Layer):
 
 
 def _face_cnn_tower(hp: kt.HyperParameters, image):
-    """(Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GlobalAveragePooling -> Dropout: image features.
+    """[LocalContrastNormalization ->] (Conv-BN-ReLU x convs_per_block -> MaxPool) x blocks -> GAP -> Dropout.
 
-    Block i has width x 2^i filters, capped at 4 x width (the parameter budget: under 1M
+    Image features; the first layer only with ``input_norm`` "local". Block i has width x 2^i filters, capped at 4 x width (the parameter budget: under 1M
     at width 32, 4 blocks of 2 convs); "same" padding, so any input size from 2^blocks up.
     """
     width = hp.get("width")
