@@ -55,6 +55,15 @@ def config_path(job_dir: str) -> str:
     return tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
 
 
+def read_config(job_dir: str) -> dict[str, Any] | None:
+    """JOB/training_config.json; None when there is none (json.JSONDecodeError when it is not JSON)."""
+    path = config_path(job_dir)
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
 def write_config(job_dir: str, config: Mapping[str, Any]) -> None:
     """Writes training_config.json (see trainer/training.py for its keys)."""
     write_json(config_path(job_dir), config)
@@ -70,14 +79,12 @@ def check_resumable(job_dir: str, config: Mapping[str, Any]) -> None:
     Keras' BackupAndRestore would otherwise fail deep inside the restore ("objects that
     could not be loaded") or, worse, resume a run under other hyperparameters.
     """
-    path = config_path(job_dir)
-    if not tf.io.gfile.exists(path):
-        return
     try:
-        with tf.io.gfile.GFile(path) as f:
-            recorded = json.load(f)
+        recorded = read_config(job_dir)
     except json.JSONDecodeError:
         return  # Not ours to judge; the restore itself says whether the backup fits.
+    if recorded is None:
+        return
     differences = []
     for key in _RESUMED_KEYS:
         old, new = recorded.get(key), _finite(config.get(key))
@@ -99,11 +106,7 @@ def check_resumable(job_dir: str, config: Mapping[str, Any]) -> None:
 
 def read_data_fingerprint(job_dir: str) -> str | None:
     """The data fingerprint training_config.json records; None when absent (or an older job)."""
-    path = tf.io.gfile.join(job_dir, job_layout.CONFIG_FILE)
-    if not tf.io.gfile.exists(path):
-        return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f).get(DATA_FINGERPRINT_KEY)
+    return (read_config(job_dir) or {}).get(DATA_FINGERPRINT_KEY)
 
 
 def append_history(job_dir: str, row: Mapping[str, float]) -> None:

@@ -233,8 +233,7 @@ def train_ensemble(
                 "ensemble member %d of %d: reusing %s (trained with these settings)", k + 1, members, member_dir
             )
         trained.append(model)
-    with tf.io.gfile.GFile(records.config_path(_join(job_dir, job_layout.member_dir(0)))) as f:
-        config = json.load(f)
+    config = records.read_config(_join(job_dir, job_layout.member_dir(0)))
     config.update(
         {
             "data_dir": data_dir.path,
@@ -267,13 +266,14 @@ def _hyperparameters(preset: models.Preset, hyperparameters: Mapping[str, Any] |
 def _trained_member(member_dir: str, expected: Mapping[str, Any]) -> keras.Model | None:
     """The member's saved model when its training_config.json holds ``expected``'s values, else None."""
     model_path = _join(member_dir, job_layout.MODEL_FILE)
-    if not tf.io.gfile.exists(model_path) or not tf.io.gfile.exists(records.config_path(member_dir)):
+    if not tf.io.gfile.exists(model_path):
         return None
-    with tf.io.gfile.GFile(records.config_path(member_dir)) as f:
-        try:
-            recorded = json.load(f)
-        except json.JSONDecodeError:
-            return None
+    try:
+        recorded = records.read_config(member_dir)
+    except json.JSONDecodeError:
+        return None
+    if recorded is None:
+        return None
     # Through JSON, as recorded (tuples become lists).
     if any(recorded.get(key) != value for key, value in json.loads(json.dumps(expected)).items()):
         return None
