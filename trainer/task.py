@@ -408,8 +408,6 @@ def run_train(args: argparse.Namespace) -> None:
     logging.info("hyperparameters from %s", source)
     if args.augment:
         values = {**(values or {}), "augment": args.augment}
-    if args.ensemble < 1:
-        raise errors.UsageError(f"--ensemble {args.ensemble}: give the number of models to train, at least 1")
     strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     arguments = dict(
         data_dir=data_dir,
@@ -427,7 +425,7 @@ def run_train(args: argparse.Namespace) -> None:
         class_weight=args.class_weight,
         patience=args.patience,
     )
-    if args.ensemble > 1:
+    if args.ensemble != 1:  # train_ensemble refuses fewer than one member.
         training.train_ensemble(members=args.ensemble, **arguments)
     else:
         training.train(**arguments)

@@ -195,7 +195,7 @@ def train_ensemble(
     """
     strategy = strategy or tf.distribute.get_strategy()
     if members < 1:
-        raise errors.UsageError(f"--ensemble {members}: an ensemble needs at least 1 member")
+        raise errors.UsageError(f"--ensemble {members}: give the number of models to train, at least 1")
     if distribute.is_multi_worker(strategy):
         raise errors.UsageError(
             "--ensemble with several workers: not supported (the members train one after the other in one "
