@@ -1,15 +1,21 @@
 """Cross-validated quality: facepipe's own commands, k folds grouped by person or pair.
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
-        [--parts orl,comics,demo,dead_units] [--presets P,...] [--augment none,light,...] [--epochs N]
-        [--orl_image_size 50] [--orl_color_mode rgb] [--seeds 0,1,2] [--hyperparameters JSON]
+        [--parts orl,comics,demo,dead_units] [--presets default,P,...] [--augment none,light,...] [--epochs N]
+        [--orl_image_size 92,112] [--orl_color_mode grayscale] [--seeds 0,1,2] [--hyperparameters JSON]
         [--rotate_validation] [--train_flags "--patience 0"]
 
+The headline rows (preset ``default``) are the README's commands as a user types them, with
+no model flags: preprocess, ``tune`` (its default space and tuner), ``train`` (which reads the
+tuned values), ``evaluate``; each fold's row says what ``tune`` chose on that fold's
+validation people. The other rows train a named preset with its defaults, untuned.
+
 orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, every image
-        tested once; validation (early stopping) is a sixth of the training people, never the
-        test fold's. 50x50 RGB by default (the glasses preset's input), --balance none.
+        tested once; validation (early stopping, tuning) is a sixth of the training people,
+        never the test fold's. The README's command by default: the photos' own 92x112 grey,
+        --balance none.
 comics  face2comics_v2 (40 faces + 40 comics): folds grouped by pair (faces/<id> and
-        comics/<id> are one group); 128x128 grey.
+        comics/<id> are one group); 128x128 grey (the README's --dataset comics).
 demo    the demo's glasses set (pipelines.demo.data --count 600 --size 256): preprocess as
         the demo does (its own train.csv / test.csv, validation carved from train), train
         each preset with its defaults (the seeds' at 10 epochs), evaluate on the test split.
@@ -49,15 +55,19 @@ from real_photos import orl_image_flags
 
 from pipelines import features
 from pipelines.cli import ArgumentParser
-from trainer import job_layout
+from trainer import job_layout, models
 from trainer.folds import assign_folds
 from trainer.models import THRESHOLD
 
+# The headline rows' "preset" and "augment": no --model, no --augment; tune, then train.
+DEFAULT = "default"
 # (part, preset, augment) run by default; --presets / --augment narrow or widen these.
 DEFAULT_CONFIGS = (
+    ("orl", DEFAULT, DEFAULT),
     ("orl", "glasses_cnn", "none"),
     ("orl", "face_cnn", "light"),
     ("orl", "face_cnn", "strong"),
+    ("comics", DEFAULT, DEFAULT),
     ("comics", "comics_cnn", "none"),
     ("comics", "face_cnn", "light"),
 )
@@ -196,12 +206,26 @@ def _preprocess(
     )
 
 
-def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[str]) -> tuple[dict, dict]:
-    """Trains and evaluates ``preset`` on ``data_dir``: (metrics.json, {train_s, evaluate_s, first_epoch_loss})."""
+def _train_evaluate(
+    data_dir: str, job_dir: str, preset: str, extra: Sequence[str], tune_flags: Sequence[str] = ()
+) -> tuple[dict, dict]:
+    """Trains and evaluates ``preset`` on ``data_dir``: (metrics.json, {tune_s, train_s, evaluate_s, ...}).
+
+    ``preset`` DEFAULT: the documented commands, no model flags: ``tune`` (with ``tune_flags``),
+    then ``train`` (with ``extra``), which reads what tune chose; "tuned" records that choice.
+    """
     python = sys.executable
     trainer = [python, "-m", "trainer.task"]
     where = ["--data_dir", data_dir, "--job_dir", job_dir]
-    train_s = _run([*trainer, "train", *where, "--model", preset, "--verbose", "0", "--overwrite", *extra])
+    tuned, tune_s = None, 0.0
+    if preset == DEFAULT:
+        tune_s = _run([*trainer, "tune", *where, "--verbose", "0", "--overwrite", *tune_flags])
+        with open(os.path.join(job_dir, job_layout.BEST_HPARAMS_FILE)) as f:
+            best = json.load(f)
+        space = {k for k, v in models.PRESETS[best["model"]].space("small").items() if len(v) > 1}
+        tuned = {"model": best["model"], "score": best["score"], **{k: best["hyperparameters"][k] for k in space}}
+    model = [] if preset == DEFAULT else ["--model", preset]
+    train_s = _run([*trainer, "train", *where, *model, "--verbose", "0", "--overwrite", *extra])
     evaluate_s = _run([*trainer, "evaluate", *where])
     with open(os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.METRICS_FILE)) as f:
         metrics = json.load(f)
@@ -213,6 +237,8 @@ def _train_evaluate(data_dir: str, job_dir: str, preset: str, extra: Sequence[st
             with open(path, newline="") as f:
                 histories.append(list(csv.DictReader(f)))
     timing = {
+        "tuned": tuned,
+        "tune_s": tune_s,
         "train_s": train_s,
         "evaluate_s": evaluate_s,
         "epochs_run": sum(map(len, histories)),
@@ -265,16 +291,18 @@ def cross_validate(
             # Seed 0's folder keeps the name it had before --seeds.
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
             data_dir = data_dirs[part_of_seed[seed]]
-            extra = ["--augment", augment, "--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
-            extra += train_flags
-            metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra)
+            common = ["--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
+            extra = [*([] if augment == DEFAULT else ["--augment", augment]), *common, *train_flags]
+            metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra, tune_flags=common)
             result = results[(preset, augment, seed)]
             result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], "job_dir": job_dir, **timing})
             for row in metrics.get("errors_per_group", []):
                 result["errors"][row["group"]] += row["errors"]
                 result["counts"][row["group"]] += row["count"]
+            chose = f" (tune chose {timing['tuned']})" if timing["tuned"] else ""
             print(
-                f"  {part} fold {fold} {preset}/{augment} seed {seed}: accuracy {metrics['accuracy']:.3f}", flush=True
+                f"  {part} fold {fold} {preset}/{augment} seed {seed}: accuracy {metrics['accuracy']:.3f}{chose}",
+                flush=True,
             )
         for preset, augment in ensembles:
             job_dirs = [results[(preset, augment, seed)]["folds"][-1]["job_dir"] for seed in seeds]
@@ -303,8 +331,9 @@ def cross_validate(
                     for g, _ in result["errors"].most_common()
                     if result["errors"][g]
                 },
-                "train_evaluate_s": sum(f["train_s"] + f["evaluate_s"] for f in result["folds"]),
+                "train_evaluate_s": sum(f["tune_s"] + f["train_s"] + f["evaluate_s"] for f in result["folds"]),
                 "epochs_run": [f["epochs_run"] for f in result["folds"]],
+                "tuned": [f["tuned"] for f in result["folds"]] if result["folds"][0]["tuned"] else None,
                 "preprocess_s": sum(preprocess_s),
             }
         )
@@ -390,7 +419,7 @@ def demo_and_dead_units(workdir: str, parts: Sequence[str], presets: Sequence[st
 
 def _report(rows: Sequence[dict]) -> None:
     print(
-        "\nset | preset | augment | seed | mean ± sd accuracy | folds | epochs run | groups with errors | train+eval s"
+        "\nset | preset | augment | seed | mean ± sd accuracy | folds | epochs run | groups with errors | (tune+)train+eval s"
     )
     for r in rows:
         if "fold_accuracies" in r:
@@ -422,8 +451,10 @@ def main() -> None:
     parser.add_argument(
         "--epochs", type=int, help="cross-validation epochs (early stopping on); default: each preset's own"
     )
-    parser.add_argument("--orl_image_size", default="50", help="ORL: preprocess --image_size (the photos: 92,112)")
-    parser.add_argument("--orl_color_mode", default="rgb", help="ORL: preprocess --color_mode")
+    parser.add_argument(
+        "--orl_image_size", default="92,112", help="ORL: preprocess --image_size (the README's: the photos' own)"
+    )
+    parser.add_argument("--orl_color_mode", default="grayscale", help="ORL: preprocess --color_mode")
     parser.add_argument("--comics_color_mode", help="face2comics: preprocess --color_mode (default: the preset's grey)")
     parser.add_argument(
         "--seeds",
@@ -454,8 +485,9 @@ def main() -> None:
         if part not in parts:
             continue
         configs = [(p, a) for s, p, a in DEFAULT_CONFIGS if s == part and (presets is None or p in presets)]
-        if args.augment:
-            configs = [(p, a) for p in dict.fromkeys(p for p, _ in configs) for a in args.augment.split(",")]
+        if args.augment:  # The headline rows keep no --augment.
+            levels = args.augment.split(",")
+            configs = [(p, a) for p in dict.fromkeys(p for p, _ in configs) for a in ([p] if p == DEFAULT else levels)]
         rows += cross_validate(
             part,
             os.path.join(args.data_root, folder),

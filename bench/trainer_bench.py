@@ -35,7 +35,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.cli import ArgumentParser
-from trainer import data, job_layout, models
+from trainer import data, job_layout, models, tuning
 
 # (preset, demo dataset, demo images, image side of the generated files)
 _DATASETS = {"glasses_cnn": ("glasses", 1200, 256), "comics_cnn": ("comics", 600, 256)}
@@ -236,19 +236,21 @@ def hyperband_vs_grid(args: argparse.Namespace) -> None:
         wall, epochs = _tune(data_dir, job_dir, tuner, args.epochs)
         rows[tuner] = (_completed_trials(job_dir), epochs, wall)
     grid_trials, grid_epochs, grid_wall = rows["grid"]
+    # +1: a higher score is better (val_accuracy), -1: a lower one (val_loss).
+    sign = 1.0 if tuning.OBJECTIVE.direction == "max" else -1.0
     grid_score = {_point(row): float(row["score"]) for row in grid_trials}
-    scores = sorted(grid_score.values(), reverse=True)
+    scores = sorted(grid_score.values(), key=lambda score: -sign * score)
     grid_best = scores[0]
     print(f"grid scores, best first: {', '.join(f'{score:.3f}' for score in scores)}")
     for tuner, (trials, epochs, wall) in rows.items():
-        best = max(trials, key=lambda row: float(row["score"]))
+        best = max(trials, key=lambda row: sign * float(row["score"]))
         # Where the point Hyperband chose stands in the grid: its full-epoch score, its rank.
         full = grid_score.get(_point(best), float("nan"))
-        rank = 1 + sum(score > full for score in scores)
+        rank = 1 + sum(sign * score > sign * full for score in scores)
         print(
             f"{tuner}: {len(trials)} trials, {epochs} epochs trained, {wall:.0f} s wall "
             f"({epochs / grid_epochs:.0%} of the grid's epochs, {wall / grid_wall:.0%} of its wall time); "
-            f"best val_accuracy {float(best['score']):.4f} ({float(best['score']) - grid_best:+.4f} vs the grid's "
+            f"best {tuning.OBJECTIVE.name} {float(best['score']):.4f} ({float(best['score']) - grid_best:+.4f} vs the grid's "
             f"best); its point scores {full:.4f} in the grid, rank {rank} of {len(scores)}"
         )
 

@@ -191,7 +191,7 @@ def check_model(
             )
         ], None
     try:
-        preset = models.get_preset(model, channels=shape[2])
+        preset, why = models.get_preset(model, shape=shape, vector_length=features.vector_length(manifest))
     except ValueError as e:
         return [Finding(False, str(e))], None
     refusal = missing_vector(preset, data_dir, manifest)
@@ -206,7 +206,7 @@ def check_model(
                 False,
                 (
                     f"--model {preset.name} expects {preset.channels}-channel ({modes.get(preset.channels)}) images, the data "
-                    f"is {shape[2]}-channel ({color_mode}): pass --model {models.get_preset(None, channels=shape[2]).name} "
+                    f"is {shape[2]}-channel ({color_mode}): pass --model {models.default_preset(shape)[0].name} "
                     f"or re-run pipelines.preprocess with --color_mode {modes.get(preset.channels)}"
                 ),
             )
@@ -231,7 +231,10 @@ def check_model(
             )
         )
     if not findings:
-        findings.append(Finding(True, f"{preset.name} builds on {shape[0]}x{shape[1]}x{shape[2]} {color_mode} images"))
+        chosen = "" if model else f" ({why})"
+        findings.append(
+            Finding(True, f"{preset.name} builds on {shape[0]}x{shape[1]}x{shape[2]} {color_mode} images{chosen}")
+        )
     return findings, preset
 
 

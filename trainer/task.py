@@ -7,9 +7,12 @@
   python -m trainer.task preflight --data_dir DATA --job_dir JOB [--tpu NAME] [--model M] [--strategy S]
   python -m trainer.task find_label_issues --data_dir DATA --job_dir JOB [--folds 5] [--model M] [--epochs N]
 
-``--model`` defaults from the manifest (1 channel: comics_cnn, 3: glasses_cnn; face_cnn by
-name). ``--tuner`` defaults to hyperband for ``--search_space wide`` (too large for a
-grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
+``--model`` defaults to the preset cross-validation found best for the data's shape
+(``models.DEFAULT_MODELS``: face_cnn for grey or RGB images, image_latent with a
+``--numeric_columns`` vector), logged with why; the seeds' presets by name. ``tune``
+searches the ``small`` space by default (face_cnn: ``input_norm`` none or local, two grid
+points chosen by validation loss). ``--tuner`` defaults to hyperband for ``--search_space
+wide`` (too large for a grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
 ``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--bn_statistics`` (what
 BatchNormalization normalises with at inference), ``--augment`` (training inputs only;
 default: the preset's "augment" value), ``--class_weight``. ``train``
@@ -69,6 +72,7 @@ _NOT_FLAGS = ("command", "config", "debug", "help")
 DEBUG_ENV = "FACEPIPE_DEBUG"
 # The splits each command reads (all must hold examples; see preflight.empty_split).
 _SPLITS = {"tune": ("train", "validation"), "train": ("train", "validation")}
+_MODEL_HELP = "default: the best preset for the data's shape (face_cnn for images; logged with why)"
 
 
 def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -83,7 +87,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
 
     def modelling(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+        p.add_argument("--model", choices=sorted(models.PRESETS), help=_MODEL_HELP)
         p.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
         p.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
         p.add_argument("--tpu", help="TPU name or address (also TPU_NAME); implies TPUStrategy under auto")
@@ -118,7 +122,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     common(tune)
     modelling(tune)
     tune.add_argument("--tuner", choices=tuning.TUNERS, help="default: hyperband for --search_space wide, else grid")
-    tune.add_argument("--search_space", choices=models.SEARCH_SPACES, default="full")
+    tune.add_argument(
+        "--search_space",
+        choices=models.SEARCH_SPACES,
+        default="small",
+        help="small (default: what cross-validation found decisive, face_cnn's input_norm), full (the grid), "
+        "wide (for hyperband)",
+    )
     tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
     tune.add_argument("--executions_per_trial", type=int, default=1)
     tune.add_argument(
@@ -189,7 +199,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     preflight.add_argument("--data_dir", required=True)
     preflight.add_argument("--job_dir", required=True)
     preflight.add_argument("--tpu", help="the TPU the job will run on (also TPU_NAME)")
-    preflight.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+    preflight.add_argument("--model", choices=sorted(models.PRESETS), help=_MODEL_HELP)
     preflight.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
     preflight.add_argument("--tuner", choices=tuning.TUNERS, default="grid", help="for the tuning project check")
     preflight.add_argument("--overwrite", action="store_true", help="as tune --overwrite")
@@ -206,7 +216,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     issues.add_argument("--data_dir", required=True, help="preprocessing output, made with --balance none")
     issues.add_argument("--job_dir", required=True, help="where the outputs go; its best_hyperparameters.json is used")
     issues.add_argument("--folds", type=int, default=5, help="number of folds, at least 2 (default 5)")
-    issues.add_argument("--model", choices=sorted(models.PRESETS), help="default: from the manifest's channels")
+    issues.add_argument("--model", choices=sorted(models.PRESETS), help=_MODEL_HELP)
     issues.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
     issues.add_argument("--seed", type=int, default=0)
     issues.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
@@ -316,12 +326,15 @@ def _check_job_matches_data(job_dir: str, data_dir: data.DataDir) -> None:
         )
 
 
-def _preset(args: argparse.Namespace, data_dir: data.DataDir) -> models.Preset:
-    preset = models.get_preset(args.model, channels=data_dir.image_shape[2])
+def _preset(args: argparse.Namespace, data_dir: data.DataDir, *, vector: bool = True) -> models.Preset:
+    """``--model``'s preset, or the default for the data's shape (``vector`` False: for its images alone)."""
+    preset, why = models.get_preset(
+        args.model, shape=data_dir.image_shape, vector_length=data_dir.vector_length if vector else 0
+    )
     refusal = preflight.missing_vector(preset, data_dir.path, data_dir.manifest)
     if refusal:
         raise errors.UsageError(refusal)
-    logging.info("model: %s (%s)", preset.name, "--model" if args.model else "default for the manifest's channels")
+    logging.info("model: %s (%s)", preset.name, why)
     return preset
 
 
@@ -496,7 +509,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     if args.folds < 2:
         _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
     data_dir = data.DataDir.read(args.data_dir)
-    preset = _preset(args, data_dir)
+    preset = _preset(args, data_dir, vector=False)  # It scores the images: the vector is not cross-validated.
     if preset.needs_vector:
         raise errors.UsageError(
             f"--model {preset.name}: find_label_issues cross-validates the image presets only; pass --model face_cnn "

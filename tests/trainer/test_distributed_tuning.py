@@ -42,6 +42,8 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
         rgb_dir,
         "--job_dir",
         str(job_dir),
+        "--model",
+        "glasses_cnn",
         "--search_space",
         "small",
         "--epochs",
@@ -96,7 +98,7 @@ def test_chief_and_two_workers_cover_the_grid_exactly_once(rgb_dir, tmp_path):
     writers = [tuner_id for tuner_id, log in text.items() if "wrote best hyperparameters" in log]
     assert writers == ["chief"]
     best = json.loads((job_dir / "best_hyperparameters.json").read_text())
-    assert best["score"] == max(t["score"] for t in trials)
+    assert best["score"] == min(t["score"] for t in trials)  # val_loss: the lowest.
     assert "the chief writes the results" in text["tuner0"] and "the chief writes the results" in text["tuner1"]
 
 
@@ -108,6 +110,7 @@ def test_a_worker_may_not_overwrite_the_project(rgb_dir, tmp_path, monkeypatch, 
     project.mkdir(parents=True)
     (project / "oracle.json").write_text("{}")
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--search_space", "small", "--overwrite"]
+    argv += ["--model", "glasses_cnn"]
     assert task.main(argv) == 2
     (error,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert re.search(r"only the chief .* may overwrite the project; drop --overwrite on the workers", error)

@@ -45,7 +45,7 @@ def test_trained_on_a_evaluated_on_b_says_so(two_data_dirs, tmp_path, capsys):
         "data_fingerprint": OTHER_DATA,
     }
     (job / "best_hyperparameters.json").write_text(json.dumps(best))
-    task.main(["train", "--data_dir", data_a, "--job_dir", str(job), "--verbose", "0"])
+    task.main(["train", "--data_dir", data_a, "--job_dir", str(job), "--model", "glasses_cnn", "--verbose", "0"])
     warnings = [line for line in capsys.readouterr().err.splitlines() if "tuned on other data" in line]
     assert len(warnings) == 1 and "WARNING" in warnings[0]
 

@@ -11,15 +11,16 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, models, task, training
+from trainer import data, export, models, task, training, tuning
 
 
 def _layers(model):
     return [(type(layer).__name__, layer) for layer in model.layers]
 
 
-def test_glasses_preset_builds_the_seed_architecture_with_its_best_values():
-    model = models.build_model(kt.HyperParameters(), preset=models.GLASSES_CNN, input_shape=(50, 50, 3))
+def test_model_glasses_cnn_builds_the_seed_architecture_with_its_best_values():
+    preset, _ = models.get_preset("glasses_cnn", shape=(50, 50, 3))  # What --model glasses_cnn resolves to.
+    model = models.build_model(kt.HyperParameters(), preset=preset, input_shape=(50, 50, 3))
     kinds = [kind for kind, _ in _layers(model)]
     assert kinds == ["InputLayer", "Conv2D", "MaxPooling2D", "Flatten", "Dense", "Dense"]
     _, conv, pool, _, dense, head = (layer for _, layer in _layers(model))
@@ -89,12 +90,50 @@ def test_comics_full_space_is_the_seed_grid():
     assert space["dropout"] == [0.5, 0.7] and sorted(space["learning_rate"]) == [1e-3, 1e-2]
 
 
-def test_preset_choice_from_channels_and_flag():
-    assert models.get_preset(None, channels=1) is models.COMICS_CNN
-    assert models.get_preset(None, channels=3) is models.GLASSES_CNN
-    assert models.get_preset("glasses_cnn", channels=1) is models.GLASSES_CNN  # The flag wins.
+@pytest.mark.parametrize(
+    ("shape", "vector_length", "expected", "described"),
+    [
+        ((128, 128, 1), 0, "face_cnn", "default for 128x128 grey images: "),
+        ((50, 50, 3), 0, "face_cnn", "default for 50x50 RGB images: "),
+        ((50, 50, 1), 16, "image_latent", "default for 50x50 grey images with a 16-value vector: "),
+        ((50, 50, 3), 512, "image_latent", "default for 50x50 RGB images with a 512-value vector: "),
+        ((0, 0, 0), 512, "latent_mlp", "default for no images with a 512-value vector: "),
+    ],
+)
+def test_the_default_preset_per_data_shape_is_the_documented_one_and_says_why(
+    shape, vector_length, expected, described
+):
+    preset, why = models.get_preset(None, shape=shape, vector_length=vector_length)
+    assert preset.name == expected and why.startswith(described) and len(why) > len(described) + 20
+    # The README's preset table names the same default for the same shape.
+    readme = (pathlib.Path(__file__).parents[2] / "README.md").read_text()
+    assert f"| `{expected}` (default: {DOCUMENTED_SHAPES[expected]})" in readme
+
+
+# How the README's preset table names the data each default is for.
+DOCUMENTED_SHAPES = {
+    "face_cnn": "grey or RGB images",
+    "image_latent": "images with a vector",
+    "latent_mlp": "a vector alone",
+}
+
+
+def test_the_model_flag_wins_and_an_unknown_one_is_refused():
+    preset, why = models.get_preset("glasses_cnn", shape=(24, 24, 1))
+    assert preset is models.GLASSES_CNN and why == "--model"
     with pytest.raises(ValueError, match="unknown model"):
-        models.get_preset("resnet", channels=3)
+        models.get_preset("resnet", shape=(24, 24, 3))
+    with pytest.raises(ValueError, match="no default model for 24x24 4-channel images"):
+        models.default_preset((24, 24, 4))  # Neither grey nor RGB: no measured default.
+
+
+def test_tunes_default_space_for_face_cnn_is_input_norm_none_or_local():
+    for preset in (models.FACE_CNN, models.IMAGE_LATENT):
+        space = {name: values for name, values in preset.space("small").items() if len(values) > 1}
+        assert space == {"input_norm": ["none", "local"]}  # Chosen by validation loss: a 2-point grid.
+    args = task.parse_args(["tune", "--data_dir", "d", "--job_dir", "j"])
+    assert (args.search_space, args.tuner, args.model) == ("small", None, None)
+    assert tuning.default_tuner(args.search_space) == "grid" and tuning.OBJECTIVE.name == "val_loss"
 
 
 def test_positive_probability_of_both_heads():

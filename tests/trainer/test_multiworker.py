@@ -76,7 +76,16 @@ def test_two_workers_train_identically_and_only_the_chief_writes(rgb_dir, tmp_pa
     job_dir = tmp_path / "job"
     (tmp_path / "hp.json").write_text(json.dumps({"batch_size": 8}))  # global 16: 3 steps per epoch
     argv = ["train", "--strategy", "multi_worker", "--data_dir", rgb_dir, "--job_dir", str(job_dir)]
-    argv += ["--hyperparameters", str(tmp_path / "hp.json"), "--epochs", "2", "--verbose", "0"]
+    argv += [
+        "--model",
+        "glasses_cnn",
+        "--hyperparameters",
+        str(tmp_path / "hp.json"),
+        "--epochs",
+        "2",
+        "--verbose",
+        "0",
+    ]
     chief_log, worker_log = run_cluster(argv, tmp_path, "first")
 
     assert "CollectiveAllReduceStrategy (requested), 2 replica(s) in sync" in chief_log

@@ -46,7 +46,14 @@ def test_a_good_local_job_passes(data_dir, tmp_path, capsys):
     code, lines = run(capsys, data_dir, tmp_path / "job")
     assert code == 0 and lines[-1] == "preflight passed" and not failures(lines)
     assert "ok    train: 2 shard(s)" in lines
-    assert "ok    glasses_cnn builds on 16x16x3 rgb images" in lines
+    # No --model: the default for the data's shape, and why.
+    assert any(
+        line.startswith("ok    face_cnn builds on 16x16x3 rgb images (default for 16x16 RGB images: ") for line in lines
+    )
+    assert (
+        "ok    glasses_cnn builds on 16x16x3 rgb images"
+        in run(capsys, data_dir, tmp_path / "job", "--model", "glasses_cnn")[1]
+    )
 
 
 def test_tpu_needs_gcs_paths(data_dir, tmp_path, capsys):
@@ -111,7 +118,7 @@ def test_model_preset_disagrees_with_the_manifest(data_dir, tmp_path, capsys):
     assert code == 1 and failures(lines) == [
         (
             "FAIL  --model comics_cnn expects 1-channel (grayscale) images, the data is 3-channel (rgb): pass "
-            "--model glasses_cnn or re-run pipelines.preprocess with --color_mode grayscale"
+            "--model face_cnn or re-run pipelines.preprocess with --color_mode grayscale"
         )
     ]
     edit_manifest(data_dir, color_mode="grayscale")  # Says grayscale, holds 3 channels.
@@ -121,7 +128,7 @@ def test_model_preset_disagrees_with_the_manifest(data_dir, tmp_path, capsys):
 
 def test_images_too_small_for_the_model(data_dir, tmp_path, capsys):
     edit_manifest(data_dir, height=2, width=2)
-    code, lines = run(capsys, data_dir, tmp_path / "job")
+    code, lines = run(capsys, data_dir, tmp_path / "job", "--model", "glasses_cnn")
     assert code == 1 and len(failures(lines)) == 1
     assert failures(lines)[0].startswith("FAIL  glasses_cnn cannot be built for 2x2x3 images with 2 classes")
 
@@ -136,7 +143,7 @@ def test_strategy_prerequisites(data_dir, tmp_path, capsys):
 
 
 def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, capsys, monkeypatch):
-    project = tmp_path / "job/tuning/glasses_cnn_grid"
+    project = tmp_path / "job/tuning/face_cnn_grid"  # The default model's project.
     for i in range(3):
         (project / f"trial_{i:04d}").mkdir(parents=True)
         (project / f"trial_{i:04d}/trial.json").write_text("{}")

@@ -17,14 +17,16 @@ def gray_dir(make_data_dir):
     )
 
 
-def test_grayscale_data_defaults_to_comics_cnn_end_to_end(gray_dir, tmp_path, capsys):
+def test_grayscale_data_defaults_to_face_cnn_end_to_end_and_logs_why(gray_dir, tmp_path, capsys):
     job_dir = tmp_path / "job"
     task.main(["train", "--data_dir", gray_dir, "--job_dir", str(job_dir), "--epochs", "1", "--verbose", "0"])
-    assert "serving export in" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "serving export in" in captured.out
+    assert "model: face_cnn (default for 24x24 grey images: best under subject-grouped cross-validation" in captured.err
     config = json.loads((job_dir / "training_config.json").read_text())
-    assert config["model"] == "comics_cnn" and config["image_shape"] == [24, 24, 1]
+    assert config["model"] == "face_cnn" and config["image_shape"] == [24, 24, 1]
     model = keras.saving.load_model(job_dir / "model.keras")
-    assert model.input_shape == (None, 24, 24, 1) and model.output_shape == (None, 2)
+    assert model.input_shape == (None, 24, 24, 1) and model.output_shape == (None, 1)
     task.main(["evaluate", "--data_dir", gray_dir, "--job_dir", str(job_dir)])
     metrics = json.loads((job_dir / "eval/metrics.json").read_text())
     assert metrics["num_examples"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
@@ -110,8 +112,8 @@ def test_resuming_with_other_hyperparameters_says_what_to_do(gray_dir, tmp_path,
     (job / "training_config.json").write_text(
         json.dumps({"model": "comics_cnn", "hyperparameters": {"epochs": 7}, "image_shape": [24, 24, 1]})
     )
-    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(job), "--epochs", "1", "--verbose", "0"]
-    assert task.main(argv) == 2
+    argv = ["train", "--data_dir", gray_dir, "--job_dir", str(job), "--model", "comics_cnn", "--epochs", "1"]
+    assert task.main([*argv, "--verbose", "0"]) == 2
     line = _error_line(capsys)
     assert "has a run with other hyperparameters (" in line and "epochs 7 -> 1" in line
     assert line.endswith(f"pass --overwrite to start afresh, or remove {job}/backup")
@@ -159,7 +161,7 @@ def test_config_values_get_the_flags_choices(tmp_path, capsys):
 def test_training_config_reruns_the_same_command(gray_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["train", "--data_dir", gray_dir, "--job_dir", str(job_dir), "--epochs", "1", "--verbose", "0"]
-    argv += ["--seed", "3", "--strategy", "default"]
+    argv += ["--model", "comics_cnn", "--seed", "3", "--strategy", "default"]
     task.main(argv)
     written = str(job_dir / "training_config.json")
     assert vars(task.parse_args(["train", "--config", written])) == {**vars(task.parse_args(argv)), "config": written}

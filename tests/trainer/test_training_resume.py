@@ -102,6 +102,8 @@ def test_grid_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
         rgb_dir,
         "--job_dir",
         str(job_dir),
+        "--model",
+        "glasses_cnn",
         "--search_space",
         "small",
         "--epochs",
@@ -135,7 +137,7 @@ def test_grid_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
 def test_random_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--tuner", "random", "--max_trials", "3"]
-    argv += ["--search_space", "small", "--epochs", "1", "--verbose", "0"]
+    argv += ["--model", "glasses_cnn", "--search_space", "small", "--epochs", "1", "--verbose", "0"]
     first = _fits(_run_killed(tmp_path, argv, kill_at_fit=2, kill_at_epoch=0))
     assert len(first) == 2
     second = _fits(_run(argv))
@@ -148,6 +150,7 @@ def test_random_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
 def test_training_resumes_from_the_last_epoch_after_sigkill(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "4", "--verbose", "2"]
+    argv += ["--model", "glasses_cnn"]
     _run_killed(tmp_path, argv, kill_at_fit=1, kill_at_epoch=2)  # epochs 0 and 1 done
     assert (job_dir / "backup/training_metadata.json").exists()
     assert json.loads((job_dir / "backup/training_metadata.json").read_text())["epoch"] == 2

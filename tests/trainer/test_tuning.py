@@ -138,6 +138,8 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
             rgb_dir,
             "--job_dir",
             job_dir,
+            "--model",
+            "glasses_cnn",
             "--search_space",
             "small",
             "--epochs",
@@ -159,7 +161,7 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
     assert len(rows) == grid and {"trial", "status", "score", "filters", "units", "batch_size", "epochs"} <= set(
         rows[0]
     )
-    assert [float(r["score"]) for r in rows] == sorted((float(r["score"]) for r in rows), reverse=True)
+    assert [float(r["score"]) for r in rows] == sorted(float(r["score"]) for r in rows)  # val_loss: best first.
     assert "| trial | status | score |" in (tmp_path / "job/tuning/results.md").read_text()
     assert "| trial | status | score |" in printed
 
@@ -175,6 +177,8 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
             rgb_dir,
             "--job_dir",
             job_dir,
+            "--model",
+            "glasses_cnn",
             "--search_space",
             "small",
             "--epochs",
@@ -188,7 +192,7 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
     # train reads best_hyperparameters.json: make its values differ from the preset defaults.
     best["hyperparameters"].update({"filters": 32, "units": 64, "kernel_size": 5})
     (tmp_path / "job/best_hyperparameters.json").write_text(json.dumps(best))
-    task.main(["train", "--data_dir", rgb_dir, "--job_dir", job_dir, "--verbose", "0"])
+    task.main(["train", "--data_dir", rgb_dir, "--job_dir", job_dir, "--model", "glasses_cnn", "--verbose", "0"])
     config = json.loads((tmp_path / "job/training_config.json").read_text())
     assert config["hyperparameters"]["filters"] == 32 and config["hyperparameters"]["epochs"] == 1
     model = keras.saving.load_model(tmp_path / "job/model.keras")
@@ -198,7 +202,8 @@ def test_grid_tune_runs_the_whole_grid_and_train_picks_up_the_best(rgb_dir, tmp_
 
 def test_train_without_tuning_uses_preset_defaults_and_epochs_override(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
-    task.main(["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "1", "--verbose", "0"])
+    argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--model", "glasses_cnn", "--epochs", "1"]
+    task.main([*argv, "--verbose", "0"])
     config = json.loads((job_dir / "training_config.json").read_text())
     assert config["hyperparameters"] == {**models.GLASSES_CNN.defaults, "epochs": 1}
     # A best-hyperparameters file tuned for the other model is ignored.
@@ -212,7 +217,7 @@ def test_train_without_tuning_uses_preset_defaults_and_epochs_override(rgb_dir, 
 def test_other_tuners_run(rgb_dir, tmp_path, tuner_name):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small", "--tuner", tuner_name]
-    argv += ["--verbose", "0"] + (
+    argv += ["--model", "glasses_cnn", "--verbose", "0"] + (
         ["--epochs", "2"] if tuner_name == "hyperband" else ["--epochs", "1", "--max_trials", "2"]
     )
     task.main(argv)
@@ -238,7 +243,8 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
         return {"score": 1.0, "hyperparameters": {}}
 
     monkeypatch.setattr(tuning, "tune", fake_tune)
-    task.main(["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--search_space", space])
+    argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--model", "glasses_cnn"]
+    task.main([*argv, "--search_space", space])
     assert seen["tuner_name"] == expected
     hypermodel = seen["hypermodel"]
     assert hypermodel.space["filters"] == (
@@ -253,6 +259,8 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
             rgb_dir,
             "--job_dir",
             str(tmp_path / "job"),
+            "--model",
+            "glasses_cnn",
             "--search_space",
             space,
             "--tuner",
