@@ -1,9 +1,9 @@
 """The whole job, end to end: data -> preprocess -> tune -> train -> evaluate.
 
-The tune stage tunes each candidate preset of the dataset (the seed's and face_cnn) in
-its own job directory (JOB/candidates/<preset>); the train stage trains the one whose best
-trial has the highest validation accuracy (never the test split), and the job ends with
-that model's test accuracy.
+Every stage runs the trainer's defaults, no ``--model``: the preset cross-validation found
+best for the data's shape (face_cnn for both demo sets), ``tune``'s default search (face_cnn's
+input_norm none or local, chosen by validation loss, never the test split), and ``train``
+with what ``tune`` chose; the job ends with that model's test accuracy.
 
     python -m pipelines.demo                       # built-in demo data (glasses), generated here
     python -m pipelines.demo --dataset comics
@@ -36,18 +36,12 @@ _PREPROCESS_EXTRA = {
     "glasses": ["--splits", "from_source"],
     "comics": [],
 }
-# The presets the demo tunes and chooses between by validation accuracy. docs/benchmarks.md
-# (9. Cross-validated quality) finds face_cnn best on the glasses sets (ORL 0.93 vs 0.57, demo
-# 0.94-0.98 vs 0.79); on face2comics face_cnn and the seed's comics_cnn are within one image, so
-# comics keeps the seed's. Each candidate costs a tuning run: the demo tunes one and stays near
-# 5 minutes on 2 cores.
-_CANDIDATES = {"glasses": ("face_cnn",), "comics": ("comics_cnn",)}
-# Epochs of the demo's tuning trials and of its final training. Glasses: short trials (a
-# low-fidelity ranking, as in Hyperband's first rung) keep the demo within its 5 minutes; the
-# chosen point is then trained for face_cnn's own 30 epochs.
-_TUNE_EPOCHS = {"glasses": ["--epochs", "6"], "comics": []}
-_TRAIN_EPOCHS = {"glasses": ["--epochs", "30"], "comics": []}
-CANDIDATES_DIR = "candidates"
+# Epochs of the demo's tuning trials and of its final training, on generated data: short
+# trials (a low-fidelity ranking, as in Hyperband's first rung) keep the demo within its 5
+# minutes; the chosen point is then trained for face_cnn's own 30 epochs (best_hyperparameters.json
+# holds the trials' 6). A --data_root folder gets tune's and train's own epochs.
+TUNE_EPOCHS = ["--epochs", "6"]
+TRAIN_EPOCHS = ["--epochs", "30"]
 # The generated images' side: a quarter of the Kaggle set's 1024, so that generating and
 # decoding them (1/16 of the pixels) leave the demo's 5 minutes to training; the generator
 # draws at any size alike, and the models see 50x50 either way.
@@ -55,17 +49,6 @@ DEMO_SIZE = 256
 # A stage: its name and a function giving its commands when it is its turn to run (the
 # train stage's command depends on what the tune stage found).
 Stage = tuple[str, Callable[[], list[list[str]]]]
-
-
-def choose_preset(job_dir: str, candidates: Sequence[str]) -> tuple[str, str, float]:
-    """(preset, its best_hyperparameters.json, validation accuracy) of the best-tuned candidate."""
-    scores = []
-    for preset in candidates:
-        path = os.path.join(job_dir, CANDIDATES_DIR, preset, "best_hyperparameters.json")
-        with open(path) as f:
-            scores.append((float(json.load(f)["score"]), preset, path))
-    score, preset, path = max(scores, key=lambda s: s[0])  # Ties: the first (the seed's) wins.
-    return preset, path, score
 
 
 def _stages(args: argparse.Namespace) -> list[Stage]:
@@ -96,8 +79,8 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
             preprocess += [flag, review_file]
     preprocess += args.beam_args
     trainer = [python, "-m", "trainer.task"]
-    tune_epochs = [] if args.data_root else _TUNE_EPOCHS[args.dataset]
-    train_epochs = [] if args.data_root else _TRAIN_EPOCHS[args.dataset]
+    tune_epochs = [] if args.data_root else TUNE_EPOCHS
+    train_epochs = [] if args.data_root else TRAIN_EPOCHS
     stages: list[Stage] = []
     if not args.data_root:
         stages.append(
@@ -122,51 +105,17 @@ def _stages(args: argparse.Namespace) -> list[Stage]:
                 ],
             )
         )
-    candidates = _CANDIDATES[args.dataset]
-
-    def tune() -> list[list[str]]:
-        return [
-            [
-                *trainer,
-                "tune",
-                "--data_dir",
-                data_dir,
-                "--job_dir",
-                os.path.join(job_dir, CANDIDATES_DIR, preset),
-                "--model",
-                preset,
-                "--tuner",
-                args.tuner,
-                "--search_space",
-                args.search_space,
-                *tune_epochs,
-            ]
-            for preset in candidates
-        ]
-
-    def train() -> list[list[str]]:
-        preset, path, score = choose_preset(job_dir, candidates)
-        print(f"chosen by validation accuracy: {preset} ({score:.4f}) among {', '.join(candidates)}", flush=True)
-        return [
-            [
-                *trainer,
-                "train",
-                "--data_dir",
-                data_dir,
-                "--job_dir",
-                job_dir,
-                "--model",
-                preset,
-                "--hyperparameters",
-                path,
-                *train_epochs,
-            ]
-        ]
-
+    where = ["--data_dir", data_dir, "--job_dir", job_dir]
+    # The tuner and space only when asked for: by default, tune's own.
+    search = [
+        flag for name in ("tuner", "search_space") if getattr(args, name) for flag in (f"--{name}", getattr(args, name))
+    ]
+    tune = [*trainer, "tune", *where, *search, *tune_epochs]
+    train = [*trainer, "train", *where, *train_epochs]  # Reads JOB/best_hyperparameters.json.
     stages += [
         ("preprocess (Beam)", lambda: [preprocess]),
-        ("tune (keras-tuner)", tune),
-        ("train", train),
+        ("tune (keras-tuner)", lambda: [tune]),
+        ("train", lambda: [train]),
         ("evaluate", lambda: [[*trainer, "evaluate", "--data_dir", data_dir, "--job_dir", job_dir]]),
     ]
     return stages
@@ -187,8 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"side of the generated demo images (default {DEMO_SIZE}; the Kaggle set's: {DEFAULT_SIZE})",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tuner", default="grid")
-    parser.add_argument("--search_space", default="small", help="small (a few trials) or full (the seed's grid)")
+    parser.add_argument("--tuner", help="tune --tuner (default: tune's own, a grid)")
+    parser.add_argument(
+        "--search_space", help="tune --search_space (default: tune's own, small: face_cnn's input_norm none or local)"
+    )
     parser.add_argument(
         "--verbose", action="store_true", help="show the libraries' start-up and INFO lines too (TensorFlow, Beam)"
     )

@@ -38,18 +38,39 @@ def test_a_failing_stage_stops_the_job_with_its_status(tmp_path):
     assert not (tmp_path / "glasses" / "job").exists()
 
 
-def test_the_demo_trains_the_candidate_with_the_best_validation_accuracy(tmp_path):
-    for preset, score in (("glasses_cnn", 0.71), ("face_cnn", 0.83)):
-        candidate = tmp_path / demo.CANDIDATES_DIR / preset
-        candidate.mkdir(parents=True)
-        (candidate / "best_hyperparameters.json").write_text(json.dumps({"score": score, "hyperparameters": {}}))
-    preset, path, score = demo.choose_preset(str(tmp_path), ("glasses_cnn", "face_cnn"))
-    assert (preset, score) == ("face_cnn", 0.83)
-    assert path == str(tmp_path / demo.CANDIDATES_DIR / "face_cnn" / "best_hyperparameters.json")
+def _commands(**given) -> dict[str, list[list[str]]]:
+    """Each stage's commands for the demo's flags (``given`` over their defaults)."""
+    flags = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": None, "search_space": None}
+    args = argparse.Namespace(**{**flags, **given}, workdir="runs", data_root=None, beam_args=[])
+    return {name: commands() for name, commands in demo._stages(args) if name != "preprocess (Beam)"}
+
+
+@pytest.mark.parametrize("dataset", ["glasses", "comics"])
+def test_the_demo_runs_the_trainers_defaults_with_no_model_flags(dataset):
+    commands = _commands(dataset=dataset)
+    (tune,), (train,) = commands["tune (keras-tuner)"], commands["train"]
+    assert tune[tune.index("tune") :] == [
+        "tune",
+        "--data_dir",
+        f"runs/{dataset}/data",
+        "--job_dir",
+        f"runs/{dataset}/job",
+        *demo.TUNE_EPOCHS,
+    ]
+    assert train[train.index("train") :] == [
+        "train",
+        "--data_dir",
+        f"runs/{dataset}/data",
+        "--job_dir",
+        f"runs/{dataset}/job",
+        *demo.TRAIN_EPOCHS,
+    ]
+    (tune,) = _commands(tuner="hyperband", search_space="wide")["tune (keras-tuner)"]
+    assert tune[-6:] == ["--tuner", "hyperband", "--search_space", "wide", *demo.TUNE_EPOCHS]  # Asked for: passed on.
 
 
 def _preprocess_command(*argv: str) -> list[str]:
-    defaults = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": "grid", "search_space": "small"}
+    defaults = {"dataset": "glasses", "count": None, "size": 96, "seed": 0, "tuner": None, "search_space": None}
     args = argparse.Namespace(**defaults, workdir="runs", data_root=None, beam_args=list(argv))
     (command,) = dict(demo._stages(args))["preprocess (Beam)"]()
     return command
