@@ -2,14 +2,14 @@
 on the real sets.
 
     python bench/data_quality.py [--count 1500] [--size 256] [--folds 5] [--data_root ../shared/data]
-        [--workdir DIR] [--presets face_cnn] [--cost_count 200]
+        [--workdir DIR] [--presets default,glasses_cnn] [--cost_count 200]
 
 1. The demo glasses set (``python -m pipelines.demo.data``: ~10% flipped train.csv labels, ~1%
    distorted images, ~2% exact / near copies), preprocessed with ``--balance none`` and neither
-   overrides nor exclusions, so the injected problems stay; then ``find_label_issues`` with
-   each ``--presets`` candidate (default face_cnn, the demo's preset; each with its own epochs),
-   the one with the higher out-of-fold accuracy against the *given* labels kept (never chosen
-   on truth). Against truth.csv it prints:
+   overrides nor exclusions, so the injected problems stay; then ``find_label_issues`` as the
+   README writes it (``default``: no ``--model``, no ``--epochs``: the default preset for the
+   data, face_cnn), or with each ``--presets`` candidate (``--model P``), the one with the
+   higher out-of-fold accuracy against the *given* labels kept (never chosen on truth). Against truth.csv it prints:
    precision@N and recall@1.5N of label_issues.csv's ranking (N: the wrong labels among the
    scored images), the recall of the distorted images among the audit's flagged ones and the
    share of clean images flagged, the recall of the injected exact / near copies (found when
@@ -49,7 +49,8 @@ from pipelines.quality import ATYPICALITY_BATCH, PatchMoments, atypicality, imag
 from pipelines.transforms import AUDIT_BATCH, decode_with_size
 from trainer import job_layout
 
-PRESETS = ("face_cnn",)
+# The README's command: no --model (the default preset for the data's shape).
+DEFAULT = "default"
 NEAR_KINDS = ("reencoded", "cropped", "brightened")
 SHEET_SIZE = 9
 TIMING_PASSES = 3
@@ -87,6 +88,11 @@ def oof_accuracy(job_dir: str) -> tuple[float, list[float]]:
         right.setdefault(row["fold"], []).append(int(row["label"] == row["given_label"]))
     every = [x for fold in right.values() for x in fold]
     return sum(every) / len(every), [sum(v) / len(v) for _, v in sorted(right.items(), key=lambda kv: int(kv[0]))]
+
+
+def model_flags(preset: str) -> list[str]:
+    """``--model preset``, or none for DEFAULT (the README's command)."""
+    return [] if preset == DEFAULT else ["--model", preset]
 
 
 def find_label_issues(data_dir: str, job_dir: str, folds: int, extra: list[str]) -> None:
@@ -234,7 +240,7 @@ def demo_set(args: argparse.Namespace, timings: dict[str, float]) -> str:
     for preset in args.presets:
         job_dir = os.path.join(args.workdir, "glasses_jobs", preset)
         start = time.perf_counter()
-        find_label_issues(data_dir, job_dir, args.folds, ["--model", preset])
+        find_label_issues(data_dir, job_dir, args.folds, model_flags(preset))
         timings[f"demo: find_label_issues {preset}"] = time.perf_counter() - start
         accuracy[preset] = oof_accuracy(job_dir)
     chosen = max(args.presets, key=lambda p: accuracy[p][0])
@@ -317,7 +323,7 @@ def real_set(name: str, root: str, preset: str, args: argparse.Namespace, timing
     start = time.perf_counter()
     _run([sys.executable, "-m", "pipelines.preprocess", *_preprocess_args(name, root), "--output", data_dir,
           "--balance", "none", "--overwrite"])  # fmt: skip
-    find_label_issues(data_dir, job_dir, args.folds, ["--model", preset])
+    find_label_issues(data_dir, job_dir, args.folds, model_flags(preset))
     timings[f"{name}: preprocess + find_label_issues"] = time.perf_counter() - start
 
     suspects = list(_rows(os.path.join(job_dir, job_layout.LABEL_ISSUES_CSV)))
@@ -360,7 +366,10 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cost_count", type=int, default=200, help=f"images at {KAGGLE_SIZE} px for the audit's cost")
     parser.add_argument(
-        "--presets", type=lambda text: text.split(","), default=list(PRESETS), help="candidates, comma-separated"
+        "--presets",
+        type=lambda text: text.split(","),
+        default=[DEFAULT],
+        help="candidates, comma-separated: default (no --model) or preset names",
     )
     parser.add_argument(
         "--data_root", default="../shared/data", help="the folder holding orl_glasses/, face2comics_v2/"
