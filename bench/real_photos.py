@@ -2,13 +2,14 @@
 
     python bench/real_photos.py --data_root ../shared/data [--workdir DIR] [--epochs N]
 
-Runs, for each set, exactly the commands a user would type (printed as they run), and
+Runs, for each set, exactly the commands a user would type (printed as they run; tune and
+train with their defaults: the default preset for the data, tune's default space), and
 prints test accuracy, the confusion matrix and the misclassified images:
   orl_glasses     320 ORL faces (92x112 grey), labels.csv id,subject,shot,glasses; split
                   60/20/20 by subject so that nobody is in two splits, not balanced (each
-                  split keeps its people whole); glasses_cnn at 50x50 RGB
-  face2comics_v2  40 faces + 40 comics (256x256), the Kaggle folder layout; comics_cnn at
-                  128x128 grey, pairs kept in one split
+                  split keeps its people whole); 50x50 RGB
+  face2comics_v2  40 faces + 40 comics (256x256), the Kaggle folder layout; 128x128 grey,
+                  pairs kept in one split
 The images are read where they are; nothing is copied into the project.
 """
 
@@ -88,8 +89,6 @@ def evaluate_set(name: str, root: str, workdir: str, epochs: int | None) -> dict
             data_dir,
             "--job_dir",
             job_dir,
-            "--search_space",
-            "small",
             "--verbose",
             "0",
             *extra,

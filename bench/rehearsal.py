@@ -140,14 +140,16 @@ def main() -> None:
         train = ["train", "--data_dir", data_dir, "--job_dir", job_dir, "--epochs", str(args.epochs), "--verbose", "0"]
         started = stage(f"train: {name}")
         if name == "two workers":
-            # The same global batch as the single process (64 = 2 x 32), so that both take
-            # the same number of steps: the only difference left is where the steps run.
+            # The same global batch as the single process (its preset's, halved per worker), so
+            # that both take the same number of steps: the only difference left is where they run.
+            with open(os.path.join(args.workdir, "job_single_process", job_layout.CONFIG_FILE)) as f:
+                batch_size = json.load(f)["hyperparameters"]["batch_size"]
             hp = os.path.join(args.workdir, "two_workers_hp.json")
             with open(hp, "w") as f:
-                json.dump({"batch_size": 32}, f)
+                json.dump({"batch_size": batch_size // 2}, f)
             train_two_workers([*train, "--strategy", "multi_worker", "--hyperparameters", hp], args.workdir)
         else:
-            run([PYTHON, "-m", "trainer.task", *train, "--strategy", "default"])  # batch 64, the preset's
+            run([PYTHON, "-m", "trainer.task", *train, "--strategy", "default"])  # The default preset's batch.
         done(started)
         started = stage(f"evaluate: {name}")
         run([PYTHON, "-m", "trainer.task", "evaluate", "--data_dir", data_dir, "--job_dir", job_dir])
