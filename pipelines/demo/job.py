@@ -1,9 +1,10 @@
 """The whole job, end to end: data -> preprocess -> tune -> train -> evaluate.
 
-Every stage runs the trainer's defaults, no ``--model``: the preset cross-validation found
-best for the data's shape (face_cnn for both demo sets), ``tune``'s default search (face_cnn's
-input_norm none or local, chosen by validation loss, never the test split), and ``train``
-with what ``tune`` chose; the job ends with that model's test accuracy.
+Every stage runs the trainer's defaults, no ``--model``: the preset found best for the data's
+shape (glasses: image_latent, the glasses CSVs carry a 512-value vector; comics: face_cnn),
+``tune``'s default search (the face_cnn tower's input_norm none or local, chosen by validation
+loss, never the test split), and ``train`` with what ``tune`` chose; the job ends with that
+model's test accuracy.
 
     python -m pipelines.demo                       # built-in demo data (glasses), generated here
     python -m pipelines.demo --dataset comics
