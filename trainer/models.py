@@ -474,8 +474,8 @@ PRESETS: dict[str, Preset] = {
 # bench, found for that data shape. Figures of people or pairs never seen in training.
 _FACE_CNN_WHY = (
     "best under subject-grouped cross-validation on ORL glasses (0.975 with input_norm local, which tune "
-    "chooses by validation loss; glasses_cnn GLASSES_ORL), at ranking wrong labels (precision@N 0.815, "
-    "glasses_cnn 0.333) and on face2comics (0.988; comics_cnn COMICS_F2C)"
+    "chooses by validation loss; glasses_cnn 0.581), at ranking wrong labels (precision@N 0.815, "
+    "glasses_cnn 0.333) and on face2comics (0.988; comics_cnn 0.950)"
 )
 _IMAGE_LATENT_WHY = (
     "face_cnn's tower on the image beside an MLP on the vector: 1.000 on the demo set's test split, as the "
