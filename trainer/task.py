@@ -328,9 +328,12 @@ def _check_job_matches_data(job_dir: str, data_dir: data.DataDir) -> None:
 
 def _preset(args: argparse.Namespace, data_dir: data.DataDir, *, vector: bool = True) -> models.Preset:
     """``--model``'s preset, or the default for the data's shape (``vector`` False: for its images alone)."""
-    preset, why = models.get_preset(
-        args.model, shape=data_dir.image_shape, vector_length=data_dir.vector_length if vector else 0
-    )
+    try:
+        preset, why = models.get_preset(
+            args.model, shape=data_dir.image_shape, vector_length=data_dir.vector_length if vector else 0
+        )
+    except ValueError as e:  # No measured default for this shape (neither grey nor RGB).
+        raise errors.UsageError(str(e)) from e
     refusal = preflight.missing_vector(preset, data_dir.path, data_dir.manifest)
     if refusal:
         raise errors.UsageError(refusal)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import keras
 import pytest
@@ -171,3 +172,17 @@ def test_an_ensemble_of_no_model_is_a_one_line_error(gray_dir, tmp_path, capsys)
     argv = ["train", "--data_dir", gray_dir, "--job_dir", str(tmp_path / "job"), "--ensemble", "0"]
     assert task.main(argv) == 2
     assert _error_line(capsys) == "error: --ensemble 0: give the number of models to train, at least 1"
+
+
+def test_the_default_model_follows_the_datas_shape_and_find_label_issues_takes_the_image_one(latent_dir, caplog):
+    from trainer import data
+
+    data_dir = data.DataDir.read(latent_dir)  # 16x16 RGB with a 4-value vector.
+    args = task.parse_args(["train", "--data_dir", latent_dir, "--job_dir", "j"])
+    with caplog.at_level(logging.INFO):
+        assert task._preset(args, data_dir).name == "image_latent"
+        args = task.parse_args(["find_label_issues", "--data_dir", latent_dir, "--job_dir", "j"])
+        assert task._preset(args, data_dir, vector=False).name == "face_cnn"  # It scores the images alone.
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model: ")]
+    assert lines[0].startswith("model: image_latent (default for 16x16 RGB images with a 4-value vector: ")
+    assert lines[1].startswith("model: face_cnn (default for 16x16 RGB images: best under subject-grouped")
