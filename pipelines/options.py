@@ -52,6 +52,15 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "color_mode": "rgb",
         # Kaggle's latent vector of each face; used when every labels CSV has these columns.
         "numeric_columns": "v1..v512",
+        "card": {
+            "name": "glasses-or-no-glasses",
+            "description": 'Jeff Heaton\'s Kaggle data set "Glasses or No Glasses": generated faces, '
+            "labelled glasses / no glasses.",
+            "url": "https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+            "citation": "Jeff Heaton. Glasses or No Glasses. Kaggle. "
+            "https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+            "license": "see the source's terms: https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+        },
     },
     "comics": {
         "image_globs": [
@@ -64,6 +73,15 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "classes": ["comic", "face"],
         # A face and its comic are one pair: keep them in the same split.
         "group_by": "stem",
+        "card": {
+            "name": "comic-faces-paired-synthetic-v2",
+            "description": 'Alexander Spirin\'s (Sxela) Kaggle data set "Comic faces paired synthetic v2" '
+            "(face2comics v2.0.0): real faces and their comic renderings.",
+            "url": "https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+            "citation": "Alexander Spirin (Sxela). Comic faces paired synthetic v2 (face2comics v2.0.0). Kaggle. "
+            "https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+            "license": "see the source's terms: https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+        },
         "image_size": (128, 128),
         "color_mode": "grayscale",
     },
@@ -71,6 +89,18 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 
 DEFAULT_SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 FROM_SOURCE = "from_source"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetCard:
+    """What croissant.json says of the data set (--dataset_name, ...; a --dataset preset fills in
+    its source); empty: a default (pipelines/croissant.py). Never part of the fingerprint."""
+
+    name: str = ""
+    description: str = ""
+    license: str = ""
+    citation: str = ""
+    url: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +147,7 @@ class PreprocessConfig:
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
+    card: DatasetCard = dataclasses.field(default_factory=DatasetCard)
 
     @property
     def channels(self) -> int:
@@ -255,6 +286,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=_default("csv_encoding"),
         help="Text encoding of every CSV (default utf-8, a byte-order mark is fine; e.g. latin-1, cp1252).",
     )
+    for field in dataclasses.fields(DatasetCard):
+        add(
+            f"--dataset_{field.name}", default="", help=f"croissant.json's {field.name} (default: the preset's source)."
+        )
     add("--balance", choices=["downsample", "none"], default=_default("balance"))
     add(
         "--splits",
@@ -408,6 +443,12 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         overwrite=args.overwrite,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,
+        card=DatasetCard(
+            **{
+                field.name: getattr(args, f"dataset_{field.name}") or preset.get("card", {}).get(field.name, "")
+                for field in dataclasses.fields(DatasetCard)
+            }
+        ),
     )
     return config, beam_args
 
