@@ -24,8 +24,6 @@ import tensorflow as tf
 from pipelines import features
 from trainer import atomic, job_layout, models, records
 
-MARKDOWN_FILE = "model_card.md"
-JSON_FILE = "model_card.json"
 WORST_GROUPS = 5
 # How the images are decoded (pipelines/transforms.py: simplejpeg for JPEG, OpenCV
 # IMREAD_UNCHANGED otherwise; trainer/export.py: tf.io.decode_image): pixels as stored.
@@ -51,7 +49,12 @@ def _read_json(path: str) -> dict[str, Any] | None:
 
 
 def _per_split_class(manifest: Mapping[str, Any]) -> dict[str, dict[str, int]]:
-    return {split: dict(per_class) for split, per_class in manifest["counts"]["written"].items()}
+    """The manifest's written examples {split: {label index: n}} by class name."""
+    classes = manifest["classes"]
+    return {
+        split: {str(classes[int(label)]): n for label, n in per_class.items()}
+        for split, per_class in manifest["counts"]["written"].items()
+    }
 
 
 def _audit(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -365,7 +368,9 @@ def write(job_dir: str, data_dir: str, *, parameters: int) -> str:
         croissant=_read_json(posixpath.join(data_dir, features.CROISSANT_FILE)),
         serving=serving,
     )
-    atomic.write(posixpath.join(eval_dir, JSON_FILE), json.dumps(card, indent=2, sort_keys=True) + "\n")
-    path = posixpath.join(eval_dir, MARKDOWN_FILE)
+    atomic.write(
+        posixpath.join(eval_dir, job_layout.MODEL_CARD_JSON), json.dumps(card, indent=2, sort_keys=True) + "\n"
+    )
+    path = posixpath.join(eval_dir, job_layout.MODEL_CARD_FILE)
     atomic.write(path, render_markdown(card))
     return path

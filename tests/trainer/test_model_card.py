@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipelines import features
-from trainer import data, model_card, models, task, training
+from trainer import data, job_layout, model_card, models, task, training
 
 SPLITS = {"train": 24, "validation": 8, "test": 8}
 
@@ -27,10 +27,10 @@ def evaluated_job(make_data_dir, tmp_path_factory):
 
 
 def _card(job_dir) -> tuple[dict, dict, str]:
-    text = (job_dir / "eval" / model_card.MARKDOWN_FILE).read_text()
+    text = (job_dir / "eval" / job_layout.MODEL_CARD_FILE).read_text()
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n")[1])
-    return front, json.loads((job_dir / "eval" / model_card.JSON_FILE).read_text()), text
+    return front, json.loads((job_dir / "eval" / job_layout.MODEL_CARD_JSON).read_text()), text
 
 
 def test_the_cards_figures_are_metrics_jsons(evaluated_job):
@@ -61,7 +61,11 @@ def test_the_card_describes_the_model_data_and_export_from_the_jobs_files(evalua
     assert card["model"]["hyperparameters"] == config["hyperparameters"]
     assert card["model"]["parameters"] == keras.saving.load_model(job_dir / "model.keras").count_params()
     assert card["data"]["fingerprint"] == data.DataDir.read(data_dir).fingerprint == manifest["fingerprint"]["data"]
-    assert card["data"]["written"] == manifest["counts"]["written"]
+    assert card["data"]["written"] == {
+        split: {name: manifest["counts"]["written"][split][str(i)] for i, name in enumerate(manifest["classes"])}
+        for split in features.SPLITS
+    }
+    assert "| train | 24 | 24 |" in text
     assert card["data"]["croissant"] == os.path.join(data_dir, features.CROISSANT_FILE)
     assert os.path.exists(card["data"]["croissant"])
     assert card["data"]["audit"]["flagged_images"] == manifest["quality"]["flagged_images"]
@@ -83,7 +87,7 @@ def test_a_changed_data_set_changes_the_cards_fingerprint(evaluated_job, make_da
     _, before, _ = _card(job_dir)
     other = make_data_dir("rgb16_other", height=16, width=16, channels=3, n_per_class_split={**SPLITS, "test": 6})
     task.main(["evaluate", "--data_dir", other, "--job_dir", str(job_dir)])
-    assert f"model card: {job_dir}/eval/{model_card.MARKDOWN_FILE}" in capsys.readouterr().out
+    assert f"model card: {job_dir}/eval/{job_layout.MODEL_CARD_FILE}" in capsys.readouterr().out
     _, after, _ = _card(job_dir)
     assert after["data"]["fingerprint"] == data.DataDir.read(other).fingerprint != before["data"]["fingerprint"]
     assert after["data"]["training_data_fingerprint"] == before["data"]["fingerprint"]
@@ -95,11 +99,12 @@ def test_label_issue_summary_is_in_the_card_when_the_job_has_one(evaluated_job):
     data_dir, job_dir = evaluated_job
     summary = {"num_examples": 40, "num_issues": 3, "classes": {}, "folds": 5, "model": "face_cnn"}
     (job_dir / "label_issues_summary.json").write_text(json.dumps(summary))
+    parameters = _card(job_dir)[1]["model"]["parameters"]
     try:
-        model_card.write(str(job_dir), data_dir, parameters=7)
+        model_card.write(str(job_dir), data_dir, parameters=parameters)
         _, card, text = _card(job_dir)
         assert card["data"]["label_issues"] == summary
         assert "3 likely wrong labels of 40" in text
     finally:
         (job_dir / "label_issues_summary.json").unlink()
-        model_card.write(str(job_dir), data_dir, parameters=card["model"]["parameters"])
+        model_card.write(str(job_dir), data_dir, parameters=parameters)
