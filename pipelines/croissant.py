@@ -158,7 +158,7 @@ def build(root: str, manifest: Mapping[str, Any], card: DatasetCard) -> dict[str
                 "@type": "cr:FileSet",
                 "@id": file_set,
                 "name": file_set,
-                "description": f"{description} ({len(files)} files)",
+                "description": f"{description} ({len(files)} file{'' if len(files) == 1 else 's'})",
                 "encodingFormat": encoding,
                 "includes": pattern,
             }
