@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -199,9 +199,9 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     return manifest
 
 
-def read_example_paths(data_dir: str) -> dict[str, str]:
-    """{id: source path} of every written example, from the examples index; empty for an
-    output written before the index existed."""
+def read_example_paths(data_dir: str, ids: Collection[str] | None = None) -> dict[str, str]:
+    """{id: source path} of the written examples (those of ``ids`` when given), from the
+    examples index, read a row at a time; empty for an output written before the index existed."""
     import csv
 
     import tensorflow as tf
@@ -209,7 +209,7 @@ def read_example_paths(data_dir: str) -> dict[str, str]:
     paths: dict[str, str] = {}
     for name in sorted(tf.io.gfile.glob(posixpath.join(data_dir, EXAMPLES_DIR, "*.csv"))):
         with tf.io.gfile.GFile(name) as f:
-            paths.update((row["id"], row["path"]) for row in csv.DictReader(f))
+            paths.update((row["id"], row["path"]) for row in csv.DictReader(f) if ids is None or row["id"] in ids)
     return paths
 
 

@@ -434,7 +434,8 @@ def evaluate(
         ids=ids,
         groups=example_groups(ids, [str(g) for g in result["group"]]),
     )
-    example_paths = features.read_example_paths(data_dir.path)  # Empty for data from before the index.
+    wrong_ids = {row["id"] for row in metrics["misclassified"]}
+    example_paths = features.read_example_paths(data_dir.path, wrong_ids)  # Empty for data from before the index.
     for row in metrics["misclassified"]:
         row["path"] = example_paths.get(row["id"], "")
     if "errors_per_group" not in metrics:

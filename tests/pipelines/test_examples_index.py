@@ -84,4 +84,6 @@ def test_dead_letters_are_not_in_the_index_and_the_reader_maps_ids_to_paths(outp
     paths = features.read_example_paths(str(output))
     assert "99" not in paths
     assert paths == {row["id"]: row["path"] for row in _index(output)}
+    some = [row["id"] for row in _index(output)][:3]
+    assert features.read_example_paths(str(output), set(some)) == {i: paths[i] for i in some}
     assert features.read_example_paths(str(output / "nothing_here")) == {}
