@@ -270,7 +270,7 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         "## Model",
         "",
         f"- preset: `{model['preset']}`, {model['parameters']:,} parameters (model.keras)",
-        f"- seed {model['seed']}, class weights {model['class_weight']}",
+        f"- seed {model['seed']}, class weights {model['class_weight'] or 'none'}",
     ]
     if model["tuning"]:
         lines.append(f"- hyperparameters chosen by the {model['tuning']['tuner']} tuner (best_hyperparameters.json)")
