@@ -156,7 +156,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "the best epoch's weights are kept (0: off)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
+    evaluate = commands.add_parser("evaluate", help="metrics, plots and the model card on the test split")
     common(evaluate)
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch_size", type=int, default=64)
