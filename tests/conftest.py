@@ -91,6 +91,18 @@ def write_data_dir(
     return str(output)
 
 
+def check_croissant(data_dir: str) -> None:
+    """Every data directory the tests make validates with mlcroissant, its examples the manifest's."""
+    import json
+
+    import mlcroissant as mlc
+
+    dataset = mlc.Dataset(os.path.join(data_dir, "croissant.json"))
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        written = json.load(f)["counts"]["written_total"]
+    assert not dataset.metadata.issues.errors and sum(1 for _ in dataset.records("examples")) == written
+
+
 @pytest.fixture(scope="session")
 def make_data_dir(tmp_path_factory) -> Callable[..., str]:
     """Factory: ``make_data_dir(name, *, height, width, channels, n_per_class_split) -> data_dir``.
@@ -116,6 +128,7 @@ def make_data_dir(tmp_path_factory) -> Callable[..., str]:
                 n_per_class_split=n_per_class_split,
                 numeric_columns=numeric_columns,
             )
+            check_croissant(cache[key])
         return cache[key]
 
     return make
