@@ -139,6 +139,14 @@ def test_config_values_are_defaults_and_command_line_flags_win(tmp_path):
     assert (args.data_dir, args.job_dir, args.epochs) == ("d", "other", 5)
 
 
+def test_a_config_file_with_the_commands_object_uses_that_object(tmp_path):
+    config = _config(
+        tmp_path, {"about": "text", "preprocess": {"images": "i"}, "train": {"data_dir": "d", "job_dir": "j"}}
+    )
+    args = task.parse_args(["train", "--config", config, "--epochs", "2"])
+    assert (args.data_dir, args.job_dir, args.epochs) == ("d", "j", 2)
+
+
 @pytest.mark.parametrize("command", task.COMMANDS)
 def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys, command):
     config = _config(tmp_path, {"job_dir": "j", "epoch": 3})
