@@ -352,9 +352,9 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
-    """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
-    is the command its errors name (the review and preflight read the same flags)."""
+def parse_flags(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[argparse.Namespace, list[str]]:
+    """The job's flags as parsed (defaults from ``--config FILE``) and Beam's argv; reads no
+    input, so a usage error only for a flag that is neither the job's nor Beam's or a bad value."""
     parser = build_arg_parser(prog)
     argv = list(sys.argv[1:] if argv is None else argv)
     config_file = config_path(argv, prog)
@@ -362,6 +362,13 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         apply_config(parser, config_file, read_text=_read_text, read_errors=(OSError,), sections=(CONFIG_SECTION,))
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(beam_args, parser)
+    return args, beam_args
+
+
+def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
+    """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
+    is the command its errors name (the review and preflight read the same flags)."""
+    args, beam_args = parse_flags(argv, prog=prog)
     preset = DATASET_PRESETS.get(args.dataset, {})
     images = args.images.rstrip("/")
 
