@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 
@@ -131,15 +130,8 @@ def test_numeric_columns_that_a_labels_csv_lacks_are_a_usage_error(tmp_path, cap
     assert message in capsys.readouterr().err
 
 
-def _config_file(tmp_path, values) -> str:
-    path = tmp_path / "preprocess.json"
-    path.write_text(json.dumps(values))
-    return str(path)
-
-
-def test_config_values_are_defaults_and_the_command_line_wins(tmp_path):
-    config_file = _config_file(
-        tmp_path,
+def test_config_values_are_defaults_and_the_command_line_wins(write_config):
+    config_file = write_config(
         {
             "images": "imgs",
             "output": "out",
@@ -174,9 +166,8 @@ def test_config_values_are_defaults_and_the_command_line_wins(tmp_path):
     assert config.color_mode == "grayscale"
 
 
-def test_a_config_file_with_a_preprocess_object_uses_that_object(tmp_path):
-    config_file = _config_file(
-        tmp_path,
+def test_a_config_file_with_a_preprocess_object_uses_that_object(write_config):
+    config_file = write_config(
         {
             "about": "any text",
             "preprocess": {"images": "imgs", "output": "out", "dataset": "comics"},
@@ -198,8 +189,8 @@ def test_a_config_file_with_a_preprocess_object_uses_that_object(tmp_path):
         (["images", "imgs"], "--config {path}: expected a JSON object of flags, got list"),
     ],
 )
-def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, values, message):
-    config_file = _config_file(tmp_path, values)
+def test_a_bad_config_file_is_one_line_naming_it(capsys, values, message, write_config):
+    config_file = write_config(values)
     with pytest.raises(UsageError) as raised:
         parse_args([*BASE, "--config", config_file])
     assert raised.value.code == 2
