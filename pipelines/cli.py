@@ -121,14 +121,21 @@ def apply_config(
             for item in value:
                 _check_type(parser, path, key, action, item)
             value = _ConfigList(value)
-        elif isinstance(value, str):
-            _check_type(parser, path, key, action, value)  # argparse converts a string default itself.
+        elif action.nargs == 0:  # A switch (--overwrite): true or false.
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} {value!r}: expected true or false")
+        elif isinstance(value, list):
+            if action.nargs not in ("+", "*"):
+                parser.error(f"--config {path}: {key} {value!r}: expected one value, as on the command line")
+        elif value is not None:
+            # As the command line would give it (argparse converts a string default itself).
+            _check_type(parser, path, key, action, value if isinstance(value, str) else json.dumps(value))
         action.default = value
         action.required = False  # The file gives it; the command line may still override it.
 
 
 def _check_type(parser: argparse.ArgumentParser, path: str, key: str, action: argparse.Action, text: str) -> None:
-    """``text`` through the flag's own type, as the command line would give it (one line if refused)."""
+    """``text`` through the flag's own type, as if given on the command line (one line if refused)."""
     if not callable(action.type):
         return
     try:
