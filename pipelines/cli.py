@@ -101,17 +101,22 @@ def apply_config(
     except (*read_errors, json.JSONDecodeError, UnicodeDecodeError) as e:
         # Missing, a folder, unreadable, not JSON, not text: one line naming the file.
         parser.error(f"--config {path}: {e}")
+    # A file of several commands' flags (configs/) that has no object for this command.
+    hint = ""
     for section in sections:
         if isinstance(values, dict) and isinstance(values.get(section), dict):
             values = values[section]
             break
+    else:
+        if isinstance(values, dict) and any(isinstance(value, dict) for value in values.values()) and sections:
+            hint = f", and the file has no {sections[-1]!r} object"
     if not isinstance(values, dict):
         parser.error(f"--config {path}: expected a JSON object of flags, got {type(values).__name__}")
     actions = {action.dest: action for action in parser._actions if action.dest not in not_flags}
     for key, value in values.items():
         action = actions.get(key)
         if action is None:
-            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}")
+            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}{hint}")
         # argparse checks choices and types on the command line only; a file's values get the same checks.
         if action.choices is not None and value != action.default and value not in action.choices:
             parser.error(f"--config {path}: {key} {value!r} is not one of {list(action.choices)}")

@@ -139,6 +139,16 @@ def test_a_config_file_with_the_commands_object_uses_that_object(write_config):
     assert (args.data_dir, args.job_dir, args.epochs) == ("d", "j", 2)
 
 
+def test_a_config_file_without_the_commands_object_says_so(capsys, write_config):
+    config = write_config({"about": "text", "train": {"data_dir": "d", "job_dir": "j"}})
+    with pytest.raises(SystemExit):
+        task.main(["preflight", "--config", config])
+    assert _error_line(capsys).startswith(
+        f"error: unknown key 'about' in --config {config}: not a flag of python -m trainer.task preflight, "
+        "and the file has no 'preflight' object"
+    )
+
+
 @pytest.mark.parametrize("command", task.COMMANDS)
 def test_unknown_config_key_is_a_one_line_error(capsys, command, write_config):
     config = write_config({"job_dir": "j", "epoch": 3})
