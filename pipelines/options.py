@@ -16,14 +16,16 @@ import json
 import math
 import os
 import posixpath
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import features
-from pipelines.cli import ArgumentParser, usage_error
+from pipelines.cli import CONFIG_FLAG, ArgumentParser, apply_config, config_path, usage_error
 from pipelines.paths import is_remote
 
 # The two Kaggle layouts' names: the presets below read them, the demo data writes them.
@@ -261,6 +263,14 @@ def parse_class_folders(text: str) -> dict[str, int]:
 
 
 PROG = "python -m pipelines.preprocess"
+# A --config file that holds several commands' flags keeps this job's under this key.
+CONFIG_SECTION = "preprocess"
+
+
+def _read_text(path: str) -> str:
+    """A --config file's text, from any Beam filesystem (BeamIOError is an OSError)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read().decode("utf-8")
 
 
 def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -363,6 +373,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     add(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="JSON object of these flags (dest names) used as defaults; the command line wins. "
+        f'A file with a "{CONFIG_SECTION}" object (configs/*.json) uses that object.',
+    )
+    add(
         "--cache_dir",
         default=None,
         help="Decode cache (local or any Beam filesystem): resized pixels by content hash, reused by later "
@@ -371,12 +387,23 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_flags(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[argparse.Namespace, list[str]]:
+    """The job's flags as parsed (defaults from ``--config FILE``) and Beam's argv; reads no
+    input, so a usage error only for a flag that is neither the job's nor Beam's or a bad value."""
+    parser = build_arg_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file = config_path(argv, prog)
+    if config_file:
+        apply_config(parser, config_file, read_text=_read_text, read_errors=(OSError,), sections=(CONFIG_SECTION,))
+    args, beam_args = parser.parse_known_args(argv)
+    reject_unknown_flags(beam_args, parser)
+    return args, beam_args
+
+
 def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
     """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
     is the command its errors name (the review and preflight read the same flags)."""
-    parser = build_arg_parser(prog)
-    args, beam_args = parser.parse_known_args(argv)
-    reject_unknown_flags(beam_args, parser)
+    args, beam_args = parse_flags(argv, prog=prog)
     preset = DATASET_PRESETS.get(args.dataset, {})
     images = args.images.rstrip("/")
 

@@ -1,10 +1,12 @@
-"""Shared pytest setup: markers, and small preprocessed data directories for the trainer tests."""
+"""Shared pytest setup: markers, small preprocessed data directories for the trainer tests, --config files."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -153,3 +155,15 @@ def latent_dir(make_data_dir) -> str:
         n_per_class_split={"train": 16, "validation": 6, "test": 6},
         numeric_columns=4,
     )
+
+
+@pytest.fixture
+def write_config(tmp_path) -> Callable[[Any], str]:
+    """Writes ``values`` as a ``--config`` file (JSON) in tmp_path; returns its path."""
+
+    def write(values: Any) -> str:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(values))
+        return str(path)
+
+    return write
