@@ -108,7 +108,7 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
-        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, nor the input paths). "
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, decode_threads, nor the input paths). "
         "decoder: the versions of what decodes and resizes the images (OpenCV, simplejpeg, the cache format).",
     }
 

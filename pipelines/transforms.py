@@ -1,4 +1,4 @@
-"""Per-image transforms: split assignment, decode + resize, deterministic class balancing."""
+"""Per-image transforms and their batches: split assignment, batching, decode + resize, deterministic class balancing."""
 
 from __future__ import annotations
 
