@@ -48,6 +48,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import cv2
 
+from pipelines import quiet
 from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
 from pipelines.transforms import decode_threads, decode_with_size
@@ -288,6 +289,7 @@ def cache(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    quiet.configure()
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     tp = commands.add_parser("throughput")
