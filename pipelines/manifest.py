@@ -30,6 +30,7 @@ _NOT_DATA_OPTIONS = (
     "cache_dir",
     "outlier_threshold",
     "decode_threads",
+    "card",
 )
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.

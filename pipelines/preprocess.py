@@ -40,9 +40,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, features, manifest, output_dir, staging, transforms
+from pipelines import cache, croissant, features, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
+from pipelines.examples_index import WriteExamplesIndex
 from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
@@ -188,6 +189,11 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     # (the vectors by offset from theirs)
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
+    kept_images = _images(kept, "KeptImages")
+    # kept_images: DecodedImage without pixels, one by one: what the index and the counts read
+    _ = {"written": kept_images, "listed": sources["images"]} | "ExamplesIndex" >> WriteExamplesIndex(
+        config, estimated_images
+    )
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
     with tft_beam.Context(temp_dir=temp_dir):
         _ = train | "TransformStatistics" >> WriteTransformStatistics(config)
@@ -200,7 +206,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         "labelled": sources["images"],
         "dead_letters": all_dead_letters,
         "decoded": _images(unique, "DecodedImages"),
-        "written": _images(kept, "WrittenImages"),
+        "written": kept_images,
         "file_hashes": sources["fingerprint"],
         "content_hashes": labelled | "ContentHash" >> beam.FlatMap(lambda batch: [im.content_hash for im in batch]),
         "quality": audit["stats"],
@@ -248,6 +254,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     finally:
         output_dir.remove_run_files(config.output_dir)
+    croissant.write(config.output_dir, result, config.card)
     print(manifest.summary_table(result), file=sys.stderr)
     return result
 

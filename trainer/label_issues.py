@@ -213,6 +213,7 @@ def run(
     verbose: int = 2,
 ) -> LabelIssues:
     """Cross-validates ``preset`` over every labelled example and writes the outputs under ``job_dir``."""
+    from pipelines import features
     from trainer import folds as folds_module  # TensorFlow: only for the command, not the algorithm.
     from trainer import job_layout
 
@@ -236,7 +237,8 @@ def run(
     )
     classes = [str(c) for c in data_dir.classes]
     result = find_label_issues(cv.probabilities, cv.examples.labels)
-    write_outputs(job_dir, cv, result, classes, model=preset.name, num_folds=num_folds)
+    paths = features.read_example_paths(data_dir.path)
+    write_outputs(job_dir, cv, result, classes, model=preset.name, num_folds=num_folds, paths=paths)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
         f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
@@ -246,9 +248,19 @@ def run(
 
 
 def write_outputs(
-    job_dir: str, cv: folds.CrossValidation, result: LabelIssues, classes: list[str], *, model: str, num_folds: int
+    job_dir: str,
+    cv: folds.CrossValidation,
+    result: LabelIssues,
+    classes: list[str],
+    *,
+    model: str,
+    num_folds: int,
+    paths: Mapping[str, str],
 ) -> None:
-    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv."""
+    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv.
+
+    ``paths``: {id: source file} of the examples index (empty for data preprocessed before it).
+    """
     import tensorflow as tf
 
     from trainer import job_layout
@@ -258,9 +270,15 @@ def write_outputs(
         return tf.io.gfile.join(job_dir, name)
 
     ids, labels, probabilities = cv.examples.ids, cv.examples.labels, cv.probabilities
-    # The shards do not record an image's path; labelled images have none to report.
     issue_rows = (
-        (ids[i], "", classes[labels[i]], classes[result.suggested[i]], f"{result.scores[i]:.6f}", rank)
+        (
+            ids[i],
+            paths.get(ids[i], ""),
+            classes[labels[i]],
+            classes[result.suggested[i]],
+            f"{result.scores[i]:.6f}",
+            rank,
+        )
         for rank, i in enumerate(result.issues, start=1)
     )
     write_atomically(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
@@ -270,7 +288,7 @@ def write_outputs(
     oof_rows = (
         (
             ids[i],
-            "",
+            paths.get(ids[i], ""),
             int(cv.folds[i]) + 1,
             classes[labels[i]],
             f"{probabilities[i, -1]:.6f}",
