@@ -29,13 +29,12 @@ import dataclasses
 import io
 import json
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer import data, folds, models
+    from trainer import fitting, folds
 
 # The columns of the outputs (README "Finding wrong labels").
 LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank")
@@ -201,21 +200,12 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
     }
 
 
-def run(
-    *,
-    data_dir: data.DataDir,
-    job_dir: str,
-    preset: models.Preset,
-    hyperparameters: Mapping[str, Any] | None,
-    num_folds: int,
-    epochs: int | None = None,
-    seed: int = 0,
-    verbose: int = 2,
-) -> LabelIssues:
-    """Cross-validates ``preset`` over every labelled example and writes the outputs under ``job_dir``."""
+def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
+    """Cross-validates ``run`` (folds.cross_validate) over every labelled example; writes the outputs under ``job_dir``."""
     from trainer import folds as folds_module  # TensorFlow: only for the command, not the algorithm.
     from trainer import job_layout
 
+    data_dir = run.data_dir
     balance = data_dir.manifest.get("options", {}).get("balance")
     if balance not in (None, "none"):
         logging.warning(
@@ -224,19 +214,10 @@ def run(
             data_dir.path,
             balance,
         )
-    cv = folds_module.cross_validate(
-        data_dir=data_dir,
-        job_dir=job_dir,
-        preset=preset,
-        hyperparameters=hyperparameters,
-        num_folds=num_folds,
-        epochs=epochs,
-        seed=seed,
-        verbose=verbose,
-    )
+    cv = folds_module.cross_validate(run, job_dir=job_dir, num_folds=num_folds)
     classes = [str(c) for c in data_dir.classes]
     result = find_label_issues(cv.probabilities, cv.examples.labels)
-    write_outputs(job_dir, cv, result, classes, model=preset.name, num_folds=num_folds)
+    write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
         f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
