@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import posixpath
 from typing import Any
 
 import keras
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, fitting, job_layout
+from trainer import atomic, data, export, fitting, job_layout
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -177,16 +176,7 @@ def _write_fold(path: str, ids: list[np.ndarray], probabilities: list[np.ndarray
     for batch_ids, batch_probabilities in zip(ids, probabilities, strict=True):
         for example_id, row in zip(batch_ids, batch_probabilities, strict=True):
             writer.writerow([example_id, *(f"{p:.6f}" for p in row)])
-    write_atomically(path, buffer.getvalue())
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary name beside ``path``, then renames it over ``path``."""
-    tf.io.gfile.makedirs(posixpath.dirname(path))
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    atomic.write(path, buffer.getvalue())
 
 
 @dataclasses.dataclass(frozen=True)

@@ -232,8 +232,7 @@ def write_outputs(
     """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv."""
     import tensorflow as tf
 
-    from trainer import job_layout
-    from trainer.folds import write_atomically
+    from trainer import atomic, job_layout
 
     def path_in_job(name: str) -> str:
         return tf.io.gfile.join(job_dir, name)
@@ -244,7 +243,7 @@ def write_outputs(
         (ids[i], "", classes[labels[i]], classes[result.suggested[i]], f"{result.scores[i]:.6f}", rank)
         for rank, i in enumerate(result.issues, start=1)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
 
     # "probability" (P(class 1)) and "label" are the columns of `predict --output`.
     oof_header = ["id", "path", "fold", "given_label", "probability", "label", *(f"p_{c}" for c in classes)]
@@ -260,13 +259,13 @@ def write_outputs(
         )
         for i in range(ids.size)
     )
-    write_atomically(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
+    atomic.write(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
 
     report = summary(result, classes)
     report.update(
         model=model, folds=num_folds, hyperparameters=cv.hyperparameters, unlabelled=int(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
 
     unlabelled = cv.unlabelled_probabilities
     suggested_rows = (
@@ -280,4 +279,4 @@ def write_outputs(
         )
         for i in range(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))
+    atomic.write(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))
