@@ -21,7 +21,15 @@ from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
 # into how many files, when to give up, and where decoded pixels are cached. Every other option is part of the fingerprint.
-_NOT_DATA_OPTIONS = ("output_dir", "overwrite", "num_shards", "max_bad_fraction", "cache_dir", "outlier_threshold")
+_NOT_DATA_OPTIONS = (
+    "output_dir",
+    "overwrite",
+    "num_shards",
+    "max_bad_fraction",
+    "cache_dir",
+    "outlier_threshold",
+    "card",
+)
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
 _LOCATION_OPTIONS = ("image_globs", "labels_csv", "overrides_csv", "exclude_csv")

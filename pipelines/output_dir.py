@@ -41,6 +41,9 @@ OWN_NAMES = frozenset(
         features.TRANSFORM_DIR,
         features.DEAD_LETTER_DIR,
         features.QUALITY_DIR,
+        features.EXAMPLES_DIR,
+        features.CROISSANT_FILE,
+        features.CROISSANT_FILE + ".tmp",
     }
     | set(RUN_FILES)
 )
@@ -169,7 +172,7 @@ def write_json(path: str, value: Any) -> None:
 
 
 # Folders that Beam's WriteToText writes into (with its beam-temp-* folders beside the files).
-_TEXT_DIRS = (features.DEAD_LETTER_DIR, features.QUALITY_DIR)
+_TEXT_DIRS = (features.DEAD_LETTER_DIR, features.QUALITY_DIR, features.EXAMPLES_DIR)
 
 
 def _is_run_file(relative: str) -> bool:

@@ -40,9 +40,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, features, manifest, output_dir, staging, transforms
+from pipelines import cache, croissant, features, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
+from pipelines.examples_index import WriteExamplesIndex
 from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
@@ -165,6 +166,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     # (the vectors by offset from theirs)
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
+    _ = {"written": kept, "listed": sources["images"]} | "ExamplesIndex" >> WriteExamplesIndex(config, estimated_images)
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
     with tft_beam.Context(temp_dir=temp_dir):
         _ = train | "TransformStatistics" >> WriteTransformStatistics(config)
@@ -225,6 +227,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     finally:
         output_dir.remove_run_files(config.output_dir)
+    croissant.write(config.output_dir, result, config.card)
     print(manifest.summary_table(result), file=sys.stderr)
     return result
 

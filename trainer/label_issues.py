@@ -29,6 +29,7 @@ import dataclasses
 import io
 import json
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -202,6 +203,7 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
 
 def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
     """Cross-validates ``run`` (folds.cross_validate) over every labelled example; writes the outputs under ``job_dir``."""
+    from pipelines import features
     from trainer import folds as folds_module  # TensorFlow: only for the command, not the algorithm.
     from trainer import job_layout
 
@@ -217,7 +219,8 @@ def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
     cv = folds_module.cross_validate(run, job_dir=job_dir, num_folds=num_folds)
     classes = [str(c) for c in data_dir.classes]
     result = find_label_issues(cv.probabilities, cv.examples.labels)
-    write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds)
+    paths = features.read_example_paths(data_dir.path)
+    write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds, paths=paths)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
         f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
@@ -227,9 +230,19 @@ def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
 
 
 def write_outputs(
-    job_dir: str, cv: folds.CrossValidation, result: LabelIssues, classes: list[str], *, model: str, num_folds: int
+    job_dir: str,
+    cv: folds.CrossValidation,
+    result: LabelIssues,
+    classes: list[str],
+    *,
+    model: str,
+    num_folds: int,
+    paths: Mapping[str, str],
 ) -> None:
-    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv."""
+    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv.
+
+    ``paths``: {id: source file} of the examples index (empty for data preprocessed before it).
+    """
     import tensorflow as tf
 
     from trainer import atomic, job_layout
@@ -238,9 +251,15 @@ def write_outputs(
         return tf.io.gfile.join(job_dir, name)
 
     ids, labels, probabilities = cv.examples.ids, cv.examples.labels, cv.probabilities
-    # The shards do not record an image's path; labelled images have none to report.
     issue_rows = (
-        (ids[i], "", classes[labels[i]], classes[result.suggested[i]], f"{result.scores[i]:.6f}", rank)
+        (
+            ids[i],
+            paths.get(ids[i], ""),
+            classes[labels[i]],
+            classes[result.suggested[i]],
+            f"{result.scores[i]:.6f}",
+            rank,
+        )
         for rank, i in enumerate(result.issues, start=1)
     )
     atomic.write(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
@@ -250,7 +269,7 @@ def write_outputs(
     oof_rows = (
         (
             ids[i],
-            "",
+            paths.get(ids[i], ""),
             int(cv.folds[i]) + 1,
             classes[labels[i]],
             f"{probabilities[i, -1]:.6f}",

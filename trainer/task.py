@@ -25,7 +25,9 @@ flags in JOB/training_config.json under "flags", so ``train --config JOB/trainin
 reruns the same command. They are nested there because that file's top-level keys record
 what was trained, under names that are also flags but hold other values ("model": the
 preset chosen, "hyperparameters": their values, "strategy": the strategy's class); a config
-file with a "flags" object uses that object and ignores the rest of the file.
+file with a "flags" object uses that object and ignores the rest of the file; so does one
+with an object under the command's name (``configs/``: one file, the flags of every stage).
+The reading is pipelines/cli.py's, shared with ``pipelines.preprocess --config``.
 
 A mistake the command can foresee (a missing data directory or file, an empty split, a
 flag combination that cannot work, a job directory of another run) ends in one line
@@ -47,7 +49,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import quiet
-from pipelines.cli import ArgumentParser
+from pipelines.cli import ArgumentParser, apply_config, config_path
 
 # Before TensorFlow is imported: it reads its C++ log level once, at import.
 quiet.configure()
@@ -156,7 +158,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "the best epoch's weights are kept (0: off)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
+    evaluate = commands.add_parser("evaluate", help="metrics, plots and the model card on the test split")
     common(evaluate)
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch_size", type=int, default=64)
@@ -222,28 +224,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     return parser, subparsers
 
 
-def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
-    """Makes the flags in the JSON file ``path`` the defaults of ``parser`` (exit 2 when it cannot)."""
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            values = json.load(f)
-    except (tf.errors.OpError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        # Missing, a folder, unreadable, not JSON, not text: one line naming the file.
-        parser.error(f"--config {path}: {e}")
-    if isinstance(values, dict) and isinstance(values.get(job_layout.CONFIG_FLAGS_KEY), dict):
-        values = values[job_layout.CONFIG_FLAGS_KEY]  # A training_config.json: the flags it recorded.
-    if not isinstance(values, dict):
-        parser.error(f"--config {path}: expected a JSON object of flags, got {type(values).__name__}")
-    actions = {action.dest: action for action in parser._actions if action.dest not in _NOT_FLAGS}
-    for key, value in values.items():
-        action = actions.get(key)
-        if action is None:
-            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}")
-        # argparse checks choices on the command line only; a file's values get the same check.
-        if action.choices is not None and value != action.default and value not in action.choices:
-            parser.error(f"--config {path}: {key} {value!r} is not one of {list(action.choices)}")
-        action.default = value
-        action.required = False  # The file gives it; the command line may still override it.
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path) as f:
+        return f.read()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -251,12 +234,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subparsers = _parser()
     if argv and argv[0] in subparsers:
-        # --config is read before the real parse, which checks required flags the file may give.
-        peek = ArgumentParser(prog=subparsers[argv[0]].prog, add_help=False)
-        peek.add_argument("--config")
-        config = peek.parse_known_args(argv[1:])[0].config
+        command = subparsers[argv[0]]
+        config = config_path(argv[1:], command.prog)
         if config:
-            _apply_config(subparsers[argv[0]], config)
+            # A training_config.json's flags are under "flags"; a configs/ file's under the command's name.
+            apply_config(
+                command,
+                config,
+                read_text=_read_text,
+                read_errors=(tf.errors.OpError,),
+                sections=(job_layout.CONFIG_FLAGS_KEY, argv[0]),
+                not_flags=_NOT_FLAGS,
+            )
     return parser.parse_args(argv)
 
 
