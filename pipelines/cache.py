@@ -22,14 +22,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import uuid
 from typing import NamedTuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import output_dir
+from pipelines import atomic, output_dir
 from pipelines.cli import usage_error
 
 # Bump whenever the decode or resize changes the pixels without a library version changing.
@@ -40,7 +39,6 @@ _FORMAT = 1
 _FIELDS = struct.Struct(">4sHIIIIIQ")
 _DIGEST_BYTES = 32
 _SUFFIX = ".fpdc"
-_TEMP_MARK = ".tmp-"
 
 
 class CachedPixels(NamedTuple):
@@ -123,18 +121,11 @@ class DecodeCache:
     def put(self, content_sha256: bytes, entry: CachedPixels) -> None:
         """Writes an entry atomically (temp name, then rename); a failure only logs: the run goes on."""
         path = self.path(content_sha256)
-        temp = f"{path}{_TEMP_MARK}{uuid.uuid4().hex}"
         try:
-            with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                f.write(encode_entry(entry))
-            FileSystems.rename([temp], [path])
+            # No fsync: an entry lost in a power cut is a miss, and one per entry would cost the decode's time.
+            atomic.write(path, encode_entry(entry), durable=False)
         except Exception as e:  # A full disk or a read-only cache costs speed, never the job.
             logging.warning("decode cache: could not write %s: %s", path, e)
-            try:  # Only our own temp file is ever removed.
-                if FileSystems.exists(temp):
-                    FileSystems.delete([temp])
-            except Exception:
-                pass
 
 
 def check_cache_dir(cache_dir: str, output: str, inputs: tuple[str, ...]) -> None:

@@ -149,6 +149,9 @@ class PreprocessConfig:
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
+    # Threads decoding one batch of images in each worker (pipelines.transforms.DecodeAndResize);
+    # 0: one per core the worker may use. The decoders release the GIL (docs/benchmarks.md).
+    decode_threads: int = 0
     card: DatasetCard = dataclasses.field(default_factory=DatasetCard)
 
     @property
@@ -229,6 +232,17 @@ def parse_splits(text: str) -> dict[str, float] | None:
     if abs(total - 1.0) > 1e-6 or min(splits.values()) < 0:
         raise argparse.ArgumentTypeError(f"--splits {text!r}: fractions must be >= 0 and sum to 1 (got {total})")
     return splits
+
+
+def parse_decode_threads(text: str) -> int:
+    """0 (one per core) or a positive number of decode threads."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--decode_threads {text}: expected 0 (one per core) or a positive number")
+    return value
 
 
 def parse_duplicate_distance(text: str) -> int:
@@ -373,6 +387,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     add(
+        "--decode_threads",
+        type=parse_decode_threads,
+        default=_default("decode_threads"),
+        help="Threads decoding each batch of images in a worker (default 0: one per core the worker may use).",
+    )
+    add(
         CONFIG_FLAG,
         metavar="FILE",
         help="JSON object of these flags (dest names) used as defaults; the command line wins. "
@@ -470,6 +490,7 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         overwrite=args.overwrite,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,
+        decode_threads=args.decode_threads,
         card=DatasetCard(
             **{
                 field.name: getattr(args, f"dataset_{field.name}") or preset.get("card", {}).get(field.name, "")

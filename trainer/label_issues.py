@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer import data, folds, models
+    from trainer import fitting, folds
 
 # The columns of the outputs (README "Finding wrong labels").
 LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank")
@@ -201,22 +201,13 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
     }
 
 
-def run(
-    *,
-    data_dir: data.DataDir,
-    job_dir: str,
-    preset: models.Preset,
-    hyperparameters: Mapping[str, Any] | None,
-    num_folds: int,
-    epochs: int | None = None,
-    seed: int = 0,
-    verbose: int = 2,
-) -> LabelIssues:
-    """Cross-validates ``preset`` over every labelled example and writes the outputs under ``job_dir``."""
+def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
+    """Cross-validates ``run`` (folds.cross_validate) over every labelled example; writes the outputs under ``job_dir``."""
     from pipelines import features
     from trainer import folds as folds_module  # TensorFlow: only for the command, not the algorithm.
     from trainer import job_layout
 
+    data_dir = run.data_dir
     balance = data_dir.manifest.get("options", {}).get("balance")
     if balance not in (None, "none"):
         logging.warning(
@@ -225,20 +216,11 @@ def run(
             data_dir.path,
             balance,
         )
-    cv = folds_module.cross_validate(
-        data_dir=data_dir,
-        job_dir=job_dir,
-        preset=preset,
-        hyperparameters=hyperparameters,
-        num_folds=num_folds,
-        epochs=epochs,
-        seed=seed,
-        verbose=verbose,
-    )
+    cv = folds_module.cross_validate(run, job_dir=job_dir, num_folds=num_folds)
     classes = [str(c) for c in data_dir.classes]
     result = find_label_issues(cv.probabilities, cv.examples.labels)
     paths = features.read_example_paths(data_dir.path)
-    write_outputs(job_dir, cv, result, classes, model=preset.name, num_folds=num_folds, paths=paths)
+    write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds, paths=paths)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
         f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
@@ -263,8 +245,7 @@ def write_outputs(
     """
     import tensorflow as tf
 
-    from trainer import job_layout
-    from trainer.folds import write_atomically
+    from trainer import atomic, job_layout
 
     def path_in_job(name: str) -> str:
         return tf.io.gfile.join(job_dir, name)
@@ -281,7 +262,7 @@ def write_outputs(
         )
         for rank, i in enumerate(result.issues, start=1)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
 
     # "probability" (P(class 1)) and "label" are the columns of `predict --output`.
     oof_header = ["id", "path", "fold", "given_label", "probability", "label", *(f"p_{c}" for c in classes)]
@@ -297,13 +278,13 @@ def write_outputs(
         )
         for i in range(ids.size)
     )
-    write_atomically(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
+    atomic.write(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
 
     report = summary(result, classes)
     report.update(
         model=model, folds=num_folds, hyperparameters=cv.hyperparameters, unlabelled=int(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
 
     unlabelled = cv.unlabelled_probabilities
     suggested_rows = (
@@ -317,4 +298,4 @@ def write_outputs(
         )
         for i in range(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))
+    atomic.write(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))

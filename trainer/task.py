@@ -62,7 +62,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.findings import report
-from trainer import distribute, errors, job_layout, models, preflight, tuning
+from trainer import distribute, errors, fitting, job_layout, models, preflight, tuning
 
 if TYPE_CHECKING:
     from trainer import data
@@ -339,14 +339,36 @@ def _recipe(args: argparse.Namespace) -> models.Recipe:
     )
 
 
-def run_tune(args: argparse.Namespace) -> None:
-    from trainer import data, training
+def _fit_run(
+    args: argparse.Namespace, data_dir: data.DataDir, preset: models.Preset, values: dict[str, Any] | None, **settings
+) -> fitting.Run:
+    """The run tune's trials, train and the folds fit: ``values`` with --epochs, --seed, --verbose.
 
+    ``settings``: the rest of :class:`fitting.Run` (the modelling flags of tune and train).
+    """
+    values = dict(values or {})
+    if args.epochs:
+        values["epochs"] = int(args.epochs)
+    return fitting.Run(
+        data_dir=data_dir, preset=preset, hyperparameters=values, seed=args.seed, verbose=args.verbose, **settings
+    )
+
+
+def _modelling(args: argparse.Namespace) -> dict[str, Any]:
+    """The Run settings of tune's and train's modelling flags."""
+    return dict(
+        recipe=_recipe(args),
+        strategy=distribute.get_strategy(args.strategy, tpu=args.tpu),
+        class_weight=args.class_weight,
+        patience=args.patience,
+        deterministic=not args.nondeterministic,
+    )
+
+
+def run_tune(args: argparse.Namespace) -> None:
     data_dir = _read_data_dir(args, _SPLITS["tune"])
     preset = _preset(args, data_dir)
-    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     tuner_name = tuning.default_tuner(args.search_space) if args.tuner is None else args.tuner
-    weights = training.class_weights(data_dir.manifest) if args.class_weight == "auto" else None
     overrides = {}
     if args.augment:
         overrides["augment"] = [args.augment]
@@ -355,21 +377,8 @@ def run_tune(args: argparse.Namespace) -> None:
     elif tuner_name == "hyperband":
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
-    hypermodel = models.FaceHyperModel(
-        preset,
-        input_shape=data_dir.image_shape,
-        make_datasets=data.make_datasets_fn(
-            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic, inputs=preset.inputs
-        ),
-        space=args.search_space,
-        overrides=overrides,
-        num_classes=len(data_dir.classes),
-        recipe=_recipe(args),
-        steps_per_epoch=lambda batch: data.steps_per_epoch(
-            data.split_size(data_dir.manifest, "train"), distribute.global_batch_size(batch, strategy)
-        ),
-        fit_kwargs={"class_weight": weights} if weights else None,
-        vector_length=data_dir.vector_length,
+    hypermodel = tuning.FaceHyperModel(
+        _fit_run(args, data_dir, preset, None, **_modelling(args)), space=args.search_space, overrides=overrides
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -377,12 +386,7 @@ def run_tune(args: argparse.Namespace) -> None:
         tuner_name=tuner_name,
         max_trials=args.max_trials,
         executions_per_trial=args.executions_per_trial,
-        seed=args.seed,
-        patience=args.patience,
-        strategy=None if distribute.is_default(strategy) else strategy,
-        verbose=args.verbose,
         overwrite=args.overwrite,
-        data_fingerprint=data_dir.fingerprint,
     )
     if best is None:
         print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
@@ -413,27 +417,20 @@ def run_train(args: argparse.Namespace) -> None:
     logging.info("hyperparameters from %s", source)
     if args.augment:
         values = {**(values or {}), "augment": args.augment}
-    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
-    arguments = dict(
-        data_dir=data_dir,
+    run = _fit_run(
+        args,
+        data_dir,
+        preset,
+        values,
         job_dir=args.job_dir,
-        preset=preset,
-        hyperparameters=values,
-        epochs=args.epochs,
-        strategy=strategy,
-        seed=args.seed,
-        deterministic=not args.nondeterministic,
-        verbose=args.verbose,
-        flags=command_flags(args),
         overwrite=args.overwrite,
-        recipe=_recipe(args),
-        class_weight=args.class_weight,
-        patience=args.patience,
+        flags=command_flags(args),
+        **_modelling(args),
     )
     if args.ensemble != 1:  # train_ensemble refuses fewer than one member.
-        training.train_ensemble(members=args.ensemble, **arguments)
+        training.train_ensemble(run, members=args.ensemble)
     else:
-        training.train(**arguments)
+        training.train(run)
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
     )
@@ -509,16 +506,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
         )
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
-    label_issues.run(
-        data_dir=data_dir,
-        job_dir=args.job_dir,
-        preset=preset,
-        hyperparameters=values,
-        num_folds=args.folds,
-        epochs=args.epochs,
-        seed=args.seed,
-        verbose=args.verbose,
-    )
+    label_issues.run(_fit_run(args, data_dir, preset, values), job_dir=args.job_dir, num_folds=args.folds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
