@@ -18,10 +18,11 @@ import tensorflow as tf
 
 
 def temporary_path(path: str) -> str:
-    """``dir/name.tmp-<pid>.ext`` next to ``path`` (the extension kept: Keras checks it)."""
+    """``dir/name.tmp-<pid>.ext`` next to ``path``, every extension kept (Keras checks ``.weights.h5``)."""
     head, name = posixpath.split(path.rstrip("/"))
-    stem, ext = posixpath.splitext(name)
-    return posixpath.join(head, f"{stem}.tmp-{os.getpid()}{ext}") if head else f"{stem}.tmp-{os.getpid()}{ext}"
+    stem, dot, ext = name.partition(".")
+    temporary = f"{stem}.tmp-{os.getpid()}{dot}{ext}"
+    return posixpath.join(head, temporary) if head else temporary
 
 
 def _remove(path: str) -> None:

@@ -1,8 +1,9 @@
 """Final training with the chosen hyperparameters: checkpoints, logs, history, export.
 
 Outputs in job_dir (names in trainer/job_layout.py):
-  backup/                    BackupAndRestore state while training runs (deleted at the end);
-                             a restarted run resumes from the last finished epoch
+  backup/                    the last two epochs' state while training runs (deleted once
+                             model.keras is saved); a restarted run resumes from the newest
+                             one that reads whole (trainer/checkpoints.py)
   checkpoints/epoch-NNN.weights.h5
                              (several workers: tf.train checkpoints checkpoints/epoch-N.*,
                              which are also what a restarted cluster resumes from)
@@ -30,7 +31,19 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import atomic, batch_norm, data, distribute, errors, export, job_layout, models, multiworker, records
+from trainer import (
+    atomic,
+    batch_norm,
+    checkpoints,
+    data,
+    distribute,
+    errors,
+    export,
+    job_layout,
+    models,
+    multiworker,
+    records,
+)
 
 
 def _join(*parts: str) -> str:
@@ -159,6 +172,9 @@ def train(
         )
 
     _save(model, job_dir=job_dir, data_dir=data_dir, strategy=strategy, serving_export=serving_export)
+    backup_dir = _join(job_dir, job_layout.BACKUP_DIR)
+    if distribute.is_chief(strategy) and tf.io.gfile.exists(backup_dir):
+        tf.io.gfile.rmtree(backup_dir)  # Only now: a kill before model.keras was saved resumes from it.
     if distribute.is_chief(strategy):
         logging.info(
             "history %s, TensorBoard logs %s", records.history_path(job_dir), _join(job_dir, job_layout.LOGS_DIR)
@@ -264,16 +280,15 @@ def _hyperparameters(preset: models.Preset, hyperparameters: Mapping[str, Any] |
 
 
 def _trained_member(member_dir: str, expected: Mapping[str, Any]) -> keras.Model | None:
-    """The member's saved model when its training_config.json holds ``expected``'s values, else None."""
+    """The member's saved model when its training_config.json holds ``expected``'s values, else None.
+
+    A model.keras or training_config.json that does not read whole is not reused (one log line).
+    """
     model_path = _join(member_dir, job_layout.MODEL_FILE)
-    if not tf.io.gfile.exists(model_path):
+    what = "ensemble member"
+    if not checkpoints.trusted(model_path, what) or not checkpoints.trusted(records.config_path(member_dir), what):
         return None
-    try:
-        recorded = records.read_config(member_dir)
-    except json.JSONDecodeError:
-        return None
-    if recorded is None:
-        return None
+    recorded = records.read_config(member_dir)
     # Through JSON, as recorded (tuples become lists).
     if any(recorded.get(key) != value for key, value in json.loads(json.dumps(expected)).items()):
         return None
@@ -334,7 +349,7 @@ def _fit(
     tf.io.gfile.makedirs(job_dir)
     backup_dir = _join(job_dir, job_layout.BACKUP_DIR)
     history_path = records.history_path(job_dir)
-    resuming = tf.io.gfile.exists(_join(backup_dir, job_layout.BACKUP_METADATA_FILE))
+    resuming = checkpoints.has_backup(backup_dir)
     if resuming and overwrite:
         logging.info("--overwrite: deleting %s, starting afresh", backup_dir)
         tf.io.gfile.rmtree(backup_dir)
@@ -349,6 +364,8 @@ def _fit(
 
     checkpoint_dir = _join(job_dir, job_layout.CHECKPOINT_DIR)
     tf.io.gfile.makedirs(checkpoint_dir)
+    for folder in (backup_dir, checkpoint_dir):
+        checkpoints.remove_stale_temporaries(folder)
     stopping = []
     if patience:
         earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
@@ -360,8 +377,8 @@ def _fit(
         # The CSV row before the backup: a kill between the two repeats that epoch's row on
         # resume (read_history keeps the last row per epoch) instead of losing it.
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.ModelCheckpoint(_join(checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE), save_weights_only=True),
+        checkpoints.BackupAndRestore(backup_dir),
+        checkpoints.EpochCheckpoint(_join(checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE)),
         keras.callbacks.TensorBoard(_join(job_dir, job_layout.LOGS_DIR)),
         # Last: it may restore the best weights at the end, after the others saw the last epoch.
         *stopping,
@@ -413,7 +430,8 @@ class ResumableEarlyStopping(ScheduledEarlyStopping):
 
     A resumed fit starts a fresh callback; ``history`` (the rows of the epochs the killed
     run finished) restores its best value, best epoch and wait, and the best epoch's
-    weights come from that epoch's ModelCheckpoint file when it is still the best at the end.
+    weights come from that epoch's checkpoint file when it is still the best at the end (when
+    that file does not read whole, the last epoch's weights are kept, with one log line).
     """
 
     def __init__(
@@ -452,6 +470,9 @@ class ResumableEarlyStopping(ScheduledEarlyStopping):
             super().on_train_end(logs)
             return
         path = _join(self._checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE.format(epoch=self._earlier_best_epoch + 1))
+        if not checkpoints.trusted(path, f"the best epoch's (epoch {self.best_epoch + 1}) weights"):
+            logging.warning("keeping the last epoch's weights instead of the best epoch's")
+            return
         logging.info(
             "restoring the best epoch's weights (epoch %d, before the resume) from %s", self.best_epoch + 1, path
         )
