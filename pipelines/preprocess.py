@@ -40,7 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, features, manifest, output_dir, staging, transforms
+from pipelines import cache, features, locks, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
@@ -207,6 +207,12 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     if config.cache_dir:
         cache.check_cache_dir(config.cache_dir, config.output_dir, config.inputs)
+    output_dir.check(config.output_dir, config.inputs, overwrite=config.overwrite)
+    with locks.held(config.output_dir):  # One writer at a time (pipelines/locks.py).
+        return _run_holding_the_lock(config, options, estimated)
+
+
+def _run_holding_the_lock(config: PreprocessConfig, options: PipelineOptions, estimated: int) -> dict[str, Any]:
     output_dir.prepare(config.output_dir, config.inputs, overwrite=config.overwrite)
     unlisted = count_unlisted(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
@@ -295,7 +301,7 @@ def main() -> None:
     workers_die_with_this_process()
     try:
         result = run(sys.argv[1:])
-    except manifest.PipelineError as e:
+    except (manifest.PipelineError, locks.LockedError) as e:
         sys.exit(f"error: {e}")
     print(FileSystems.join(result["output_dir"], features.MANIFEST_FILE))
 

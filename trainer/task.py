@@ -39,6 +39,7 @@ from __future__ import annotations
 # The imports after quiet.preload() follow code: TensorFlow must see its log level first.
 # ruff: noqa: E402
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ quiet.preload("tensorflow")
 
 import tensorflow as tf
 
-from pipelines import features
+from pipelines import features, locks
 from pipelines.findings import report
 from trainer import distribute, errors, job_layout, models, preflight, tuning
 
@@ -516,6 +517,20 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     )
 
 
+# The commands that write JOB: one at a time per JOB (pipelines/locks.py).
+_JOB_WRITERS = ("tune", "train", "evaluate", "find_label_issues")
+
+
+def _job_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """JOB's lock for a command that writes it; none for a search's worker or a cluster's non-chief,
+    which write beside their chief (it holds the lock)."""
+    if args.command not in _JOB_WRITERS:
+        return contextlib.nullcontext()
+    if tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief():
+        return contextlib.nullcontext()
+    return locks.held(args.job_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs one command; returns the exit status (preflight: 1 when a check fails).
 
@@ -539,7 +554,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "find_label_issues": run_find_label_issues,
     }
     try:
-        return commands[args.command](args) or 0
+        with _job_lock(args):
+            return commands[args.command](args) or 0
+    except locks.LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.UsageError.exit_code
     except (errors.UserError, distribute.StrategyError) as e:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import features
+from pipelines import features, locks
 from pipelines.cli import UsageError
 from pipelines.manifest import PipelineError, summary_table
 from pipelines.options import PreprocessConfig
@@ -182,6 +182,16 @@ def test_existing_output_refused_without_overwrite(corpus):
     tmp_path, _, _ = corpus
     with pytest.raises(SystemExit, match="--overwrite"):
         _preprocess(tmp_path, "out")
+
+
+def test_a_second_writer_of_an_output_is_refused_and_deletes_nothing(corpus):
+    tmp_path, _, _ = corpus
+    before = sorted(os.listdir(tmp_path / "out"))
+    with locks.held(str(tmp_path / "out")):  # The first writer, still running.
+        with pytest.raises(locks.LockedError, match=f"being written by PID {os.getpid()} on "):
+            _preprocess(tmp_path, "out", "--overwrite")
+        assert sorted(os.listdir(tmp_path / "out")) == sorted([*before, locks.LOCK_FILE])
+    assert sorted(os.listdir(tmp_path / "out")) == before
 
 
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):

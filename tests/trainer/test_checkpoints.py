@@ -7,6 +7,7 @@ and SIGKILL the process by its PID then; the rerun is the same command.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -209,3 +210,34 @@ def test_training_resumes_past_truncated_files_a_kill_left_without_losing_the_ba
     assert sum("skipping backup" in line for line in log.splitlines()) == 1
     assert _epochs(job_dir) == [0, 1, 2, 3]
     assert (job_dir / job_layout.MODEL_FILE).exists()
+
+
+@pytest.mark.slow
+def test_tuning_killed_as_a_trial_checkpoint_is_written_resumes(rgb_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small"]
+    argv += ["--epochs", "1", "--verbose", "0"]
+    kill_when_file_appears(argv, "tuning/*/trial_0001/checkpoint.tmp-*.weights.h5", job_dir)
+    assert not (job_dir / job_layout.BEST_HPARAMS_FILE).exists()
+
+    _run(argv)
+    project = job_dir / job_layout.TUNING_DIR / job_layout.tuning_project("glasses_cnn", "grid")
+    trials = [json.loads(p.read_text()) for p in sorted(project.glob("trial_*/trial.json"))]
+    assert [t["status"] for t in trials] == ["COMPLETED"] * 4  # The grid of 4, each trial once.
+    for trial in trials:
+        assert checkpoints.problem(str(project / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")) is None
+    assert json.loads((job_dir / job_layout.BEST_HPARAMS_FILE).read_text())["model"] == "glasses_cnn"
+
+
+@pytest.mark.slow
+def test_an_ensemble_killed_in_its_second_member_reuses_the_first_and_resumes_the_second(rgb_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "2", "--ensemble", "2"]
+    argv += ["--verbose", "2"]
+    kill_when_file_appears(argv, "members/member-1/backup/epoch-1.weights.h5", job_dir)
+
+    log = _run(argv)
+    assert "ensemble member 1 of 2: reusing" in log
+    assert "restored" in log and "resuming after epoch 1" in log
+    assert _epochs(job_dir / job_layout.member_dir(1)) == [0, 1]
+    assert checkpoints.problem(str(job_dir / job_layout.MODEL_FILE)) is None

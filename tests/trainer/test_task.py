@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 
 import keras
 import pytest
 
+from pipelines import locks
 from trainer import errors, task
 
 
@@ -169,3 +172,31 @@ def test_an_ensemble_of_no_model_is_a_one_line_error(gray_dir, tmp_path, capsys)
     argv = ["train", "--data_dir", gray_dir, "--job_dir", str(tmp_path / "job"), "--ensemble", "0"]
     assert task.main(argv) == 2
     assert _error_line(capsys) == "error: --ensemble 0: give the number of models to train, at least 1"
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "find_label_issues"])
+def test_a_second_writer_of_a_job_dir_is_refused_with_one_line(tmp_path, capsys, command):
+    job_dir = tmp_path / "job"
+    with locks.held(str(job_dir)):  # The first writer, still running.
+        status = task.main([command, "--data_dir", str(tmp_path / "data"), "--job_dir", str(job_dir)])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {job_dir} is being written by PID {os.getpid()} on ") and "\n" not in err
+
+
+def test_a_search_worker_and_a_clusters_other_workers_leave_the_job_lock_to_their_chief(tmp_path, monkeypatch):
+    job_dir = str(tmp_path / "job")
+    tune = task.parse_args(["tune", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    train = task.parse_args(["train", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    assert isinstance(task._job_lock(tune), contextlib._GeneratorContextManager)
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    assert isinstance(task._job_lock(tune), contextlib.nullcontext)
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    assert not isinstance(task._job_lock(tune), contextlib.nullcontext)
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert isinstance(task._job_lock(train), contextlib.nullcontext)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert not isinstance(task._job_lock(train), contextlib.nullcontext)
