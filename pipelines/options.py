@@ -114,6 +114,9 @@ class PreprocessConfig:
     # (<= 0.965) on two seeds (0 and 7, 1500 images each).
     duplicate_similarity: float = 0.97
     overwrite: bool = False
+    # Rejected overrides/exclusions rows (a label not in the classes, an id no image has, a
+    # row that cannot be read) fail the run instead of being reported in the summary.
+    strict: bool = False
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
@@ -328,6 +331,13 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
     add(
+        "--strict",
+        action="store_true",
+        help="Fail the run (no manifest) when a row of --overrides_csv or --exclude is rejected (a label "
+        "not in the classes, an id no image has, an unreadable row). Default: such rows are counted in the "
+        "manifest and the summary names the first ids.",
+    )
+    add(
         "--cache_dir",
         default=None,
         help="Decode cache (local or any Beam filesystem): resized pixels by content hash, reused by later "
@@ -406,6 +416,7 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         duplicate_distance=args.duplicate_distance,
         duplicate_similarity=args.duplicate_similarity,
         overwrite=args.overwrite,
+        strict=args.strict,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,
     )

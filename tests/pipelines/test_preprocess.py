@@ -194,6 +194,25 @@ def test_a_second_writer_of_an_output_is_refused_and_deletes_nothing(corpus):
     assert sorted(os.listdir(tmp_path / "out")) == before
 
 
+def test_rejected_override_and_exclusion_rows_are_reported_and_strict_fails_on_them(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1] * 5)
+    (tmp_path / "overrides.csv").write_text("id,label\n3,inf\n3,glases\n999,1\n2,0\n")
+    (tmp_path / "exclusions.csv").write_text("id\nnope\n")
+    lists = ["--overrides_csv", str(tmp_path / "overrides.csv"), "--exclude", str(tmp_path / "exclusions.csv")]
+    result = _preprocess(tmp_path, "out", *lists)
+    assert result["counts"]["rejected_csv_rows"] == {
+        "overrides": {"count": 3, "first_ids": ["3", "999"]},
+        "exclusions": {"count": 1, "first_ids": ["nope"]},
+    }
+    assert result["counts"]["overrides_applied"] == 1  # The good row still applies.
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("NOT APPLIED")]
+    assert len(summary) == 1 and "3 --overrides_csv rows rejected (3, 999, ...)" in summary[0]
+
+    with pytest.raises(PipelineError, match=r"^--strict: 3 --overrides_csv rows rejected"):
+        _preprocess(tmp_path, "strict", *lists, "--strict")
+    assert not (tmp_path / "strict" / features.MANIFEST_FILE).exists()
+
+
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
     images = write_glasses_like(tmp_path, [0, 1])
     for i in range(10, 16):

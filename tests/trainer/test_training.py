@@ -90,7 +90,7 @@ def test_early_stopping_after_a_resume_keeps_the_last_weights_when_the_best_chec
     model, x = _diverging_problem()
     # The killed run's best epoch 0 left a 0-byte checkpoint (killed as it was written).
     (tmp_path / job_layout.EPOCH_WEIGHTS_FILE.format(epoch=1)).write_bytes(b"")
-    earlier = [{"epoch": 0, "val_loss": 0.5}, {"epoch": 1, "val_loss": 0.9}]
+    earlier = [{"epoch": 0, "val_loss": 0.01}, {"epoch": 1, "val_loss": 0.02}]  # Better than any epoch to come.
     stopping = training.ResumableEarlyStopping(
         patience=2, history=earlier, checkpoint_dir=str(tmp_path), start_fraction=0
     )
