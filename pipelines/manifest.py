@@ -338,6 +338,14 @@ def summary_table(manifest: dict) -> str:
         f"dead letters {counts['dead_letter_total']}: "
         + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none")
     )
+    written_classes = [
+        name for i, name in enumerate(classes) if any(counts["written"][split][str(i)] for split in features.SPLITS)
+    ]
+    if len(written_classes) == 1:
+        lines.append(
+            f"WARNING: one class only: every example written is {written_classes[0]!r}; a classifier needs two "
+            "(check the labels CSV, --label_column, --class_folders)"
+        )
     for reason, what in _UNKNOWN_ID_REASONS.items():
         count = counts["rejected_rows"].get(reason, 0)
         if count:

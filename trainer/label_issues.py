@@ -201,6 +201,29 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
     }
 
 
+def check_cross_validatable(data_dir: data.DataDir, num_folds: int) -> None:
+    """Refuses, with one line, data that cannot be cross-validated into ``num_folds`` folds.
+
+    Confident learning compares classes: one class has nothing to compare (errors.DataError).
+    Every fold needs an example of its own (errors.UsageError for ``--folds``).
+    """
+    from trainer import errors
+
+    written = data_dir.manifest["counts"]["written"]
+    per_class = [sum(int(split.get(str(i), 0)) for split in written.values()) for i in range(len(data_dir.classes))]
+    present = [str(name) for name, n in zip(data_dir.classes, per_class, strict=True) if n]
+    if len(present) < 2:
+        only = f"every labelled example is of class {present[0]!r}" if present else "it has no labelled example"
+        raise errors.DataError(
+            f"--data_dir {data_dir.path}: {only}; find_label_issues needs examples of at least two classes"
+        )
+    if num_folds > sum(per_class):
+        raise errors.UsageError(
+            f"--folds {num_folds}: more than the {sum(per_class)} labelled examples of --data_dir; "
+            f"pass at most {sum(per_class)}"
+        )
+
+
 def run(
     *,
     data_dir: data.DataDir,

@@ -497,6 +497,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     if args.folds < 2:
         _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
     data_dir = data.DataDir.read(args.data_dir)
+    label_issues.check_cross_validatable(data_dir, args.folds)
     preset = _preset(args, data_dir)
     if preset.needs_vector:
         raise errors.UsageError(
