@@ -23,7 +23,6 @@ import hashlib
 import logging
 import struct
 import uuid
-from typing import NamedTuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import output_dir
 from pipelines.cli import usage_error
+from pipelines.decoding import CachedPixels
 
 # Bump whenever the decode or resize changes the pixels without a library version changing.
 CACHE_VERSION = "1"
@@ -41,13 +41,6 @@ _FIELDS = struct.Struct(">4sHIIIIIQ")
 _DIGEST_BYTES = 32
 _SUFFIX = ".fpdc"
 _TEMP_MARK = ".tmp-"
-
-
-class CachedPixels(NamedTuple):
-    """A cache entry: the resized pixels and the original image's size."""
-
-    pixels: np.ndarray  # uint8, height x width x channels
-    original_size: tuple[int, int]  # (width, height) of the image before resizing
 
 
 class CorruptEntry(ValueError):

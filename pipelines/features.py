@@ -66,6 +66,8 @@ SHARD_SUFFIX = ".tfrecord.gz"
 # by the pipeline (--max_pixels) and by the trainer's predict: a small PNG can declare
 # 7900x7900 pixels and take gigabytes to decode.
 MAX_PIXELS = 64_000_000
+# The shortest side an input image may have (--min_side): upscaled, a smaller one is a blur.
+MIN_SIDE = 8
 # The images facepipe reads, by file name (the pipeline's decoder takes PNG and JPEG only),
 # in preprocessing, the review and the trainer's predict alike.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

@@ -99,7 +99,7 @@ class PreprocessConfig:
     num_shards: int = 0
     max_bad_fraction: float = 0.5
     max_unusable_fraction: float = 0.5
-    min_side: int = 8
+    min_side: int = features.MIN_SIDE
     max_pixels: int = features.MAX_PIXELS
     dedupe: str = "none"  # "keep_one": one image per duplicate group, the rest dead letters
     # Robust |z| beyond which an image is a quality outlier (Iglewicz and Hoaglin's 3.5: with

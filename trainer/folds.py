@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import batch_norm, data, export, job_layout, models
+from trainer import batch_norm, data, export, job_layout, models, predict
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -187,8 +187,9 @@ def _predict_unlabelled(
     """Adds this fold's class probabilities of the image files ``paths`` to ``totals``.
 
     The images go through the export's serving path (decode, resize, colour, tf.Transform),
-    the way ``predict`` classifies raw files. A file that cannot be read or decoded gets
-    its reason in ``errors`` instead of a probability.
+    the way ``predict`` classifies raw files, once the pipeline's decoder accepts them
+    (:func:`predict.read_image`). A file that cannot be read or is refused gets its reason in
+    ``errors`` instead of a probability.
     """
     # Held in a local: the tf.function method keeps only a weak reference to its module.
     module = export.ServingModule(model, data_dir.tft_output, data_dir.manifest)
@@ -197,6 +198,17 @@ def _predict_unlabelled(
         contents = [tf.io.gfile.GFile(paths[i], "rb").read() for i in indices]
         return module.serve_images(tf.constant(contents))["probability"].numpy()[:, np.newaxis]
 
+    options = data_dir.manifest.get("options", {})
+    for i, path in enumerate(paths):
+        if not errors[i]:
+            try:  # Only the checks: the bytes are read again with their batch.
+                predict.read_image(
+                    path,
+                    max_pixels=options.get("max_pixels", features.MAX_PIXELS),
+                    min_side=options.get("min_side", features.MIN_SIDE),
+                )
+            except predict.Unreadable as e:
+                errors[i] = str(e)
     for start in range(0, len(paths), PREDICT_BATCH):
         batch = [i for i in range(start, min(start + PREDICT_BATCH, len(paths))) if not errors[i]]
         try:

@@ -213,7 +213,7 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert all(row["path"].endswith(f"{row['id']}.png") for row in suggested)
     found, gone = sorted(suggested, key=lambda row: row["id"])
     assert found["error"] == "" and found["suggested_label"] in ("no", "yes") and 0.5 <= float(found["confidence"]) <= 1
-    assert gone["error"].startswith("NotFoundError") and gone["suggested_label"] == gone["probability"] == ""
+    assert gone["error"] == "no such file" and gone["suggested_label"] == gone["probability"] == ""
     assert not list(job_dir.rglob("*.tmp"))
 
 
