@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
@@ -48,6 +49,12 @@ def list_shards(data_dir: str, split: str) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no shards match {features.shard_pattern(data_dir, split)}")
     return files
+
+
+def texts(values: Any) -> np.ndarray:
+    """A batch of tf.string values (bytes) as a str array, decoded as UTF-8: ids and groups may
+    hold any letter (``é日本``), which numpy's ``astype(str)`` (ASCII) cannot decode."""
+    return np.char.decode(np.asarray(values).astype(bytes), "utf-8")
 
 
 def split_size(manifest: Mapping[str, Any], split: str) -> int:

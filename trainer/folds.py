@@ -85,9 +85,9 @@ def read_examples(data_dir: data.DataDir) -> Examples:
     ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
     ids, labels, groups = [], [], []
     for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
-        ids.append(batch[features.ID_KEY].astype(str))
+        ids.append(data.texts(batch[features.ID_KEY]))
         labels.append(batch[features.LABEL_KEY])
-        groups.append(batch[features.GROUP_KEY].astype(str))
+        groups.append(data.texts(batch[features.GROUP_KEY]))
     ids_array, labels_array = np.concatenate(ids), np.concatenate(labels).astype(np.int64)
     # Shards written before examples had a group read "": each such example is its own group.
     groups_array = np.where(np.concatenate(groups) == "", ids_array, np.concatenate(groups))
@@ -303,7 +303,7 @@ def cross_validate(
         held_out = _fold_dataset(examples, table, fold, held_out=True).batch(PREDICT_BATCH).map(parse)
         fold_ids, fold_probabilities = [], []
         for batch in held_out:
-            batch_ids = batch["id"].numpy().astype(str)
+            batch_ids = data.texts(batch["id"].numpy())
             batch_probabilities = class_probabilities(model.predict_on_batch(batch["image"]))
             probabilities[[row_of[i] for i in batch_ids]] = batch_probabilities
             fold_ids.append(batch_ids)

@@ -200,3 +200,55 @@ def test_a_search_worker_and_a_clusters_other_workers_leave_the_job_lock_to_thei
     assert isinstance(task._job_lock(train), contextlib.nullcontext)
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
     assert not isinstance(task._job_lock(train), contextlib.nullcontext)
+
+
+ODD_IDS = ["é日本 {}", "o'neil {}", 'say "hi" {}', "a,b {}", "x{}"]  # Spaces, letters beyond ASCII, quotes, commas.
+
+
+@pytest.mark.slow
+def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_command(tmp_path, capsys):
+    import csv
+
+    import cv2
+
+    from pipelines.preprocess import run
+    from tests.image_files import labelled_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    ids = [ODD_IDS[i % len(ODD_IDS)].format(i) for i in range(20)]
+    with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label"])
+        for i, image_id in enumerate(ids):
+            cv2.imwrite(str(images / f"{image_id}.png"), labelled_image(i % 2, i, height=16, width=16))
+            writer.writerow([image_id, ("no", "yes")[i % 2]])
+    data_dir, job_dir = str(tmp_path / "data"), str(tmp_path / "job")
+    inputs = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", data_dir]
+    run(
+        [
+            *inputs,
+            "--classes",
+            "no,yes",
+            "--balance",
+            "none",
+            "--image_size",
+            "16,16",
+            "--splits",
+            "train=0.5,validation=0.25,test=0.25",
+        ]
+    )
+    common = ["--data_dir", data_dir, "--job_dir", job_dir]
+    assert task.main(["train", *common, "--epochs", "1", "--verbose", "0"]) == 0
+    assert task.main(["evaluate", *common]) == 0
+    with open(tmp_path / "job" / "eval" / "predictions.csv", encoding="utf-8", newline="") as f:
+        assert {row["id"] for row in csv.DictReader(f)} <= set(ids)
+    assert task.main(["find_label_issues", *common, "--folds", "2", "--epochs", "1", "--verbose", "0"]) == 0
+    with open(tmp_path / "job" / "oof_probabilities.csv", encoding="utf-8", newline="") as f:
+        assert sorted(row["id"] for row in csv.DictReader(f)) == sorted(ids)
+    output = tmp_path / "predictions.csv"
+    assert task.main(["predict", "--job_dir", job_dir, "--input", str(images), "--output", str(output)]) == 0
+    with open(output, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(os.path.basename(row["path"])[: -len(".png")] for row in rows) == sorted(ids)
+    assert all(row["error"] == "" for row in rows)
