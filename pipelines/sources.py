@@ -18,7 +18,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import features, labels, staging
+from pipelines import features, labels, paths, staging
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
@@ -76,11 +76,19 @@ class ListImages(beam.PTransform):
         self._globs = list(image_globs)
 
     def expand(self, pipeline):
-        return (
-            pipeline
-            | "Globs" >> beam.Create(self._globs)
+        globs = pipeline | "Globs" >> beam.Create(self._globs)
+        matched = (
+            globs
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "PathAndSize" >> beam.Map(lambda metadata: (metadata.path, metadata.size_in_bytes))
+        )
+        # Beam's match skips links to nothing: listed here, they become dead letters (dangling_link).
+        dangling = globs | "DanglingLinks" >> beam.FlatMap(
+            lambda pattern: [(p, 0) for p in paths.dangling_links(pattern)]
+        )
+        return (
+            (matched, dangling)
+            | "AllListed" >> beam.Flatten()
             # (path, size); overlapping globs may list a file twice
             | "Deduplicate" >> beam.Distinct()
             | "ByExtension" >> beam.ParDo(_SplitByExtension()).with_outputs(NOT_IMAGE_FILE, main="images")

@@ -14,7 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines import features
+from pipelines import features, paths
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 
@@ -126,6 +126,9 @@ class DecodeAndResize(beam.DoFn):
         self, element: tuple[str, LabelledImage], timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator:
         split, image = element
+        if reason := paths.not_a_file_reason(image.path):  # A FIFO would block the read forever.
+            yield from self._failure(image, reason, "")
+            return
         try:
             with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from pipelines import decoding, features
 from pipelines.labels import file_name_regex
+from pipelines.paths import not_a_file_reason
 from trainer import atomic, errors, export
 
 COLUMNS = ("path", "probability", "label", "error")
@@ -81,6 +82,8 @@ def read_image(path: str, *, max_pixels: int, min_side: int = features.MIN_SIDE)
     """The encoded file, once the pipeline's decoder accepts it (pipelines/decoding.py: the same
     checks and strict decode, so predict refuses exactly what preprocessing dead-letters, with
     the same reason); an image over ``max_pixels`` is refused by its header, before decoding."""
+    if reason := not_a_file_reason(path):  # A FIFO would block the read forever.
+        raise Unreadable(reason)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()

@@ -11,6 +11,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import decoding, features
+from pipelines.paths import not_a_file_reason
 from pipelines.review.listing import Item, is_under
 
 THUMB_JPEG_QUALITY = 85
@@ -97,5 +98,7 @@ class Thumbnails:
     def _read(self, path: str) -> bytes:
         if not is_under(path, self.root):  # The index was checked; a symlink may have changed since.
             raise decoding.UndecodableImage("outside_images", "the file resolves to outside --images")
+        if reason := not_a_file_reason(path):  # A FIFO would block the read forever.
+            raise decoding.UndecodableImage(reason)
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             return f.read()

@@ -213,6 +213,31 @@ def test_rejected_override_and_exclusion_rows_are_reported_and_strict_fails_on_t
     assert not (tmp_path / "strict" / features.MANIFEST_FILE).exists()
 
 
+@pytest.mark.slow
+def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not_a_hang(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 5)
+    os.mkfifo(images / "face-11.png")  # Nothing ever writes to it: opening it would block forever.
+    os.symlink(tmp_path / "gone.png", images / "face-12.png")
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.write("11,1\n12,0\n")
+    argv = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out")]
+    argv += ["--file_pattern", "face-{id}", "--image_size", "12,10", "--balance", "none"]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / features.MANIFEST_FILE).read_text())
+    assert manifest["counts"]["images_seen"] == 12
+    assert manifest["counts"]["dead_letter"] == {"dangling_link": 1, "not_a_regular_file": 1}
+    records = [
+        json.loads(line)
+        for path in glob.glob(str(tmp_path / "out" / features.DEAD_LETTER_DIR / "*.jsonl"))
+        for line in pathlib.Path(path).read_text().splitlines()
+    ]
+    assert sorted((r["id"], r["reason"]) for r in records) == [("11", "not_a_regular_file"), ("12", "dangling_link")]
+
+
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
     images = write_glasses_like(tmp_path, [0, 1])
     for i in range(10, 16):

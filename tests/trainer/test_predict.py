@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import pathlib
 import zlib
 
@@ -88,11 +89,16 @@ def test_predict_refuses_exactly_what_the_pipeline_refuses_with_its_reason(tmp_p
     folder.mkdir()
     for name, (content, _) in bad_image_corpus().items():
         (folder / name).write_bytes(content)
+    os.mkfifo(folder / "pipe.png")  # Reading it would block forever.
+    os.symlink(tmp_path / "gone.png", folder / "dangling.png")
     cv2.imwrite(str(folder / "good.jpg"), np.full((16, 16, 3), 200, np.uint8))
     rows = predict.predict("export", [str(folder)])
     by_name = {row.path.rsplit("/", 1)[1]: row for row in rows}
     assert by_name.pop("good.jpg").label == "yes"
-    for name, (_, reason) in bad_image_corpus().items():
+    expected = {name: reason for name, (_, reason) in bad_image_corpus().items()}
+    expected.update({"pipe.png": "not_a_regular_file", "dangling.png": "dangling_link"})
+    assert sorted(by_name) == sorted(expected)
+    for name, reason in expected.items():
         assert by_name[name].probability is None and by_name[name].error.split(":")[0] == reason, name
 
 
