@@ -178,6 +178,11 @@ def parse_image_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"--image_size {text!r}: expected N or W,H with positive integers")
+    if max(parts) > features.MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"--image_size {text!r}: a side above the maximum {features.MAX_IMAGE_SIDE}; the examples are resized "
+            "images for training, not the originals"
+        )
     return parts[0], parts[1]
 
 
@@ -272,7 +277,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="With from_source: part of train kept for validation.",
     )
     add("--group_by", default=None, help="Labels-CSV column (or 'stem') whose values never span two splits.")
-    add("--image_size", type=parse_image_size, default=None, help="N or W,H (default: preset's, else 50).")
+    add(
+        "--image_size",
+        type=parse_image_size,
+        default=None,
+        help=f"N or W,H, each at most {features.MAX_IMAGE_SIDE} (default: preset's, else 50).",
+    )
     add("--color_mode", choices=sorted(features.COLOR_MODES), default=None)
     add("--seed", type=int, default=_default("seed"), help="Seed of the split and balancing hashes.")
     add("--num_shards", type=int, default=_default("num_shards"), help="Shards per split (0: from the data size).")

@@ -53,7 +53,7 @@ from pipelines.sinks import (
     WriteShards,
     WriteTransformStatistics,
 )
-from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
+from pipelines.sources import NOT_IMAGE_FILE, LabelledImages, check_csvs
 from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
 
 # Beam's DirectRunner first tries the Prism runner, which downloads a binary: facepipe's
@@ -207,6 +207,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     if config.cache_dir:
         cache.check_cache_dir(config.cache_dir, config.output_dir, config.inputs)
+    check_csvs(config)
     output_dir.check(config.output_dir, config.inputs, overwrite=config.overwrite)
     with locks.held(config.output_dir):  # One writer at a time (pipelines/locks.py).
         return _run_holding_the_lock(config, options, estimated)
@@ -303,6 +304,8 @@ def main() -> None:
         result = run(sys.argv[1:])
     except (manifest.PipelineError, locks.LockedError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # On a path the user gave: read-only, full disk, not a folder, ...
+        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}" if e.filename else f"error: {e}")
     print(FileSystems.join(result["output_dir"], features.MANIFEST_FILE))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
@@ -19,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines import features, labels, paths, staging
+from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
@@ -36,12 +38,17 @@ CSV_KINDS = ("labels_csv", "overrides_csv", "exclude_csv")
 def read_csv_header(path: str, encoding: str = "utf-8") -> list[str]:
     """A CSV's column names, stripped (the driver needs only these to plan the parsing).
 
-    Raises labels.CsvError when the file is missing or not ``encoding`` text.
+    Raises labels.CsvError when the file is missing, a folder, unreadable or not ``encoding`` text.
     """
     if not FileSystems.exists(path):
         raise labels.CsvError(f"{path} does not exist")
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        first = f.readline()
+    if not paths.is_remote(path) and os.path.isdir(path):
+        raise labels.CsvError(f"{path} is a folder, not a CSV file")
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            first = f.readline()
+    except OSError as e:
+        raise labels.CsvError(f"{path} cannot be read ({e.strerror or e})") from e
     return labels.decode_header(first, path, encoding)
 
 
@@ -153,6 +160,17 @@ class ParseIdLabel(beam.DoFn):
 
     def process(self, line: bytes) -> Iterator:
         yield from _outputs(labels.parse_id_row(line, self._layout))
+
+
+def check_csvs(config: PreprocessConfig) -> None:
+    """Ends the program with one line ``error: …`` when a labels, overrides or exclusions CSV
+    cannot be used (missing, a folder, unreadable, unknown columns): before anything is written."""
+    for kind in CSV_KINDS:
+        for path in getattr(config, kind):
+            try:
+                csv_layout(path, kind, config)
+            except labels.CsvError as e:
+                usage_error(str(e))
 
 
 def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_dofn) -> tuple[list, list]:

@@ -457,6 +457,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> None:
     from trainer import predict
 
+    if args.output and tf.io.gfile.isdir(args.output):
+        raise errors.UsageError(f"--output {args.output} is a folder: name a file, e.g. {args.output}/predictions.csv")
     export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, job_layout.EXPORT_DIR)
     if not tf.io.gfile.exists(tf.io.gfile.join(export_dir, "saved_model.pb")):
         flag = "--export_dir" if args.export_dir else "--job_dir"
@@ -518,6 +520,13 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     )
 
 
+def _os_error_line(e: Exception) -> str:
+    """An OS or filesystem error as one line naming the path."""
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+    return e.message.splitlines()[0]
+
+
 # The commands that write JOB: one at a time per JOB (pipelines/locks.py).
 _JOB_WRITERS = ("tune", "train", "evaluate", "find_label_issues")
 
@@ -565,6 +574,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", errors.UsageError.exit_code)
+    except (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.NotFoundError) as e:
+        # On a path the user gave: a read-only or full disk, a folder where a file goes, ...
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        return errors.DataError.exit_code
 
 
 if __name__ == "__main__":

@@ -618,3 +618,36 @@ def test_unlabelled_images_are_audited_never_written_and_a_labelled_copy_is_kept
     counts = manifest["counts"]
     assert counts["images_seen"] == 22 == counts["written_total"] + counts["dead_letter_total"]
     assert manifest["quality"]["leakage"]["count"] >= 1
+
+
+def test_a_labels_csv_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1])
+    (tmp_path / "labels.csv").unlink()
+    (tmp_path / "labels.csv").mkdir()
+    with pytest.raises(UsageError):
+        _preprocess(tmp_path, "out")
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1] == f"error: {tmp_path}/labels.csv is a folder, not a CSV file"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_size_above_the_maximum_is_refused_up_front(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1])
+    with pytest.raises(UsageError, match=f"above the maximum {features.MAX_IMAGE_SIDE}"):
+        _preprocess(tmp_path, "out", "--image_size", "100000")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_made_is_one_line_and_leaves_nothing(tmp_path):
+    write_glasses_like(tmp_path, [0, 1])
+    (tmp_path / "file").write_text("a file, not a folder")
+    argv = ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv")]
+    argv += ["--file_pattern", "face-{id}", "--output", str(tmp_path / "file" / "out")]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'file' / 'out'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "images", "labels.csv"]

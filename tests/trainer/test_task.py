@@ -252,3 +252,20 @@ def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_comma
         rows = list(csv.DictReader(f))
     assert sorted(os.path.basename(row["path"])[: -len(".png")] for row in rows) == sorted(ids)
     assert all(row["error"] == "" for row in rows)
+
+
+def test_predict_output_that_is_a_folder_is_refused_up_front(tmp_path, capsys):
+    status = task.main(["predict", "--job_dir", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {tmp_path} is a folder: name a file, e.g. {tmp_path}/predictions.csv"
+    )
+
+
+def test_a_job_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    job_dir = tmp_path / "file" / "job"
+    status = task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(job_dir)])
+    assert status == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {job_dir}") and "\n" not in err
