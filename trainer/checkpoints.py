@@ -108,7 +108,8 @@ def backup_epochs(backup_dir: str) -> list[int]:
 
 def has_backup(backup_dir: str) -> bool:
     """Whether a killed run left a backup to resume from (good or bad: the restore judges)."""
-    return bool(backup_epochs(backup_dir))
+    metadata = posixpath.join(backup_dir, job_layout.BACKUP_METADATA_FILE)
+    return bool(backup_epochs(backup_dir)) or tf.io.gfile.exists(metadata)
 
 
 class BackupAndRestore(keras.callbacks.BackupAndRestore):
