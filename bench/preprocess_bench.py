@@ -1,21 +1,30 @@
 """Preprocessing benchmarks: throughput against the seeds' loop and the decode limit; memory.
 
-    python bench/preprocess_bench.py throughput [--count 500] [--runs 3] [--workdir DIR]
-    python bench/preprocess_bench.py memory [--counts 500,2000,8000] [--size 256] [--workdir DIR]
+    python bench/preprocess_bench.py throughput [--sets png1024,jpeg1024,png256]
+        [--png1024 5000] [--jpeg1024 10000] [--png256 20000] [--runs 3] [--baseline DIR] [--workdir DIR]
+    python bench/preprocess_bench.py memory [--counts 1000,20000] [--size 256] [--workdir DIR]
 
-``throughput`` generates (once, into --workdir) 1024x1024 PNGs (the glasses demo set) and
-JPGs (the comics demo set), then measures, side by side in the same run and as the median
-of --runs runs:
-  seeds_loop    the notebooks' approach: a sequential cv2.imread + cv2.resize into a list
-  decode_limit  facepipe's decode + resize alone (reduced JPEG decode included), sequential
-  pipeline_1w   python -m pipelines.preprocess, in-process (one worker)
-  pipeline_2w   the same with --direct_running_mode=multi_processing --direct_num_workers=2
-and prints images/s and the ratios the targets are stated in, for the whole job and for the
-steady state (the pipeline's fixed cost — interpreter and TensorFlow start-up, graph
-construction, tf.Transform analysis — measured on a 40-image run and taken off).
-``memory`` runs the pipeline (its defaults: audit, class balance, the preset's numeric columns)
-and the seeds' notebook code at growing input counts, each in a child process, and prints their
-peak RSS.
+``throughput`` generates (once, into --workdir) each set's demo images: PNGs of the glasses
+set at 1024 px (the Kaggle set's 5000), JPEGs of the comics set at 1024 px (half of
+face2comics: 10 000) and PNGs at 256 px, then measures side by side in the same run:
+  seeds_loop      the notebooks' approach: a sequential cv2.imread + cv2.resize into a list
+  decode_1core    facepipe's own read + decode + resize (decode_with_size), no pipeline, one core
+  decode_threads  the same on a thread pool of one thread a core in one process: what the
+                  job's DecodeAndResize can reach if the decoders release the GIL
+  decode_allcores the same on a process pool of one process a core: the machine's limit
+  pipeline        the whole default job (python -m pipelines.preprocess --balance none, 50x50
+                  RGB), wall time and peak RSS
+  pipeline_mp     the same with --direct_running_mode=multi_processing --direct_num_workers=<cores>
+  pipeline_small  the job on 40 images: its fixed cost (start-up, graph, tf.Transform), taken
+                  off for the steady state
+The loops are medians of --runs, the jobs of --runs when the set has 2000 images or fewer
+(else one run each). It prints images/s and the ratios the goals are stated in. The default
+job's and the multi-processing job's outputs are compared (records by id, dead letters,
+quality files, fingerprint), and with ``--baseline DIR`` (a checkout of other facepipe code,
+e.g. ``git worktree add /tmp/base main``) the default job of that code too.
+``memory`` runs the pipeline (its defaults: audit, class balance, the preset's 512 numeric
+columns) and the seeds' notebook code at growing input counts, each in a child process, and
+prints their peak RSS and the ratio of the largest to the smallest.
 ``cache`` builds --count demo PNGs (--size px, default 1024) with an empty --cache_dir (cold),
 then again after changing one override (warm: every image a cache hit), and prints both wall
 times, their ratio (goal: warm <= 0.2x cold) and peak RSS.
@@ -35,12 +44,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 import cv2
 
+from pipelines import quiet
 from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
-from pipelines.transforms import decode_and_resize
+from pipelines.transforms import decode_threads, decode_with_size
+from tests.pipelines.test_output_identity import output_digest
 
 TARGET = (50, 50)
 
@@ -63,12 +75,18 @@ def seeds_loop(paths: list[str]) -> int:
     return len(images)
 
 
-def decode_limit(paths: list[str]) -> int:
+def _read_and_decode(path: str) -> int:
     """facepipe's per-image work without a pipeline: read, decode (reduced JPEG), resize."""
-    for path in paths:
-        with open(path, "rb") as f:
-            decode_and_resize(f.read(), size=TARGET, color_mode="rgb", max_pixels=10**9)
-    return len(paths)
+    with open(path, "rb") as f:
+        decode_with_size(f.read(), size=TARGET, color_mode="rgb", max_pixels=10**9)
+    return 1
+
+
+def decode_on(pool: Executor | None, paths: list[str]) -> int:
+    """_read_and_decode of every path, in this thread (``pool`` None) or on ``pool``."""
+    if pool is None:
+        return sum(map(_read_and_decode, paths))
+    return sum(pool.map(_read_and_decode, paths, chunksize=1 if isinstance(pool, ThreadPoolExecutor) else 16))
 
 
 def _pipeline_args(dataset: str, root: str, output: str, *, balance: bool = False) -> list[str]:
@@ -93,15 +111,15 @@ def _pipeline_args(dataset: str, root: str, output: str, *, balance: bool = Fals
     ]
 
 
-def pipeline(dataset: str, root: str, workers: int) -> float:
-    """Wall seconds of the whole preprocessing job in a fresh process."""
-    with tempfile.TemporaryDirectory() as output:
-        command = _pipeline_args(dataset, root, output)
-        if workers > 1:
-            command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
-        started = time.perf_counter()
-        subprocess.run(command, check=True, capture_output=True)
-        return time.perf_counter() - started
+def pipeline(dataset: str, root: str, output: str, *, workers: int = 1, code: str | None = None) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of the whole job in a fresh process; ``code``: the checkout
+    whose job runs (default: this one)."""
+    command = _pipeline_args(dataset, root, output)
+    if workers > 1:
+        command += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    if code:
+        command = ["env", f"PYTHONPATH={code}", *command]
+    return _timed_peak(command, cwd=code)
 
 
 def _median_seconds(fn, runs: int) -> float:
@@ -113,63 +131,107 @@ def _median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def _load() -> str:
+    return "load average " + ", ".join(f"{value:.1f}" for value in os.getloadavg())
+
+
+def _same_output(first: str, second: str, data_dir: str) -> str:
+    """'identical' or the parts of two outputs that differ (records by id, dead letters, quality, fingerprint)."""
+    a, b = output_digest(first, data_dir), output_digest(second, data_dir)
+    differ = [key for key in a if a[key] != b[key]]
+    return "identical" if not differ else "DIFFERENT: " + ", ".join(differ)
+
+
 _SMALL = 40  # images in the run that measures the pipeline's fixed cost (start-up, analysis)
+# (dataset, image side, pairs per image count: the comics set is face/comic pairs)
+_SETS = {"png1024": ("glasses", 1024, 1), "jpeg1024": ("comics", 1024, 2), "png256": ("glasses", 256, 1)}
+_SHORT = 2000  # sets of at most this many images run the jobs --runs times, larger ones once
 
 
 def throughput(args: argparse.Namespace) -> None:
-    print(f"{'format':<6} {'method':<18} {'images':>7} {'median s':>9} {'images/s':>9}")
-    for dataset, fmt in (("glasses", "png"), ("comics", "jpg")):
-        pairs = 2 if dataset == "comics" else 1
-        root, paths = _ensure_data(args.workdir, dataset, args.count // pairs, 1024)
-        small_root, small_paths = _ensure_data(args.workdir, dataset, _SMALL // pairs, 1024)
-        seconds = {}
-        measured = {
-            "seeds_loop": (seeds_loop, paths),
-            "decode_limit": (decode_limit, paths),
-            "pipeline_1w": (pipeline, dataset, root, 1),
-            "pipeline_2w": (pipeline, dataset, root, 2),
-            "pipeline_1w_small": (pipeline, dataset, small_root, 1),
-            "pipeline_2w_small": (pipeline, dataset, small_root, 2),
-        }
-        for method, (fn, *fn_args) in measured.items():
-            seconds[method] = _median_seconds(functools.partial(fn, *fn_args), args.runs)
-            count = len(small_paths) if method.endswith("_small") else len(paths)
+    cores = decode_threads(0)
+    print(f"{cores} cores; {_load()}; commit {_commit()}", flush=True)
+    print(f"{'set':<9} {'method':<16} {'images':>7} {'median s':>9} {'images/s':>9} {'peak RSS MB':>12}")
+    for name in args.sets.split(","):
+        _throughput_of(name, args, cores)
+
+
+def _throughput_of(name: str, args: argparse.Namespace, cores: int) -> None:
+    """One set's measurements, printed as they come, then its ratios."""
+    dataset, size, pairs = _SETS[name]
+    root, paths = _ensure_data(args.workdir, dataset, getattr(args, name) // pairs, size)
+    small_root, small_paths = _ensure_data(args.workdir, dataset, _SMALL // pairs, size)
+    seconds, peaks = {}, {}
+
+    def report(method: str, images: int) -> None:
+        peak = f"{peaks[method]:>12.0f}" if method in peaks else ""
+        rate = images / seconds[method]
+        print(f"{name:<9} {method:<16} {images:>7} {seconds[method]:>9.2f} {rate:>9.1f} {peak}", flush=True)
+
+    seconds["seeds_loop"] = _median_seconds(functools.partial(seeds_loop, paths), args.runs)
+    report("seeds_loop", len(paths))
+    seconds["decode_1core"] = _median_seconds(functools.partial(decode_on, None, paths), args.runs)
+    report("decode_1core", len(paths))
+    with ThreadPoolExecutor(cores) as threads:
+        seconds["decode_threads"] = _median_seconds(functools.partial(decode_on, threads, paths), args.runs)
+    report("decode_threads", len(paths))
+    with ProcessPoolExecutor(cores) as processes:
+        decode_on(processes, small_paths)  # The workers started and warm before the clock.
+        seconds["decode_allcores"] = _median_seconds(functools.partial(decode_on, processes, paths), args.runs)
+    report("decode_allcores", len(paths))
+    jobs = {"pipeline": (root, {}), "pipeline_mp": (root, {"workers": cores}), "pipeline_small": (small_root, {})}
+    if args.baseline:
+        jobs["baseline"] = (root, {"code": args.baseline})
+    job_runs = args.runs if len(paths) <= _SHORT else 1
+    with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
+        outputs = {}
+        for method, (data, kwargs) in jobs.items():
+            runs = []
+            for run in range(job_runs):
+                outputs[method] = os.path.join(scratch, f"{method}{run}")
+                runs.append(pipeline(dataset, data, outputs[method], **kwargs))
+            seconds[method] = statistics.median(wall for wall, _ in runs)
+            peaks[method] = max(peak for _, peak in runs)
+            report(method, len(small_paths) if method == "pipeline_small" else len(paths))
+        same = _same_output(outputs["pipeline"], outputs["pipeline_mp"], root)
+        print(f"{name:<9} multi-processing output vs default: {same}")
+        if args.baseline:
             print(
-                f"{fmt:<6} {method:<18} {count:>7} {seconds[method]:>9.2f} {count / seconds[method]:>9.1f}", flush=True
+                f"{name:<9} this job's output vs --baseline's: {_same_output(outputs['baseline'], outputs['pipeline'], root)}"
             )
-        rates = {
-            method: len(paths) / seconds[method]
-            for method in ("seeds_loop", "decode_limit", "pipeline_1w", "pipeline_2w")
-        }
-        # Steady state: the rate once the fixed cost (the small run's time) is paid.
-        extra = len(paths) - len(small_paths)
-        for workers in ("1w", "2w"):
-            rates[f"steady_{workers}"] = extra / (seconds[f"pipeline_{workers}"] - seconds[f"pipeline_{workers}_small"])
-        print(
-            f"{fmt:<6} whole job: 1w/decode_limit {rates['pipeline_1w'] / rates['decode_limit']:.2f}, "
-            f"2w/1w {rates['pipeline_2w'] / rates['pipeline_1w']:.2f}, 2w/seeds_loop "
-            f"{rates['pipeline_2w'] / rates['seeds_loop']:.2f}, decode_limit/seeds_loop "
-            f"{rates['decode_limit'] / rates['seeds_loop']:.2f}",
-            flush=True,
-        )
-        print(
-            f"{fmt:<6} steady state ({rates['steady_1w']:.1f} and {rates['steady_2w']:.1f} images/s): "
-            f"1w/decode_limit {rates['steady_1w'] / rates['decode_limit']:.2f} (target >= 0.9), "
-            f"2w/1w {rates['steady_2w'] / rates['steady_1w']:.2f} (target >= 1.8), "
-            f"2w/seeds_loop {rates['steady_2w'] / rates['seeds_loop']:.2f}; fixed cost "
-            f"{seconds['pipeline_1w_small']:.1f} s (1w), {seconds['pipeline_2w_small']:.1f} s (2w)",
-            flush=True,
-        )
+    rate = {method: len(paths) / s for method, s in seconds.items() if method != "pipeline_small"}
+    steady = (len(paths) - len(small_paths)) / (seconds["pipeline"] - seconds["pipeline_small"])
+    baseline = f"; the baseline's job {rate['baseline'] / rate['seeds_loop']:.2f}x" if args.baseline else ""
+    print(
+        f"{name:<9} whole job: {rate['pipeline']:.1f} images/s = {rate['pipeline'] / rate['seeds_loop']:.2f}x the "
+        f"seeds' loop, {rate['pipeline'] / rate['decode_allcores']:.2f}x the all-cores decode limit; "
+        f"multi-processing {rate['pipeline_mp'] / rate['pipeline']:.2f}x the default run{baseline}",
+        flush=True,
+    )
+    print(
+        f"{name:<9} steady state {steady:.1f} images/s = {steady / rate['decode_allcores']:.2f}x the all-cores "
+        f"limit; fixed cost {seconds['pipeline_small']:.1f} s; decode threads/1 core "
+        f"{rate['decode_threads'] / rate['decode_1core']:.2f}, processes/1 core "
+        f"{rate['decode_allcores'] / rate['decode_1core']:.2f}; {_load()}",
+        flush=True,
+    )
 
 
-def _peak_rss_mb(command: list[str]) -> float:
+def _commit() -> str:
+    completed = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return completed.stdout.strip() or "unknown"
+
+
+def _peak_rss_mb(command: list[str], cwd: str | None = None) -> float:
     """Peak RSS of ``command``, run in a fresh wrapper process (RUSAGE_CHILDREN's max RSS is
     that of the largest child so far, so each measurement needs its own parent)."""
     wrapper = (
         "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
     )
-    completed = subprocess.run([sys.executable, "-c", wrapper, *command], check=True, capture_output=True, text=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", wrapper, *command], check=True, capture_output=True, text=True, cwd=cwd
+    )
     return int(completed.stdout.strip()) / 1024
 
 
@@ -183,7 +245,9 @@ data = np.array(images) / 255.0
 
 
 def memory(args: argparse.Namespace) -> None:
+    print(f"{_load()}; commit {_commit()}")
     print(f"{'images':>7} {'pipeline peak RSS MB':>21} {'seeds notebook peak RSS MB':>27}")
+    peaks = []
     for count in (int(c) for c in args.counts.split(",")):
         root, _ = _ensure_data(args.workdir, "glasses", count, args.size)
         with tempfile.TemporaryDirectory() as output:
@@ -192,12 +256,14 @@ def memory(args: argparse.Namespace) -> None:
             [sys.executable, "-c", _SEEDS_NOTEBOOK, os.path.join(root, "faces-spring-2020", "*.png")]
         )
         print(f"{count:>7} {pipeline_mb:>21.0f} {seeds_mb:>27.0f}", flush=True)
+        peaks.append(pipeline_mb)
+    print(f"pipeline peak at the largest count / at the smallest: {peaks[-1] / peaks[0]:.2f} (goal <= 1.15); {_load()}")
 
 
-def _timed_peak(command: list[str]) -> tuple[float, float]:
+def _timed_peak(command: list[str], cwd: str | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS MB) of ``command`` in a fresh wrapper process."""
     started = time.perf_counter()
-    peak = _peak_rss_mb(command)
+    peak = _peak_rss_mb(command, cwd)
     return time.perf_counter() - started, peak
 
 
@@ -223,13 +289,18 @@ def cache(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    quiet.configure()
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     tp = commands.add_parser("throughput")
-    tp.add_argument("--count", type=int, default=500)
+    tp.add_argument("--sets", default=",".join(_SETS), help=f"comma-separated, of {list(_SETS)}")
+    tp.add_argument("--png1024", type=int, default=5000, help="1024-px PNGs (the Kaggle glasses set's 5000)")
+    tp.add_argument("--jpeg1024", type=int, default=10_000, help="1024-px JPEGs (half of face2comics: 10 000)")
+    tp.add_argument("--png256", type=int, default=20_000, help="256-px PNGs")
     tp.add_argument("--runs", type=int, default=3)
+    tp.add_argument("--baseline", help="a checkout of other facepipe code whose default job runs beside this one's")
     mem = commands.add_parser("memory")
-    mem.add_argument("--counts", default="500,2000,8000")
+    mem.add_argument("--counts", default="1000,20000")
     mem.add_argument("--size", type=int, default=256, help="image side; memory should not grow with the count")
     cache_parser = commands.add_parser("cache")
     cache_parser.add_argument("--count", type=int, default=500)

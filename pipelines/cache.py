@@ -26,13 +26,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-import uuid
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import output_dir
+from pipelines import atomic, output_dir
 from pipelines.cli import usage_error
 from pipelines.decoding import CachedPixels
 
@@ -44,7 +43,6 @@ _FORMAT = 2  # 2: the checksum covers the key (format 1 entries are recomputed).
 _FIELDS = struct.Struct(">4sHIIIIIQ")
 _DIGEST_BYTES = 32
 _SUFFIX = ".fpdc"
-_TEMP_MARK = ".tmp-"
 
 
 class CorruptEntry(ValueError):
@@ -128,18 +126,11 @@ class DecodeCache:
     def put(self, content_sha256: bytes, entry: CachedPixels) -> None:
         """Writes an entry atomically (temp name, then rename); a failure only logs: the run goes on."""
         path = self.path(content_sha256)
-        temp = f"{path}{_TEMP_MARK}{uuid.uuid4().hex}"
         try:
-            with FileSystems.create(temp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                f.write(encode_entry(entry, self.key(content_sha256)))
-            FileSystems.rename([temp], [path])
+            # No fsync: an entry lost in a power cut is a miss, and one per entry would cost the decode's time.
+            atomic.write(path, encode_entry(entry, self.key(content_sha256)), durable=False)
         except Exception as e:  # A full disk or a read-only cache costs speed, never the job.
             logging.warning("decode cache: could not write %s: %s", path, e)
-            try:  # Only our own temp file is ever removed.
-                if FileSystems.exists(temp):
-                    FileSystems.delete([temp])
-            except Exception:
-                pass
 
 
 def check_cache_dir(cache_dir: str, output: str, inputs: tuple[str, ...]) -> None:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,11 @@ MANIFEST_FILE = "manifest.json"
 TRANSFORM_DIR = "transform"  # tft.TFTransformOutput directory: transform_fn/, *_metadata/
 DEAD_LETTER_DIR = "dead_letter"
 QUALITY_DIR = "quality"  # images-*.jsonl (statistics, outlier flags), duplicates-*.jsonl (groups)
+# examples-*.csv: a row per written example, naming its source file and its shard
+# (pipelines/examples_index.py); croissant.json describes the whole directory (pipelines/croissant.py).
+EXAMPLES_DIR = "examples"
+EXAMPLES_INDEX_COLUMNS = ("id", "path", "label", "label_name", "split", "group", "content_sha256", "shard")
+CROISSANT_FILE = "croissant.json"
 SHARD_SUFFIX = ".tfrecord.gz"
 
 # Images with more pixels (width x height, from the header) are refused before decoding,
@@ -197,6 +202,20 @@ def read_manifest(data_dir: str) -> dict[str, Any]:
     if manifest.get("version") != MANIFEST_VERSION:
         raise ValueError(f"{path}: manifest version {manifest.get('version')}, expected {MANIFEST_VERSION}")
     return manifest
+
+
+def read_example_paths(data_dir: str, ids: Collection[str] | None = None) -> dict[str, str]:
+    """{id: source path} of the written examples (those of ``ids`` when given), from the
+    examples index, read a row at a time; empty for an output written before the index existed."""
+    import csv
+
+    import tensorflow as tf
+
+    paths: dict[str, str] = {}
+    for name in sorted(tf.io.gfile.glob(posixpath.join(data_dir, EXAMPLES_DIR, "*.csv"))):
+        with tf.io.gfile.GFile(name) as f:
+            paths.update((row["id"], row["path"]) for row in csv.DictReader(f) if ids is None or row["id"] in ids)
+    return paths
 
 
 def image_shape(manifest: Mapping[str, Any]) -> tuple[int, int, int]:

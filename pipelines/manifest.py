@@ -21,7 +21,8 @@ from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
 from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
-# into how many files, when to give up, and where decoded pixels are cached. Every other option is part of the fingerprint.
+# into how many files, when to give up, where decoded pixels are cached and by how many threads.
+# Every other option is part of the fingerprint.
 _NOT_DATA_OPTIONS = (
     "output_dir",
     "overwrite",
@@ -30,6 +31,8 @@ _NOT_DATA_OPTIONS = (
     "cache_dir",
     "outlier_threshold",
     "strict",
+    "decode_threads",
+    "card",
 )
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
@@ -108,7 +111,8 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
-        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, strict, nor the input paths). "
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, decode_threads, strict, "
+        "nor the input paths). "
         "decoder: the versions of what decodes and resizes the images (OpenCV, simplejpeg, the cache format).",
     }
 

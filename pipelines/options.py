@@ -16,14 +16,16 @@ import json
 import math
 import os
 import posixpath
+import sys
 from collections.abc import Sequence
 from typing import Any
 
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import features
-from pipelines.cli import ArgumentParser, usage_error
+from pipelines.cli import CONFIG_FLAG, ArgumentParser, apply_config, config_path, usage_error
 from pipelines.paths import is_remote
 
 # The two Kaggle layouts' names: the presets below read them, the demo data writes them.
@@ -52,6 +54,15 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "color_mode": "rgb",
         # Kaggle's latent vector of each face; used when every labels CSV has these columns.
         "numeric_columns": "v1..v512",
+        "card": {
+            "name": "glasses-or-no-glasses",
+            "description": 'Jeff Heaton\'s Kaggle data set "Glasses or No Glasses": generated faces, '
+            "labelled glasses / no glasses.",
+            "url": "https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+            "citation": "Jeff Heaton. Glasses or No Glasses. Kaggle. "
+            "https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+            "license": "see the source's terms: https://www.kaggle.com/datasets/jeffheaton/glasses-or-no-glasses",
+        },
     },
     "comics": {
         "image_globs": [
@@ -64,6 +75,15 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
         "classes": ["comic", "face"],
         # A face and its comic are one pair: keep them in the same split.
         "group_by": "stem",
+        "card": {
+            "name": "comic-faces-paired-synthetic-v2",
+            "description": 'Alexander Spirin\'s (Sxela) Kaggle data set "Comic faces paired synthetic v2" '
+            "(face2comics v2.0.0): real faces and their comic renderings.",
+            "url": "https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+            "citation": "Alexander Spirin (Sxela). Comic faces paired synthetic v2 (face2comics v2.0.0). Kaggle. "
+            "https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+            "license": "see the source's terms: https://www.kaggle.com/datasets/defileroff/comic-faces-paired-synthetic-v2",
+        },
         "image_size": (128, 128),
         "color_mode": "grayscale",
     },
@@ -71,6 +91,18 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 
 DEFAULT_SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 FROM_SOURCE = "from_source"
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetCard:
+    """What croissant.json says of the data set (--dataset_name, ...; a --dataset preset fills in
+    its source); empty: a default (pipelines/croissant.py). Never part of the fingerprint."""
+
+    name: str = ""
+    description: str = ""
+    license: str = ""
+    citation: str = ""
+    url: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +152,10 @@ class PreprocessConfig:
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
+    # Threads decoding one batch of images in each worker (pipelines.transforms.DecodeAndResize);
+    # 0: one per core the worker may use. The decoders release the GIL (docs/benchmarks.md).
+    decode_threads: int = 0
+    card: DatasetCard = dataclasses.field(default_factory=DatasetCard)
 
     @property
     def channels(self) -> int:
@@ -206,6 +242,17 @@ def parse_splits(text: str) -> dict[str, float] | None:
     return splits
 
 
+def parse_decode_threads(text: str) -> int:
+    """0 (one per core) or a positive number of decode threads."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--decode_threads {text}: expected 0 (one per core) or a positive number")
+    return value
+
+
 def parse_duplicate_distance(text: str) -> int:
     """0..15: the LSH search splits the 64-bit hash into distance + 1 bands, which must stay long."""
     try:
@@ -238,6 +285,14 @@ def parse_class_folders(text: str) -> dict[str, int]:
 
 
 PROG = "python -m pipelines.preprocess"
+# A --config file that holds several commands' flags keeps this job's under this key.
+CONFIG_SECTION = "preprocess"
+
+
+def _read_text(path: str) -> str:
+    """A --config file's text, from any Beam filesystem (BeamIOError is an OSError)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read().decode("utf-8")
 
 
 def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -263,6 +318,10 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         default=_default("csv_encoding"),
         help="Text encoding of every CSV (default utf-8, a byte-order mark is fine; e.g. latin-1, cp1252).",
     )
+    for field in dataclasses.fields(DatasetCard):
+        add(
+            f"--dataset_{field.name}", default="", help=f"croissant.json's {field.name} (default: the preset's source)."
+        )
     add("--balance", choices=["downsample", "none"], default=_default("balance"))
     add(
         "--splits",
@@ -348,6 +407,18 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "manifest and the summary names the first ids.",
     )
     add(
+        "--decode_threads",
+        type=parse_decode_threads,
+        default=_default("decode_threads"),
+        help="Threads decoding each batch of images in a worker (default 0: one per core the worker may use).",
+    )
+    add(
+        CONFIG_FLAG,
+        metavar="FILE",
+        help="JSON object of these flags (dest names) used as defaults; the command line wins. "
+        f'A file with a "{CONFIG_SECTION}" object (configs/*.json) uses that object.',
+    )
+    add(
         "--cache_dir",
         default=None,
         help="Decode cache (local or any Beam filesystem): resized pixels by content hash, reused by later "
@@ -356,12 +427,23 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_flags(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[argparse.Namespace, list[str]]:
+    """The job's flags as parsed (defaults from ``--config FILE``) and Beam's argv; reads no
+    input, so a usage error only for a flag that is neither the job's nor Beam's or a bad value."""
+    parser = build_arg_parser(prog)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    config_file = config_path(argv, prog)
+    if config_file:
+        apply_config(parser, config_file, read_text=_read_text, read_errors=(OSError,), sections=(CONFIG_SECTION,))
+    args, beam_args = parser.parse_known_args(argv)
+    reject_unknown_flags(beam_args, parser)
+    return args, beam_args
+
+
 def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
     """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
     is the command its errors name (the review and preflight read the same flags)."""
-    parser = build_arg_parser(prog)
-    args, beam_args = parser.parse_known_args(argv)
-    reject_unknown_flags(beam_args, parser)
+    args, beam_args = parse_flags(argv, prog=prog)
     preset = DATASET_PRESETS.get(args.dataset, {})
     images = args.images.rstrip("/")
 
@@ -429,6 +511,13 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         strict=args.strict,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,
+        decode_threads=args.decode_threads,
+        card=DatasetCard(
+            **{
+                field.name: getattr(args, f"dataset_{field.name}") or preset.get("card", {}).get(field.name, "")
+                for field in dataclasses.fields(DatasetCard)
+            }
+        ),
     )
     return config, beam_args
 

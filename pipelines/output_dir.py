@@ -16,7 +16,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-from pipelines import features, locks
+from pipelines import atomic, features, locks
 from pipelines.cli import usage_error
 from pipelines.paths import is_remote
 
@@ -37,10 +37,13 @@ OWN_NAMES = frozenset(
     {
         MARKER_FILE,
         features.MANIFEST_FILE,
-        features.MANIFEST_FILE + ".tmp",
+        features.MANIFEST_FILE + ".tmp",  # The temporary manifest of runs before pipelines/atomic.py.
         features.TRANSFORM_DIR,
         features.DEAD_LETTER_DIR,
         features.QUALITY_DIR,
+        features.EXAMPLES_DIR,
+        features.CROISSANT_FILE,
+        features.CROISSANT_FILE + ".tmp",
     }
     | set(RUN_FILES)
 )
@@ -61,7 +64,8 @@ def _top_name(output_dir: str, path: str) -> str:
 def is_own(name: str) -> bool:
     """Whether a top-level name in an output directory is one facepipe writes."""
     shard = any(name.startswith(f"{split}-") and name.endswith(features.SHARD_SUFFIX) for split in features.SPLITS)
-    return shard or name in OWN_NAMES or name.startswith(BEAM_TEMP_PREFIX)
+    temporary = atomic.is_temporary(name, of=features.MANIFEST_FILE)
+    return shard or temporary or name in OWN_NAMES or name.startswith(BEAM_TEMP_PREFIX)
 
 
 def _normalized(path: str) -> str:
@@ -168,15 +172,12 @@ def read_run_statistics(output_dir: str) -> dict[str, Any]:
 
 
 def write_json(path: str, value: Any) -> None:
-    """Writes JSON to any Beam filesystem via a temp file and a rename."""
-    temp = path + ".tmp"
-    with FileSystems.create(temp) as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True).encode("utf-8"))
-    FileSystems.rename([temp], [path])
+    """Writes JSON to any Beam filesystem, whole or not at all (pipelines/atomic.py)."""
+    atomic.write(path, json.dumps(value, indent=2, sort_keys=True))
 
 
 # Folders that Beam's WriteToText writes into (with its beam-temp-* folders beside the files).
-_TEXT_DIRS = (features.DEAD_LETTER_DIR, features.QUALITY_DIR)
+_TEXT_DIRS = (features.DEAD_LETTER_DIR, features.QUALITY_DIR, features.EXAMPLES_DIR)
 
 
 def _is_run_file(relative: str) -> bool:

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pipelines import quiet
@@ -40,9 +40,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, features, locks, manifest, output_dir, staging, transforms
+from pipelines import cache, croissant, features, locks, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
+from pipelines.examples_index import WriteExamplesIndex
 from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
@@ -54,7 +55,13 @@ from pipelines.sinks import (
     WriteTransformStatistics,
 )
 from pipelines.sources import NOT_IMAGE_FILE, LabelledImages, check_csvs
-from pipelines.transforms import DecodeAndResize, DownsampleToSmallestClass, assign_split
+from pipelines.transforms import (
+    BatchImages,
+    DecodeAndResize,
+    DecodedImage,
+    DownsampleToSmallestClass,
+    assign_split,
+)
 
 # Beam's DirectRunner first tries the Prism runner, which downloads a binary: facepipe's
 # default run must not touch the network, so "DirectRunner" means the FnApiRunner here
@@ -102,14 +109,29 @@ def _split(image: LabelledImage, config: PreprocessConfig) -> str:
     return UNLABELLED_SPLIT if image.label == NO_LABEL else assign_split(image, config)
 
 
-def _drop_duplicates(image, dropped: dict):
+def _drop_duplicates(batch: list[DecodedImage], dropped: dict) -> Iterator:
     """--dedupe keep_one: an image that a kept one duplicates becomes a dead letter."""
-    if image.id in dropped:
-        yield dead_letter(
-            image_id=image.id, stage="dedupe", reason=NEAR_DUPLICATE, detail=f"duplicate of {dropped[image.id]}"
-        )
-    else:
-        yield image
+    kept = []
+    for image in batch:
+        if image.id in dropped:
+            yield dead_letter(
+                image_id=image.id, stage="dedupe", reason=NEAR_DUPLICATE, detail=f"duplicate of {dropped[image.id]}"
+            )
+        else:
+            kept.append(image)
+    if kept:
+        yield kept
+
+
+def _labelled_only(batch: list[DecodedImage]) -> list[list[DecodedImage]]:
+    """A batch without its unlabelled images (audited, never written) and their quality; [] when none is left."""
+    labelled = [image._replace(quality=None) for image in batch if image.split != UNLABELLED_SPLIT]
+    return [labelled] if labelled else []
+
+
+def _images(batches, label: str):
+    """[DecodedImage] -> DecodedImage, for a step that takes the images one by one."""
+    return batches | label >> beam.FlatMap(lambda batch: batch)
 
 
 def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimated_images: int, temp_dir: str) -> None:
@@ -126,24 +148,26 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         | "AssignSplit" >> beam.Map(lambda image: (_split(image, config), image))
         # (split, LabelledImage); fused with the join's output stage: the join is a shuffle by
         # id, which spreads the images over the workers as a Reshuffle would.
-        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
-        # images: DecodedImage(id, label, split, pixels, content_hash, group, vector, quality);
-        # the unlabelled ones without pixels, label None, split UNLABELLED_SPLIT
+        | "BatchImages" >> beam.ParDo(BatchImages())
+        # [(split, LabelledImage)]: from here to the writer the unit of work is a batch
+        # (transforms.BATCH_IMAGES images, BATCH_BYTES of files at most)
+        | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="batches")
+        # batches: [DecodedImage(id, label, split, pixels, content_hash, group, vector, quality)],
+        # decoded on --decode_threads threads; the unlabelled ones without pixels, label None,
+        # split UNLABELLED_SPLIT
     )
     dead_letters = [sources[DEAD_LETTER], decoded[DEAD_LETTER]]
-    staged = decoded.images | "StagePixels" >> beam.ParDo(staging.StagePixels(staging_dir))
-    # DecodedImage without pixels or vector: they wait in a staging file (``staged``) for the
-    # writer, so that nothing below holds them in memory at a stage boundary
-    audit = staged | "QualityAudit" >> AuditQuality(
+    staged = decoded.batches | "StagePixels" >> beam.ParDo(staging.StagePixels(staging_dir))
+    # [DecodedImage] without pixels or vector: they wait in the batch's staging file (``staged``)
+    # for the writer, so that nothing below holds them in memory at a stage boundary
+    audit = _images(staged, "AuditedImages") | "QualityAudit" >> AuditQuality(
         threshold=config.outlier_threshold,
         distance=config.duplicate_distance,
         similarity=config.duplicate_similarity,
     )
     _ = audit | "WriteQuality" >> WriteQuality(config.output_dir)
-    labelled = staged | "LabelledOnly" >> beam.FlatMap(
-        lambda image: [] if image.split == UNLABELLED_SPLIT else [image._replace(quality=None)]
-    )
-    # labelled: DecodedImage without pixels, vector or quality, the unlabelled ones gone
+    labelled = staged | "LabelledOnly" >> beam.FlatMap(_labelled_only)
+    # labelled: [DecodedImage] without pixels, vector or quality, the unlabelled ones gone
     unique = labelled
     if config.dedupe == "keep_one":
         # The groups are known only once every image is decoded: a side input of the dropped
@@ -152,19 +176,24 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         deduped = unique | "Dedupe" >> beam.FlatMap(_drop_duplicates, dropped).with_outputs(DEAD_LETTER, main="kept")
         unique = deduped.kept
         dead_letters.append(deduped[DEAD_LETTER])
-    # unique: DecodedImage without pixels, vector or quality, one per duplicate group with keep_one
+    # unique: [DecodedImage] without pixels, vector or quality, one per duplicate group with keep_one
     if config.balance == "downsample":
-        balanced = unique | "Balance" >> DownsampleToSmallestClass(config.seed)
-        kept = balanced["kept"]
+        balanced = _images(unique, "ToBalance") | "Balance" >> DownsampleToSmallestClass(config.seed)
+        kept = balanced["kept"] | "Rebatch" >> staging.GroupByStagingFile()
         dead_letters.append(balanced[DEAD_LETTER])
     else:
         kept = unique
-    # kept: DecodedImage without pixels, the examples that go into the shards
+    # kept: [DecodedImage] without pixels of one staging file, the examples that go into the shards
     written = kept | "RestorePixels" >> staging.RestorePixels()
-    # written: DecodedImage with pixels and vector, read back one staging file at a time
+    # written: DecodedImage with pixels and vector, read back one staging file (batch) at a time
     # (the vectors by offset from theirs)
 
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
+    kept_images = _images(kept, "KeptImages")
+    # kept_images: DecodedImage without pixels, one by one: what the index and the counts read
+    _ = {"written": kept_images, "listed": sources["images"]} | "ExamplesIndex" >> WriteExamplesIndex(
+        config, estimated_images
+    )
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
     with tft_beam.Context(temp_dir=temp_dir):
         _ = train | "TransformStatistics" >> WriteTransformStatistics(config)
@@ -176,10 +205,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         "non_image_files": sources[NOT_IMAGE_FILE],
         "labelled": sources["images"],
         "dead_letters": all_dead_letters,
-        "decoded": unique,
-        "written": kept,
+        "decoded": _images(unique, "DecodedImages"),
+        "written": kept_images,
         "file_hashes": sources["fingerprint"],
-        "content_hashes": labelled | "ContentHash" >> beam.Map(lambda image: image.content_hash),
+        "content_hashes": labelled | "ContentHash" >> beam.FlatMap(lambda batch: [im.content_hash for im in batch]),
         "quality": audit["stats"],
     } | "RunStatistics" >> WriteRunStatistics(config.output_dir)
 
@@ -232,6 +261,7 @@ def _run_holding_the_lock(config: PreprocessConfig, options: PipelineOptions, es
         )
     finally:
         output_dir.remove_run_files(config.output_dir)
+    croissant.write(config.output_dir, result, config.card)
     print(manifest.summary_table(result), file=sys.stderr)
     return result
 

@@ -316,13 +316,23 @@ def atypicality(thumbnails: bytes, space: FaceSpace) -> np.ndarray:
     The ratio is the "distance from feature space" over its expected value (Moghaddam and
     Pentland 1997), so a place that is noisy in every image (a textured background) does not
     outweigh one that is not. Many images at once (ATYPICALITY_BATCH): one at a time, numpy's
-    overheads cost 5x the arithmetic."""
-    # (places, images, 64), contiguous: one BLAS product per place below.
-    centred = np.ascontiguousarray((standardised_patches(thumbnails) - space.mean).swapaxes(0, 1))
-    residual = centred @ space.complement  # the complement is symmetric
-    distance = np.square(residual).mean(axis=2)  # (places, images)
-    ratio = (_RESIDUAL_FLOOR + distance) / (_RESIDUAL_FLOOR + space.residual_variance[:, None])
-    return np.log(ratio).mean(axis=0)
+    overheads cost 5x the arithmetic.
+
+    Always in blocks of ATYPICALITY_BATCH rows, the last one padded with flat patches: the
+    BLAS product rounds differently for some row counts (1, 13, 23, ... measured), so a fixed
+    count gives an image the same value to the last bit whatever batch or bundle it came in."""
+    patches = standardised_patches(thumbnails)
+    count = len(patches)
+    padding = np.zeros((-count % ATYPICALITY_BATCH, *patches.shape[1:]))
+    scores = []
+    for block in np.split(np.concatenate([patches, padding]), max(1, (count + len(padding)) // ATYPICALITY_BATCH)):
+        # (places, images, 64), contiguous: one BLAS product per place below.
+        centred = np.ascontiguousarray((block - space.mean).swapaxes(0, 1))
+        residual = centred @ space.complement  # the complement is symmetric
+        distance = np.square(residual).mean(axis=2)  # (places, images)
+        ratio = (_RESIDUAL_FLOOR + distance) / (_RESIDUAL_FLOOR + space.residual_variance[:, None])
+        scores.append(np.log(ratio).mean(axis=0))
+    return np.concatenate(scores)[:count]
 
 
 def face_space_fold(content_hash: int) -> int:

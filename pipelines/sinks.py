@@ -40,6 +40,21 @@ def num_shards_for(estimated_examples: float, requested: int) -> int:
     return max(1, min(shards, 1024))
 
 
+def shard_counts(config: PreprocessConfig, estimated_images: int) -> dict[str, int]:
+    """Shards per split, from the estimated number of images and the split fractions."""
+    fractions = config.splits or {"train": 1.0, "validation": config.validation_fraction, "test": 1.0}
+    return {
+        split: num_shards_for(estimated_images * fractions.get(split, 0.0), config.num_shards)
+        for split in features.SPLITS
+    }
+
+
+def shard_name(split: str, image_id: str, shards: Mapping[str, int]) -> str:
+    """The shard an example goes to, ``train-00001-of-00004``: a stable hash of its id."""
+    count = shards[split]
+    return f"{split}-{int(unit_hash('shard', image_id) * count):05d}-of-{count:05d}"
+
+
 class _GzipTFRecordSink(fileio.FileSink):
     """A fileio sink writing GZIP-compressed TFRecords (what tf.data.TFRecordDataset reads)."""
 
@@ -78,15 +93,9 @@ class WriteShards(beam.PTransform):
     def expand(self, images):
         config = self._config
         width, height = config.image_size
-        fractions = config.splits or {"train": 1.0, "validation": config.validation_fraction, "test": 1.0}
-        shards = {
-            split: num_shards_for(self._estimated * fractions.get(split, 0.0), config.num_shards)
-            for split in features.SPLITS
-        }
+        shards = shard_counts(config, self._estimated)
 
         def keyed_example(image) -> tuple[str, bytes]:
-            count = shards[image.split]
-            shard = int(unit_hash("shard", image.id) * count)
             serialized = features.encode_example(
                 image=image.pixels,
                 label=image.label,
@@ -97,7 +106,7 @@ class WriteShards(beam.PTransform):
                 width=width,
                 channels=config.channels,
             )
-            return f"{image.split}-{shard:05d}-of-{count:05d}", serialized
+            return shard_name(image.split, image.id, shards), serialized
 
         return (
             images

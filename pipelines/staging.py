@@ -5,9 +5,9 @@ the class balance (a side input of counts per class), ``--dedupe keep_one`` (a s
 the audit's groups) and the Flattens that join branches. A local runner holds whatever crosses
 such a boundary in memory until its consumer runs, so images that carried their pixels across
 them made the job's memory grow with the data set (docs/benchmarks.md section 2). Instead, the
-decode's own stage appends each image's pixels to a staging file, the rest of the job carries
-only the image's small fields and that file's name, and the writer's stage reads them back one
-staging file at a time. The files live in the output directory's
+decode's own stage writes each batch's pixels to a staging file of its own, the rest of the job
+carries only the images' small fields and that file's name, and the writer's stage reads them
+back one staging file (a batch) at a time. The files live in the output directory's
 ``output_dir.STAGING_DIR`` and go when the run ends, with its other temp files.
 
 A --numeric_columns vector (2 KB for Kaggle's 512 columns) leaves even earlier, at the labels
@@ -18,7 +18,6 @@ and where it is (labels.VectorLocation), and the writer's stage reads it back by
 from __future__ import annotations
 
 import hashlib
-import io
 import struct
 import uuid
 from collections.abc import Iterable, Iterator
@@ -32,10 +31,6 @@ from apache_beam.io.tfrecordio import (
 
 from pipelines.labels import UNLABELLED_SPLIT, LabelRow, VectorLocation
 from pipelines.transforms import DecodedImage
-
-# Images per staging file: what one read-back holds of their small fields (a few hundred
-# bytes each), and the unit of the writer's parallelism.
-IMAGES_PER_FILE = 1000
 
 _LENGTHS = struct.Struct("<II")  # id, pixels lengths in bytes
 # Vectors per vectors file (2 KB each for 512 columns): a file is read back by offset.
@@ -95,30 +90,25 @@ class _BundleFiles:
 
 
 class StagePixels(beam.DoFn):
-    """DecodedImage -> the same without pixels, ``staged`` naming the file that holds them.
+    """[DecodedImage] -> the same without pixels, ``staged`` naming the one file that holds the batch's.
 
     Its vector stays as it is: in the job it left at the labels CSV's parse (StageVectors).
-    An unlabelled image (split UNLABELLED_SPLIT: decoded for the audit alone, without pixels) passes as it is.
-    Each bundle writes its own files (IMAGES_PER_FILE images at most, TFRecord-framed records).
+    An unlabelled image (split UNLABELLED_SPLIT: decoded for the audit alone, without pixels)
+    passes as it is. The file (TFRecord-framed records) is closed before the batch leaves: a
+    retried bundle writes new files, and the ones a failed attempt left are never read.
     """
 
     def __init__(self, staging_dir: str):
         self._dir = staging_dir
 
-    def start_bundle(self) -> None:
-        self._files = _BundleFiles(self._dir, ".staged", IMAGES_PER_FILE)
-
-    def process(self, image: DecodedImage) -> Iterator[DecodedImage]:
-        if image.split == UNLABELLED_SPLIT:
-            yield image
-            return
-        framed = io.BytesIO()
-        _TFRecordUtil.write_record(framed, encode_staged(image))
-        path, _ = self._files.write(framed.getvalue())
-        yield image._replace(pixels=b"", staged=path)
-
-    def finish_bundle(self) -> None:
-        self._files.close()
+    def process(self, batch: list[DecodedImage]) -> Iterator[list[DecodedImage]]:
+        labelled = [image for image in batch if image.split != UNLABELLED_SPLIT]
+        path = FileSystems.join(self._dir, f"{uuid.uuid4().hex}.staged")
+        if labelled:
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+                for image in labelled:
+                    _TFRecordUtil.write_record(f, encode_staged(image))
+        yield [image if image.split == UNLABELLED_SPLIT else image._replace(pixels=b"", staged=path) for image in batch]
 
 
 class StageVectors(beam.DoFn):
@@ -169,15 +159,19 @@ def _with_vectors(images: list[DecodedImage]) -> Iterator[DecodedImage]:
 
 
 class _ReadStagingFile(beam.DoFn):
-    """(staging file, [DecodedImage without pixels]) -> each of them with its pixels and vector."""
+    """[DecodedImage without pixels] of one staging file -> each of them with its pixels and vector."""
 
-    def process(self, element: tuple[str, Iterable[DecodedImage]]) -> Iterator[DecodedImage]:
-        path, images = element
-        wanted = {}
+    def process(self, images: Iterable[DecodedImage]) -> Iterator[DecodedImage]:
+        wanted, path = {}, None
         for image in images:
+            path = path or image.staged
+            if image.staged != path:
+                raise ValueError(f"a batch to restore holds images of two staging files: {path}, {image.staged}")
             if image.id in wanted:
                 raise ValueError(f"{image.id!r} is twice in the staging file {path}")
             wanted[image.id] = image
+        if path is None:
+            return
         restored = []
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             while wanted and (record := _TFRecordUtil.read_record(f)) is not None:
@@ -190,16 +184,24 @@ class _ReadStagingFile(beam.DoFn):
         yield from _with_vectors(restored)
 
 
-class RestorePixels(beam.PTransform):
-    """DecodedImage staged by StagePixels (and its vector by StageVectors) -> the same with its
-    pixels and vector, for the writer."""
+class GroupByStagingFile(beam.PTransform):
+    """DecodedImage staged by StagePixels -> [DecodedImage] of one staging file (after a step
+    that needs the images one by one, the class balance)."""
 
     def expand(self, images):
         return (
             images
             | "KeyByStagingFile" >> beam.Map(lambda image: (image.staged, image))
             | "GroupByStagingFile" >> beam.GroupByKey()
-            # (staging file, [DecodedImage without pixels]): IMAGES_PER_FILE at most
-            | "ReadStagingFile" >> beam.ParDo(_ReadStagingFile())
-            # DecodedImage with pixels and vector, ``staged`` empty
+            # (staging file, [DecodedImage without pixels]): a batch at most
+            | "Images" >> beam.Values()
         )
+
+
+class RestorePixels(beam.PTransform):
+    """[DecodedImage] of one staging file (StagePixels; their vectors by StageVectors) -> each
+    image with its pixels and vector, for the writer: one read of the file per batch."""
+
+    def expand(self, batches):
+        # Out: DecodedImage with pixels and vector, ``staged`` empty.
+        return batches | "ReadStagingFile" >> beam.ParDo(_ReadStagingFile())

@@ -1,17 +1,20 @@
-"""Per-image transforms: split assignment, decode + resize, deterministic class balancing."""
+"""Per-image transforms and their batches: split assignment, batching, decode + resize, deterministic class balancing."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import features, paths
@@ -36,9 +39,14 @@ NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
 # DecodeAndResize's decode-cache counters (the manifest's ``cache`` section).
 CACHE_COUNTERS = ("cache_hits", "cache_misses", "cache_corrupt")
-# Decoded images audited together: an audit right after each decode costs about twice as much
-# (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
-AUDIT_BATCH = 64
+# A batch (BatchImages): the unit of work from the join by id to the writer. Tens of images
+# pay the runner's per-element cost once and keep a thread pool busy; the bytes bound keeps a
+# batch of large photos to a few seconds of decoding and its files' bytes out of memory.
+BATCH_IMAGES = 64
+BATCH_BYTES = 32 << 20
+# Decoded images audited together, a batch: an audit right after each decode costs about twice
+# as much (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
+AUDIT_BATCH = BATCH_IMAGES
 
 
 class DecodedImage(NamedTuple):
@@ -77,24 +85,67 @@ def assign_split(image: LabelledImage, config: PreprocessConfig) -> str:
     return max(config.splits, key=lambda s: features.SPLITS.index(s) if config.splits[s] > 0 else -1)
 
 
-class _Pending(NamedTuple):
-    """A decoded image waiting for its audit, with where it came from in the pipeline."""
+def decode_threads(requested: int) -> int:
+    """The decode pool's size: ``requested``, or with 0 one thread per core this process may use."""
+    if requested:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # Not Linux.
+        return os.cpu_count() or 1
 
-    split: str
-    image: LabelledImage
-    decoded: CachedPixels
-    content_hash: int
-    timestamp: Any
-    window: Any
+
+class BatchImages(beam.DoFn):
+    """(split, LabelledImage) -> [(split, LabelledImage)]: BATCH_IMAGES at most, their files
+    BATCH_BYTES at most (a larger file alone), within one bundle.
+
+    The unit of work from here to the writer: the runner's cost per element (coders, stage
+    boundaries) is paid per batch, and a batch is what one thread pool decodes. Batches are
+    cut by count and file size alone, never by time, so a run's batches are the same each time
+    its bundles are (the output never depends on them). Global windows only (a batch job's).
+    """
+
+    def start_bundle(self) -> None:
+        self._batch: list[tuple[str, LabelledImage]] = []
+        self._bytes = 0
+
+    def process(self, element: tuple[str, LabelledImage]) -> Iterator:
+        size = element[1].size
+        if self._batch and (len(self._batch) >= BATCH_IMAGES or self._bytes + size > BATCH_BYTES):
+            yield self._emit()
+        self._batch.append(element)
+        self._bytes += size
+
+    def finish_bundle(self) -> Iterator:
+        if self._batch:
+            yield self._emit()
+
+    def _emit(self) -> WindowedValue:
+        batch, self._batch, self._bytes = self._batch, [], 0
+        return GlobalWindows.windowed_value_at_end_of_window(batch)
+
+
+class _Outcome(NamedTuple):
+    """One image's read + decode, as a pool thread leaves it for the DoFn's own thread (which
+    alone may touch Beam's metrics): its pixels or why not, and what it cost."""
+
+    decoded: CachedPixels | None
+    content_hash: int = 0
+    bytes_read: int = 0
+    cache_counter: str = ""  # The CACHE_COUNTERS name this lookup counts in; "" with the cache off.
+    failure: tuple[str, str] = ("", "")  # (dead-letter reason, detail) when ``decoded`` is None
 
 
 class DecodeAndResize(beam.DoFn):
-    """(split, LabelledImage) -> DecodedImage, or a dead letter saying why not.
+    """[(split, LabelledImage)] -> [DecodedImage] (the batch's decodable images), and a dead
+    letter for each one that is not, saying why.
 
+    The batch is read, decoded and resized on a pool of ``--decode_threads`` threads (OpenCV,
+    simplejpeg and hashlib release the GIL while they work), then audited on it in a second
+    pass (an audit right after each decode costs about twice as much, docs/benchmarks.md
+    section 7). Each image goes through :func:`decode_with_size`, via the decode cache when on.
     An unlabelled image (label NO_LABEL) comes out without its pixels, label None, split
     UNLABELLED_SPLIT: it is audited (a copy of it in the train split is leakage) but never written.
-    Decoded images are audited AUDIT_BATCH at a time (and at the end of each bundle), so they
-    leave in batches, each with its own window and timestamp.
     """
 
     _LOG_EVERY = 500
@@ -105,6 +156,7 @@ class DecodeAndResize(beam.DoFn):
         self._max_pixels = config.max_pixels
         self._min_side = config.min_side
         self._cache_dir = config.cache_dir
+        self._threads = config.decode_threads
         self._decoded = Metrics.counter(NAMESPACE, "decoded")
         self._cache_counters = {name: Metrics.counter(NAMESPACE, name) for name in CACHE_COUNTERS}
         self._failed = Metrics.counter(NAMESPACE, "decode_failed")
@@ -118,100 +170,95 @@ class DecodeAndResize(beam.DoFn):
         self._cache = (
             DecodeCache(self._cache_dir, size=self._size, color_mode=self._color_mode) if self._cache_dir else None
         )
+        self._pool = ThreadPoolExecutor(decode_threads(self._threads), thread_name_prefix="decode")
 
-    def start_bundle(self):
-        self._pending: list[_Pending] = []
+    def teardown(self):
+        self._pool.shutdown()
 
-    def process(
-        self, element: tuple[str, LabelledImage], timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
-    ) -> Iterator:
-        split, image = element
+    def process(self, batch: list[tuple[str, LabelledImage]]) -> Iterator:
+        outcomes = list(self._pool.map(self._read_and_decode, [image for _, image in batch]))
+        # The audit reads only the resized pixels and the original size (see pipelines.quality),
+        # which a cache hit holds too; all of them after the decodes, in a loop that keeps its code in cache.
+        qualities = iter(
+            list(
+                self._pool.map(
+                    lambda outcome: image_quality(outcome.decoded.pixels, outcome.decoded.original_size),
+                    [outcome for outcome in outcomes if outcome.decoded is not None],
+                )
+            )
+        )
+        decoded = []
+        for (split, image), outcome in zip(batch, outcomes, strict=True):
+            self._bytes_read.inc(outcome.bytes_read)
+            if outcome.cache_counter:
+                self._cache_counters[outcome.cache_counter].inc()
+            if outcome.decoded is None:
+                yield from self._failure(image, *outcome.failure)
+                continue
+            self._log_progress()
+            decoded.append(self._decoded_image(split, image, outcome, next(qualities)))
+        if decoded:
+            yield decoded
+
+    def _decoded_image(self, split: str, image: LabelledImage, outcome: _Outcome, quality: ImageQuality):
+        if image.label == NO_LABEL:
+            self._audited_only.inc()
+            return DecodedImage(image.id, None, split, b"", outcome.content_hash, image.group, b"", quality)
+        self._decoded.inc()
+        return DecodedImage(
+            image.id,
+            image.label,
+            split,
+            outcome.decoded.pixels.tobytes(),
+            outcome.content_hash,
+            image.group,
+            image.vector if image.vector_location is None else b"",  # Else: its digest.
+            quality,
+            vector_location=image.vector_location,
+        )
+
+    def _read_and_decode(self, image: LabelledImage) -> _Outcome:
+        """On a pool thread: the image's file read, hashed and decoded (or found in the cache)."""
         if reason := paths.not_a_file_reason(image.path):  # A FIFO would block the read forever.
-            yield from self._failure(image, reason, "")
-            return
+            return _Outcome(None, failure=(reason, ""))
         try:
             with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
         except Exception as e:  # Any filesystem's error: the image is lost, not the job.
-            yield from self._failure(image, "read_error", repr(e))
-            return
-        self._bytes_read.inc(len(data))
+            return _Outcome(None, failure=("read_error", repr(e)))
         content_sha256 = hashlib.sha256(data).digest()
+        measured = {"content_hash": int.from_bytes(content_sha256, "big"), "bytes_read": len(data)}
+        lookup = ""
         try:
-            decoded = self._pixels(data, content_sha256)
+            decoded = None
+            if self._cache is not None:
+                lookup, decoded = self._lookup(content_sha256)
+            if decoded is None:
+                decoded = self._decode(data)
+                if self._cache is not None:
+                    self._cache.put(content_sha256, decoded)
+            return _Outcome(decoded, cache_counter=lookup, **measured)
         except UndecodableImage as e:
-            yield from self._failure(image, e.reason, e.detail)
-            return
+            failure = (e.reason, e.detail)
         except Exception as e:  # An unexpected decoder failure is one bad image, never a crashed job.
-            yield from self._failure(image, "undecodable", f"{type(e).__name__}: {e}")
-            return
-        self._log_progress()
-        content_hash = int.from_bytes(content_sha256, "big")
-        self._pending.append(_Pending(split, image, decoded, content_hash, timestamp, window))
-        if len(self._pending) >= AUDIT_BATCH:
-            yield from self._audited()
+            failure = ("undecodable", f"{type(e).__name__}: {e}")
+        return _Outcome(None, cache_counter=lookup, failure=failure, **measured)
 
-    def finish_bundle(self) -> Iterator:
-        yield from self._audited()
-
-    def _audited(self) -> Iterator:
-        """The pending images, audited, as windowed values (what finish_bundle must emit)."""
-        pending, self._pending = self._pending, []
-        # The audit reads only the resized pixels and the original size (see pipelines.quality),
-        # which a cache hit holds too; all of them first, in one loop that keeps its code in cache.
-        qualities = [image_quality(p.decoded.pixels, p.decoded.original_size) for p in pending]
-        for p, quality in zip(pending, qualities, strict=True):
-            image = p.image
-            if image.label == NO_LABEL:
-                self._audited_only.inc()
-                audited = DecodedImage(image.id, None, p.split, b"", p.content_hash, image.group, b"", quality)
-                yield WindowedValue(audited, p.timestamp, (p.window,))
-                continue
-            self._decoded.inc()
-            decoded = DecodedImage(
-                image.id,
-                image.label,
-                p.split,
-                p.decoded.pixels.tobytes(),
-                p.content_hash,
-                image.group,
-                image.vector if image.vector_location is None else b"",  # Else: its digest.
-                quality,
-                vector_location=image.vector_location,
-            )
-            yield WindowedValue(decoded, p.timestamp, (p.window,))
-
-    def _failure(self, image: LabelledImage, reason: str, detail: str) -> Iterator:
-        """A decode dead letter; none for an unlabelled image, which has its ``unlabelled`` one."""
-        if image.label == NO_LABEL:
-            self._not_audited.inc()
-            logging.warning("unlabelled image %s not audited: %s %s", image.path, reason, detail)
-            return
-        self._failed.inc()
-        yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=reason, detail=detail)
-
-    def _pixels(self, data: bytes, content_sha256: bytes) -> CachedPixels:
-        """The resized pixels and original size: from the cache when it holds a sound entry,
-        else decoded (and then cached). Each lookup counts once: hit, miss or corrupt."""
-        if self._cache is None:
-            return self._decode(data)
+    def _lookup(self, content_sha256: bytes) -> tuple[str, CachedPixels | None]:
+        """(the counter this lookup counts in, the cached pixels or None): a sound entry is a
+        hit, else a miss; a corrupt one is never trusted (decoded again, the entry rewritten)."""
         try:
             cached = self._cache.get(content_sha256)
-        except CorruptEntry as e:  # Never trusted: decoded again, and the entry rewritten.
+        except CorruptEntry as e:
             logging.warning(
                 "decode cache: entry %s is corrupt (%s); decoding again", self._cache.path(content_sha256), e
             )
-            self._cache_counters["cache_corrupt"].inc()
-        else:
-            if cached is not None:
-                # The entry passed an earlier run's limits; this run's may differ.
-                check_dimensions(*cached.original_size, max_pixels=self._max_pixels, min_side=self._min_side)
-                self._cache_counters["cache_hits"].inc()
-                return cached
-            self._cache_counters["cache_misses"].inc()
-        decoded = self._decode(data)
-        self._cache.put(content_sha256, decoded)
-        return decoded
+            return "cache_corrupt", None
+        if cached is None:
+            return "cache_misses", None
+        # The entry passed an earlier run's limits; this run's may differ.
+        check_dimensions(*cached.original_size, max_pixels=self._max_pixels, min_side=self._min_side)
+        return "cache_hits", cached
 
     def _decode(self, data: bytes) -> CachedPixels:
         return decode_with_size(
@@ -223,6 +270,15 @@ class DecodeAndResize(beam.DoFn):
         if self._count % self._LOG_EVERY == 0:
             rate = self._count / max(time.monotonic() - self._started, 1e-9)
             logging.info("decoded %d images in this worker (%.1f images/s)", self._count, rate)
+
+    def _failure(self, image: LabelledImage, reason: str, detail: str) -> Iterator:
+        """A decode dead letter; none for an unlabelled image, which has its ``unlabelled`` one."""
+        if image.label == NO_LABEL:
+            self._not_audited.inc()
+            logging.warning("unlabelled image %s not audited: %s %s", image.path, reason, detail)
+            return
+        self._failed.inc()
+        yield dead_letter(path=image.path, image_id=image.id, stage="decode", reason=reason, detail=detail)
 
 
 # --- Balancing -------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""Shared pytest setup: markers, and small preprocessed data directories for the trainer tests."""
+"""Shared pytest setup: markers, small preprocessed data directories for the trainer tests, --config files."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -91,6 +93,18 @@ def write_data_dir(
     return str(output)
 
 
+def check_croissant(data_dir: str) -> None:
+    """Every data directory the tests make validates with mlcroissant, its examples the manifest's."""
+    import json
+
+    import mlcroissant as mlc
+
+    dataset = mlc.Dataset(os.path.join(data_dir, "croissant.json"))
+    with open(os.path.join(data_dir, "manifest.json")) as f:
+        written = json.load(f)["counts"]["written_total"]
+    assert not dataset.metadata.issues.errors and sum(1 for _ in dataset.records("examples")) == written
+
+
 @pytest.fixture(scope="session")
 def make_data_dir(tmp_path_factory) -> Callable[..., str]:
     """Factory: ``make_data_dir(name, *, height, width, channels, n_per_class_split) -> data_dir``.
@@ -116,6 +130,7 @@ def make_data_dir(tmp_path_factory) -> Callable[..., str]:
                 n_per_class_split=n_per_class_split,
                 numeric_columns=numeric_columns,
             )
+            check_croissant(cache[key])
         return cache[key]
 
     return make
@@ -140,3 +155,15 @@ def latent_dir(make_data_dir) -> str:
         n_per_class_split={"train": 16, "validation": 6, "test": 6},
         numeric_columns=4,
     )
+
+
+@pytest.fixture
+def write_config(tmp_path) -> Callable[[Any], str]:
+    """Writes ``values`` as a ``--config`` file (JSON) in tmp_path; returns its path."""
+
+    def write(values: Any) -> str:
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(values))
+        return str(path)
+
+    return write

@@ -6,12 +6,20 @@ import pathlib
 
 import cv2
 import numpy as np
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
 
-def offline_test_pipeline() -> TestPipeline:
-    """A TestPipeline on the FnApiRunner: the DirectRunner would first try to download Prism."""
-    return TestPipeline(runner="FnApiRunner")
+def offline_test_pipeline(*, bundles: int = 1) -> TestPipeline:
+    """A TestPipeline on the FnApiRunner: the DirectRunner would first try to download Prism.
+
+    ``bundles``: each stage runs in that many bundles on as many threads (the runner splits a
+    stage's input evenly over them: as many bundles as elements gives bundles of one).
+    """
+    if bundles == 1:
+        return TestPipeline(runner="FnApiRunner")
+    options = PipelineOptions(direct_num_workers=bundles, direct_running_mode="multi_threading")
+    return TestPipeline(runner="FnApiRunner", options=options)
 
 
 def labelled_image(label: int, index: int, *, height: int = 60, width: int = 48, channels: int = 3) -> np.ndarray:

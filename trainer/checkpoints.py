@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import re
 import zipfile
@@ -27,10 +26,11 @@ import h5py
 import keras
 import tensorflow as tf
 
+from pipelines import atomic as pipelines_atomic
 from trainer import atomic, job_layout
 
 _BACKUP_WEIGHTS = re.compile(r"^epoch-(\d+)\.weights\.h5$")
-_TEMPORARY = re.compile(r"\.tmp-\d+(\.[^/]*)?$")  # trainer/atomic.py's temporary names.
+_TEMPORARY = re.compile(r"^\.(.+)\.facepipe-[0-9a-f]{16}\.tmp")  # .FINAL.facepipe-<hex>.tmp[.EXT]
 BACKUPS_KEPT = 2  # The newest and the one before it, for when the newest turns out bad.
 
 
@@ -86,14 +86,17 @@ def save_weights(model: keras.Model, path: str) -> None:
 
 
 def remove_stale_temporaries(folder: str) -> None:
-    """Deletes the temporary files (``*.tmp-<pid>.*``) a killed run left in ``folder``.
+    """Deletes the temporary files (pipelines/atomic.py's names) a killed run left in ``folder``.
 
-    Only one run writes a job folder at a time, so a temporary name of another process is a
-    dead one's; files facepipe did not name so are left alone.
+    Only one run writes a job folder at a time (pipelines/locks.py), so they are a dead run's;
+    files facepipe did not name so are left alone.
     """
-    for path in tf.io.gfile.glob(posixpath.join(folder, "*.tmp-*")):
-        name = posixpath.basename(path)
-        if f".tmp-{os.getpid()}" not in name and _TEMPORARY.search(name) and not tf.io.gfile.isdir(path):
+    if not tf.io.gfile.isdir(folder):
+        return
+    for name in tf.io.gfile.listdir(folder):
+        found = _TEMPORARY.match(name)
+        path = posixpath.join(folder, name)
+        if found and pipelines_atomic.is_temporary(name, found.group(1)) and not tf.io.gfile.isdir(path):
             logging.info("removing %s (left by a killed run)", path)
             tf.io.gfile.remove(path)
 

@@ -32,7 +32,6 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipelines import features
-from trainer import distribute
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -57,12 +56,50 @@ def texts(values: Any) -> np.ndarray:
     return np.char.decode(np.asarray(values).astype(bytes), "utf-8")
 
 
+def class_counts(manifest: Mapping[str, Any], split: str) -> dict[int, int]:
+    """{class index: examples} the pipeline wrote to ``split``; {} when the manifest counts none.
+
+    The one reader of the manifest's counts in the trainer.
+    """
+    written = manifest.get("counts", {}).get("written", {}).get(split)
+    return {int(label): int(n) for label, n in written.items()} if isinstance(written, Mapping) else {}
+
+
 def split_size(manifest: Mapping[str, Any], split: str) -> int:
-    """Number of examples the pipeline wrote to ``split`` (from the manifest's counts)."""
-    written = manifest["counts"]["written"].get(split)
-    if written is None:
-        raise KeyError(f"manifest has no written count for split {split!r}")
-    return int(sum(int(n) for n in written.values()))
+    """Number of examples the pipeline wrote to ``split`` (from the manifest's counts; 0 when none)."""
+    return sum(class_counts(manifest, split).values())
+
+
+@dataclasses.dataclass(frozen=True)
+class Subset:
+    """Some labelled examples of a data dir, picked by id from the shards of every split.
+
+    What a cross-validation fold trains or validates on (trainer/folds.py); ``name`` is for
+    the logs. ``ids`` and ``labels`` are [n] arrays (ids and labels only, never pixels).
+    """
+
+    name: str
+    ids: np.ndarray  # [n] str
+    labels: np.ndarray  # [n] int64
+
+    @property
+    def class_counts(self) -> dict[int, int]:
+        labels, counts = np.unique(self.labels, return_counts=True)
+        return {int(label): int(n) for label, n in zip(labels, counts, strict=True)}
+
+
+# Where a fit's examples come from: a split's name or a Subset.
+Examples = str | Subset
+
+
+def examples_class_counts(manifest: Mapping[str, Any], examples: Examples) -> dict[int, int]:
+    """{class index: examples} of a split (the manifest's counts) or of a Subset."""
+    return examples.class_counts if isinstance(examples, Subset) else class_counts(manifest, examples)
+
+
+def examples_size(manifest: Mapping[str, Any], examples: Examples) -> int:
+    """Number of examples of a split (the manifest's counts) or of a Subset."""
+    return len(examples.ids) if isinstance(examples, Subset) else split_size(manifest, examples)
 
 
 def load_transform(data_dir: str, manifest: Mapping[str, Any]) -> tft.TFTransformOutput:
@@ -91,6 +128,10 @@ class DataDir:
     @functools.cached_property
     def tft_output(self) -> tft.TFTransformOutput:
         return load_transform(self.path, self.manifest)
+
+    def load(self) -> None:
+        """Loads the tf.Transform output now (FileNotFoundError when it is missing)."""
+        self.tft_output  # noqa: B018 (the cached property loads it)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -261,9 +302,33 @@ def augment_batches(ds: tf.data.Dataset, augment: str, *, seed: int = 0) -> tf.d
     return ds.map(augment_image)
 
 
+def _shards(data_dir: str, examples: Examples) -> list[str]:
+    """The shard files holding ``examples``: the split's, or every split's for a Subset."""
+    if not isinstance(examples, Subset):
+        return list_shards(data_dir, examples)
+    files = [f for split in features.SPLITS for f in sorted(tf.io.gfile.glob(features.shard_pattern(data_dir, split)))]
+    if not files:
+        raise FileNotFoundError(f"{data_dir}: no shards ({features.SHARD_SUFFIX}) in any split")
+    return files
+
+
+def _keep_ids(ids: np.ndarray) -> Callable[[tf.Tensor], tf.Tensor]:
+    """``fn(serialized) -> bool``: whether the example's id is one of ``ids``."""
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids, tf.string), tf.ones([len(ids)], tf.int64)),
+        default_value=0,
+    )
+    spec = {features.ID_KEY: features.raw_feature_spec()[features.ID_KEY]}
+
+    def keep(serialized: tf.Tensor) -> tf.Tensor:
+        return tf.equal(table.lookup(tf.io.parse_single_example(serialized, spec)[features.ID_KEY]), 1)
+
+    return keep
+
+
 def make_dataset(
     data_dir: str,
-    split: str,
+    split: Examples,
     *,
     manifest: Mapping[str, Any],
     tft_output: tft.TFTransformOutput,
@@ -280,7 +345,8 @@ def make_dataset(
 
     Args:
       data_dir: The preprocessing output directory (local or gs://).
-      split: "train", "validation" or "test".
+      split: "train", "validation" or "test", or a :class:`Subset` (read from every split's
+        shards, only its ids kept).
       manifest: ``features.read_manifest(data_dir)``.
       tft_output: ``load_transform(data_dir, manifest)``.
       global_batch_size: per-replica batch x ``strategy.num_replicas_in_sync``; the strategy
@@ -300,13 +366,13 @@ def make_dataset(
     if augment != "none" and not training:
         raise ValueError(f"augmentation ({augment!r}) is for the training dataset only")
     image_shape = features.image_shape(manifest)
-    num_examples = split_size(manifest, split)
+    num_examples = examples_size(manifest, split)
     if cache is None:
         cache = num_examples * math.prod(image_shape) < DEFAULT_CACHE_MAX_BYTES
-    files = list_shards(data_dir, split)
+    files = _shards(data_dir, split)
     logging.info(
         "%s: %d examples in %d shards, global batch %d, training=%s, cache=%s",
-        split,
+        split.name if isinstance(split, Subset) else split,
         num_examples,
         len(files),
         global_batch_size,
@@ -315,8 +381,10 @@ def make_dataset(
     )
 
     ds = _read_serialized(files, shuffle_files=training and not cache, seed=seed, deterministic=deterministic)
-    # The manifest's count is the contract: a split with any other number of examples fails
-    # at the end of its first pass, and Keras knows the length of an evaluation epoch.
+    if isinstance(split, Subset):
+        ds = ds.filter(_keep_ids(split.ids))  # (serialized example of the subset)
+    # The manifest's count (a Subset's size) is the contract: any other number of examples
+    # fails at the end of the first pass, and Keras knows the length of an evaluation epoch.
     ds = ds.apply(tf.data.experimental.assert_cardinality(num_examples))
     if cache:
         # Cache the small serialized records (not the float images: 4x the bytes) before
@@ -349,45 +417,52 @@ def make_dataset(
     return ds.prefetch(AUTOTUNE)
 
 
+@dataclasses.dataclass(frozen=True)
+class FitExamples:
+    """What a fit trains and validates on: splits (``train``'s) or Subsets (a fold's).
+
+    ``validation`` None: the fit validates on nothing (no val_* figures, no early stopping).
+    """
+
+    train: Examples = "train"
+    validation: Examples | None = "validation"
+
+
 class FitDatasets(NamedTuple):
-    """What a fit reads: ``train`` (augmented, repeated), ``validation`` (one pass), the steps of
-    one epoch of ``train``, and ``calibration``: the train split shuffled and repeated like
-    ``train`` but never augmented, for BatchNormalization's statistics (trainer/batch_norm.py)."""
+    """What a fit reads: ``train`` (augmented, repeated), ``validation`` (one pass, or None), the
+    steps of one epoch of ``train``, and ``calibration``: the training examples shuffled and
+    repeated like ``train`` but never augmented, for BatchNormalization's statistics
+    (trainer/batch_norm.py)."""
 
     train: tf.data.Dataset
-    validation: tf.data.Dataset
+    validation: tf.data.Dataset | None
     steps_per_epoch: int
     calibration: tf.data.Dataset
 
 
-def make_datasets_fn(
+def make_fit_datasets(
     data_dir: DataDir,
+    examples: FitExamples,
     *,
-    strategy: tf.distribute.Strategy,
+    global_batch_size: int,
+    augment: str = "none",
     seed: int = 0,
     deterministic: bool = True,
     inputs: Sequence[str] = (features.IMAGE_KEY,),
-) -> Callable[..., FitDatasets]:
-    """``fn(per_replica_batch_size, augment="none") -> FitDatasets`` for fit and tuning.
-
-    ``inputs``: what the model takes (a preset's ``inputs``).
-    """
-    tft_output = data_dir.tft_output  # Now: a missing transform fails before any trial or epoch.
-
-    def make_datasets(per_replica_batch_size: int, augment: str = "none"):
-        batch = distribute.global_batch_size(per_replica_batch_size, strategy)
-        common = dict(
-            manifest=data_dir.manifest,
-            tft_output=tft_output,
-            global_batch_size=batch,
-            deterministic=deterministic,
-            inputs=inputs,
-        )
-        return FitDatasets(
-            train=make_dataset(data_dir.path, "train", training=True, seed=seed, augment=augment, **common),
-            validation=make_dataset(data_dir.path, "validation", training=False, **common),
-            steps_per_epoch=steps_per_epoch(split_size(data_dir.manifest, "train"), batch),
-            calibration=make_dataset(data_dir.path, "train", training=True, seed=seed, **common),
-        )
-
-    return make_datasets
+) -> FitDatasets:
+    """The datasets of one fit (trainer/fitting.py); ``inputs``: what the model takes (a preset's)."""
+    common = dict(
+        manifest=data_dir.manifest,
+        tft_output=data_dir.tft_output,
+        global_batch_size=global_batch_size,
+        deterministic=deterministic,
+        inputs=inputs,
+    )
+    return FitDatasets(
+        train=make_dataset(data_dir.path, examples.train, training=True, seed=seed, augment=augment, **common),
+        validation=None
+        if examples.validation is None
+        else make_dataset(data_dir.path, examples.validation, training=False, **common),
+        steps_per_epoch=steps_per_epoch(examples_size(data_dir.manifest, examples.train), global_batch_size),
+        calibration=make_dataset(data_dir.path, examples.train, training=True, seed=seed, **common),
+    )

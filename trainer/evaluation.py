@@ -7,11 +7,13 @@ Outputs in job_dir/eval/ (names in trainer/job_layout.py):
                             errors per group (when the data has groups); the share of
                             identical outputs and of dead ReLU units (a collapsed model);
                             data lineage (data_fingerprint, same_data_as_training); with
-                            --baseline, McNemar's test against another job's predictions
+                            --baseline, McNemar's test against another job's predictions;
+                            each misclassified example's source file (the examples index)
   predictions.csv           id, label, probability, predicted (every test example)
   training_curves.png       loss and accuracy per epoch (from history.csv)
   confusion_matrix.png
   misclassified.png         a grid of misclassified images, true / predicted / P(class 1)
+  model_card.md, .json      the model card (trainer/model_card.py)
 The metrics are computed with numpy from predictions.csv's columns, so they can be
 recomputed from that file alone.
 """
@@ -35,7 +37,8 @@ import matplotlib.ticker
 import numpy as np
 import tensorflow as tf
 
-from trainer import atomic, data, job_layout, models, records, statistics
+from pipelines import features
+from trainer import atomic, data, job_layout, model_card, models, records, statistics
 
 # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; the same here.
 _EPSILON = 1e-7
@@ -431,6 +434,10 @@ def evaluate(
         ids=ids,
         groups=example_groups(ids, [str(g) for g in result["group"]]),
     )
+    wrong_ids = {row["id"] for row in metrics["misclassified"]}
+    example_paths = features.read_example_paths(data_dir.path, wrong_ids)  # Empty for data from before the index.
+    for row in metrics["misclassified"]:
+        row["path"] = example_paths.get(row["id"], "")
     if "errors_per_group" not in metrics:
         logging.info("no groups in %s (preprocessed without --group_by): no errors per group", data_dir.path)
     if baseline_predictions is not None:
@@ -482,7 +489,10 @@ def evaluate(
         result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, job_layout.MISCLASSIFIED_PLOT)
     )
 
+    card = model_card.write(job_dir, data_dir.path, parameters=model.count_params())
+
     print("\n".join(summary_lines(metrics)))
     print(errors_table(metrics))
     print(f"evaluation written to {out_dir}")
+    print(f"model card: {card}")
     return metrics

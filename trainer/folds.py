@@ -3,10 +3,12 @@
 Every example of every split (train, validation and test alike) is scored once, by a model
 trained on the other folds only. Folds are made of groups, and a group is never in two
 folds: the group is the example's ``group`` feature (pipelines/features.py: the
-``--group_by`` value, e.g. the person, else the id), as the splits use it. Models are the
-preset's own (``models.build_model``, as ``train`` builds them), trained with its augmentation
-and the shared recipe for its epochs (no early stopping: there is no validation split inside a
-fold).
+``--group_by`` value, e.g. the person, else the id), as the splits use it. Each fold's model
+is fitted as ``train`` fits (``fitting.fit``: the preset, its augmentation, the recipe, class
+weights and early stopping) on the other folds' examples of the train and test splits, and
+validated (early stopping, precise BatchNormalization) on the other folds' examples of the
+validation split: the data's validation split keeps its job, and no example that validates a
+fold's model trains it.
 
 Memory: the images stay in the TFRecord shards and are streamed by tf.data; in memory are
 the ids, labels and fold numbers (one entry per example) and the probabilities [n, K].
@@ -21,9 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import math
-import posixpath
-from collections.abc import Mapping
 from typing import Any
 
 import keras
@@ -31,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import batch_norm, data, export, job_layout, models, predict
+from trainer import atomic, data, export, fitting, job_layout, predict
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -42,10 +41,10 @@ PREDICT_BATCH = 256
 class Examples:
     """The labelled examples of a data dir, in shard order: one entry per example."""
 
-    files: list[str]  # Every shard of every split.
     ids: np.ndarray  # [n] str
     labels: np.ndarray  # [n] int64
     groups: np.ndarray  # [n] str: what a fold keeps together
+    splits: np.ndarray  # [n] str: the split whose shards hold it
 
 
 def assign_folds(groups: np.ndarray, num_folds: int) -> np.ndarray:
@@ -73,33 +72,33 @@ def assign_folds(groups: np.ndarray, num_folds: int) -> np.ndarray:
 
 
 def read_examples(data_dir: data.DataDir) -> Examples:
-    """Ids and labels of every example in every split's shards (pixels are not kept)."""
-    files = []
-    for split in features.SPLITS:
-        files += sorted(tf.io.gfile.glob(features.shard_pattern(data_dir.path, split)))
-    if not files:
-        raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in any split")
+    """Ids, labels, groups and splits of every example in every split's shards (pixels are not kept)."""
     keys = (features.ID_KEY, features.LABEL_KEY, features.GROUP_KEY)
     spec = {key: features.raw_feature_spec()[key] for key in keys}
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
-    ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
-    ids, labels, groups = [], [], []
-    for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
-        ids.append(data.texts(batch[features.ID_KEY]))
-        labels.append(batch[features.LABEL_KEY])
-        groups.append(data.texts(batch[features.GROUP_KEY]))
+    ids, labels, groups, splits = [], [], [], []
+    for split in features.SPLITS:
+        files = sorted(tf.io.gfile.glob(features.shard_pattern(data_dir.path, split)))
+        if not files:
+            continue
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
+        ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
+        for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
+            ids.append(data.texts(batch[features.ID_KEY]))
+            labels.append(batch[features.LABEL_KEY])
+            groups.append(data.texts(batch[features.GROUP_KEY]))
+            splits.append(np.full(len(ids[-1]), split))
+    if not ids:
+        raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in any split")
     ids_array, labels_array = np.concatenate(ids), np.concatenate(labels).astype(np.int64)
     # Shards written before examples had a group read "": each such example is its own group.
     groups_array = np.where(np.concatenate(groups) == "", ids_array, np.concatenate(groups))
-    expected = sum(
-        int(n) for split in features.SPLITS for n in data_dir.manifest["counts"]["written"].get(split, {}).values()
-    )
+    expected = sum(data.split_size(data_dir.manifest, split) for split in features.SPLITS)
     if len(ids_array) != expected:
         raise ValueError(f"{data_dir.path}: the shards hold {len(ids_array)} examples, the manifest says {expected}")
     unique, counts = np.unique(ids_array, return_counts=True)
     if (counts > 1).any():
         raise ValueError(f"{data_dir.path}: id {unique[counts > 1][0]!r} is in the shards more than once")
-    return Examples(files, ids_array, labels_array, groups_array)
+    return Examples(ids_array, labels_array, groups_array, np.concatenate(splits))
 
 
 def read_unlabelled(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -125,60 +124,21 @@ def class_probabilities(outputs: np.ndarray) -> np.ndarray:
     return outputs
 
 
-def _fold_dataset(
-    examples: Examples, table: tf.lookup.StaticHashTable, fold: int, *, held_out: bool
-) -> tf.data.Dataset:
-    """Serialized examples of fold ``fold`` (held_out) or of every other fold."""
-    spec = {features.ID_KEY: features.raw_feature_spec()[features.ID_KEY]}
+def fold_examples(examples: Examples, folds: np.ndarray, fold: int, num_folds: int) -> data.FitExamples:
+    """What fold ``fold``'s model fits on: the other folds' examples, validated on their validation split.
 
-    def keep(serialized):
-        in_fold = tf.equal(table.lookup(tf.io.parse_single_example(serialized, spec)[features.ID_KEY]), fold)
-        return in_fold if held_out else tf.logical_not(in_fold)
+    No validation (None) when no other fold holds a validation example.
+    """
+    others = folds != fold
+    validating = others & (examples.splits == "validation")
+    training = others & ~validating
 
-    return tf.data.TFRecordDataset(examples.files, compression_type="GZIP").filter(keep)
+    def subset(keep: np.ndarray, what: str) -> data.Subset:
+        return data.Subset(f"fold {fold + 1}/{num_folds} {what}", examples.ids[keep], examples.labels[keep])
 
-
-def _train_fold(
-    examples: Examples,
-    table: tf.lookup.StaticHashTable,
-    fold: int,
-    *,
-    data_dir: data.DataDir,
-    preset: models.Preset,
-    hp,
-    num_train: int,
-    seed: int,
-    verbose: int,
-) -> keras.Model:
-    batch_size = int(hp.get("batch_size"))
-    parse = data.make_parse_and_transform(data_dir.tft_output, image_shape=data_dir.image_shape)
-    ds = _fold_dataset(examples, table, fold, held_out=False)
-    if num_train * math.prod(data_dir.image_shape) < data.DEFAULT_CACHE_MAX_BYTES:
-        ds = ds.cache()  # Small serialized records: decompress and filter once, not per epoch.
-    ds = ds.shuffle(max(1, min(num_train, data.MAX_SHUFFLE_BUFFER)), seed=seed, reshuffle_each_iteration=True)
-    clean = ds.repeat().batch(batch_size, drop_remainder=True).map(parse, num_parallel_calls=data.AUTOTUNE)
-    # As train trains: the preset's augmentation and the shared recipe (warm-up, schedule,
-    # clipping, BatchNormalization's statistics re-measured on clean batches at the end).
-    ds = data.augment_batches(clean, hp.get("augment"), seed=seed)
-    keras.utils.set_random_seed(seed)
-    steps = data.steps_per_epoch(num_train, batch_size)
-    model = models.build_model(
-        hp,
-        preset=preset,
-        input_shape=data_dir.image_shape,
-        num_classes=len(data_dir.classes),
-        recipe=models.DEFAULT_RECIPE,
-        steps_per_epoch=steps,
+    return data.FitExamples(
+        train=subset(training, "train"), validation=subset(validating, "validation") if validating.any() else None
     )
-    model.fit(
-        ds.prefetch(data.AUTOTUNE),
-        epochs=int(hp.get("epochs")),
-        steps_per_epoch=steps,
-        verbose=verbose,
-        shuffle=False,  # The dataset shuffles with a seed.
-    )
-    batch_norm.recalibrate(model, clean, max_batches=steps)
-    return model
 
 
 def _predict_unlabelled(
@@ -187,9 +147,8 @@ def _predict_unlabelled(
     """Adds this fold's class probabilities of the image files ``paths`` to ``totals``.
 
     The images go through the export's serving path (decode, resize, colour, tf.Transform),
-    the way ``predict`` classifies raw files, once the pipeline's decoder accepts them
-    (:func:`predict.read_image`). A file that cannot be read or is refused gets its reason in
-    ``errors`` instead of a probability.
+    the way ``predict`` classifies raw files. A file that cannot be read or decoded gets
+    its reason in ``errors`` instead of a probability.
     """
     # Held in a local: the tf.function method keeps only a weak reference to its module.
     module = export.ServingModule(model, data_dir.tft_output, data_dir.manifest)
@@ -209,6 +168,7 @@ def _predict_unlabelled(
                 )
             except predict.Unreadable as e:
                 errors[i] = str(e)
+
     for start in range(0, len(paths), PREDICT_BATCH):
         batch = [i for i in range(start, min(start + PREDICT_BATCH, len(paths))) if not errors[i]]
         try:
@@ -228,16 +188,7 @@ def _write_fold(path: str, ids: list[np.ndarray], probabilities: list[np.ndarray
     for batch_ids, batch_probabilities in zip(ids, probabilities, strict=True):
         for example_id, row in zip(batch_ids, batch_probabilities, strict=True):
             writer.writerow([example_id, *(f"{p:.6f}" for p in row)])
-    write_atomically(path, buffer.getvalue())
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Writes ``text`` to a temporary name beside ``path``, then renames it over ``path``."""
-    tf.io.gfile.makedirs(posixpath.dirname(path))
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "w") as f:
-        f.write(text)
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    atomic.write(path, buffer.getvalue())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,27 +205,18 @@ class CrossValidation:
     hyperparameters: dict[str, Any]
 
 
-def cross_validate(
-    *,
-    data_dir: data.DataDir,
-    job_dir: str,
-    preset: models.Preset,
-    hyperparameters: Mapping[str, Any] | None,
-    num_folds: int,
-    epochs: int | None = None,
-    seed: int = 0,
-    verbose: int = 2,
-) -> CrossValidation:
-    """Trains one model per fold on the other folds and predicts the held-out fold (and the unlabelled)."""
+def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossValidation:
+    """Fits ``run`` once per fold on the other folds and predicts the held-out fold (and the unlabelled).
+
+    Fold K's fit is ``run`` with seed ``run.seed`` + K and the examples of :func:`fold_examples`;
+    it writes nothing (``run.job_dir`` None); the predictions go to ``job_dir``.
+    """
+    if run.job_dir is not None:
+        raise ValueError("the folds' fits write no job_dir: pass the outputs' folder as job_dir")
+    data_dir = run.data_dir
     examples = read_examples(data_dir)
     folds = assign_folds(examples.groups, num_folds)
-    values = dict(hyperparameters or {})
-    if epochs:
-        values["epochs"] = int(epochs)
     classes = data_dir.classes
-    table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(tf.constant(examples.ids), tf.constant(folds)), default_value=-1
-    )
     row_of = {example_id: row for row, example_id in enumerate(examples.ids)}
     probabilities = np.full((len(examples.ids), len(classes)), np.nan)
     unlabelled_ids, unlabelled_paths = read_unlabelled(data_dir.path)
@@ -283,26 +225,33 @@ def cross_validate(
     logging.info(
         "cross-validation: %d labelled examples in %d folds, %d unlabelled images", len(folds), num_folds, len(totals)
     )
-    hp = None
     for fold in range(num_folds):
-        hp = models.fixed_hyperparameters(preset, values)
-        num_train = int((folds != fold).sum())
-        logging.info("fold %d/%d: training on %d, scoring %d", fold + 1, num_folds, num_train, len(folds) - num_train)
-        model = _train_fold(
-            examples,
-            table,
-            fold,
-            data_dir=data_dir,
-            preset=preset,
-            hp=hp,
-            num_train=num_train,
-            seed=seed + fold,
-            verbose=verbose,
+        fold_run = dataclasses.replace(
+            run, seed=run.seed + fold, examples=fold_examples(examples, folds, fold, num_folds)
         )
-        parse = data.make_parse_and_transform(data_dir.tft_output, image_shape=data_dir.image_shape, with_metadata=True)
-        held_out = _fold_dataset(examples, table, fold, held_out=True).batch(PREDICT_BATCH).map(parse)
+        held_out = data.Subset(
+            f"fold {fold + 1}/{num_folds} held out", examples.ids[folds == fold], examples.labels[folds == fold]
+        )
+        logging.info(
+            "fold %d/%d: training on %d, validating on %d, scoring %d",
+            fold + 1,
+            num_folds,
+            len(fold_run.examples.train.ids),
+            len(fold_run.examples.validation.ids) if fold_run.examples.validation is not None else 0,
+            len(held_out.ids),
+        )
+        model = fitting.fit(fold_run).model
+        scored = data.make_dataset(
+            data_dir.path,
+            held_out,
+            manifest=data_dir.manifest,
+            tft_output=data_dir.tft_output,
+            global_batch_size=PREDICT_BATCH,
+            training=False,
+            with_metadata=True,
+        )
         fold_ids, fold_probabilities = [], []
-        for batch in held_out:
+        for batch in scored:
             batch_ids = data.texts(batch["id"].numpy())
             batch_probabilities = class_probabilities(model.predict_on_batch(batch["image"]))
             probabilities[[row_of[i] for i in batch_ids]] = batch_probabilities
@@ -331,5 +280,5 @@ def cross_validate(
         unlabelled_paths=unlabelled_paths,
         unlabelled_probabilities=unlabelled_probabilities,
         unlabelled_errors=errors.astype(str),
-        hyperparameters=dict(hp.values) if hp is not None else values,
+        hyperparameters=dict(run.hp.values),
     )

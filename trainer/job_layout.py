@@ -15,7 +15,8 @@ directory: the commands, the tests and the benchmarks name these paths only thro
   export/                     train: the serving SavedModel (trainer/export.py)
   members/member-K/           train --ensemble N: member K's own run (seed + K), as above
                               but without export/; JOB's model.keras averages them
-  eval/                       evaluate: metrics.json, predictions.csv and the plots
+  eval/                       evaluate: metrics.json, predictions.csv, the plots and the model
+                              card (model_card.md, model_card.json: trainer/model_card.py)
   label_issues.csv            find_label_issues: the likely wrong labels, most likely first
   label_issues_summary.json   find_label_issues: per-class noise rates, thresholds, confident joint
   oof_probabilities.csv       find_label_issues: every labelled example's out-of-fold probabilities
@@ -60,6 +61,8 @@ PREDICTIONS_FILE = "predictions.csv"
 TRAINING_CURVES_PLOT = "training_curves.png"
 CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
 MISCLASSIFIED_PLOT = "misclassified.png"
+MODEL_CARD_FILE = "model_card.md"
+MODEL_CARD_JSON = "model_card.json"
 
 # find_label_issues
 LABEL_ISSUES_CSV = "label_issues.csv"

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer import data, folds, models
+    from trainer import data, fitting, folds
 
 # The columns of the outputs (README "Finding wrong labels").
 LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank")
@@ -224,21 +224,13 @@ def check_cross_validatable(data_dir: data.DataDir, num_folds: int) -> None:
         )
 
 
-def run(
-    *,
-    data_dir: data.DataDir,
-    job_dir: str,
-    preset: models.Preset,
-    hyperparameters: Mapping[str, Any] | None,
-    num_folds: int,
-    epochs: int | None = None,
-    seed: int = 0,
-    verbose: int = 2,
-) -> LabelIssues:
-    """Cross-validates ``preset`` over every labelled example and writes the outputs under ``job_dir``."""
+def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
+    """Cross-validates ``run`` (folds.cross_validate) over every labelled example; writes the outputs under ``job_dir``."""
+    from pipelines import features
     from trainer import folds as folds_module  # TensorFlow: only for the command, not the algorithm.
     from trainer import job_layout
 
+    data_dir = run.data_dir
     balance = data_dir.manifest.get("options", {}).get("balance")
     if balance not in (None, "none"):
         logging.warning(
@@ -247,19 +239,11 @@ def run(
             data_dir.path,
             balance,
         )
-    cv = folds_module.cross_validate(
-        data_dir=data_dir,
-        job_dir=job_dir,
-        preset=preset,
-        hyperparameters=hyperparameters,
-        num_folds=num_folds,
-        epochs=epochs,
-        seed=seed,
-        verbose=verbose,
-    )
+    cv = folds_module.cross_validate(run, job_dir=job_dir, num_folds=num_folds)
     classes = [str(c) for c in data_dir.classes]
     result = find_label_issues(cv.probabilities, cv.examples.labels)
-    write_outputs(job_dir, cv, result, classes, model=preset.name, num_folds=num_folds)
+    paths = features.read_example_paths(data_dir.path)
+    write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds, paths=paths)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
         f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
@@ -269,31 +253,46 @@ def run(
 
 
 def write_outputs(
-    job_dir: str, cv: folds.CrossValidation, result: LabelIssues, classes: list[str], *, model: str, num_folds: int
+    job_dir: str,
+    cv: folds.CrossValidation,
+    result: LabelIssues,
+    classes: list[str],
+    *,
+    model: str,
+    num_folds: int,
+    paths: Mapping[str, str],
 ) -> None:
-    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv."""
+    """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv.
+
+    ``paths``: {id: source file} of the examples index (empty for data preprocessed before it).
+    """
     import tensorflow as tf
 
-    from trainer import job_layout
-    from trainer.folds import write_atomically
+    from trainer import atomic, job_layout
 
     def path_in_job(name: str) -> str:
         return tf.io.gfile.join(job_dir, name)
 
     ids, labels, probabilities = cv.examples.ids, cv.examples.labels, cv.probabilities
-    # The shards do not record an image's path; labelled images have none to report.
     issue_rows = (
-        (ids[i], "", classes[labels[i]], classes[result.suggested[i]], f"{result.scores[i]:.6f}", rank)
+        (
+            ids[i],
+            paths.get(ids[i], ""),
+            classes[labels[i]],
+            classes[result.suggested[i]],
+            f"{result.scores[i]:.6f}",
+            rank,
+        )
         for rank, i in enumerate(result.issues, start=1)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
 
     # "probability" (P(class 1)) and "label" are the columns of `predict --output`.
     oof_header = ["id", "path", "fold", "given_label", "probability", "label", *(f"p_{c}" for c in classes)]
     oof_rows = (
         (
             ids[i],
-            "",
+            paths.get(ids[i], ""),
             int(cv.folds[i]) + 1,
             classes[labels[i]],
             f"{probabilities[i, -1]:.6f}",
@@ -302,13 +301,13 @@ def write_outputs(
         )
         for i in range(ids.size)
     )
-    write_atomically(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
+    atomic.write(path_in_job(job_layout.OOF_PROBABILITIES_CSV), _csv(oof_header, oof_rows))
 
     report = summary(result, classes)
     report.update(
         model=model, folds=num_folds, hyperparameters=cv.hyperparameters, unlabelled=int(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
+    atomic.write(path_in_job(job_layout.LABEL_ISSUES_SUMMARY), json.dumps(report, indent=2) + "\n")
 
     unlabelled = cv.unlabelled_probabilities
     suggested_rows = (
@@ -322,4 +321,4 @@ def write_outputs(
         )
         for i in range(cv.unlabelled_ids.size)
     )
-    write_atomically(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))
+    atomic.write(path_in_job(job_layout.SUGGESTED_LABELS_CSV), _csv(SUGGESTED_LABELS_COLUMNS, suggested_rows))

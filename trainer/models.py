@@ -16,8 +16,6 @@ softmax [B, 2]): see :func:`positive_probability`.
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -25,7 +23,6 @@ import keras
 import keras_tuner as kt
 
 from pipelines import features
-from trainer import batch_norm
 
 SEARCH_SPACES = ("small", "full", "wide")
 # Hyperparameters read by the fit step (batch size, epochs) or the input pipeline
@@ -582,88 +579,3 @@ def input_names(model: keras.Model) -> tuple[str, ...]:
 def positive_probability(outputs):
     """Probability of class 1 from either head: the last column of [B, 1] or [B, 2]."""
     return outputs[:, -1]
-
-
-class FaceHyperModel(kt.HyperModel):
-    """A preset bound to the data: builds with :func:`build_model`, fits with hp batch size and epochs.
-
-    Args:
-      preset: The architecture and its search space.
-      input_shape: (height, width, channels) from the manifest.
-      make_datasets: ``fn(per_replica_batch_size, augment) -> data.FitDatasets``.
-      space: "small", "full" or "wide". Defaults to "full".
-      overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
-      num_classes: Defaults to 2.
-      recipe: The shared optimizer recipe; None: the seeds' constant Adam.
-      steps_per_epoch: ``fn(per_replica_batch_size) -> steps`` (the schedule's length);
-        required with ``recipe``.
-      fit_kwargs: Extra ``model.fit`` arguments for every trial (e.g. class_weight).
-      vector_length: The data's vector length (presets that take the vector need it).
-    """
-
-    def __init__(
-        self,
-        preset: Preset,
-        *,
-        input_shape,
-        make_datasets,
-        space: str = "full",
-        overrides=None,
-        num_classes: int = 2,
-        recipe: Recipe | None = None,
-        steps_per_epoch: Callable[[int], int] | None = None,
-        fit_kwargs: Mapping[str, Any] | None = None,
-        vector_length: int = 0,
-    ):
-        super().__init__(name=preset.name, tunable=True)
-        self.preset = preset
-        self.input_shape = tuple(input_shape)
-        self.make_datasets = make_datasets
-        self.num_classes = num_classes
-        self.recipe = recipe
-        self.steps_per_epoch = steps_per_epoch
-        self.fit_kwargs = dict(fit_kwargs or {})
-        self.vector_length = vector_length
-        self.space = {**preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
-
-    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
-        declare_hyperparameters(hp, self.space, self.preset.defaults)
-
-    def build(self, hp: kt.HyperParameters) -> keras.Model:
-        self.declare_hyperparameters(hp)
-        steps = self.steps_per_epoch(hp.get("batch_size")) if self.steps_per_epoch else None
-        return build_model(
-            hp,
-            preset=self.preset,
-            input_shape=self.input_shape,
-            num_classes=self.num_classes,
-            space=self.space,
-            recipe=self.recipe,
-            steps_per_epoch=steps,
-            vector_length=self.vector_length,
-        )
-
-    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
-        if args:
-            raise TypeError("FaceHyperModel.fit makes its own datasets: call tuner.search() without data")
-        # Hyperband passes its own epoch budget; every other tuner takes it from hp.
-        epochs = kwargs.pop("epochs", None) or hp.get("epochs")
-        # One line per fit: what resumed searches are audited with (no trial runs twice).
-        logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
-        datasets = self.make_datasets(hp.get("batch_size"), hp.get("augment"))
-        precise = self.recipe is not None and self.recipe.precise_batch_norm
-        validation, first = batch_norm.fit_validation(
-            model,
-            datasets.calibration if precise else None,
-            datasets.validation,
-            batches=datasets.steps_per_epoch,
-        )
-        # First: the tuner's own callbacks then read the recalibrated model's val_* figures.
-        kwargs["callbacks"] = [*first, *kwargs.get("callbacks", [])]
-        return model.fit(
-            datasets.train,
-            validation_data=validation,
-            epochs=epochs,
-            steps_per_epoch=datasets.steps_per_epoch,
-            **{"shuffle": False, **self.fit_kwargs, **kwargs},  # The dataset shuffles; Keras cannot shuffle tf.data.
-        )

@@ -1,7 +1,7 @@
 """Several workers: synchronous data-parallel training with a custom loop.
 
 Run by every worker of a MultiWorkerMirroredStrategy cluster with the same arguments
-(``trainer.training.train`` calls :func:`fit_multi_worker` when ``distribute.is_multi_worker``).
+(``trainer.fitting.fit``'s backend when ``distribute.is_multi_worker``).
 The chief writes history.csv, TensorBoard logs and tf.train checkpoints
 (``checkpoints/epoch-N.*``) in job_dir, which are also what a restarted cluster resumes from.
 
@@ -107,7 +107,7 @@ def fit_multi_worker(
     ``calibration_ds`` (clean training batches, the same on every worker): BatchNormalization's
     statistics are re-measured after every epoch's training, before its validation, as in
     the fit path (batch_norm.recalibrate); None: the moving averages.
-    ``patience``: early stopping as in the single-process fit (trainer.training.
+    ``patience``: early stopping as in the single-process fit (trainer.fitting.
     ScheduledEarlyStopping): val_loss is watched from epoch ``watch_from_epoch`` on, the run
     stops after ``patience`` epochs without a new best, and the best epoch's checkpoint is
     restored. Every worker decides alike: the validation figures are all-reduced.

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.findings import Finding
-from trainer import distribute, job_layout, models, tuning
+from trainer import data, distribute, job_layout, models, tuning
 
 
 def _is_gcs(path: str) -> bool:
@@ -99,15 +99,9 @@ def check_transform(data_dir: str, manifest: Mapping[str, Any]) -> list[Finding]
     ]
 
 
-def _written(manifest: Mapping[str, Any], split: str) -> int:
-    """Examples the manifest counts in ``split`` (0 when it lists none)."""
-    written = manifest.get("counts", {}).get("written", {}).get(split)
-    return sum(int(n) for n in written.values()) if isinstance(written, Mapping) else 0
-
-
 def empty_split(data_dir: str, manifest: Mapping[str, Any], split: str) -> str | None:
     """Why ``split`` cannot be used, when the manifest counts no example in it (else None)."""
-    if _written(manifest, split):
+    if data.split_size(manifest, split):
         return None
     hint = (
         "label some test images (e.g. the review's overrides for unlabelled test ids, --overrides_csv) "
@@ -125,7 +119,7 @@ def check_splits(data_dir: str, manifest: Mapping[str, Any]) -> list[Finding]:
     findings = []
     for split in features.SPLITS:
         problem = empty_split(data_dir, manifest, split)
-        findings.append(Finding(problem is None, problem or f"{split}: {_written(manifest, split)} examples"))
+        findings.append(Finding(problem is None, problem or f"{split}: {data.split_size(manifest, split)} examples"))
     return findings
 
 

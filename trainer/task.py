@@ -25,7 +25,9 @@ flags in JOB/training_config.json under "flags", so ``train --config JOB/trainin
 reruns the same command. They are nested there because that file's top-level keys record
 what was trained, under names that are also flags but hold other values ("model": the
 preset chosen, "hyperparameters": their values, "strategy": the strategy's class); a config
-file with a "flags" object uses that object and ignores the rest of the file.
+file with a "flags" object uses that object and ignores the rest of the file; so does one
+with an object under the command's name (``configs/``: one file, the flags of every stage).
+The reading is pipelines/cli.py's, shared with ``pipelines.preprocess --config``.
 
 A mistake the command can foresee (a missing data directory or file, an empty split, a
 flag combination that cannot work, a job directory of another run) ends in one line
@@ -48,7 +50,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import quiet
-from pipelines.cli import ArgumentParser
+from pipelines.cli import ArgumentParser, apply_config, config_path
 
 # Before TensorFlow is imported: it reads its C++ log level once, at import.
 quiet.configure()
@@ -58,7 +60,7 @@ import tensorflow as tf
 
 from pipelines import features, locks
 from pipelines.findings import report
-from trainer import distribute, errors, job_layout, models, preflight, tuning
+from trainer import distribute, errors, fitting, job_layout, models, preflight, tuning
 
 if TYPE_CHECKING:
     from trainer import data
@@ -157,7 +159,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "the best epoch's weights are kept (0: off)",
     )
 
-    evaluate = commands.add_parser("evaluate", help="metrics and plots on the test split")
+    evaluate = commands.add_parser("evaluate", help="metrics, plots and the model card on the test split")
     common(evaluate)
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch_size", type=int, default=64)
@@ -223,28 +225,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     return parser, subparsers
 
 
-def _apply_config(parser: argparse.ArgumentParser, path: str) -> None:
-    """Makes the flags in the JSON file ``path`` the defaults of ``parser`` (exit 2 when it cannot)."""
-    try:
-        with tf.io.gfile.GFile(path) as f:
-            values = json.load(f)
-    except (tf.errors.OpError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        # Missing, a folder, unreadable, not JSON, not text: one line naming the file.
-        parser.error(f"--config {path}: {e}")
-    if isinstance(values, dict) and isinstance(values.get(job_layout.CONFIG_FLAGS_KEY), dict):
-        values = values[job_layout.CONFIG_FLAGS_KEY]  # A training_config.json: the flags it recorded.
-    if not isinstance(values, dict):
-        parser.error(f"--config {path}: expected a JSON object of flags, got {type(values).__name__}")
-    actions = {action.dest: action for action in parser._actions if action.dest not in _NOT_FLAGS}
-    for key, value in values.items():
-        action = actions.get(key)
-        if action is None:
-            parser.error(f"unknown key {key!r} in --config {path}: not a flag of {parser.prog}")
-        # argparse checks choices on the command line only; a file's values get the same check.
-        if action.choices is not None and value != action.default and value not in action.choices:
-            parser.error(f"--config {path}: {key} {value!r} is not one of {list(action.choices)}")
-        action.default = value
-        action.required = False  # The file gives it; the command line may still override it.
+def _read_text(path: str) -> str:
+    with tf.io.gfile.GFile(path) as f:
+        return f.read()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -252,12 +235,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, subparsers = _parser()
     if argv and argv[0] in subparsers:
-        # --config is read before the real parse, which checks required flags the file may give.
-        peek = ArgumentParser(prog=subparsers[argv[0]].prog, add_help=False)
-        peek.add_argument("--config")
-        config = peek.parse_known_args(argv[1:])[0].config
+        command = subparsers[argv[0]]
+        config = config_path(argv[1:], command.prog)
         if config:
-            _apply_config(subparsers[argv[0]], config)
+            # A training_config.json's flags are under "flags"; a configs/ file's under the command's name.
+            apply_config(
+                command,
+                config,
+                read_text=_read_text,
+                read_errors=(tf.errors.OpError,),
+                sections=(job_layout.CONFIG_FLAGS_KEY, argv[0]),
+                not_flags=_NOT_FLAGS,
+            )
     return parser.parse_args(argv)
 
 
@@ -335,14 +324,36 @@ def _recipe(args: argparse.Namespace) -> models.Recipe:
     )
 
 
-def run_tune(args: argparse.Namespace) -> None:
-    from trainer import data, training
+def _fit_run(
+    args: argparse.Namespace, data_dir: data.DataDir, preset: models.Preset, values: dict[str, Any] | None, **settings
+) -> fitting.Run:
+    """The run tune's trials, train and the folds fit: ``values`` with --epochs, --seed, --verbose.
 
+    ``settings``: the rest of :class:`fitting.Run` (the modelling flags of tune and train).
+    """
+    values = dict(values or {})
+    if args.epochs:
+        values["epochs"] = int(args.epochs)
+    return fitting.Run(
+        data_dir=data_dir, preset=preset, hyperparameters=values, seed=args.seed, verbose=args.verbose, **settings
+    )
+
+
+def _modelling(args: argparse.Namespace) -> dict[str, Any]:
+    """The Run settings of tune's and train's modelling flags."""
+    return dict(
+        recipe=_recipe(args),
+        strategy=distribute.get_strategy(args.strategy, tpu=args.tpu),
+        class_weight=args.class_weight,
+        patience=args.patience,
+        deterministic=not args.nondeterministic,
+    )
+
+
+def run_tune(args: argparse.Namespace) -> None:
     data_dir = _read_data_dir(args, _SPLITS["tune"])
     preset = _preset(args, data_dir)
-    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
     tuner_name = tuning.default_tuner(args.search_space) if args.tuner is None else args.tuner
-    weights = training.class_weights(data_dir.manifest) if args.class_weight == "auto" else None
     overrides = {}
     if args.augment:
         overrides["augment"] = [args.augment]
@@ -351,21 +362,8 @@ def run_tune(args: argparse.Namespace) -> None:
     elif tuner_name == "hyperband":
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
-    hypermodel = models.FaceHyperModel(
-        preset,
-        input_shape=data_dir.image_shape,
-        make_datasets=data.make_datasets_fn(
-            data_dir, strategy=strategy, seed=args.seed, deterministic=not args.nondeterministic, inputs=preset.inputs
-        ),
-        space=args.search_space,
-        overrides=overrides,
-        num_classes=len(data_dir.classes),
-        recipe=_recipe(args),
-        steps_per_epoch=lambda batch: data.steps_per_epoch(
-            data.split_size(data_dir.manifest, "train"), distribute.global_batch_size(batch, strategy)
-        ),
-        fit_kwargs={"class_weight": weights} if weights else None,
-        vector_length=data_dir.vector_length,
+    hypermodel = tuning.FaceHyperModel(
+        _fit_run(args, data_dir, preset, None, **_modelling(args)), space=args.search_space, overrides=overrides
     )
     best = tuning.tune(
         job_dir=args.job_dir,
@@ -373,12 +371,7 @@ def run_tune(args: argparse.Namespace) -> None:
         tuner_name=tuner_name,
         max_trials=args.max_trials,
         executions_per_trial=args.executions_per_trial,
-        seed=args.seed,
-        patience=args.patience,
-        strategy=None if distribute.is_default(strategy) else strategy,
-        verbose=args.verbose,
         overwrite=args.overwrite,
-        data_fingerprint=data_dir.fingerprint,
     )
     if best is None:
         print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
@@ -409,27 +402,20 @@ def run_train(args: argparse.Namespace) -> None:
     logging.info("hyperparameters from %s", source)
     if args.augment:
         values = {**(values or {}), "augment": args.augment}
-    strategy = distribute.get_strategy(args.strategy, tpu=args.tpu)
-    arguments = dict(
-        data_dir=data_dir,
+    run = _fit_run(
+        args,
+        data_dir,
+        preset,
+        values,
         job_dir=args.job_dir,
-        preset=preset,
-        hyperparameters=values,
-        epochs=args.epochs,
-        strategy=strategy,
-        seed=args.seed,
-        deterministic=not args.nondeterministic,
-        verbose=args.verbose,
-        flags=command_flags(args),
         overwrite=args.overwrite,
-        recipe=_recipe(args),
-        class_weight=args.class_weight,
-        patience=args.patience,
+        flags=command_flags(args),
+        **_modelling(args),
     )
     if args.ensemble != 1:  # train_ensemble refuses fewer than one member.
-        training.train_ensemble(members=args.ensemble, **arguments)
+        training.train_ensemble(run, members=args.ensemble)
     else:
-        training.train(**arguments)
+        training.train(run)
     print(
         f"trained model in {args.job_dir}/{job_layout.MODEL_FILE}, serving export in {args.job_dir}/{job_layout.EXPORT_DIR}"
     )
@@ -508,16 +494,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
         )
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
-    label_issues.run(
-        data_dir=data_dir,
-        job_dir=args.job_dir,
-        preset=preset,
-        hyperparameters=values,
-        num_folds=args.folds,
-        epochs=args.epochs,
-        seed=args.seed,
-        verbose=args.verbose,
-    )
+    label_issues.run(_fit_run(args, data_dir, preset, values), job_dir=args.job_dir, num_folds=args.folds)
 
 
 def _os_error_line(e: Exception) -> str:

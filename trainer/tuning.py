@@ -22,14 +22,16 @@ Outputs in job_dir (names in trainer/job_layout.py):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import keras
 import keras_tuner as kt
 import tensorflow as tf
 from keras_tuner.src import utils as kt_utils
@@ -38,7 +40,7 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, checkpoints, errors, job_layout, models, records, training
+from trainer import atomic, checkpoints, distribute, errors, fitting, job_layout, models, records
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
@@ -74,6 +76,45 @@ class ResumableHyperband(kt.Hyperband):
             logging.warning("trial %s's continuation starts from fresh weights", trial_id)
             return super(kt.Hyperband, self)._build_hypermodel(hp)
         return super()._build_hypermodel(hp)
+
+
+class FaceHyperModel(kt.HyperModel):
+    """A run's preset over a search space: every trial builds and fits the run with its values.
+
+    Args:
+      run: What every trial fits (data, preset, recipe, seed, strategy, class weights,
+        patience), with the trial's hyperparameters; no ``job_dir`` (the tuner keeps the trials).
+      space: "small", "full" or "wide". Defaults to "full".
+      overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
+    """
+
+    def __init__(self, run: fitting.Run, *, space: str = "full", overrides: Mapping[str, Sequence[Any]] | None = None):
+        super().__init__(name=run.preset.name, tunable=True)
+        if run.job_dir is not None:
+            raise ValueError("a tuner's trials write no job_dir: the tuner keeps them")
+        self.run = run
+        self.preset = run.preset
+        self.space = {**run.preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
+
+    def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
+        models.declare_hyperparameters(hp, self.space, self.preset.defaults)
+
+    def trial(self, hp: kt.HyperParameters) -> fitting.Run:
+        """The run of the trial whose values ``hp`` holds."""
+        return dataclasses.replace(self.run, hyperparameters=dict(hp.values))
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        self.declare_hyperparameters(hp)
+        return fitting.build(self.trial(hp))
+
+    def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, **kwargs):
+        if args:
+            raise TypeError("FaceHyperModel.fit makes its own datasets: call tuner.search() without data")
+        # One line per fit: what resumed searches are audited with (no trial runs twice).
+        logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
+        # The tuner's callbacks and fit arguments (Hyperband's epochs, search's verbose).
+        callbacks = kwargs.pop("callbacks", [])
+        return fitting.fit(self.trial(hp), model=model, callbacks=callbacks, fit_arguments=kwargs).history
 
 
 class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
@@ -145,7 +186,7 @@ def role() -> str:
 
 def make_tuner(
     name: str,
-    hypermodel: models.FaceHyperModel,
+    hypermodel: FaceHyperModel,
     *,
     directory: str,
     project_name: str,
@@ -249,8 +290,7 @@ def warn_if_other_data(best: Mapping[str, Any], source: str, data_fingerprint: s
 def read_best_hyperparameters(
     job_dir: str, *, model: str, data_fingerprint: str | None = None
 ) -> dict[str, Any] | None:
-    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model /
-    not whole JSON, with one log line).
+    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model).
 
     With ``data_fingerprint``, warns when they were tuned on other data.
     """
@@ -269,32 +309,28 @@ def read_best_hyperparameters(
 def tune(
     *,
     job_dir: str,
-    hypermodel: models.FaceHyperModel,
+    hypermodel: FaceHyperModel,
     tuner_name: str = "grid",
     max_trials: int | None = None,
     executions_per_trial: int = 1,
-    seed: int = 0,
-    patience: int = 2,
-    strategy: tf.distribute.Strategy | None = None,
-    verbose: int = 0,
     overwrite: bool = False,
-    data_fingerprint: str | None = None,
 ) -> dict[str, Any] | None:
     """Runs (or resumes) the search; writes the results table and the best hyperparameters.
 
-    In a distributed search (see the module docstring) the chief serves the oracle until
-    every worker has stopped, then writes the results; a worker trains the trials it is
-    given and writes nothing but its trials' checkpoints.
+    The trials fit ``hypermodel.run`` (its seed, strategy, verbosity, early stopping); the
+    data's fingerprint is recorded in best_hyperparameters.json. In a distributed search
+    (see the module docstring) the chief serves the oracle until every worker has stopped,
+    then writes the results; a worker trains the trials it is given and writes nothing but
+    its trials' checkpoints.
 
     Args:
       overwrite: Delete the project and start afresh (single process or chief only).
         Defaults to False: resume.
-      data_fingerprint: The fingerprint of the data searched on, recorded in
-        best_hyperparameters.json (``data.DataDir.fingerprint``).
 
     Returns:
       The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
     """
+    run = hypermodel.run
     project_name = job_layout.tuning_project(hypermodel.preset.name, tuner_name)
     directory = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR)
     tuner = make_tuner(
@@ -304,12 +340,10 @@ def tune(
         project_name=project_name,
         max_trials=max_trials,
         executions_per_trial=executions_per_trial,
-        seed=seed,
-        distribution_strategy=strategy,
+        seed=run.seed,
+        distribution_strategy=None if distribute.is_default(run.strategy) else run.strategy,
         overwrite=overwrite,
     )
-    # Every process of a search (worker, chief or single) trains its trials with these.
-    callbacks = [training.ScheduledEarlyStopping(patience=patience)]
     this = role()
     if this == "worker":
         tuner_id = os.environ["KERASTUNER_TUNER_ID"]
@@ -319,7 +353,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-        tuner.search(callbacks=callbacks, verbose=verbose)
+        tuner.search(verbose=run.verbose)
         logging.info("tuner %s: the oracle has no trial left; the chief writes the results", tuner_id)
         return None
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -337,7 +371,7 @@ def tune(
             os.environ["KERASTUNER_ORACLE_IP"],
             os.environ["KERASTUNER_ORACLE_PORT"],
         )
-    tuner.search(callbacks=callbacks, verbose=verbose)  # The chief: blocks while it serves.
+    tuner.search(verbose=run.verbose)  # The chief: blocks while it serves.
 
     rows = results_rows(tuner)
     csv_path, md_path = write_results(rows, job_dir)
@@ -353,7 +387,7 @@ def tune(
         "score": best_trial.score,
         "objective": OBJECTIVE.name,
         "hyperparameters": {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
-        records.DATA_FINGERPRINT_KEY: data_fingerprint,
+        records.DATA_FINGERPRINT_KEY: run.data_dir.fingerprint,
     }
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     records.write_json(best_path, best)

@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from pipelines import atomic
 from pipelines.cli import ArgumentParser
 from pipelines.options import (
     COMICS_DIR,
@@ -522,27 +523,18 @@ def comic_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
 
 
 def _write_image(path: Path, rgb: np.ndarray, params: list[int]) -> None:
-    """Encode by the file extension and write via a temporary file and a rename."""
+    """Encode by the file extension and write whole or not at all (pipelines/atomic.py)."""
     ok, data = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
     if not ok:
         raise OSError(f"could not encode {path}")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    atomic.write(str(path), data.tobytes(), durable=False)  # Made again by rerunning the demo.
 
 
 @contextlib.contextmanager
 def _atomic_csv(path: Path) -> Iterator[Any]:
-    """A ``csv.writer`` on a temporary file that is renamed to ``path`` on success."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            yield csv.writer(fh, lineterminator="\n")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    """A ``csv.writer`` on a temporary file that is renamed to ``path`` on success (pipelines/atomic.py)."""
+    with atomic.writing(str(path)) as tmp, open(tmp, "w", newline="") as fh:
+        yield csv.writer(fh, lineterminator="\n")
 
 
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -670,9 +662,7 @@ def _write_duplicates(out: Path, plan: GlassesPlan, duplicates: Sequence[tuple[i
         source_path = image_dir / GLASSES_FILE_PATTERN.format(id=source)
         copy_path = image_dir / GLASSES_FILE_PATTERN.format(id=copy)
         if kind == "exact":
-            tmp = copy_path.with_name(copy_path.name + ".tmp")
-            tmp.write_bytes(source_path.read_bytes())
-            os.replace(tmp, copy_path)
+            atomic.write(str(copy_path), source_path.read_bytes(), durable=False)
         else:
             rgb = np.ascontiguousarray(cv2.imread(str(source_path))[..., ::-1])
             _write_image(copy_path, duplicate_copy(rgb, kind, _image_rng(seed, copy, _DUPLICATE_STREAM)), PNG_PARAMS)

@@ -25,9 +25,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from pipelines import options, quiet
+from pipelines import features, options, quiet
 from pipelines.cli import ArgumentParser
 from pipelines.demo.data import DEFAULT_COUNTS, DEFAULT_SIZE, EXCLUSIONS_CSV, OVERRIDES_CSV
+from trainer import job_layout
 
 # What each demo dataset needs beyond `--dataset NAME --images ROOT`.
 _PREPROCESS_EXTRA = {
@@ -213,6 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return completed.returncode
         print(f"[{number}/{len(stages)}] {name} done in {time.monotonic() - stage_started:.0f} s", flush=True)
     job_dir = os.path.join(args.workdir, args.dataset, "job")
+    data_dir = os.path.join(args.workdir, args.dataset, "data")
     with open(os.path.join(job_dir, "eval", "metrics.json")) as f:
         metrics = json.load(f)
     low, high = metrics["accuracy_ci95"]
@@ -220,7 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nTest accuracy {metrics['accuracy']:.4f} (95% interval {low:.3f}-{high:.3f}, "
         f"{metrics['num_examples']} test images).\nDone in {time.monotonic() - started:.0f} s.\n"
         f"  report:         {os.path.join(job_dir, 'eval', 'metrics.json')} (+ PNG plots beside it)\n"
+        f"  model card:     {os.path.join(job_dir, job_layout.EVAL_DIR, job_layout.MODEL_CARD_FILE)}\n"
         f"  exported model: {os.path.join(job_dir, 'export')} (serving signature: encoded image bytes)\n"
-        f"  data manifest:  {os.path.join(args.workdir, args.dataset, 'data', 'manifest.json')}"
+        f"  data manifest:  {os.path.join(data_dir, features.MANIFEST_FILE)}\n"
+        f"  dataset card:   {os.path.join(data_dir, features.CROISSANT_FILE)} (Croissant)"
     )
     return 0

@@ -89,7 +89,7 @@ def _open_text(path: str, flag: str, what: str) -> IO[str]:
 def read_label_issues(path: str, classes: tuple[str, ...], ids: Mapping[str, Any]) -> dict[str, Suspect]:
     """label_issues.csv -> {id: Suspect} in rank order, for the ids the review lists."""
     flag, what = "--label_issues", "the label_issues.csv that python -m trainer.task find_label_issues writes"
-    suspects, unmatched = [], 0
+    suspects, unmatched = [], []
     with _open_text(path, flag, what) as f:
         try:
             reader = csv.DictReader(f)
@@ -109,12 +109,17 @@ def read_label_issues(path: str, classes: tuple[str, ...], ids: Mapping[str, Any
                     usage_error(f"{flag} {path}: line {reader.line_num}: {e}; is it of this data set?")
                 if suspect.id in ids:
                     suspects.append(suspect)
-                else:
-                    unmatched += 1
+                else:  # Named by its file (the data's examples index) where find_label_issues knew it.
+                    unmatched.append(row.get("path") or suspect.id)
         except (UnicodeDecodeError, csv.Error) as e:
             usage_error(f"{flag} {path}: not a CSV ({e}); give {what}")
     if unmatched:
-        log.warning("%s: %d label issues of ids the review does not list (another folder?)", path, unmatched)
+        log.warning(
+            "%s: %d label issues of ids the review does not list (another folder?), e.g. %s",
+            path,
+            len(unmatched),
+            ", ".join(unmatched[:3]),
+        )
     suspects.sort(key=lambda s: (s.rank, natural_key(s.id)))
     return {s.id: s for s in suspects}
 

@@ -13,7 +13,7 @@ truth; the recovery rule at every start:
   journal as a decision of its own (one warning line names the ids; undo reverts it), never
   discarded. Ids the journal never names keep the CSV's value. Both CSVs are then rewritten.
 - Temp files of interrupted CSV writes (``.<csv name>.facepipe-<16 hex>.tmp`` next to the
-  CSV) are removed; no other file is.
+  CSV, pipelines/atomic.py) are removed; no other file is.
 
 A CSV write that fails is answered by appending the decision's inverse to the journal, so the
 journal, memory and the CSVs agree again (the decision did not happen). If that append fails
@@ -23,20 +23,16 @@ or start.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
 import os
-import re
-import secrets
-import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from pipelines import labels
+from pipelines import atomic, labels
 from pipelines.options import PreprocessConfig
 from pipelines.review.findings import Findings
 from pipelines.review.listing import Item, header_of, natural_key, read_csv_rows
@@ -46,7 +42,6 @@ log = logging.getLogger(__name__)
 # The last three need --label_issues (suspects) or --quality_dir (quality outliers, duplicate groups).
 FILTERS = ("all", "unlabelled", "overridden", "disagree", "suspects", "quality", "duplicates")
 JOURNAL_HEADER = ["time", "action", "id", "field", "before", "after"]
-TEMP_INFIX = ".facepipe-"
 
 
 class Decision(NamedTuple):
@@ -73,54 +68,14 @@ def read_id_csv(path: str, config: PreprocessConfig, *, with_label: bool) -> dic
 
 
 def write_csv_atomic(path: str, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Writes a whole CSV to a temp file in the same folder, fsyncs it and renames it over ``path``.
+    """Writes a whole CSV through pipelines/atomic.py: a temp file beside it, fsynced, renamed over ``path``.
 
     The new file keeps the mode of the one it replaces; a new CSV gets the umask's, as with open().
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}{TEMP_INFIX}{secrets.token_hex(8)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            with contextlib.suppress(FileNotFoundError):
-                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def remove_temp_files(path: str) -> int:
-    """Removes the temp files write_csv_atomic left next to ``path`` (an interrupted write); their count."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return 0
-    pattern = re.compile(re.escape(f".{os.path.basename(path)}{TEMP_INFIX}") + r"[0-9a-f]{16}\.tmp")
-    removed = 0
-    for entry in os.scandir(folder):
-        if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
-            os.unlink(entry.path)
-            removed += 1
-    return removed
-
-
-def _fsync_dir(folder: str) -> None:
-    """Makes a rename durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with atomic.writing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def append_rows(path: str, rows: Iterable[Sequence[Any]]) -> None:
@@ -237,7 +192,7 @@ class ReviewStore:
         self._replay(replayed.latest, replayed.last)
         self.reviewed |= set(self.overrides) | set(self.excluded)
         for path in (overrides_csv, exclude_csv):
-            if removed := remove_temp_files(path):
+            if removed := atomic.remove_leftovers(path):
                 log.info("%s: removed %d temp files of interrupted writes", path, removed)
         self._save("label")
         self._save("excluded")

@@ -119,7 +119,7 @@ def test_a_cold_run_misses_every_image_and_writes_one_entry_each(cold):
         "cache_corrupt": 0,
     }
     assert len(_entries(cache_dir)) == len(LABELS)
-    assert not glob.glob(str(cache_dir / "*" / "*.tmp-*"))
+    assert not glob.glob(str(cache_dir / "*" / ".*.facepipe-*.tmp"))  # pipelines/atomic.py temporaries.
 
 
 def test_a_warm_run_decodes_nothing_and_writes_what_an_uncached_run_writes(data, cold):

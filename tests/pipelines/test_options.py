@@ -128,3 +128,92 @@ def test_numeric_columns_that_a_labels_csv_lacks_are_a_usage_error(tmp_path, cap
         parse_args(args)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_config_values_are_defaults_and_the_command_line_wins(write_config):
+    config_file = write_config(
+        {
+            "images": "imgs",
+            "output": "out",
+            "labels_csv": ["a.csv", "b.csv"],
+            "image_size": "92,112",
+            "color_mode": "grayscale",
+            "splits": "from_source",
+            "seed": 7,
+            "balance": "none",
+        },
+    )
+    config, beam_args = parse_args(["--config", config_file, "--direct_num_workers=2"])
+    assert (config.image_globs, config.output_dir, config.labels_csv) == (("imgs/**",), "out", ("a.csv", "b.csv"))
+    assert (config.image_size, config.color_mode, config.splits, config.seed, config.balance) == (
+        (92, 112),
+        "grayscale",
+        None,
+        7,
+        "none",
+    )
+    assert beam_args == ["--direct_num_workers=2"]
+    config, _ = parse_args(
+        ["--config", config_file, "--output", "elsewhere", "--image_size", "50", "--labels_csv", "c.csv", "--seed=1"]
+    )
+    # The command line's repeatable flag replaces the file's list; its other flags replace the file's values.
+    assert (config.output_dir, config.image_size, config.labels_csv, config.seed) == (
+        "elsewhere",
+        (50, 50),
+        ("c.csv",),
+        1,
+    )
+    assert config.color_mode == "grayscale"
+
+
+def test_a_config_file_with_a_preprocess_object_uses_that_object(write_config):
+    config_file = write_config(
+        {
+            "about": "any text",
+            "preprocess": {"images": "imgs", "output": "out", "dataset": "comics"},
+            "train": {"x": 1},
+        },
+    )
+    config, _ = parse_args(["--config", config_file])
+    assert config.output_dir == "out" and config.class_folders == {"comics": 0, "faces": 1}
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"images": "imgs", "overides_csv": ["x.csv"]}, "unknown key 'overides_csv' in --config {path}: not a flag of"),
+        ({"balance": "upsample"}, "--config {path}: balance 'upsample' is not one of ['downsample', 'none']"),
+        ({"image_size": "big"}, "--config {path}: --image_size 'big': expected N or W,H"),
+        ({"seed": "x"}, "--config {path}: seed 'x': invalid literal for int()"),
+        ({"seed": 1.5}, "--config {path}: seed '1.5': invalid literal for int()"),
+        ({"image_size": [92, 112]}, "--config {path}: image_size [92, 112]: expected one value, as on the command"),
+        ({"overwrite": "yes"}, "--config {path}: overwrite 'yes': expected true or false"),
+        ({"exclude": "1,2"}, "--config {path}: exclude '1,2': expected a list of strings (a repeatable flag)"),
+        (["images", "imgs"], "--config {path}: expected a JSON object of flags, got list"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(capsys, values, message, write_config):
+    config_file = write_config(values)
+    with pytest.raises(UsageError) as raised:
+        parse_args([*BASE, "--config", config_file])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: " + message.format(path=config_file))
+
+
+@pytest.mark.parametrize("name", ["missing.json", "."])
+def test_a_config_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, capsys, name):
+    config_file = str(tmp_path / name)
+    with pytest.raises(UsageError):
+        parse_args([*BASE, "--config", config_file])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --config {config_file}: ")
+
+
+def test_a_config_file_that_is_not_json_is_one_line_naming_it(tmp_path, capsys):
+    config_file = tmp_path / "flags.json"
+    config_file.write_text("images: imgs\n")
+    with pytest.raises(UsageError):
+        parse_args([*BASE, "--config", str(config_file)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: --config {config_file}: Expecting value")

@@ -169,7 +169,7 @@ def test_multi_process_run_writes_the_same_examples(corpus):
     # Both workers write the cache: one entry per decodable image, no temp file left.
     assert other["cache"]["cache_misses"] == len(LABELS) + 4  # The 4 bad files miss and are not cached.
     assert len(glob.glob(str(cache_dir / "*" / "*.fpdc"))) == len(LABELS)
-    assert not glob.glob(str(cache_dir / "*" / "*.tmp-*"))
+    assert not glob.glob(str(cache_dir / "*" / ".*.facepipe-*.tmp"))  # pipelines/atomic.py temporaries.
     assert other["counts"] == manifest["counts"]
     assert other["fingerprint"] == manifest["fingerprint"]
     for split in features.SPLITS:

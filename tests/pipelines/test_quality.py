@@ -15,11 +15,13 @@ from pipelines.demo import data as demo_data
 from pipelines.options import PreprocessConfig
 from pipelines.quality import (
     MIN_FOLD_IMAGES,
+    PATCHES_SIDE,
     AuditQuality,
     MedianPerKey,
     Member,
     PatchMoments,
     alike_pair,
+    atypicality,
     bands,
     bucket_pairs,
     duplicate_groups,
@@ -309,3 +311,18 @@ def test_medians_are_exact_whatever_order_the_values_come_in() -> None:
     with offline_test_pipeline() as p:
         pairs = p | beam.Create([(name, float(v)) for v in ordered for name in ("a", "b")], reshuffle=False)
         assert_that(pairs | MedianPerKey(), equal_to([("a", 1000.0), ("b", 1000.0)]))
+
+
+def test_an_images_atypicality_is_the_same_to_the_last_bit_in_any_batch() -> None:
+    # A numpy/BLAS product rounds differently for some row counts: the audit's batches (and
+    # so bundles and runners) must not change a value in the quality files.
+    rng = np.random.default_rng(0)
+    thumbnails = [rng.integers(0, 255, PATCHES_SIDE**2, dtype=np.uint8).tobytes() for _ in range(300)]
+    moments = PatchMoments()
+    for thumbnail in thumbnails:
+        moments.add(thumbnail)
+    space = moments.face_space()
+    whole = atypicality(b"".join(thumbnails), space)
+    for size in (1, 13, 23, 256, 299):
+        parts = [atypicality(b"".join(thumbnails[i : i + size]), space) for i in range(0, len(thumbnails), size)]
+        np.testing.assert_array_equal(np.concatenate(parts), whole, err_msg=f"batches of {size}")

@@ -28,28 +28,47 @@ def test_a_truncated_staging_record_is_an_error():
         staging.decode_staged(staging.encode_staged(_image(3))[:-1])
 
 
-def test_images_leave_without_pixels_and_the_kept_ones_come_back_whole(tmp_path, monkeypatch):
+def test_images_leave_without_pixels_and_the_kept_ones_come_back_whole(tmp_path):
     # A vector StageVectors did not take (none does in the job) stays on the image.
-    monkeypatch.setattr(staging, "IMAGES_PER_FILE", 3)  # 10 images: 4 files, the last one partly full
     images = [_image(i, vector=bytes([i]) * 8) for i in range(10)]
+    batches = [images[0:3], images[3:6], images[6:9], images[9:]]  # 4 files, the last one with one image
     kept = [image for image in images if image.label == 1]
     with TestPipeline() as p:
-        staged = p | beam.Create(images) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
+        staged = p | beam.Create(batches) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
         assert_that(
-            staged | "Carried" >> beam.Map(lambda im: (im.id, im.pixels, im.vector, bool(im.staged))),
+            staged
+            | "Images" >> beam.FlatMap(lambda batch: batch)
+            | "Carried" >> beam.Map(lambda im: (im.id, im.pixels, im.vector, bool(im.staged))),
             equal_to([(image.id, b"", image.vector, True) for image in images]),
             label="NoPixels",
         )
-        restored = staged | "KeepOdd" >> beam.Filter(lambda im: im.label == 1) | "Restore" >> staging.RestorePixels()
+        # A batch whose images went one by one through a step (the class balance) and back.
+        restored = (
+            staged
+            | "OneByOne" >> beam.FlatMap(lambda batch: batch)
+            | "KeepOdd" >> beam.Filter(lambda im: im.label == 1)
+            | "Rebatch" >> staging.GroupByStagingFile()
+            | "Restore" >> staging.RestorePixels()
+        )
         assert_that(restored, equal_to(kept), label="Restored")
+        # A batch as it left the staging: one read of its file.
+        whole = staged | "RestoreBatches" >> staging.RestorePixels()
+        assert_that(whole, equal_to(images), label="RestoredBatches")
     assert len(list(tmp_path.glob("*.staged"))) == 4
 
 
 def test_an_image_missing_from_its_staging_file_fails_loudly(tmp_path):
     with pytest.raises(Exception, match="lacks"), TestPipeline() as p:
-        staged = p | beam.Create([_image(1)]) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
-        stranger = staged | "Rename" >> beam.Map(lambda im: im._replace(id="not-staged"))
+        staged = p | beam.Create([[_image(1)]]) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
+        stranger = staged | "Rename" >> beam.Map(lambda batch: [im._replace(id="not-staged") for im in batch])
         _ = stranger | "Restore" >> staging.RestorePixels()
+
+
+def test_a_batch_of_two_staging_files_fails_loudly(tmp_path):
+    with pytest.raises(Exception, match="two staging files"), TestPipeline() as p:
+        staged = p | beam.Create([[_image(1)], [_image(2)]]) | "Stage" >> beam.ParDo(staging.StagePixels(str(tmp_path)))
+        merged = staged | beam.FlatMap(lambda batch: batch) | beam.combiners.ToList()
+        _ = merged | "Restore" >> staging.RestorePixels()
 
 
 def _stage_vectors(tmp_path, rows):

@@ -12,12 +12,13 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
+from pipelines import transforms
 from pipelines.dead_letters import DEAD_LETTER
 from pipelines.labels import NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
 from pipelines.quality import image_quality
 from pipelines.transforms import (
-    AUDIT_BATCH,
+    BatchImages,
     DecodeAndResize,
     DecodedImage,
     DownsampleToSmallestClass,
@@ -173,40 +174,68 @@ class TestAssignSplit:
         assert abs(train["validation"] / 2000 - 0.1) < 0.03
 
 
-class TestDecodeAndResizeInAPipeline:
-    def test_every_image_leaves_once_with_its_own_audit_across_batches(self, tmp_path):
-        # Two full audit batches and a remainder, unlabelled and broken files among them: each
-        # decodable image comes out once, with the audit of its own pixels; the rest as dead letters.
-        count = 2 * AUDIT_BATCH + 11
-        images, expected, expected_unlabelled = [], [], []
-        for i in range(count):
-            path = tmp_path / f"{i}.png"
-            if i % 29 == 0:
-                path.write_bytes(b"not a png")
-            else:
-                path.write_bytes(_png(labelled_image(i % 2, i, height=12, width=10)))
-            label = NO_LABEL if i % 7 == 0 else i % 2
-            images.append(("train", LabelledImage(str(i), str(path), 0, label, str(i), "", False)))
-            if i % 29:
-                pixels = _decode(path.read_bytes(), size=(6, 6))
-                row = (str(i), image_quality(pixels, (10, 12))._replace(atypicality=None))  # NaN != NaN
-                (expected_unlabelled if label == NO_LABEL else expected).append(row)
-        assert (len(expected) + len(expected_unlabelled)) % AUDIT_BATCH  # a batch left for the bundle's end
-        config = PreprocessConfig(image_globs=(), output_dir="", classes=("a", "b"), image_size=(6, 6))
-        with offline_test_pipeline() as p:
-            out = p | beam.Create(images) | beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="images")
+def _labelled_files(tmp_path, count: int) -> tuple[list, list, list]:
+    """``count`` (split, LabelledImage) of PNGs, unlabelled and broken ones among them; the
+    expected (id, quality) of the labelled and the unlabelled decodable ones."""
+    images, expected, expected_unlabelled = [], [], []
+    for i in range(count):
+        path = tmp_path / f"{i}.png"
+        if i % 29 == 0:
+            path.write_bytes(b"not a png")
+        else:
+            path.write_bytes(_png(labelled_image(i % 2, i, height=12, width=10)))
+        label = NO_LABEL if i % 7 == 0 else i % 2
+        images.append(("train", LabelledImage(str(i), str(path), path.stat().st_size, label, str(i), "", False)))
+        if i % 29:
+            pixels = _decode(path.read_bytes(), size=(6, 6))
+            row = (str(i), image_quality(pixels, (10, 12))._replace(atypicality=None))  # NaN != NaN
+            (expected_unlabelled if label == NO_LABEL else expected).append(row)
+    return images, expected, expected_unlabelled
+
+
+class TestBatchImages:
+    def test_a_batch_ends_at_its_image_count_or_its_bytes_and_a_large_file_goes_alone(self, monkeypatch):
+        monkeypatch.setattr(transforms, "BATCH_IMAGES", 3)
+        monkeypatch.setattr(transforms, "BATCH_BYTES", 100)
+        sizes = [10, 10, 10, 10, 60, 50, 500, 1, 1]
+        batcher = BatchImages()
+        batcher.start_bundle()
+        elements = [("train", _image(str(i))._replace(size=size)) for i, size in enumerate(sizes)]
+        out = [batch for element in elements for batch in batcher.process(element)]
+        out += list(batcher.finish_bundle())
+        batches = [[image.size for _, image in windowed.value] for windowed in out]
+        assert batches == [[10, 10, 10], [10, 60], [50], [500], [1, 1]]
+
+    @pytest.mark.parametrize("workers", [1, 5, "one per image"])
+    def test_every_image_leaves_once_with_its_own_audit_in_bundles_of_any_size(self, tmp_path, monkeypatch, workers):
+        # Batches of 4 over bundles of every image (1 worker), of 8 or 9 images (5 workers: a
+        # batch cut by its bundle's end) and of one image; unlabelled and broken files among
+        # them: each decodable image comes out once, with the audit of its own pixels, the rest
+        # as dead letters, whatever the batches and bundles.
+        monkeypatch.setattr(transforms, "BATCH_IMAGES", 4)
+        count = 43
+        images, expected, expected_unlabelled = _labelled_files(tmp_path, count)
+        workers = count if workers == "one per image" else workers
+        config = PreprocessConfig(
+            image_globs=(), output_dir="", classes=("a", "b"), image_size=(6, 6), decode_threads=3
+        )
+        with offline_test_pipeline(bundles=workers) as p:
+            batches = p | beam.Create(images) | beam.ParDo(BatchImages())
+            out = batches | beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="batches")
+            decoded = out.batches | "Images" >> beam.FlatMap(lambda batch: batch)
             by_id = lambda image: (image.id, image.quality._replace(atypicality=None))  # noqa: E731
-            labelled = out.images | "Labelled" >> beam.Filter(lambda image: image.label is not None and image.pixels)
+            labelled = decoded | "Labelled" >> beam.Filter(lambda image: image.label is not None and image.pixels)
             # Unlabelled images come out beside them, without pixels (never written).
-            unlabelled = out.images | "Unlabelled" >> beam.Filter(
-                lambda image: image.label is None and not image.pixels
-            )
+            unlabelled = decoded | "Unlabelled" >> beam.Filter(lambda image: image.label is None and not image.pixels)
             assert_that(labelled | "LabelledIds" >> beam.Map(by_id), equal_to(expected), label="LabelledOut")
             assert_that(unlabelled | "UnlabelledIds" >> beam.Map(by_id), equal_to(expected_unlabelled), label="Unl")
             reasons = out[DEAD_LETTER] | beam.Map(lambda letter: letter["reason"])
             # Unlabelled broken files have their own ("unlabelled") letter from the sources: none here.
             broken = [i for i in range(0, count, 29) if i % 7]
             assert_that(reasons, equal_to(["not_an_image"] * len(broken)), label="DeadLetters")
+            # The bundles are what the test says: with one image each, every batch holds one.
+            largest = batches | "Sizes" >> beam.Map(len) | beam.CombineGlobally(max)
+            assert_that(largest, equal_to([1 if workers == count else 4]), label="LargestBatch")
 
 
 def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:

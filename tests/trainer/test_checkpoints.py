@@ -107,11 +107,11 @@ def test_a_backup_with_no_whole_file_trains_from_the_first_epoch(tmp_path, caplo
 
 
 def test_stale_temporaries_of_a_killed_run_are_removed_and_nothing_else(tmp_path):
-    (tmp_path / "epoch-002.tmp-999999.weights.h5").write_bytes(b"half")
+    (tmp_path / ".epoch-002.weights.h5.facepipe-0123456789abcdef.tmp.weights.h5").write_bytes(b"half")
     (tmp_path / "epoch-001.weights.h5").write_bytes(b"kept")
-    (tmp_path / "notes.tmp-draft.txt").write_text("not ours")
+    (tmp_path / ".notes.txt.facepipe-draft.tmp").write_text("not ours")
     checkpoints.remove_stale_temporaries(str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["epoch-001.weights.h5", "notes.tmp-draft.txt"]
+    assert sorted(os.listdir(tmp_path)) == [".notes.txt.facepipe-draft.tmp", "epoch-001.weights.h5"]
 
 
 def test_an_ensemble_member_whose_model_does_not_read_whole_is_not_reused(tmp_path, caplog):
@@ -172,7 +172,7 @@ def _epochs(job_dir: pathlib.Path) -> list[int]:
 @pytest.mark.parametrize(
     "pattern",
     [
-        "backup/epoch-2.tmp-*.weights.h5",  # The second epoch's backup, while it is being written.
+        "backup/.epoch-2.weights.h5.facepipe-*.tmp.weights.h5",  # The second epoch's backup, while it is being written.
         "checkpoints/epoch-002.weights.h5",  # The instant the second epoch's checkpoint is renamed.
     ],
 )
@@ -217,7 +217,7 @@ def test_tuning_killed_as_a_trial_checkpoint_is_written_resumes(rgb_dir, tmp_pat
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small"]
     argv += ["--epochs", "1", "--verbose", "0"]
-    kill_when_file_appears(argv, "tuning/*/trial_0001/checkpoint.tmp-*.weights.h5", job_dir)
+    kill_when_file_appears(argv, "tuning/*/trial_0001/.checkpoint.weights.h5.facepipe-*", job_dir)
     assert not (job_dir / job_layout.BEST_HPARAMS_FILE).exists()
 
     _run(argv)

@@ -8,7 +8,7 @@ import logging
 import pytest
 import tensorflow as tf
 
-from trainer import data, distribute, models, task, training
+from trainer import data, distribute, fitting, models, task, training
 
 
 @pytest.fixture(autouse=True)
@@ -74,12 +74,14 @@ def test_mirrored_strategy_with_one_cpu_device_trains(make_data_dir, tmp_path):
     assert isinstance(strategy, tf.distribute.MirroredStrategy) and strategy.num_replicas_in_sync == 1
     assert not distribute.is_default(strategy)
     model = training.train(
-        data_dir=data.DataDir.read(data_dir),
-        job_dir=str(tmp_path),
-        preset=models.GLASSES_CNN,
-        epochs=1,
-        strategy=strategy,
-        verbose=0,
+        fitting.Run(
+            data_dir=data.DataDir.read(data_dir),
+            job_dir=str(tmp_path),
+            preset=models.GLASSES_CNN,
+            hyperparameters={"epochs": 1},
+            strategy=strategy,
+            verbose=0,
+        )
     )
     # Variables were created under the strategy's scope: they are mirrored.
     assert all(

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines import features
-from trainer import data, evaluation, models, predict, statistics, task, training
+from trainer import data, evaluation, fitting, models, predict, statistics, task, training
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,13 @@ def trained_job(make_data_dir, tmp_path_factory):
     )
     job_dir = tmp_path_factory.mktemp("eval_job")
     training.train(
-        data_dir=data.DataDir.read(data_dir), job_dir=str(job_dir), preset=models.GLASSES_CNN, epochs=2, verbose=0
+        fitting.Run(
+            data_dir=data.DataDir.read(data_dir),
+            job_dir=str(job_dir),
+            preset=models.GLASSES_CNN,
+            hyperparameters={"epochs": 2},
+            verbose=0,
+        )
     )
     task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
     return data_dir, job_dir

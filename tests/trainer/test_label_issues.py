@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -204,6 +205,9 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert tuple(reader.fieldnames) == label_issues.LABEL_ISSUES_COLUMNS
     assert [int(row["rank"]) for row in issues] == list(range(1, len(issues) + 1))
     assert all(row["suggested_label"] != row["given_label"] for row in issues)
+    # Every labelled image named by its file, from the preprocess output's examples index.
+    assert all(os.path.basename(row["path"]) == f"{row['id']}.png" for row in [*issues, *oof])
+    assert all(os.path.exists(row["path"]) for row in oof)
     summary = json.loads((job_dir / "label_issues_summary.json").read_text())
     assert summary["num_examples"] == 24 and summary["num_issues"] == len(issues)
     assert sum(c["given"] for c in summary["classes"].values()) == 24

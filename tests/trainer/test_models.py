@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, models, task, training
+from trainer import data, export, fitting, models, task, training
 
 
 def _layers(model):
@@ -236,13 +236,14 @@ def test_vector_presets_train_and_their_export_serves_the_same_probability(laten
     data_dir = data.DataDir.read(latent_dir)
     small = {"width": 8, "blocks": 2, "units": 8, "layers": 1, "batch_size": 8}
     model = training.train(
-        data_dir=data_dir,
-        job_dir=str(tmp_path / "job"),
-        preset=preset,
-        hyperparameters=small,
-        epochs=2,
-        verbose=0,
-        patience=0,
+        fitting.Run(
+            data_dir=data_dir,
+            job_dir=str(tmp_path / "job"),
+            preset=preset,
+            hyperparameters={**small, "epochs": 2},
+            verbose=0,
+            patience=0,
+        )
     )
     ds = data.make_dataset(
         latent_dir,

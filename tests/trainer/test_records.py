@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipelines import atomic as pipelines_atomic
 from trainer import atomic, errors, records
 
 
@@ -26,14 +27,24 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
 
 
 def _crash_after_part(monkeypatch):
-    """GFile.write writes half of what it is given, then the process 'dies'."""
-    real_write = tf.io.gfile.GFile.write
+    """The file being written gets half of what it is given, then the process 'dies'."""
+    real_create = pipelines_atomic.LOCAL.create
 
-    def half_then_raise(self, content):
-        real_write(self, content[: len(content) // 2])
-        raise KeyboardInterrupt("killed mid-write")
+    class HalfThenRaise:
+        def __init__(self, path):
+            self._file = real_create(path)
 
-    monkeypatch.setattr(tf.io.gfile.GFile, "write", half_then_raise)
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._file.close()
+
+        def write(self, content):
+            self._file.write(content[: len(content) // 2])
+            raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(pipelines_atomic.LOCAL, "create", HalfThenRaise)
 
 
 def test_a_crash_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -120,15 +120,9 @@ def test_resuming_with_other_hyperparameters_says_what_to_do(gray_dir, tmp_path,
     assert line.endswith(f"pass --overwrite to start afresh, or remove {job}/backup")
 
 
-def _config(tmp_path, values) -> str:
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps(values))
-    return str(path)
-
-
-def test_config_values_are_defaults_and_command_line_flags_win(tmp_path):
-    config = _config(
-        tmp_path, {"data_dir": "d", "job_dir": "j", "epochs": 3, "strategy": "default", "nondeterministic": True}
+def test_config_values_are_defaults_and_command_line_flags_win(write_config):
+    config = write_config(
+        {"data_dir": "d", "job_dir": "j", "epochs": 3, "strategy": "default", "nondeterministic": True}
     )
     args = task.parse_args(["train", "--config", config])
     assert (args.data_dir, args.job_dir, args.epochs, args.strategy, args.nondeterministic) == (
@@ -142,9 +136,25 @@ def test_config_values_are_defaults_and_command_line_flags_win(tmp_path):
     assert (args.data_dir, args.job_dir, args.epochs) == ("d", "other", 5)
 
 
+def test_a_config_file_with_the_commands_object_uses_that_object(write_config):
+    config = write_config({"about": "text", "preprocess": {"images": "i"}, "train": {"data_dir": "d", "job_dir": "j"}})
+    args = task.parse_args(["train", "--config", config, "--epochs", "2"])
+    assert (args.data_dir, args.job_dir, args.epochs) == ("d", "j", 2)
+
+
+def test_a_config_file_without_the_commands_object_says_so(capsys, write_config):
+    config = write_config({"about": "text", "train": {"data_dir": "d", "job_dir": "j"}})
+    with pytest.raises(SystemExit):
+        task.main(["preflight", "--config", config])
+    assert _error_line(capsys).startswith(
+        f"error: unknown key 'about' in --config {config}: not a flag of python -m trainer.task preflight, "
+        "and the file has no 'preflight' object"
+    )
+
+
 @pytest.mark.parametrize("command", task.COMMANDS)
-def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys, command):
-    config = _config(tmp_path, {"job_dir": "j", "epoch": 3})
+def test_unknown_config_key_is_a_one_line_error(capsys, command, write_config):
+    config = write_config({"job_dir": "j", "epoch": 3})
     with pytest.raises(SystemExit) as exit_info:
         task.main([command, "--config", config])
     assert exit_info.value.code == 2
@@ -152,9 +162,9 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path, capsys, command):
     assert "error: unknown key 'epoch'" in error and config in error
 
 
-def test_config_values_get_the_flags_choices(tmp_path, capsys):
+def test_config_values_get_the_flags_choices(capsys, write_config):
     with pytest.raises(SystemExit) as exit_info:
-        task.main(["train", "--config", _config(tmp_path, {"data_dir": "d", "job_dir": "j", "strategy": "horovod"})])
+        task.main(["train", "--config", write_config({"data_dir": "d", "job_dir": "j", "strategy": "horovod"})])
     assert exit_info.value.code == 2
     assert "'horovod' is not one of" in capsys.readouterr().err
 

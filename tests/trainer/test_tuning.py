@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import tempfile
 
@@ -244,7 +245,9 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
     assert hypermodel.space["filters"] == (
         [50, 100, 150, 200, 250, 300] if space == "wide" else models.GLASSES_CNN.space("small")["filters"]
     )
-    assert hypermodel.recipe == models.DEFAULT_RECIPE and hypermodel.steps_per_epoch(8) == 6  # 48 train images.
+    run = hypermodel.run
+    assert run.recipe == models.DEFAULT_RECIPE and run.job_dir is None
+    assert dataclasses.replace(run, hyperparameters={"batch_size": 8}).steps_per_epoch == 6  # 48 train images.
     # An explicit --tuner still wins.
     task.main(
         [

@@ -25,6 +25,10 @@ def test_demo_runs_every_stage_and_reports_where_the_results_are(tmp_path, capsy
     assert f"Test accuracy {metrics['accuracy']:.4f} (95% interval {low:.3f}-{high:.3f}" in out
     assert (job / "export" / "saved_model.pb").exists()
     assert str(job / "eval" / "metrics.json") in out
+    # Where both cards are: the model's (evaluate) and the data's (preprocess).
+    assert f"model card:     {job / 'eval' / 'model_card.md'}" in out and (job / "eval" / "model_card.md").exists()
+    croissant = tmp_path / "glasses" / "data" / "croissant.json"
+    assert f"dataset card:   {croissant} (Croissant)" in out and croissant.exists()
     manifest = json.loads((tmp_path / "glasses" / "data" / "manifest.json").read_text())
     # The review's files were used: overrides label the unlabelled test ids, distorted ids are excluded.
     assert manifest["counts"]["overrides_applied"] > 0

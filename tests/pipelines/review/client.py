@@ -94,12 +94,18 @@ def read_rows(path: pathlib.Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def write_label_issues(path: pathlib.Path, rows: list[tuple[str, str, str, float, int]]) -> pathlib.Path:
-    """label_issues.csv as find_label_issues writes it: (id, given, suggested, score, rank), path empty."""
+def write_label_issues(
+    path: pathlib.Path, rows: list[tuple[str, str, str, float, int]], paths: dict[str, str] | None = None
+) -> pathlib.Path:
+    """label_issues.csv as find_label_issues writes it: (id, given, suggested, score, rank); the
+    path from ``paths`` by id, else empty (data preprocessed before the examples index)."""
+    paths = paths or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "path", "given_label", "suggested_label", "score", "rank"])
-        writer.writerows((i, "", given, suggested, f"{score:.6f}", rank) for i, given, suggested, score, rank in rows)
+        writer.writerows(
+            (i, paths.get(i, ""), given, suggested, f"{score:.6f}", rank) for i, given, suggested, score, rank in rows
+        )
     return path
 
 

@@ -7,6 +7,7 @@ Over a copy of the glasses demo data (conftest.py); servers run in-process on 12
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
@@ -53,6 +54,16 @@ def test_suspects_come_in_rank_order_with_their_given_and_suggested_labels(image
         assert client.get("/api/items?id=6").json()["items"][0]["suspect"] is None
     with serving(review_argv(images, tmp_path)) as (client, _):
         assert client.get("/api/ids?filter=suspects").status == 400  # Only with --label_issues.
+
+
+def test_suspects_the_review_does_not_list_are_named_by_their_files(images, tmp_path, caplog):
+    rows = [("999", "glasses", "no_glasses", -0.1, 1), ("998", "glasses", "no_glasses", -0.2, 2)]
+    issues = write_label_issues(tmp_path / "label_issues.csv", rows, paths={"999": "/elsewhere/face-999.png"})
+    with caplog.at_level(logging.WARNING, logger="pipelines.review.findings"):
+        create_app(*parse_args(review_argv(images, tmp_path, "--label_issues", str(issues))))
+    assert "2 label issues of ids the review does not list (another folder?), e.g. /elsewhere/face-999.png, 998" in (
+        caplog.text
+    )
 
 
 def test_quality_outliers_most_reasons_first_and_duplicate_groups_leakage_first(images, tmp_path):
