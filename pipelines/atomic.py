@@ -116,10 +116,16 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
+def _extension(name: str) -> str:
+    """Every extension of a file name (``.weights.h5``: Keras checks the whole of it)."""
+    dot = name.find(".", 1)
+    return name[dot:] if dot > 0 else ""
+
+
 def temporary_path(path: str, *, keep_extension: bool = False) -> str:
     """``dir/.NAME.facepipe-<16 hex>.tmp`` beside ``path`` (``keep_extension``: ``….tmp.EXT``)."""
     head, name = posixpath.split(path.rstrip("/"))
-    extension = posixpath.splitext(name)[1] if keep_extension else ""
+    extension = _extension(name) if keep_extension else ""
     temporary = f".{name}{TEMP_INFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}{extension}"
     return posixpath.join(head, temporary) if head else temporary
 
@@ -127,7 +133,7 @@ def temporary_path(path: str, *, keep_extension: bool = False) -> str:
 def is_temporary(name: str, of: str) -> bool:
     """Whether the file name ``name`` is one of :func:`temporary_path`'s for the final name ``of``."""
     final = posixpath.basename(of.rstrip("/"))
-    extension = re.escape(posixpath.splitext(final)[1])
+    extension = re.escape(_extension(final))
     pattern = re.escape(f".{final}{TEMP_INFIX}") + r"[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + f"({extension})?"
     return re.fullmatch(pattern, name) is not None
 

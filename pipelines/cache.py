@@ -9,7 +9,11 @@ Entry layout (all integers big-endian)::
 
     magic b"FPDC" | format u16 | height u32 | width u32 | channels u32
     | original width u32 | original height u32 | payload length u64
-    | SHA-256 of (the header before it + payload) 32 bytes | payload: uint8 pixels, row-major
+    | SHA-256 of (the entry's key + the header before it + payload) 32 bytes
+    | payload: uint8 pixels, row-major
+
+The checksum covers the key, so an entry is valid only under its own name: two sound entries
+swapped on disk (two ids would get each other's pixels) fail the check and are recomputed.
 
 Workers write entries under a unique temp name and rename it into place, so a reader never
 sees half an entry and concurrent writers of one key are harmless (the same bytes win). An
@@ -22,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import struct
-from typing import NamedTuple
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
@@ -30,22 +33,16 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines import atomic, output_dir
 from pipelines.cli import usage_error
+from pipelines.decoding import CachedPixels
 
 # Bump whenever the decode or resize changes the pixels without a library version changing.
 CACHE_VERSION = "1"
 INTERPOLATION = "INTER_AREA"  # What pipelines.transforms.decode_and_resize resizes with.
 _MAGIC = b"FPDC"
-_FORMAT = 1
+_FORMAT = 2  # 2: the checksum covers the key (format 1 entries are recomputed).
 _FIELDS = struct.Struct(">4sHIIIIIQ")
 _DIGEST_BYTES = 32
 _SUFFIX = ".fpdc"
-
-
-class CachedPixels(NamedTuple):
-    """A cache entry: the resized pixels and the original image's size."""
-
-    pixels: np.ndarray  # uint8, height x width x channels
-    original_size: tuple[int, int]  # (width, height) of the image before resizing
 
 
 class CorruptEntry(ValueError):
@@ -66,17 +63,22 @@ def cache_key(content_sha256: bytes, *, size: tuple[int, int], color_mode: str, 
     return hashlib.sha256("\0".join(parts).encode("utf-8")).hexdigest()
 
 
-def encode_entry(entry: CachedPixels) -> bytes:
-    """The bytes of an entry file (header, checksum, payload)."""
+def _checksum(key: str, header: bytes, payload: bytes) -> bytes:
+    return hashlib.sha256(key.encode("ascii") + header + payload).digest()
+
+
+def encode_entry(entry: CachedPixels, key: str) -> bytes:
+    """The bytes of the entry file of ``key`` (header, checksum, payload)."""
     pixels = np.ascontiguousarray(entry.pixels, dtype=np.uint8)
     height, width, channels = pixels.shape
     payload = pixels.tobytes()
     header = _FIELDS.pack(_MAGIC, _FORMAT, height, width, channels, *entry.original_size, len(payload))
-    return header + hashlib.sha256(header + payload).digest() + payload
+    return header + _checksum(key, header, payload) + payload
 
 
-def decode_entry(data: bytes) -> CachedPixels:
-    """An entry file's bytes -> CachedPixels; CorruptEntry when anything does not check out."""
+def decode_entry(data: bytes, key: str) -> CachedPixels:
+    """The bytes of the entry file of ``key`` -> CachedPixels; CorruptEntry when anything does not
+    check out, also when they are another key's entry."""
     start = _FIELDS.size + _DIGEST_BYTES
     if len(data) < start:
         raise CorruptEntry(f"{len(data)} bytes: shorter than the header")
@@ -86,8 +88,8 @@ def decode_entry(data: bytes) -> CachedPixels:
         raise CorruptEntry(f"magic {magic!r} format {version}")
     if length != len(payload) or length != height * width * channels:
         raise CorruptEntry(f"payload {len(payload)} bytes, header says {length} for {height}x{width}x{channels}")
-    if hashlib.sha256(header + payload).digest() != digest:
-        raise CorruptEntry("checksum mismatch")
+    if _checksum(key, header, payload) != digest:
+        raise CorruptEntry("checksum mismatch (damaged, or another key's entry)")
     pixels = np.frombuffer(payload, np.uint8).reshape(height, width, channels)
     return CachedPixels(pixels, (original_width, original_height))
 
@@ -101,8 +103,11 @@ class DecodeCache:
         self._color_mode = color_mode
         self._decoder = decoder_version()
 
+    def key(self, content_sha256: bytes) -> str:
+        return cache_key(content_sha256, size=self._size, color_mode=self._color_mode, decoder=self._decoder)
+
     def path(self, content_sha256: bytes) -> str:
-        key = cache_key(content_sha256, size=self._size, color_mode=self._color_mode, decoder=self._decoder)
+        key = self.key(content_sha256)
         return FileSystems.join(self._dir, key[:2], key + _SUFFIX)
 
     def get(self, content_sha256: bytes) -> CachedPixels | None:
@@ -113,7 +118,7 @@ class DecodeCache:
                 data = f.read()
         except Exception:  # Not there (each filesystem raises its own type): a miss.
             return None
-        entry = decode_entry(data)
+        entry = decode_entry(data, self.key(content_sha256))
         if entry.pixels.shape[:2] != (self._size[1], self._size[0]):
             raise CorruptEntry(f"pixels {entry.pixels.shape}, expected {self._size[1]}x{self._size[0]}")
         return entry
@@ -123,7 +128,7 @@ class DecodeCache:
         path = self.path(content_sha256)
         try:
             # No fsync: an entry lost in a power cut is a miss, and one per entry would cost the decode's time.
-            atomic.write(path, encode_entry(entry), durable=False)
+            atomic.write(path, encode_entry(entry, self.key(content_sha256)), durable=False)
         except Exception as e:  # A full disk or a read-only cache costs speed, never the job.
             logging.warning("decode cache: could not write %s: %s", path, e)
 

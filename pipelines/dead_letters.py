@@ -27,6 +27,8 @@ BAD_INPUT_REASONS = frozenset(
         "truncated",
         "corrupt_jpeg",
         "file_name_mismatch",
+        "not_a_regular_file",  # A FIFO, socket or device named like an image (pipelines/paths.py).
+        "dangling_link",  # A symbolic link to nothing.
     }
 )
 # Readable images the job cannot label or use; --max_unusable_fraction applies to these.

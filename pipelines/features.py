@@ -71,6 +71,11 @@ SHARD_SUFFIX = ".tfrecord.gz"
 # by the pipeline (--max_pixels) and by the trainer's predict: a small PNG can declare
 # 7900x7900 pixels and take gigabytes to decode.
 MAX_PIXELS = 64_000_000
+# The largest side of the examples (--image_size): beyond it every example costs tens of MB
+# and the models (up to 128x128) gain nothing; refused up front rather than failing every image.
+MAX_IMAGE_SIDE = 2048
+# The shortest side an input image may have (--min_side): upscaled, a smaller one is a blur.
+MIN_SIDE = 8
 # The images facepipe reads, by file name (the pipeline's decoder takes PNG and JPEG only),
 # in preprocessing, the review and the trainer's predict alike.
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")

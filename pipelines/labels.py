@@ -394,12 +394,14 @@ def id_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig, *,
 def parse_id_row(line: bytes | str, layout: IdCsvLayout) -> tuple[str, int | None] | Rejection | None:
     """An overrides or exclusions CSV line (text, or bytes as read) -> (id, label or None), a Rejection,
     or None for a blank line."""
-    line = _decoded(line, layout.csv_path, layout.encoding, "overrides")
+    stage = "overrides" if layout.label_index is not None else "exclusions"
+    line = _decoded(line, layout.csv_path, layout.encoding, stage)
     if isinstance(line, Rejection):
         return line
     if not line.strip():
         return None
     row = next(csv.reader([line]))
+    image_id = ""
     try:
         image_id = row[layout.id_index].strip()
         label = parse_label(row[layout.label_index], layout.classes) if layout.label_index is not None else None
@@ -408,8 +410,9 @@ def parse_id_row(line: bytes | str, layout: IdCsvLayout) -> tuple[str, int | Non
     except (IndexError, ValueError) as e:
         return Rejection(
             path=layout.csv_path,
-            stage="overrides",
+            stage=stage,
             reason="malformed_csv_row",
+            image_id=image_id,  # The summary names the rejected rows by it.
             detail=f"{line[:200]}: {e}",
             is_image=False,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Iterator
 from typing import Any
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -29,6 +30,7 @@ _NOT_DATA_OPTIONS = (
     "max_bad_fraction",
     "cache_dir",
     "outlier_threshold",
+    "strict",
     "decode_threads",
     "card",
 )
@@ -109,7 +111,8 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "the inputs are. images: sum modulo 2**256 of SHA-256 over (path, size) of every listed image; "
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
-        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, decode_threads, nor the input paths). "
+        "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, decode_threads, strict, "
+        "nor the input paths). "
         "decoder: the versions of what decodes and resizes the images (OpenCV, simplejpeg, the cache format).",
     }
 
@@ -142,9 +145,15 @@ def build_manifest(
     elapsed_seconds: float,
     unlisted_files: int = 0,
     cache: dict[str, Any] | None = None,
+    rejected_csv_rows: dict[str, dict[str, Any]] | None = None,
 ) -> dict:
-    """The manifest for a finished run; raises PipelineError when its counts do not add up."""
+    """The manifest for a finished run; raises PipelineError when its counts do not add up, or
+    (``--strict``) when ``rejected_csv_rows`` (:func:`rejected_rows_by_csv`) holds any."""
     classes = config.classes
+    rejected_csv_rows = rejected_csv_rows or {stage: {"count": 0, "first_ids": []} for stage in _ID_CSV_STAGES}
+    rejected_total = sum(entry["count"] for entry in rejected_csv_rows.values())
+    if config.strict and rejected_total:
+        raise PipelineError(f"--strict: {_rejected_rows_line(rejected_csv_rows)}")
     written = _nested_counts(stats, "written", classes)
     before = _nested_counts(stats, "before_balance", classes)
     dead = _by_reason(stats, "dead_letter")
@@ -188,6 +197,8 @@ def build_manifest(
             "dead_letter": dead,
             "dead_letter_total": sum(dead.values()),
             "rejected_rows": _by_reason(stats, "rejected_rows"),
+            # Rows of --overrides_csv / --exclude that were not applied: count, first ids.
+            "rejected_csv_rows": rejected_csv_rows,
             "overrides_applied": stats.get("overrides_applied", 0),
             "excluded": dead.get("excluded", 0),
             "non_image_files": stats.get("non_image_files", 0),
@@ -234,6 +245,7 @@ def finalize(
         elapsed_seconds=elapsed_seconds,
         unlisted_files=unlisted_files,
         cache=cache,
+        rejected_csv_rows=rejected_rows_by_csv(config.output_dir),
     )
     output_dir.write_json(FileSystems.join(config.output_dir, features.MANIFEST_FILE), manifest)
     output_dir.remove_run_files(config.output_dir)
@@ -245,17 +257,52 @@ _UNKNOWN_ID_REASONS = {"unknown_override_id": "overrides", "unknown_exclusion_id
 _IDS_SHOWN = 5
 
 
-def first_ids(output_dir: str, reason: str, limit: int = _IDS_SHOWN) -> list[str]:
-    """Up to ``limit`` ids of the dead letters with ``reason``, sorted, read line by line from dead_letter/."""
+_ID_CSV_STAGES = {"overrides": "--overrides_csv", "exclusions": "--exclude"}
+
+
+def _dead_letter_records(output_dir: str) -> Iterator[dict[str, Any]]:
+    """Every dead-letter record of the run, read line by line from dead_letter/."""
     pattern = FileSystems.join(output_dir, features.DEAD_LETTER_DIR, "*.jsonl")
-    ids: set[str] = set()
     for metadata in sorted(FileSystems.match([pattern])[0].metadata_list, key=lambda m: m.path):
         with FileSystems.open(metadata.path) as f:
             for line in f:
-                record = json.loads(line)
-                if record["reason"] == reason:
-                    # Keep the smallest ``limit``: bounded memory however many there are.
-                    ids = set(sorted(ids | {record["id"]})[:limit])
+                yield json.loads(line)
+
+
+def rejected_rows_by_csv(output_dir: str, limit: int = _IDS_SHOWN) -> dict[str, dict[str, Any]]:
+    """{"overrides" | "exclusions": {"count", "first_ids"}}: the rows of those CSVs that were not
+    applied (any reason), with the smallest ``limit`` ids (a row's text when it has no id)."""
+    rejected = {stage: {"count": 0, "first_ids": []} for stage in _ID_CSV_STAGES}
+    for record in _dead_letter_records(output_dir):
+        entry = rejected.get(record["stage"])
+        if entry is None or record["is_image"]:
+            continue
+        entry["count"] += 1
+        shown = record["id"] or record["detail"][:40]
+        entry["first_ids"] = sorted({*entry["first_ids"], shown})[:limit]
+    return rejected
+
+
+def _rejected_rows_line(rejected: dict[str, dict[str, Any]]) -> str:
+    """One line: how many rows of each CSV were rejected, and the first ids."""
+    parts = [
+        f"{entry['count']} {_ID_CSV_STAGES[stage]} rows rejected ({', '.join(map(str, entry['first_ids']))}"
+        f"{', ...' if entry['count'] > len(entry['first_ids']) else ''})"
+        for stage, entry in rejected.items()
+        if entry["count"]
+    ]
+    return (
+        "; ".join(parts) + " (a label not in the classes, an id no image has, or an unreadable row); see dead_letter/"
+    )
+
+
+def first_ids(output_dir: str, reason: str, limit: int = _IDS_SHOWN) -> list[str]:
+    """Up to ``limit`` ids of the dead letters with ``reason``, sorted, read line by line from dead_letter/."""
+    ids: set[str] = set()
+    for record in _dead_letter_records(output_dir):
+        if record["reason"] == reason:
+            # Keep the smallest ``limit``: bounded memory however many there are.
+            ids = set(sorted(ids | {record["id"]})[:limit])
     return sorted(ids)
 
 
@@ -295,12 +342,23 @@ def summary_table(manifest: dict) -> str:
         f"dead letters {counts['dead_letter_total']}: "
         + (", ".join(f"{r} {n}" for r, n in sorted(counts["dead_letter"].items())) or "none")
     )
+    written_classes = [
+        name for i, name in enumerate(classes) if any(counts["written"][split][str(i)] for split in features.SPLITS)
+    ]
+    if len(written_classes) == 1:
+        lines.append(
+            f"WARNING: one class only: every example written is {written_classes[0]!r}; a classifier needs two "
+            "(check the labels CSV, --label_column, --class_folders)"
+        )
     for reason, what in _UNKNOWN_ID_REASONS.items():
         count = counts["rejected_rows"].get(reason, 0)
         if count:
             shown = ", ".join(first_ids(manifest["output_dir"], reason))
             more = ", ..." if count > _IDS_SHOWN else ""
             lines.append(f"{count} {what} name no listed image (a typo?): {shown}{more}")
+    rejected = counts.get("rejected_csv_rows", {})
+    if any(entry["count"] for entry in rejected.values()):
+        lines.append(f"NOT APPLIED: {_rejected_rows_line(rejected)}; --strict makes this an error")
     if counts.get("unlisted_files"):
         lines.append(f"{counts['unlisted_files']} files beside the images do not match the layout's pattern: not read")
     cache = manifest.get("cache", {})

@@ -131,7 +131,7 @@ class PreprocessConfig:
     num_shards: int = 0
     max_bad_fraction: float = 0.5
     max_unusable_fraction: float = 0.5
-    min_side: int = 8
+    min_side: int = features.MIN_SIDE
     max_pixels: int = features.MAX_PIXELS
     dedupe: str = "none"  # "keep_one": one image per duplicate group, the rest dead letters
     # Robust |z| beyond which an image is a quality outlier (Iglewicz and Hoaglin's 3.5: with
@@ -146,6 +146,9 @@ class PreprocessConfig:
     # (<= 0.965) on two seeds (0 and 7, 1500 images each).
     duplicate_similarity: float = 0.97
     overwrite: bool = False
+    # Rejected overrides/exclusions rows (a label not in the classes, an id no image has, a
+    # row that cannot be read) fail the run instead of being reported in the summary.
+    strict: bool = False
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
@@ -211,6 +214,11 @@ def parse_image_size(text: str) -> tuple[int, int]:
         parts *= 2
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"--image_size {text!r}: expected N or W,H with positive integers")
+    if max(parts) > features.MAX_IMAGE_SIDE:
+        raise argparse.ArgumentTypeError(
+            f"--image_size {text!r}: a side above the maximum {features.MAX_IMAGE_SIDE}; the examples are resized "
+            "images for training, not the originals"
+        )
     return parts[0], parts[1]
 
 
@@ -328,7 +336,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="With from_source: part of train kept for validation.",
     )
     add("--group_by", default=None, help="Labels-CSV column (or 'stem') whose values never span two splits.")
-    add("--image_size", type=parse_image_size, default=None, help="N or W,H (default: preset's, else 50).")
+    add(
+        "--image_size",
+        type=parse_image_size,
+        default=None,
+        help=f"N or W,H, each at most {features.MAX_IMAGE_SIDE} (default: preset's, else 50).",
+    )
     add("--color_mode", choices=sorted(features.COLOR_MODES), default=None)
     add("--seed", type=int, default=_default("seed"), help="Seed of the split and balancing hashes.")
     add("--num_shards", type=int, default=_default("num_shards"), help="Shards per split (0: from the data size).")
@@ -386,6 +399,13 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "(default 0.97; -1 keeps every pair within --duplicate_distance).",
     )
     add("--overwrite", action="store_true", help="Replace an existing output directory.")
+    add(
+        "--strict",
+        action="store_true",
+        help="Fail the run (no manifest) when a row of --overrides_csv or --exclude is rejected (a label "
+        "not in the classes, an id no image has, an unreadable row). Default: such rows are counted in the "
+        "manifest and the summary names the first ids.",
+    )
     add(
         "--decode_threads",
         type=parse_decode_threads,
@@ -488,6 +508,7 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         duplicate_distance=args.duplicate_distance,
         duplicate_similarity=args.duplicate_similarity,
         overwrite=args.overwrite,
+        strict=args.strict,
         vector_columns=vector_columns,
         cache_dir=args.cache_dir,
         decode_threads=args.decode_threads,

@@ -16,7 +16,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-from pipelines import atomic, features
+from pipelines import atomic, features, locks
 from pipelines.cli import usage_error
 from pipelines.paths import is_remote
 
@@ -101,7 +101,7 @@ def refusal(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> str |
     for given in inputs:
         if overlaps(output_dir, given):
             return f"--output {output_dir} overlaps the input {given}: choose an output outside the inputs"
-    existing = existing_outputs(output_dir)
+    existing = [path for path in existing_outputs(output_dir) if _top_name(output_dir, path) != locks.LOCK_FILE]
     if not existing:
         return None
     names = {_top_name(output_dir, path) for path in existing}
@@ -115,12 +115,17 @@ def refusal(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> str |
     return None
 
 
-def prepare(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> None:
-    """Claims ``output_dir``: refuses it (usage error) or removes facepipe's earlier outputs
-    from it, and writes the marker that says it is facepipe's."""
+def check(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> None:
+    """A usage error when ``output_dir`` must not be used (see :func:`refusal`)."""
     reason = refusal(output_dir, inputs, overwrite=overwrite)
     if reason:
         usage_error(reason)
+
+
+def prepare(output_dir: str, inputs: Sequence[str], *, overwrite: bool) -> None:
+    """Claims ``output_dir`` (its lock held, pipelines/locks.py): refuses it (usage error) or
+    removes facepipe's earlier outputs from it, and writes the marker that says it is facepipe's."""
+    check(output_dir, inputs, overwrite=overwrite)
     own = [path for path in existing_outputs(output_dir) if is_own(_top_name(output_dir, path))]
     if is_remote(output_dir):
         if own:

@@ -40,7 +40,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines import cache, croissant, features, manifest, output_dir, staging, transforms
+from pipelines import cache, croissant, features, locks, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
@@ -54,7 +54,7 @@ from pipelines.sinks import (
     WriteShards,
     WriteTransformStatistics,
 )
-from pipelines.sources import NOT_IMAGE_FILE, LabelledImages
+from pipelines.sources import NOT_IMAGE_FILE, LabelledImages, check_csvs
 from pipelines.transforms import (
     BatchImages,
     DecodeAndResize,
@@ -236,6 +236,13 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     if config.cache_dir:
         cache.check_cache_dir(config.cache_dir, config.output_dir, config.inputs)
+    check_csvs(config)
+    output_dir.check(config.output_dir, config.inputs, overwrite=config.overwrite)
+    with locks.held(config.output_dir):  # One writer at a time (pipelines/locks.py).
+        return _run_holding_the_lock(config, options, estimated)
+
+
+def _run_holding_the_lock(config: PreprocessConfig, options: PipelineOptions, estimated: int) -> dict[str, Any]:
     output_dir.prepare(config.output_dir, config.inputs, overwrite=config.overwrite)
     unlisted = count_unlisted(config)
     logging.info("found %d images under %s", estimated, ", ".join(config.image_globs))
@@ -325,8 +332,10 @@ def main() -> None:
     workers_die_with_this_process()
     try:
         result = run(sys.argv[1:])
-    except manifest.PipelineError as e:
+    except (manifest.PipelineError, locks.LockedError) as e:
         sys.exit(f"error: {e}")
+    except OSError as e:  # On a path the user gave: read-only, full disk, not a folder, ...
+        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}" if e.filename else f"error: {e}")
     print(FileSystems.join(result["output_dir"], features.MANIFEST_FILE))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
@@ -18,7 +19,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import features, labels, staging
+from pipelines import features, labels, paths, staging
+from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
@@ -36,12 +38,17 @@ CSV_KINDS = ("labels_csv", "overrides_csv", "exclude_csv")
 def read_csv_header(path: str, encoding: str = "utf-8") -> list[str]:
     """A CSV's column names, stripped (the driver needs only these to plan the parsing).
 
-    Raises labels.CsvError when the file is missing or not ``encoding`` text.
+    Raises labels.CsvError when the file is missing, a folder, unreadable or not ``encoding`` text.
     """
     if not FileSystems.exists(path):
         raise labels.CsvError(f"{path} does not exist")
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        first = f.readline()
+    if not paths.is_remote(path) and os.path.isdir(path):
+        raise labels.CsvError(f"{path} is a folder, not a CSV file")
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            first = f.readline()
+    except OSError as e:
+        raise labels.CsvError(f"{path} cannot be read ({e.strerror or e})") from e
     return labels.decode_header(first, path, encoding)
 
 
@@ -76,11 +83,19 @@ class ListImages(beam.PTransform):
         self._globs = list(image_globs)
 
     def expand(self, pipeline):
-        return (
-            pipeline
-            | "Globs" >> beam.Create(self._globs)
+        globs = pipeline | "Globs" >> beam.Create(self._globs)
+        matched = (
+            globs
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "PathAndSize" >> beam.Map(lambda metadata: (metadata.path, metadata.size_in_bytes))
+        )
+        # Beam's match skips links to nothing: listed here, they become dead letters (dangling_link).
+        dangling = globs | "DanglingLinks" >> beam.FlatMap(
+            lambda pattern: [(p, 0) for p in paths.dangling_links(pattern)]
+        )
+        return (
+            (matched, dangling)
+            | "AllListed" >> beam.Flatten()
             # (path, size); overlapping globs may list a file twice
             | "Deduplicate" >> beam.Distinct()
             | "ByExtension" >> beam.ParDo(_SplitByExtension()).with_outputs(NOT_IMAGE_FILE, main="images")
@@ -145,6 +160,17 @@ class ParseIdLabel(beam.DoFn):
 
     def process(self, line: bytes) -> Iterator:
         yield from _outputs(labels.parse_id_row(line, self._layout))
+
+
+def check_csvs(config: PreprocessConfig) -> None:
+    """Ends the program with one line ``error: …`` when a labels, overrides or exclusions CSV
+    cannot be used (missing, a folder, unreadable, unknown columns): before anything is written."""
+    for kind in CSV_KINDS:
+        for path in getattr(config, kind):
+            try:
+                csv_layout(path, kind, config)
+            except labels.CsvError as e:
+                usage_error(str(e))
 
 
 def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_dofn) -> tuple[list, list]:

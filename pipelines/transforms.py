@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import time
@@ -12,19 +11,26 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import apache_beam as beam
-import cv2
-import numpy as np
-import simplejpeg
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
-from PIL import Image
 
-from pipelines import features
+from pipelines import features, paths
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
+
+# The one decoder, in its own module: predict, find_label_issues and the review use it too.
+# Its names stay importable from here (``as`` marks them re-exported).
+from pipelines.decoding import UndecodableImage as UndecodableImage
+from pipelines.decoding import check_container as check_container
+from pipelines.decoding import check_dimensions as check_dimensions
+from pipelines.decoding import decode_and_resize as decode_and_resize
+from pipelines.decoding import decode_jpeg as decode_jpeg
+from pipelines.decoding import decode_with_size as decode_with_size
+from pipelines.decoding import image_dimensions as image_dimensions
+from pipelines.decoding import to_uint8_color as to_uint8_color
 from pipelines.labels import NO_LABEL, LabelledImage, VectorLocation
 from pipelines.options import PreprocessConfig
 from pipelines.quality import ImageQuality, image_quality
@@ -41,8 +47,6 @@ BATCH_BYTES = 32 << 20
 # Decoded images audited together, a batch: an audit right after each decode costs about twice
 # as much (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
 AUDIT_BATCH = BATCH_IMAGES
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class DecodedImage(NamedTuple):
@@ -79,121 +83,6 @@ def assign_split(image: LabelledImage, config: PreprocessConfig) -> str:
         if u < cumulative:
             return split
     return max(config.splits, key=lambda s: features.SPLITS.index(s) if config.splits[s] > 0 else -1)
-
-
-class UndecodableImage(ValueError):
-    """An image that cannot be used; ``reason`` is the dead-letter reason."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
-def check_container(data: bytes) -> str:
-    """'png' or 'jpeg' after cheap checks on the bytes; raises UndecodableImage otherwise."""
-    if not data:
-        raise UndecodableImage("zero_bytes")
-    if data.startswith(_PNG_MAGIC):
-        # Every complete PNG ends with an IEND chunk (12 bytes incl. its CRC).
-        if b"IEND" not in data[-16:]:
-            raise UndecodableImage("truncated", "PNG without IEND chunk")
-        return "png"
-    if data.startswith(_JPEG_MAGIC):
-        # A complete JPEG ends with the EOI marker, possibly followed by a little padding.
-        if b"\xff\xd9" not in data[-1024:]:
-            raise UndecodableImage("truncated", "JPEG without end-of-image marker")
-        return "jpeg"
-    raise UndecodableImage("not_an_image", f"starts with {data[:8]!r}")
-
-
-def image_dimensions(data: bytes) -> tuple[int, int]:
-    """(width, height) from the image header alone, without decoding pixels."""
-    try:
-        with Image.open(io.BytesIO(data)) as header:
-            return header.size
-    except Image.DecompressionBombError as e:
-        raise UndecodableImage("too_large", str(e)) from e
-    except Exception as e:  # PIL raises many types for broken headers.
-        raise UndecodableImage("undecodable", f"header: {type(e).__name__}: {e}") from e
-
-
-def to_uint8_color(image: np.ndarray, color_mode: str) -> np.ndarray:
-    """An OpenCV-decoded array (8 or 16 bit; grey, BGR or BGRA — OpenCV expands palettes and
-    grey+alpha to BGR(A)) -> uint8 RGB or grey, HxWxC."""
-    if image.dtype == np.uint16:
-        image = np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise UndecodableImage("undecodable", f"unsupported pixel type {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 4:  # Alpha is dropped, as tf.io.decode_image(channels=3) does.
-        image = image[:, :, :3]
-    if color_mode == "grayscale":
-        if image.ndim == 3:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        return image[:, :, np.newaxis]
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def decode_jpeg(data: bytes, *, color_mode: str, at_least: tuple[int, int]) -> np.ndarray:
-    """JPEG bytes (YCbCr, grey or CMYK) -> uint8 RGB or grey HxWxC, decoded by libjpeg-turbo
-    DCT-scaled down as far as ``at_least`` (width, height) allows: a large photo costs a
-    fraction of a full decode.
-
-    Strict: libjpeg's warnings about corrupt data are errors here. A truncated JPEG with an
-    end-of-image marker glued on decodes "successfully" with OpenCV or PIL (the missing rows
-    flat grey, a warning on stderr), and would go into the training data.
-    """
-    try:
-        return simplejpeg.decode_jpeg(
-            data,
-            colorspace="gray" if color_mode == "grayscale" else "rgb",
-            min_width=at_least[0],
-            min_height=at_least[1],
-            strict=True,
-        )
-    except ValueError as e:
-        if "Corrupt JPEG" in str(e) or "Premature end" in str(e):
-            raise UndecodableImage("corrupt_jpeg", str(e)) from e
-        raise UndecodableImage("undecodable", f"JPEG: {e}") from e
-
-
-def check_dimensions(width: int, height: int, *, max_pixels: int, min_side: int) -> None:
-    """UndecodableImage when an image of ``width`` x ``height`` may not be used."""
-    if width * height > max_pixels:
-        raise UndecodableImage("too_large", f"{width}x{height} > {max_pixels} pixels")
-    if min(width, height) < min_side:  # Upscaled, it would be a blur of a few pixels, not a face.
-        raise UndecodableImage("too_small", f"{width}x{height}: a side < --min_side {min_side} pixels")
-
-
-def decode_with_size(
-    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
-) -> CachedPixels:
-    """Encoded PNG/JPEG bytes -> the resized uint8 pixels (height, width, channels) and the
-    original (width, height); UndecodableImage on bad input."""
-    container = check_container(data)
-    width, height = image_dimensions(data)
-    check_dimensions(width, height, max_pixels=max_pixels, min_side=min_side)
-    if container == "jpeg":
-        image = decode_jpeg(data, color_mode=color_mode, at_least=size)
-    else:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-        if image is None:
-            raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
-        image = to_uint8_color(image, color_mode)
-    if (image.shape[1], image.shape[0]) != size:
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # cache.INTERPOLATION
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis]
-    return CachedPixels(np.ascontiguousarray(image), (width, height))
-
-
-def decode_and_resize(
-    data: bytes, *, size: tuple[int, int], color_mode: str, max_pixels: int, min_side: int = 1
-) -> np.ndarray:
-    """Encoded PNG/JPEG bytes -> uint8 array (height, width, channels); UndecodableImage on bad input."""
-    return decode_with_size(data, size=size, color_mode=color_mode, max_pixels=max_pixels, min_side=min_side).pixels
 
 
 def decode_threads(requested: int) -> int:
@@ -330,6 +219,8 @@ class DecodeAndResize(beam.DoFn):
 
     def _read_and_decode(self, image: LabelledImage) -> _Outcome:
         """On a pool thread: the image's file read, hashed and decoded (or found in the cache)."""
+        if reason := paths.not_a_file_reason(image.path):  # A FIFO would block the read forever.
+            return _Outcome(None, failure=(reason, ""))
         try:
             with FileSystems.open(image.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()

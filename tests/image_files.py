@@ -45,3 +45,20 @@ def write_glasses_like(
         rows.append(f"{image_id},{label}")
     (directory / "labels.csv").write_text("\n".join(rows) + "\n")
     return images
+
+
+def bad_image_corpus() -> dict[str, tuple[bytes, str]]:
+    """{file name: (bytes, the pipeline's dead-letter reason)}: files every reader must refuse alike."""
+    image = labelled_image(1, 3, height=64, width=64)
+    jpeg = cv2.imencode(".jpg", image)[1].tobytes()
+    png = cv2.imencode(".png", image)[1].tobytes()
+    return {
+        "empty.png": (b"", "zero_bytes"),
+        "text.png": (b"this is text, not an image", "not_an_image"),
+        "half.png": (png[: len(png) // 2], "truncated"),
+        "half.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        # Half a JPEG with its end marker glued on: OpenCV, PIL and TensorFlow decode it (the
+        # missing rows grey, a libjpeg warning on stderr naming no file).
+        "half_with_end.jpg": (jpeg[: len(jpeg) // 2] + b"\xff\xd9", "corrupt_jpeg"),
+        "tiny.png": (cv2.imencode(".png", image[:4, :4])[1].tobytes(), "too_small"),
+    }

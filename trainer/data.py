@@ -50,6 +50,12 @@ def list_shards(data_dir: str, split: str) -> list[str]:
     return files
 
 
+def texts(values: Any) -> np.ndarray:
+    """A batch of tf.string values (bytes) as a str array, decoded as UTF-8: ids and groups may
+    hold any letter (``é日本``), which numpy's ``astype(str)`` (ASCII) cannot decode."""
+    return np.char.decode(np.asarray(values).astype(bytes), "utf-8")
+
+
 def class_counts(manifest: Mapping[str, Any], split: str) -> dict[int, int]:
     """{class index: examples} the pipeline wrote to ``split``; {} when the manifest counts none.
 

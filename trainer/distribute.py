@@ -133,6 +133,16 @@ def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
 
 
+def tf_config_is_chief() -> bool:
+    """:func:`is_chief`'s rule read from TF_CONFIG alone, before any strategy exists (True without a task)."""
+    try:
+        config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+        task_type, task_id = config["task"]["type"], int(config["task"].get("index", 0))
+    except (ValueError, KeyError, TypeError):
+        return True
+    return task_type == "chief" or (task_type == "worker" and task_id == 0 and "chief" not in config.get("cluster", {}))
+
+
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the job's outputs (the TF multi-worker guide's rule).
 

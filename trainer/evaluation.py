@@ -291,8 +291,8 @@ def predict_split(
                 unit_max[name] = np.maximum(unit_max[name], maxima) if name in unit_max else maxima
             probabilities.append(np.asarray(models.positive_probability(outputs)))
         parts["probability"].append(np.mean(probabilities, axis=0))
-        parts["id"].append(np.char.decode(batch["id"].numpy().astype(bytes), "utf-8"))
-        parts["group"].append(np.char.decode(batch["group"].numpy().astype(bytes), "utf-8"))
+        parts["id"].append(data.texts(batch["id"].numpy()))
+        parts["group"].append(data.texts(batch["group"].numpy()))
         parts["label"].append(batch["label"].numpy())
         parts["pixels"].append(batch["pixels"].numpy())
     return {**{k: np.concatenate(v) for k, v in parts.items()}, "unit_max": unit_max}

@@ -78,6 +78,8 @@ class ServingModule(tf.Module):
                 "id_column": options.get("id_column") or "id",
                 "file_pattern": options.get("file_pattern") or "{id}",
                 "class_folders": bool(options.get("class_folders")),
+                # The pipeline's bound on a side: predict refuses what preprocessing refused.
+                "min_side": options.get("min_side", features.MIN_SIDE),
             }
         )
         # Only the functions of what the model takes: saving traces every tf.function attribute.

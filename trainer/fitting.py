@@ -30,7 +30,7 @@ import keras
 import keras_tuner as kt
 import tensorflow as tf
 
-from trainer import batch_norm, data, distribute, job_layout, models, multiworker, records
+from trainer import batch_norm, checkpoints, data, distribute, job_layout, models, multiworker, records
 
 # --class_weight: "auto" weighs classes by the training examples' counts when they are unequal.
 CLASS_WEIGHTS = ("auto", "none")
@@ -275,7 +275,7 @@ def _checkpointing(run: Run, *, resumable_stopping: bool) -> tuple[list[keras.ca
     backup_dir = tf.io.gfile.join(job_dir, job_layout.BACKUP_DIR)
     history_path = records.history_path(job_dir)
     recorded = config(run)
-    resuming = tf.io.gfile.exists(tf.io.gfile.join(backup_dir, job_layout.BACKUP_METADATA_FILE))
+    resuming = checkpoints.has_backup(backup_dir)
     if resuming and run.overwrite:
         logging.info("--overwrite: deleting %s, starting afresh", backup_dir)
         tf.io.gfile.rmtree(backup_dir)
@@ -290,6 +290,8 @@ def _checkpointing(run: Run, *, resumable_stopping: bool) -> tuple[list[keras.ca
 
     checkpoint_dir = tf.io.gfile.join(job_dir, job_layout.CHECKPOINT_DIR)
     tf.io.gfile.makedirs(checkpoint_dir)
+    for folder in (backup_dir, checkpoint_dir):
+        checkpoints.remove_stale_temporaries(folder)
     stopping = []
     if resumable_stopping:
         earlier = records.read_history(job_dir) if resuming and tf.io.gfile.exists(history_path) else []
@@ -298,10 +300,9 @@ def _checkpointing(run: Run, *, resumable_stopping: bool) -> tuple[list[keras.ca
         # The CSV row before the backup: a kill between the two repeats that epoch's row on
         # resume (read_history keeps the last row per epoch) instead of losing it.
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.ModelCheckpoint(
-            tf.io.gfile.join(checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE), save_weights_only=True
-        ),
+        # Kill-safe (trainer/checkpoints.py): whole files, checked before a resume trusts them.
+        checkpoints.BackupAndRestore(backup_dir),
+        checkpoints.EpochCheckpoint(tf.io.gfile.join(checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE)),
         keras.callbacks.TensorBoard(tf.io.gfile.join(job_dir, job_layout.LOGS_DIR)),
     ]
     return callbacks, stopping
@@ -341,7 +342,8 @@ class ResumableEarlyStopping(ScheduledEarlyStopping):
 
     A resumed fit starts a fresh callback; ``history`` (the rows of the epochs the killed
     run finished) restores its best value, best epoch and wait, and the best epoch's
-    weights come from that epoch's ModelCheckpoint file when it is still the best at the end.
+    weights come from that epoch's checkpoint file when it is still the best at the end (when
+    that file does not read whole, the last epoch's weights are kept, with one log line).
     """
 
     def __init__(
@@ -382,6 +384,9 @@ class ResumableEarlyStopping(ScheduledEarlyStopping):
         path = tf.io.gfile.join(
             self._checkpoint_dir, job_layout.EPOCH_WEIGHTS_FILE.format(epoch=self._earlier_best_epoch + 1)
         )
+        if not checkpoints.trusted(path, f"the best epoch's (epoch {self.best_epoch + 1}) weights"):
+            logging.warning("keeping the last epoch's weights instead of the best epoch's")
+            return
         logging.info(
             "restoring the best epoch's weights (epoch %d, before the resume) from %s", self.best_epoch + 1, path
         )

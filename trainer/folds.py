@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import atomic, data, export, fitting, job_layout
+from trainer import atomic, data, export, fitting, job_layout, predict
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -83,9 +83,9 @@ def read_examples(data_dir: data.DataDir) -> Examples:
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(1024)
         ds = ds.map(lambda serialized: tf.io.parse_example(serialized, spec))
         for batch in ds.as_numpy_iterator():  # Per-example ids, labels and groups only: small arrays.
-            ids.append(batch[features.ID_KEY].astype(str))
+            ids.append(data.texts(batch[features.ID_KEY]))
             labels.append(batch[features.LABEL_KEY])
-            groups.append(batch[features.GROUP_KEY].astype(str))
+            groups.append(data.texts(batch[features.GROUP_KEY]))
             splits.append(np.full(len(ids[-1]), split))
     if not ids:
         raise FileNotFoundError(f"{data_dir.path}: no shards ({features.SHARD_SUFFIX}) in any split")
@@ -156,6 +156,18 @@ def _predict_unlabelled(
     def probability(indices: list[int]) -> np.ndarray:
         contents = [tf.io.gfile.GFile(paths[i], "rb").read() for i in indices]
         return module.serve_images(tf.constant(contents))["probability"].numpy()[:, np.newaxis]
+
+    options = data_dir.manifest.get("options", {})
+    for i, path in enumerate(paths):
+        if not errors[i]:
+            try:  # Only the checks: the bytes are read again with their batch.
+                predict.read_image(
+                    path,
+                    max_pixels=options.get("max_pixels", features.MAX_PIXELS),
+                    min_side=options.get("min_side", features.MIN_SIDE),
+                )
+            except predict.Unreadable as e:
+                errors[i] = str(e)
 
     for start in range(0, len(paths), PREDICT_BATCH):
         batch = [i for i in range(start, min(start + PREDICT_BATCH, len(paths))) if not errors[i]]
@@ -240,7 +252,7 @@ def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossVa
         )
         fold_ids, fold_probabilities = [], []
         for batch in scored:
-            batch_ids = batch["id"].numpy().astype(str)
+            batch_ids = data.texts(batch["id"].numpy())
             batch_probabilities = class_probabilities(model.predict_on_batch(batch["image"]))
             probabilities[[row_of[i] for i in batch_ids]] = batch_probabilities
             fold_ids.append(batch_ids)

@@ -7,7 +7,7 @@ directory: the commands, the tests and the benchmarks name these paths only thro
   tuning/<model>_<tuner>/     tune: keras-tuner's project (oracle.json, trial_*/)
   tuning/results.csv, .md     tune: one row per trial, best first
   training_config.json        train: what was trained, and the command's flags (usable as --config)
-  backup/                     train: BackupAndRestore state while training runs
+  backup/                     train: epoch-N.weights.h5 (the last two) and training_metadata.json while training runs
   checkpoints/                train: epoch-NNN.weights.h5 (several workers: tf.train epoch-N.*)
   logs/train, logs/validation train: TensorBoard
   history.csv                 train: one row per epoch (trainer/history.py)
@@ -39,9 +39,10 @@ CONFIG_FILE = "training_config.json"
 # The key of CONFIG_FILE that holds the train command's flags (see trainer/task.py).
 CONFIG_FLAGS_KEY = "flags"
 BACKUP_DIR = "backup"
-BACKUP_METADATA_FILE = "training_metadata.json"  # Written by keras.callbacks.BackupAndRestore.
+BACKUP_WEIGHTS_FILE = "epoch-{epoch}.weights.h5"  # Under BACKUP_DIR: the state after that many epochs.
+BACKUP_METADATA_FILE = "training_metadata.json"  # {"epoch", "batch"}, as Keras' BackupAndRestore writes it.
 CHECKPOINT_DIR = "checkpoints"
-EPOCH_WEIGHTS_FILE = "epoch-{epoch:03d}.weights.h5"  # A ModelCheckpoint file name pattern.
+EPOCH_WEIGHTS_FILE = "epoch-{epoch:03d}.weights.h5"  # A file name pattern (1-based epoch).
 CHECKPOINT_PREFIX = "epoch"  # tf.train.CheckpointManager's checkpoint_name: epoch-N.index, ...
 CHECKPOINT_STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints.
 LOGS_DIR = "logs"

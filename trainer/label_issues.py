@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from trainer import fitting, folds
+    from trainer import data, fitting, folds
 
 # The columns of the outputs (README "Finding wrong labels").
 LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank")
@@ -199,6 +199,29 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
         "calibrated_confident_joint": np.round(result.calibrated_joint, 3).tolist(),
         "about": "rows: given label, columns: the class the out-of-fold model is confident of (>= its threshold)",
     }
+
+
+def check_cross_validatable(data_dir: data.DataDir, num_folds: int) -> None:
+    """Refuses, with one line, data that cannot be cross-validated into ``num_folds`` folds.
+
+    Confident learning compares classes: one class has nothing to compare (errors.DataError).
+    Every fold needs an example of its own (errors.UsageError for ``--folds``).
+    """
+    from trainer import errors
+
+    written = data_dir.manifest["counts"]["written"]
+    per_class = [sum(int(split.get(str(i), 0)) for split in written.values()) for i in range(len(data_dir.classes))]
+    present = [str(name) for name, n in zip(data_dir.classes, per_class, strict=True) if n]
+    if len(present) < 2:
+        only = f"every labelled example is of class {present[0]!r}" if present else "it has no labelled example"
+        raise errors.DataError(
+            f"--data_dir {data_dir.path}: {only}; find_label_issues needs examples of at least two classes"
+        )
+    if num_folds > sum(per_class):
+        raise errors.UsageError(
+            f"--folds {num_folds}: more than the {sum(per_class)} labelled examples of --data_dir; "
+            f"pass at most {sum(per_class)}"
+        )
 
 
 def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:

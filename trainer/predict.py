@@ -1,7 +1,8 @@
 """Batch prediction on image files with the exported serving model (no data dir needed).
 
-Every readable image is predicted; an unreadable one (missing, not an image, larger than
-``max_pixels`` by its header, or one the serving graph cannot decode) gets a row with an
+Every readable image is predicted; one the pipeline's decoder refuses (pipelines/decoding.py:
+missing, not an image, truncated, a corrupt JPEG, larger than ``max_pixels`` by its header,
+a side under the data's --min_side; the reason is the dead letter's) gets a row with an
 ``error`` and a line on stderr, and the others are predicted all the same.
 
 A model that takes the --numeric_columns vector reads it from ``vectors_csv`` (an id column
@@ -23,10 +24,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
-from pipelines import features
+from pipelines import decoding, features
 from pipelines.labels import file_name_regex
+from pipelines.paths import not_a_file_reason
 from trainer import atomic, errors, export
 
 COLUMNS = ("path", "probability", "label", "error")
@@ -53,7 +54,7 @@ class _Item(NamedTuple):
     arguments: dict[str, Any]
 
 
-class _Unreadable(Exception):
+class Unreadable(Exception):
     """An input file that cannot be predicted; the message says why."""
 
 
@@ -77,23 +78,23 @@ def list_images(paths: Sequence[str]) -> list[str]:
     return files
 
 
-def read_image(path: str, *, max_pixels: int) -> bytes:
-    """The encoded file, once its header says it is an image of at most ``max_pixels``."""
+def read_image(path: str, *, max_pixels: int, min_side: int = features.MIN_SIDE) -> bytes:
+    """The encoded file, once the pipeline's decoder accepts it (pipelines/decoding.py: the same
+    checks and strict decode, so predict refuses exactly what preprocessing dead-letters, with
+    the same reason); an image over ``max_pixels`` is refused by its header, before decoding."""
+    if reason := not_a_file_reason(path):  # A FIFO would block the read forever.
+        raise Unreadable(reason)
     try:
         with tf.io.gfile.GFile(path, "rb") as f:
             data = f.read()
     except tf.errors.NotFoundError as e:
-        raise _Unreadable("no such file") from e
+        raise Unreadable("no such file") from e
     except tf.errors.OpError as e:
-        raise _Unreadable(f"cannot read: {e.message}") from e
+        raise Unreadable(f"cannot read: {e.message}") from e
     try:
-        # Image.open reads the header only; nothing is decoded here.
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise _Unreadable(f"not a readable image ({e})") from e
-    if width * height > max_pixels:
-        raise _Unreadable(f"{width}x{height} pixels > --max_pixels {max_pixels}: refused before decoding")
+        decoding.check_image(data, max_pixels=max_pixels, min_side=min_side)
+    except decoding.UndecodableImage as e:
+        raise Unreadable(f"{e.reason}: {e.detail}" if e.detail else e.reason) from e
     return data
 
 
@@ -170,7 +171,13 @@ def _vector_items(vectors_csv: str, config: Mapping[str, Any]) -> Iterator[_Item
 
 
 def _image_items(
-    files: list[str], *, arguments: Sequence[str], vectors: Mapping[str, Any], vectors_csv: str | None, max_pixels: int
+    files: list[str],
+    *,
+    arguments: Sequence[str],
+    vectors: Mapping[str, Any],
+    vectors_csv: str | None,
+    max_pixels: int,
+    min_side: int,
 ) -> Iterator[_Item | Prediction]:
     """Each image file: an item with the arguments the signature takes, or why it cannot be predicted."""
     config = vectors.get("config")
@@ -181,16 +188,16 @@ def _image_items(
             if VECTOR_ARG in arguments:
                 item_id = image_id(path, config)
                 if item_id is None:
-                    raise _Unreadable(f"file name does not match the data's --file_pattern {config['file_pattern']!r}")
+                    raise Unreadable(f"file name does not match the data's --file_pattern {config['file_pattern']!r}")
                 found = vectors["by_id"].get(item_id)
                 if found is None:
-                    raise _Unreadable(f"no vector for id {item_id} in --vectors_csv {vectors_csv}")
+                    raise Unreadable(f"no vector for id {item_id} in --vectors_csv {vectors_csv}")
                 if isinstance(found, str):
-                    raise _Unreadable(found)
+                    raise Unreadable(found)
                 given[VECTOR_ARG] = found
             if IMAGE_ARG in arguments:
-                given[IMAGE_ARG] = read_image(path, max_pixels=max_pixels)
-        except _Unreadable as e:
+                given[IMAGE_ARG] = read_image(path, max_pixels=max_pixels, min_side=min_side)
+        except Unreadable as e:
             yield Prediction(path, None, "", str(e), item_id)
             continue
         yield _Item(path, item_id, given)
@@ -240,8 +247,7 @@ def predict(
         )
     if IMAGE_ARG in arguments and not paths:
         raise errors.UsageError(f"--input: the model in {export_dir} takes images; name image files or folders")
-    if VECTOR_ARG in arguments:
-        config = export.read_serving_config(export_dir)
+    config = export.read_serving_config(export_dir)
     if paths:
         files = list_images(paths)
         vectors: dict[str, Any] = {}
@@ -257,7 +263,12 @@ def predict(
             }
             vectors = {"config": config, "by_id": by_id}
         items = _image_items(
-            files, arguments=arguments, vectors=vectors, vectors_csv=vectors_csv, max_pixels=max_pixels
+            files,
+            arguments=arguments,
+            vectors=vectors,
+            vectors_csv=vectors_csv,
+            max_pixels=max_pixels,
+            min_side=config.get("min_side", features.MIN_SIDE),
         )
     else:
         items = _vector_items(vectors_csv, config)

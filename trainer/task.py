@@ -44,6 +44,7 @@ from __future__ import annotations
 # The imports after quiet.preload() follow code: TensorFlow must see its log level first.
 # ruff: noqa: E402
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -60,7 +61,7 @@ quiet.preload("tensorflow")
 
 import tensorflow as tf
 
-from pipelines import features
+from pipelines import features, locks
 from pipelines.findings import report
 from trainer import distribute, errors, fitting, job_layout, models, preflight, tuning
 
@@ -458,6 +459,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_predict(args: argparse.Namespace) -> None:
     from trainer import predict
 
+    if args.output and tf.io.gfile.isdir(args.output):
+        raise errors.UsageError(f"--output {args.output} is a folder: name a file, e.g. {args.output}/predictions.csv")
     export_dir = args.export_dir or tf.io.gfile.join(args.job_dir, job_layout.EXPORT_DIR)
     if not tf.io.gfile.exists(tf.io.gfile.join(export_dir, "saved_model.pb")):
         flag = "--export_dir" if args.export_dir else "--job_dir"
@@ -498,6 +501,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     if args.folds < 2:
         _parser()[1]["find_label_issues"].error(f"--folds {args.folds}: need at least 2")
     data_dir = data.DataDir.read(args.data_dir)
+    label_issues.check_cross_validatable(data_dir, args.folds)
     preset = _preset(args, data_dir, vector=False)  # It scores the images: the vector is not cross-validated.
     if preset.needs_vector:
         raise errors.UsageError(
@@ -507,6 +511,27 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
     label_issues.run(_fit_run(args, data_dir, preset, values), job_dir=args.job_dir, num_folds=args.folds)
+
+
+def _os_error_line(e: Exception) -> str:
+    """An OS or filesystem error as one line naming the path."""
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+    return e.message.splitlines()[0]
+
+
+# The commands that write JOB: one at a time per JOB (pipelines/locks.py).
+_JOB_WRITERS = ("tune", "train", "evaluate", "find_label_issues")
+
+
+def _job_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """JOB's lock for a command that writes it; none for a search's worker or a cluster's non-chief,
+    which write beside their chief (it holds the lock)."""
+    if args.command not in _JOB_WRITERS:
+        return contextlib.nullcontext()
+    if tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief():
+        return contextlib.nullcontext()
+    return locks.held(args.job_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -532,12 +557,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "find_label_issues": run_find_label_issues,
     }
     try:
-        return commands[args.command](args) or 0
+        with _job_lock(args):
+            return commands[args.command](args) or 0
+    except locks.LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return errors.UsageError.exit_code
     except (errors.UserError, distribute.StrategyError) as e:
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", errors.UsageError.exit_code)
+    except (OSError, tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError, tf.errors.NotFoundError) as e:
+        # On a path the user gave: a read-only or full disk, a folder where a file goes, ...
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print(f"error: {_os_error_line(e)}", file=sys.stderr)
+        return errors.DataError.exit_code
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Final training with the chosen hyperparameters: checkpoints, logs, history, export.
 
 Outputs in job_dir (names in trainer/job_layout.py):
-  backup/                    BackupAndRestore state while training runs (deleted at the end);
+  backup/                    the last two epochs' state while training runs (deleted once
+                             model.keras is saved; trainer/checkpoints.py);
                              a restarted run resumes from the last finished epoch
   checkpoints/epoch-NNN.weights.h5
                              (several workers: tf.train checkpoints checkpoints/epoch-N.*,
@@ -30,7 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import atomic, distribute, errors, export, fitting, job_layout, models, records
+from trainer import atomic, checkpoints, distribute, errors, export, fitting, job_layout, models, records
 
 
 def _join(*parts: str) -> str:
@@ -53,6 +54,9 @@ def train(run: fitting.Run, *, serving_export: bool = True) -> keras.Model:
     )
     model = fitting.fit(run).model
     _save(model, run, serving_export=serving_export)
+    backup_dir = _join(run.job_dir, job_layout.BACKUP_DIR)
+    if distribute.is_chief(run.strategy) and tf.io.gfile.exists(backup_dir):
+        tf.io.gfile.rmtree(backup_dir)  # Only now: a kill before model.keras was saved resumes from it.
     if distribute.is_chief(run.strategy):
         logging.info(
             "history %s, TensorBoard logs %s",
@@ -123,16 +127,15 @@ def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
 
 
 def _trained_member(member_dir: str, expected: Mapping[str, Any]) -> keras.Model | None:
-    """The member's saved model when its training_config.json holds ``expected``'s values, else None."""
+    """The member's saved model when its training_config.json holds ``expected``'s values, else None.
+
+    A model.keras or training_config.json that does not read whole is not reused (one log line).
+    """
     model_path = _join(member_dir, job_layout.MODEL_FILE)
-    if not tf.io.gfile.exists(model_path):
+    what = "ensemble member"
+    if not checkpoints.trusted(model_path, what) or not checkpoints.trusted(records.config_path(member_dir), what):
         return None
-    try:
-        recorded = records.read_config(member_dir)
-    except json.JSONDecodeError:
-        return None
-    if recorded is None:
-        return None
+    recorded = records.read_config(member_dir)
     # Through JSON, as recorded (tuples become lists).
     if any(recorded.get(key) != value for key, value in json.loads(json.dumps(expected)).items()):
         return None

@@ -34,16 +34,51 @@ from typing import Any
 import keras
 import keras_tuner as kt
 import tensorflow as tf
+from keras_tuner.src import utils as kt_utils
+from keras_tuner.src.backend import io as kt_io
 from keras_tuner.src.distribute import utils as dist_utils
+from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, distribute, errors, fitting, job_layout, models, records
+from trainer import atomic, checkpoints, distribute, errors, fitting, job_layout, models, records
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 # What a trial is scored by: the validation people's loss (its best epoch's). Finer than
 # accuracy on a validation split of a few people (ties: the first grid point would win), and
 # what chose input_norm right per fold in the nested check of docs/benchmarks.md section 9.
 OBJECTIVE = kt.Objective("val_loss", direction="min")
+
+
+def _save_json_whole(path: str, obj: Any) -> str:
+    """keras-tuner's ``utils.save_json`` (oracle.json, trial.json, the tuner's state), whole or not at all."""
+    text = json.dumps(obj)
+    atomic.write(path, text)
+    return text
+
+
+def _save_best_epoch_whole(self: tuner_utils.SaveBestEpoch) -> None:
+    """keras-tuner's ``SaveBestEpoch._save_model`` (a trial's checkpoint.weights.h5), whole or not at all."""
+    path = kt_io.write_filepath(self.filepath, self.model.distribute_strategy)
+    checkpoints.save_weights(self.model, path)
+    kt_io.remove_temp_dir_with_filepath(path, self.model.distribute_strategy)
+
+
+# keras-tuner writes the files a resumed search reads back in place: a kill mid-write left a
+# truncated trial.json or checkpoint that the rerun crashed on. Its two writers, made atomic.
+kt_utils.save_json = _save_json_whole
+tuner_utils.SaveBestEpoch._save_model = _save_best_epoch_whole
+
+
+class ResumableHyperband(kt.Hyperband):
+    """``Hyperband`` that trains a continued trial from fresh weights when the earlier trial's
+    checkpoint does not read whole (one log line), instead of crashing on it."""
+
+    def _build_hypermodel(self, hp: kt.HyperParameters):
+        trial_id = hp.values.get("tuner/trial_id")
+        if trial_id is not None and not checkpoints.trusted(self._get_checkpoint_fname(trial_id), "trial checkpoint"):
+            logging.warning("trial %s's continuation starts from fresh weights", trial_id)
+            return super(kt.Hyperband, self)._build_hypermodel(hp)
+        return super()._build_hypermodel(hp)
 
 
 class FaceHyperModel(kt.HyperModel):
@@ -190,7 +225,7 @@ def make_tuner(
     if name == "bayesian":
         return kt.BayesianOptimization(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
     if name == "hyperband":
-        return kt.Hyperband(
+        return ResumableHyperband(
             objective=OBJECTIVE, max_epochs=max(hypermodel.space["epochs"]), factor=3, seed=seed, **common
         )
     raise ValueError(f"unknown tuner {name!r}, expected one of {TUNERS}")
@@ -264,7 +299,7 @@ def read_best_hyperparameters(
     With ``data_fingerprint``, warns when they were tuned on other data.
     """
     path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
-    if not tf.io.gfile.exists(path):
+    if not checkpoints.trusted(path, "tuning results"):
         return None
     with tf.io.gfile.GFile(path) as f:
         best = json.load(f)

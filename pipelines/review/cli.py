@@ -81,7 +81,13 @@ def create_app(args: argparse.Namespace, config: PreprocessConfig) -> ReviewApp:
         probabilities=probabilities,
         findings=findings,
     )
-    thumbnails = Thumbnails(root=root, side=args.thumb_size, capacity=args.cache_size, max_pixels=config.max_pixels)
+    thumbnails = Thumbnails(
+        root=root,
+        side=args.thumb_size,
+        capacity=args.cache_size,
+        max_pixels=config.max_pixels,
+        min_side=config.min_side,
+    )
     return ReviewApp(store, thumbnails, load_static(), title=args.images)
 
 

@@ -5,10 +5,13 @@ rewritten atomically (temp file + rename, the file's mode kept). The journal is 
 truth; the recovery rule at every start:
 
 - A torn last journal line (a crash mid-append, no newline) is cut off: it was never answered.
-- The journal is replayed onto the CSVs: each (id, field) it names takes the value of its last
-  row, whatever the CSV holds (a crash after the journal line but before the CSV rename leaves
-  the CSV one decision behind; a hand edit of a decided id is overruled too, with a warning).
-  Ids the journal never names keep the CSV's value. Both CSVs are then rewritten.
+- The journal is replayed onto the CSVs. A crash after the journal line but before the CSV
+  rename leaves the CSV one decision behind: when the CSV was last written before the
+  journal's last line and holds the value from before the journal's last decision, for that
+  decision's (id, field), the journal's value is restored.
+  Any other difference is a person's hand edit of the CSV: it is kept and adopted into the
+  journal as a decision of its own (one warning line names the ids; undo reverts it), never
+  discarded. Ids the journal never names keep the CSV's value. Both CSVs are then rewritten.
 - Temp files of interrupted CSV writes (``.<csv name>.facepipe-<16 hex>.tmp`` next to the
   CSV, pipelines/atomic.py) are removed; no other file is.
 
@@ -103,6 +106,7 @@ class Journal(NamedTuple):
     reviewed: set[str]
     undo: list[Decision]
     latest: dict[tuple[str, str], int | bool | None]
+    last: Decision | None = None  # The last decision row (set or undo), as it changed the value.
 
 
 def drop_torn_line(path: str, chunk: int = 4096) -> None:
@@ -129,6 +133,7 @@ def drop_torn_line(path: str, chunk: int = 4096) -> None:
 def read_journal(path: str) -> Journal:
     """Replays the journal's rows in order."""
     journal = Journal(set(), [], {})
+    last = None
     if not os.path.exists(path):
         return journal
     with open(path, encoding="utf-8", newline="") as f:
@@ -140,6 +145,7 @@ def read_journal(path: str) -> Journal:
                         raise ValueError(field)
                     decision = Decision(image_id, field, _decode(field, row["before"]), _decode(field, row["after"]))
                     journal.latest[(image_id, field)] = decision.after
+                    last = decision
                     if action == "set":
                         journal.undo.append(decision)
                     elif journal.undo:
@@ -148,7 +154,7 @@ def read_journal(path: str) -> Journal:
                 log.warning("%s: unreadable journal row %s skipped", path, row)
                 continue
             journal.reviewed.add(image_id)
-    return journal
+    return journal._replace(last=last)
 
 
 class ReviewStore:
@@ -183,7 +189,7 @@ class ReviewStore:
         drop_torn_line(journal)
         replayed = read_journal(journal)
         self.reviewed, self._undo = replayed.reviewed, replayed.undo
-        self._replay(replayed.latest)
+        self._replay(replayed.latest, replayed.last)
         self.reviewed |= set(self.overrides) | set(self.excluded)
         for path in (overrides_csv, exclude_csv):
             if removed := atomic.remove_leftovers(path):
@@ -193,21 +199,41 @@ class ReviewStore:
         if not os.path.exists(journal) or os.path.getsize(journal) == 0:
             append_rows(journal, [JOURNAL_HEADER])
 
-    def _replay(self, latest: dict[tuple[str, str], int | bool | None]) -> None:
-        """Gives each decided (id, field) its journal value; says which CSV values that overruled."""
-        overruled = []
+    def _replay(self, latest: dict[tuple[str, str], int | bool | None], last: Decision | None) -> None:
+        """Restores the journal's last decision where a crash kept it from the CSV; adopts hand edits.
+
+        See the module docstring: only the last decision can be missing from its CSV, and only
+        as the value it replaced; every other difference is a person's edit, journalled as theirs.
+        """
+        adopted = []
         for (image_id, field), value in latest.items():
-            if self._get(image_id, field) != value:
-                overruled.append(image_id)
+            current = self._get(image_id, field)
+            if current == value:
+                continue
+            crashed = last is not None and (last.id, last.field) == (image_id, field) and current == last.before
+            csv_path = self._overrides_csv if field == "label" else self._exclude_csv
+            if crashed and os.path.exists(csv_path) and os.path.getmtime(csv_path) <= os.path.getmtime(self._journal):
+                log.info(
+                    "%s: restoring the last decision (%s of %s) a crash kept from its CSV",
+                    self._journal,
+                    field,
+                    image_id,
+                )
                 self._set(image_id, field, value)
-        if overruled:
+            else:
+                adopted.append(Decision(image_id, field, value, current))
+        if adopted:
+            append_rows(self._journal, [_journal_row("set", decision) for decision in adopted])
+            self._undo.extend(adopted)
             log.warning(
-                "%d ids in %s or %s differ from the journal %s (a crash or a hand edit); the journal wins: %s",
-                len(overruled),
+                "%d hand edits of %s or %s kept and adopted into the journal %s (undo reverts them): %s",
+                len(adopted),
                 self._overrides_csv,
                 self._exclude_csv,
                 self._journal,
-                ", ".join(overruled[:10]),
+                ", ".join(
+                    f"{d.id} ({d.field} {_encode(d.before) or '-'} -> {_encode(d.after) or '-'})" for d in adopted[:10]
+                ),
             )
 
     # Reading.

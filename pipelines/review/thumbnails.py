@@ -10,28 +10,30 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import features, transforms
+from pipelines import decoding, features
+from pipelines.paths import not_a_file_reason
 from pipelines.review.listing import Item, is_under
 
 THUMB_JPEG_QUALITY = 85
 
 
-def make_thumbnail(data: bytes, *, side: int, max_pixels: int) -> bytes:
+def make_thumbnail(data: bytes, *, side: int, max_pixels: int, min_side: int = 1) -> bytes:
     """Encoded image -> JPEG whose longer side is at most ``side`` (never enlarged).
 
-    Decoded by the pipeline's decoder (same checks, same failure reasons, INTER_AREA);
-    raises transforms.UndecodableImage.
+    Decoded by the pipeline's decoder (same checks, same failure reasons, INTER_AREA; with the
+    run's ``max_pixels`` and ``min_side`` it refuses exactly the images the pipeline refuses);
+    raises decoding.UndecodableImage. EXIF orientation is ignored, as everywhere (pipelines/decoding.py).
     """
-    transforms.check_container(data)
-    width, height = transforms.image_dimensions(data)
+    decoding.check_container(data)
+    width, height = decoding.image_dimensions(data)
     scale = min(1.0, side / max(width, height, 1))
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    rgb = transforms.decode_and_resize(data, size=size, color_mode="rgb", max_pixels=max_pixels)
+    rgb = decoding.decode_and_resize(data, size=size, color_mode="rgb", max_pixels=max_pixels, min_side=min_side)
     ok, encoded = cv2.imencode(
         ".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, THUMB_JPEG_QUALITY]
     )
     if not ok:
-        raise transforms.UndecodableImage("undecodable", "JPEG encoding failed")
+        raise decoding.UndecodableImage("undecodable", "JPEG encoding failed")
     return encoded.tobytes()
 
 
@@ -51,8 +53,17 @@ def placeholder(reason: str, *, side: int) -> bytes:
 class Thumbnails:
     """Thumbnails made on demand from the originals, in a bounded in-memory LRU cache."""
 
-    def __init__(self, *, root: str, side: int = 160, capacity: int = 2000, max_pixels: int = features.MAX_PIXELS):
+    def __init__(
+        self,
+        *,
+        root: str,
+        side: int = 160,
+        capacity: int = 2000,
+        max_pixels: int = features.MAX_PIXELS,
+        min_side: int = 1,
+    ):
         self.root, self.side, self.capacity, self.max_pixels = root, side, capacity, max_pixels
+        self.min_side = min_side
         self._cache: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -66,8 +77,10 @@ class Thumbnails:
                 self._cache.move_to_end(item.id)
                 return self._cache[item.id], ""
         try:
-            jpeg = make_thumbnail(self._read(item.path), side=self.side, max_pixels=self.max_pixels)
-        except transforms.UndecodableImage as e:
+            jpeg = make_thumbnail(
+                self._read(item.path), side=self.side, max_pixels=self.max_pixels, min_side=self.min_side
+            )
+        except decoding.UndecodableImage as e:
             error = ": ".join(p for p in (e.reason, e.detail) if p)
             return placeholder(error, side=self.side), error
         except OSError as e:  # Missing or unreadable (Beam's BeamIOError is an OSError too).
@@ -84,6 +97,8 @@ class Thumbnails:
 
     def _read(self, path: str) -> bytes:
         if not is_under(path, self.root):  # The index was checked; a symlink may have changed since.
-            raise transforms.UndecodableImage("outside_images", "the file resolves to outside --images")
+            raise decoding.UndecodableImage("outside_images", "the file resolves to outside --images")
+        if reason := not_a_file_reason(path):  # A FIFO would block the read forever.
+            raise decoding.UndecodableImage(reason)
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             return f.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import pathlib
 
 import numpy as np
 import pytest
@@ -18,29 +19,38 @@ from tests.pipelines.test_preprocess import _read_split
 LABELS = [0, 1] * 6  # 12 images
 
 
+KEY = "ab" * 32  # An entry's key: the hex name of its file.
+
+
 def _entry() -> CachedPixels:
     pixels = np.arange(10 * 12 * 3, dtype=np.uint8).reshape(10, 12, 3)
     return CachedPixels(pixels, (48, 60))
 
 
 def test_an_entry_round_trips_with_its_shape_and_original_size():
-    decoded = decode_entry(encode_entry(_entry()))
+    decoded = decode_entry(encode_entry(_entry(), KEY), KEY)
     np.testing.assert_array_equal(decoded.pixels, _entry().pixels)
     assert decoded.original_size == (48, 60)
 
 
 @pytest.mark.parametrize("position", [0, 10, 30, 60, -1])
 def test_a_flipped_bit_anywhere_is_detected(position):
-    data = bytearray(encode_entry(_entry()))
+    data = bytearray(encode_entry(_entry(), KEY))
     data[position] ^= 0x01
     with pytest.raises(CorruptEntry):
-        decode_entry(bytes(data))
+        decode_entry(bytes(data), KEY)
 
 
 @pytest.mark.parametrize("keep", [0, 5, 70, 300])
 def test_a_truncated_entry_is_detected(keep):
     with pytest.raises(CorruptEntry):
-        decode_entry(encode_entry(_entry())[:keep])
+        decode_entry(encode_entry(_entry(), KEY)[:keep], KEY)
+
+
+def test_a_sound_entry_under_another_keys_name_is_detected():
+    data = encode_entry(_entry(), KEY)
+    with pytest.raises(CorruptEntry, match="another key"):
+        decode_entry(data, "cd" * 32)
 
 
 def test_the_key_changes_with_what_changes_the_pixels_only():
@@ -168,7 +178,19 @@ def test_corrupt_and_truncated_entries_are_counted_recomputed_and_rewritten(data
     assert _examples(data / "damaged") == _examples(data / "damaged_cold")
     for path in (flipped, truncated):
         with open(path, "rb") as f:
-            decode_entry(f.read())  # Rewritten: sound again.
+            decode_entry(f.read(), pathlib.Path(path).stem)  # Rewritten: sound again.
+
+
+def test_two_sound_entries_swapped_on_disk_are_recomputed_not_served(data):
+    cache_dir = data / "cache_swapped"
+    _preprocess(data, "swapped_cold", "--cache_dir", str(cache_dir))
+    first, second = _entries(cache_dir)[:2]
+    first_bytes, second_bytes = pathlib.Path(first).read_bytes(), pathlib.Path(second).read_bytes()
+    pathlib.Path(first).write_bytes(second_bytes)  # Each entry sound, under the other's name.
+    pathlib.Path(second).write_bytes(first_bytes)
+    manifest = _preprocess(data, "swapped", "--cache_dir", str(cache_dir))
+    assert manifest["cache"]["cache_corrupt"] == 2
+    assert _examples(data / "swapped") == _examples(data / "swapped_cold")  # Nobody got another's pixels.
 
 
 @pytest.mark.parametrize("where", ["output", "images"])

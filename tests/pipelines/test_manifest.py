@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipelines import cache, features
-from pipelines.manifest import build_manifest, summary_table
+from pipelines.manifest import PipelineError, build_manifest, rejected_rows_by_csv, summary_table
 from pipelines.options import parse_args
 
 # Run statistics of a finished run whose counts add up (2 listed, 2 written).
@@ -120,7 +120,7 @@ def test_options_that_change_the_data_change_the_data_fingerprint(inputs, flag):
 
 @pytest.mark.parametrize(
     "flag",
-    [["--output", "elsewhere"], ["--overwrite"], ["--num_shards", "7"], ["--max_bad_fraction", "0.1"]],
+    [["--output", "elsewhere"], ["--overwrite"], ["--num_shards", "7"], ["--max_bad_fraction", "0.1"], ["--strict"]],
     ids=lambda flag: flag[0],
 )
 def test_options_that_do_not_change_the_data_leave_the_data_fingerprint(inputs, flag):
@@ -163,3 +163,49 @@ def test_the_summary_names_unknown_override_and_exclusion_ids(tmp_path):
 
 def test_the_summary_has_no_unknown_ids_line_when_there_are_none(tmp_path):
     assert "no listed image" not in summary_table(_manifest(tmp_path, {}))
+
+
+def _write_dead_letters(output_dir, records) -> None:
+    dead = output_dir / features.DEAD_LETTER_DIR
+    dead.mkdir(parents=True)
+    (dead / "dead_letter-00000-of-00001.jsonl").write_text(
+        "".join(json.dumps({"path": "", **record}) + "\n" for record in records)
+    )
+
+
+REJECTED_ROWS = [
+    {"id": "3", "stage": "overrides", "reason": "malformed_csv_row", "detail": "3,inf: inf", "is_image": False},
+    {"id": "3", "stage": "overrides", "reason": "malformed_csv_row", "detail": "3,glases", "is_image": False},
+    {"id": "", "stage": "overrides", "reason": "malformed_csv_row", "detail": "b'\\xff7,1'", "is_image": False},
+    {"id": "x9", "stage": "overrides", "reason": "unknown_override_id", "detail": "", "is_image": False},
+    {"id": "e1", "stage": "exclusions", "reason": "unknown_exclusion_id", "detail": "", "is_image": False},
+    # Not rows of those CSVs: an excluded image, a labels-CSV row.
+    {"id": "7", "stage": "exclusions", "reason": "excluded", "detail": "", "is_image": True},
+    {"id": "8", "stage": "labels", "reason": "malformed_csv_row", "detail": "8,,", "is_image": False},
+]
+
+
+def test_rejected_overrides_and_exclusions_rows_are_counted_with_their_first_ids(tmp_path):
+    _write_dead_letters(tmp_path, REJECTED_ROWS)
+    rejected = rejected_rows_by_csv(str(tmp_path))
+    assert rejected == {
+        "overrides": {"count": 4, "first_ids": ["3", "b'\\xff7,1'", "x9"]},
+        "exclusions": {"count": 1, "first_ids": ["e1"]},
+    }
+    manifest = _manifest(tmp_path, {})
+    manifest["counts"]["rejected_csv_rows"] = rejected
+    lines = [line for line in summary_table(manifest).splitlines() if line.startswith("NOT APPLIED")]
+    assert len(lines) == 1
+    assert "4 --overrides_csv rows rejected (3, b'\\xff7,1', x9, ...)" in lines[0]  # 4 rows, 3 ids.
+    assert "1 --exclude rows rejected (e1)" in lines[0] and "--strict" in lines[0]
+
+
+def test_strict_makes_rejected_rows_an_error_and_the_default_records_them(inputs):
+    rejected = {"overrides": {"count": 2, "first_ids": ["3"]}, "exclusions": {"count": 0, "first_ids": []}}
+    given = ["--images", str(inputs), "--labels_csv", str(inputs / "labels.csv"), "--output", str(inputs / "out")]
+    config, _ = parse_args(given)
+    manifest = build_manifest(config, STATS, runner="FnApiRunner", elapsed_seconds=1.0, rejected_csv_rows=rejected)
+    assert manifest["counts"]["rejected_csv_rows"] == rejected
+    strict, _ = parse_args([*given, "--strict"])
+    with pytest.raises(PipelineError, match=r"^--strict: 2 --overrides_csv rows rejected \(3, \.\.\.\)"):
+        build_manifest(strict, STATS, runner="FnApiRunner", elapsed_seconds=1.0, rejected_csv_rows=rejected)

@@ -21,7 +21,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import features
+from pipelines import features, locks
 from pipelines.cli import UsageError
 from pipelines.manifest import PipelineError, summary_table
 from pipelines.options import PreprocessConfig
@@ -182,6 +182,60 @@ def test_existing_output_refused_without_overwrite(corpus):
     tmp_path, _, _ = corpus
     with pytest.raises(SystemExit, match="--overwrite"):
         _preprocess(tmp_path, "out")
+
+
+def test_a_second_writer_of_an_output_is_refused_and_deletes_nothing(corpus):
+    tmp_path, _, _ = corpus
+    before = sorted(os.listdir(tmp_path / "out"))
+    with locks.held(str(tmp_path / "out")):  # The first writer, still running.
+        with pytest.raises(locks.LockedError, match=f"being written by PID {os.getpid()} on "):
+            _preprocess(tmp_path, "out", "--overwrite")
+        assert sorted(os.listdir(tmp_path / "out")) == sorted([*before, locks.LOCK_FILE])
+    assert sorted(os.listdir(tmp_path / "out")) == before
+
+
+def test_rejected_override_and_exclusion_rows_are_reported_and_strict_fails_on_them(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1] * 5)
+    (tmp_path / "overrides.csv").write_text("id,label\n3,inf\n3,glases\n999,1\n2,0\n")
+    (tmp_path / "exclusions.csv").write_text("id\nnope\n")
+    lists = ["--overrides_csv", str(tmp_path / "overrides.csv"), "--exclude", str(tmp_path / "exclusions.csv")]
+    result = _preprocess(tmp_path, "out", *lists)
+    assert result["counts"]["rejected_csv_rows"] == {
+        "overrides": {"count": 3, "first_ids": ["3", "999"]},
+        "exclusions": {"count": 1, "first_ids": ["nope"]},
+    }
+    assert result["counts"]["overrides_applied"] == 1  # The good row still applies.
+    summary = [line for line in capsys.readouterr().err.splitlines() if line.startswith("NOT APPLIED")]
+    assert len(summary) == 1 and "3 --overrides_csv rows rejected (3, 999, ...)" in summary[0]
+
+    with pytest.raises(PipelineError, match=r"^--strict: 3 --overrides_csv rows rejected"):
+        _preprocess(tmp_path, "strict", *lists, "--strict")
+    assert not (tmp_path / "strict" / features.MANIFEST_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not_a_hang(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 5)
+    os.mkfifo(images / "face-11.png")  # Nothing ever writes to it: opening it would block forever.
+    os.symlink(tmp_path / "gone.png", images / "face-12.png")
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.write("11,1\n12,0\n")
+    argv = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out")]
+    argv += ["--file_pattern", "face-{id}", "--image_size", "12,10", "--balance", "none"]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / features.MANIFEST_FILE).read_text())
+    assert manifest["counts"]["images_seen"] == 12
+    assert manifest["counts"]["dead_letter"] == {"dangling_link": 1, "not_a_regular_file": 1}
+    records = [
+        json.loads(line)
+        for path in glob.glob(str(tmp_path / "out" / features.DEAD_LETTER_DIR / "*.jsonl"))
+        for line in pathlib.Path(path).read_text().splitlines()
+    ]
+    assert sorted((r["id"], r["reason"]) for r in records) == [("11", "not_a_regular_file"), ("12", "dangling_link")]
 
 
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
@@ -564,3 +618,36 @@ def test_unlabelled_images_are_audited_never_written_and_a_labelled_copy_is_kept
     counts = manifest["counts"]
     assert counts["images_seen"] == 22 == counts["written_total"] + counts["dead_letter_total"]
     assert manifest["quality"]["leakage"]["count"] >= 1
+
+
+def test_a_labels_csv_that_is_a_folder_is_one_line_and_writes_nothing(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1])
+    (tmp_path / "labels.csv").unlink()
+    (tmp_path / "labels.csv").mkdir()
+    with pytest.raises(UsageError):
+        _preprocess(tmp_path, "out")
+    assert (
+        capsys.readouterr().err.strip().splitlines()[-1] == f"error: {tmp_path}/labels.csv is a folder, not a CSV file"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_size_above_the_maximum_is_refused_up_front(tmp_path, capsys):
+    write_glasses_like(tmp_path, [0, 1])
+    with pytest.raises(UsageError, match=f"above the maximum {features.MAX_IMAGE_SIDE}"):
+        _preprocess(tmp_path, "out", "--image_size", "100000")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_cannot_be_made_is_one_line_and_leaves_nothing(tmp_path):
+    write_glasses_like(tmp_path, [0, 1])
+    (tmp_path / "file").write_text("a file, not a folder")
+    argv = ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv")]
+    argv += ["--file_pattern", "face-{id}", "--output", str(tmp_path / "file" / "out")]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert process.returncode == 1
+    assert process.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'file' / 'out'}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "images", "labels.csv"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import keras
 import numpy as np
@@ -82,6 +83,22 @@ def test_early_stopping_after_a_resume_restores_the_best_epoch_from_its_checkpoi
     history = model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=10, verbose=0, callbacks=[stopping])
     assert len(history.history["val_loss"]) == 1  # Patience counts the killed run's epochs too.
     np.testing.assert_array_equal(model.get_weights()[0], best)
+
+
+def test_early_stopping_after_a_resume_keeps_the_last_weights_when_the_best_checkpoint_is_bad(tmp_path, caplog):
+    model, x = _diverging_problem()
+    # The killed run's best epoch 0 left a 0-byte checkpoint (killed as it was written).
+    (tmp_path / job_layout.EPOCH_WEIGHTS_FILE.format(epoch=1)).write_bytes(b"")
+    earlier = [{"epoch": 0, "val_loss": 0.01}, {"epoch": 1, "val_loss": 0.02}]  # Better than any epoch to come.
+    stopping = fitting.ResumableEarlyStopping(
+        patience=2, history=earlier, checkpoint_dir=str(tmp_path), start_fraction=0
+    )
+    recorder = _EpochWeights()
+    with caplog.at_level(logging.WARNING):
+        model.fit(x, x, validation_data=(x, -x), initial_epoch=2, epochs=10, verbose=0, callbacks=[recorder, stopping])
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("skipping the best epoch's") for m in messages) == 1, messages
+    np.testing.assert_array_equal(model.get_weights()[0], recorder.weights[-1])  # No crash: the last epoch's.
 
 
 def test_a_resumed_early_stopping_ignores_the_killed_runs_unwatched_epochs(tmp_path):

@@ -217,7 +217,7 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert all(row["path"].endswith(f"{row['id']}.png") for row in suggested)
     found, gone = sorted(suggested, key=lambda row: row["id"])
     assert found["error"] == "" and found["suggested_label"] in ("no", "yes") and 0.5 <= float(found["confidence"]) <= 1
-    assert gone["error"].startswith("NotFoundError") and gone["suggested_label"] == gone["probability"] == ""
+    assert gone["error"] == "no such file" and gone["suggested_label"] == gone["probability"] == ""
     assert not list(job_dir.rglob("*.tmp"))
 
 
@@ -225,3 +225,41 @@ def test_folds_below_two_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         task.main(["find_label_issues", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path), "--folds", "1"])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.slow
+def test_one_class_data_is_warned_of_by_preprocess_and_refused_by_find_label_issues(tmp_path, capsys):
+    import cv2
+
+    from pipelines.preprocess import run
+
+    (tmp_path / "images").mkdir()
+    for index in range(8):
+        cv2.imwrite(str(tmp_path / "images" / f"img_{index}.png"), labelled_image(1, index, height=16, width=16))
+    (tmp_path / "labels.csv").write_text("id,label\n" + "".join(f"img_{i},yes\n" for i in range(8)))
+    output = tmp_path / "data"
+    argv = ["--images", str(tmp_path / "images"), "--labels_csv", str(tmp_path / "labels.csv")]
+    run([*argv, "--output", str(output), "--classes", "no,yes", "--balance", "none", "--image_size", "16,16"])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "one class only" in line]
+    assert warnings == [
+        "WARNING: one class only: every example written is 'yes'; a classifier needs two "
+        "(check the labels CSV, --label_column, --class_folders)"
+    ]
+
+    job_dir = tmp_path / "job"
+    status = task.main(["find_label_issues", "--data_dir", str(output), "--job_dir", str(job_dir)])
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"error: --data_dir {output}: every labelled example is of class 'yes'; find_label_issues "
+        "needs examples of at least two classes"
+    ]
+    assert not job_dir.exists()
+
+
+def test_more_folds_than_labelled_examples_is_refused_up_front(flipped_dir, tmp_path, capsys):
+    status = task.main(["find_label_issues", "--data_dir", flipped_dir, "--job_dir", str(tmp_path), "--folds", "25"])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: --folds 25: more than the 24 labelled examples of --data_dir; pass at most 24"
+    )

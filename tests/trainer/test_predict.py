@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import pathlib
 import zlib
 
@@ -14,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines import features
+from tests.image_files import bad_image_corpus
 from trainer import data, errors, export, models, predict
 
 
@@ -31,6 +33,7 @@ def _fake_serving(image_bytes):
 @pytest.fixture(autouse=True)
 def _serving(monkeypatch):
     monkeypatch.setattr(export, "load_serving", lambda export_dir: (_fake_serving, None))
+    monkeypatch.setattr(export, "read_serving_config", lambda export_dir: {"inputs": ["image"], "min_side": 8})
 
 
 def _png_bomb(side: int) -> bytes:
@@ -59,9 +62,9 @@ def test_unreadable_files_are_listed_and_the_others_predicted(tmp_path, capsys):
     by_name = {row.path.rsplit("/", 1)[1]: row for row in rows}
     assert sorted(by_name) == ["a_dark.png", "b_text.png", "c_truncated.png", "d_light.png", "e_bomb.png"]
     assert by_name["a_dark.png"].label == "no" and by_name["d_light.png"].label == "yes"
-    assert "not a readable image" in by_name["b_text.png"].error
+    assert by_name["b_text.png"].error.startswith("not_an_image: ")  # The pipeline's dead-letter reason.
     assert by_name["c_truncated.png"].probability is None and by_name["c_truncated.png"].error
-    assert "7900x7900 pixels > --max_pixels 1000" in by_name["e_bomb.png"].error
+    assert by_name["e_bomb.png"].error == "too_large: 7900x7900 > 1000 pixels"
     # One line per unreadable file (log lines of the libraries may come too).
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("skipped ")]
     assert sorted(line.split(":")[0] for line in err) == [
@@ -78,10 +81,29 @@ def test_a_small_png_bomb_is_refused_at_the_default_cap(tmp_path, capsys):
     assert bomb.stat().st_size < 20_000
     with pytest.raises(errors.DataError, match="none of the 1 input file"):
         predict.predict("export", [str(bomb)])
-    assert f"9000x9000 pixels > --max_pixels {features.MAX_PIXELS}: refused before decoding" in capsys.readouterr().err
+    assert f"too_large: 9000x9000 > {features.MAX_PIXELS} pixels" in capsys.readouterr().err
+
+
+def test_predict_refuses_exactly_what_the_pipeline_refuses_with_its_reason(tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, (content, _) in bad_image_corpus().items():
+        (folder / name).write_bytes(content)
+    os.mkfifo(folder / "pipe.png")  # Reading it would block forever.
+    os.symlink(tmp_path / "gone.png", folder / "dangling.png")
+    cv2.imwrite(str(folder / "good.jpg"), np.full((16, 16, 3), 200, np.uint8))
+    rows = predict.predict("export", [str(folder)])
+    by_name = {row.path.rsplit("/", 1)[1]: row for row in rows}
+    assert by_name.pop("good.jpg").label == "yes"
+    expected = {name: reason for name, (_, reason) in bad_image_corpus().items()}
+    expected.update({"pipe.png": "not_a_regular_file", "dangling.png": "dangling_link"})
+    assert sorted(by_name) == sorted(expected)
+    for name, reason in expected.items():
+        assert by_name[name].probability is None and by_name[name].error.split(":")[0] == reason, name
 
 
 _REAL_LOAD_SERVING = export.load_serving
+_REAL_READ_SERVING_CONFIG = export.read_serving_config
 
 
 def _vector_export(tmp_path, data_dir, preset) -> str:
@@ -99,6 +121,7 @@ def _vector_export(tmp_path, data_dir, preset) -> str:
 
 def test_vectors_csv_alone_predicts_every_row_and_lists_bad_ones(latent_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export, "load_serving", _REAL_LOAD_SERVING)
+    monkeypatch.setattr(export, "read_serving_config", _REAL_READ_SERVING_CONFIG)
     export_dir = _vector_export(tmp_path, latent_dir, models.LATENT_MLP)
     lines = (pathlib.Path(latent_dir).parent / "test.csv").read_text().splitlines()
     vectors_csv = tmp_path / "vectors.csv"
@@ -122,6 +145,7 @@ def test_vectors_csv_alone_predicts_every_row_and_lists_bad_ones(latent_dir, tmp
 
 def test_images_with_vectors_by_id_and_an_id_without_a_vector(latent_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(export, "load_serving", _REAL_LOAD_SERVING)
+    monkeypatch.setattr(export, "read_serving_config", _REAL_READ_SERVING_CONFIG)
     export_dir = _vector_export(tmp_path, latent_dir, models.IMAGE_LATENT)
     root = pathlib.Path(latent_dir).parent
     lines = (root / "test.csv").read_text().splitlines()

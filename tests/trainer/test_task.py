@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 
 import keras
 import pytest
 
+from pipelines import locks
 from trainer import errors, task
 
 
@@ -196,3 +199,100 @@ def test_the_default_model_follows_the_datas_shape_and_find_label_issues_takes_t
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model: ")]
     assert lines[0].startswith("model: image_latent (default for 16x16 RGB images with a 4-value vector: ")
     assert lines[1].startswith("model: face_cnn (default for 16x16 RGB images: best under subject-grouped")
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "find_label_issues"])
+def test_a_second_writer_of_a_job_dir_is_refused_with_one_line(tmp_path, capsys, command):
+    job_dir = tmp_path / "job"
+    with locks.held(str(job_dir)):  # The first writer, still running.
+        status = task.main([command, "--data_dir", str(tmp_path / "data"), "--job_dir", str(job_dir)])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {job_dir} is being written by PID {os.getpid()} on ") and "\n" not in err
+
+
+def test_a_search_worker_and_a_clusters_other_workers_leave_the_job_lock_to_their_chief(tmp_path, monkeypatch):
+    job_dir = str(tmp_path / "job")
+    tune = task.parse_args(["tune", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    train = task.parse_args(["train", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    assert isinstance(task._job_lock(tune), contextlib._GeneratorContextManager)
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    assert isinstance(task._job_lock(tune), contextlib.nullcontext)
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")
+    assert not isinstance(task._job_lock(tune), contextlib.nullcontext)
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
+    assert isinstance(task._job_lock(train), contextlib.nullcontext)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert not isinstance(task._job_lock(train), contextlib.nullcontext)
+
+
+ODD_IDS = ["é日本 {}", "o'neil {}", 'say "hi" {}', "a,b {}", "x{}"]  # Spaces, letters beyond ASCII, quotes, commas.
+
+
+@pytest.mark.slow
+def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_command(tmp_path, capsys):
+    import csv
+
+    import cv2
+
+    from pipelines.preprocess import run
+    from tests.image_files import labelled_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    ids = [ODD_IDS[i % len(ODD_IDS)].format(i) for i in range(20)]
+    with open(tmp_path / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "label"])
+        for i, image_id in enumerate(ids):
+            cv2.imwrite(str(images / f"{image_id}.png"), labelled_image(i % 2, i, height=16, width=16))
+            writer.writerow([image_id, ("no", "yes")[i % 2]])
+    data_dir, job_dir = str(tmp_path / "data"), str(tmp_path / "job")
+    inputs = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", data_dir]
+    run(
+        [
+            *inputs,
+            "--classes",
+            "no,yes",
+            "--balance",
+            "none",
+            "--image_size",
+            "16,16",
+            "--splits",
+            "train=0.5,validation=0.25,test=0.25",
+        ]
+    )
+    common = ["--data_dir", data_dir, "--job_dir", job_dir]
+    assert task.main(["train", *common, "--epochs", "1", "--verbose", "0"]) == 0
+    assert task.main(["evaluate", *common]) == 0
+    with open(tmp_path / "job" / "eval" / "predictions.csv", encoding="utf-8", newline="") as f:
+        assert {row["id"] for row in csv.DictReader(f)} <= set(ids)
+    assert task.main(["find_label_issues", *common, "--folds", "2", "--epochs", "1", "--verbose", "0"]) == 0
+    with open(tmp_path / "job" / "oof_probabilities.csv", encoding="utf-8", newline="") as f:
+        assert sorted(row["id"] for row in csv.DictReader(f)) == sorted(ids)
+    output = tmp_path / "predictions.csv"
+    assert task.main(["predict", "--job_dir", job_dir, "--input", str(images), "--output", str(output)]) == 0
+    with open(output, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(os.path.basename(row["path"])[: -len(".png")] for row in rows) == sorted(ids)
+    assert all(row["error"] == "" for row in rows)
+
+
+def test_predict_output_that_is_a_folder_is_refused_up_front(tmp_path, capsys):
+    status = task.main(["predict", "--job_dir", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path)])
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --output {tmp_path} is a folder: name a file, e.g. {tmp_path}/predictions.csv"
+    )
+
+
+def test_a_job_dir_that_cannot_be_made_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    job_dir = tmp_path / "file" / "job"
+    status = task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(job_dir)])
+    assert status == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {job_dir}") and "\n" not in err

@@ -293,14 +293,27 @@ def test_a_crash_between_the_journal_and_the_csv_is_repaired_at_the_next_start(i
     ]
 
 
-def test_the_journal_wins_over_a_hand_edit_of_a_decided_id(images, tmp_path, caplog):
+def test_a_hand_edit_of_a_decided_id_is_kept_and_adopted_into_the_journal(images, tmp_path, caplog):
     truth = train_labels(images)
     with serving(review_argv(images, tmp_path)) as (client, _):
         client.decide("5", "flip")
+        client.decide("6", "exclude")
+    # A person edits both CSVs by hand while the review is stopped.
     (tmp_path / "overrides.csv").write_text(f"id,glasses\n5,{truth['5']}\n9,{1 - truth['9']}\n")
+    (tmp_path / "exclusions.csv").write_text("id\n")
     with caplog.at_level(logging.WARNING), serving(review_argv(images, tmp_path)) as (client, app):
-        assert app.store.overrides == {"5": 1 - truth["5"], "9": 1 - truth["9"]}
-    assert "journal" in caplog.text and "5" in caplog.text
+        assert app.store.overrides == {"5": truth["5"], "9": 1 - truth["9"]}
+        assert app.store.excluded == {}
+        warnings = [r.getMessage() for r in caplog.records if "hand edits" in r.getMessage()]
+        assert len(warnings) == 1 and "5 (label" in warnings[0] and "6 (excluded 1 -> 0)" in warnings[0]
+        assert client.post("/api/undo").json()["decision"]["id"] == "6"  # The last adopted edit first.
+        assert app.store.excluded == {"6": None}
+    assert read_rows(tmp_path / "overrides.csv")[1:] == [["5", str(truth["5"])], ["9", str(1 - truth["9"])]]
+    # A restart now changes nothing: the edits are the journal's.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), serving(review_argv(images, tmp_path)) as (client, app):
+        assert app.store.overrides == {"5": truth["5"], "9": 1 - truth["9"]} and app.store.excluded == {"6": None}
+    assert "hand edits" not in caplog.text
 
 
 def test_accepting_a_suggestion_is_a_label_decision_saved_journalled_and_undone_like_a_flip(images, tmp_path):

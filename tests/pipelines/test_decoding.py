@@ -1,0 +1,55 @@
+"""pipelines/decoding.py: the one decoder; the pipeline, the review's thumbnails and predict refuse alike."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from pipelines import decoding, features
+from pipelines.review.thumbnails import make_thumbnail
+from tests.image_files import bad_image_corpus
+
+CORPUS = bad_image_corpus()
+
+
+@pytest.mark.parametrize("name", sorted(CORPUS))
+def test_the_pipeline_the_thumbnails_and_the_check_refuse_with_the_same_reason(name):
+    data, reason = CORPUS[name]
+    readers = {
+        "pipeline": lambda: decoding.decode_with_size(
+            data, size=(16, 16), color_mode="rgb", max_pixels=features.MAX_PIXELS, min_side=features.MIN_SIDE
+        ),
+        "thumbnail": lambda: make_thumbnail(data, side=32, max_pixels=features.MAX_PIXELS, min_side=features.MIN_SIDE),
+        "check": lambda: decoding.check_image(data, max_pixels=features.MAX_PIXELS, min_side=features.MIN_SIDE),
+    }
+    for reader, read in readers.items():
+        with pytest.raises(decoding.UndecodableImage) as refused:
+            read()
+        assert refused.value.reason == reason, reader
+
+
+def _jpeg_rotated_by_exif(width: int, height: int) -> bytes:
+    """A width x height JPEG (a bright top row) whose EXIF says: rotate 90 degrees to display."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:4] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW.
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_ignored_alike_by_the_pipeline_the_thumbnails_and_the_serving_decoder():
+    data = _jpeg_rotated_by_exif(64, 32)
+    decoded = decoding.decode_with_size(data, size=(64, 32), color_mode="rgb", max_pixels=features.MAX_PIXELS)
+    assert decoded.original_size == (64, 32) and decoded.pixels.shape == (32, 64, 3)
+    assert decoded.pixels[:4].mean() > 200 and decoded.pixels[-4:].mean() < 50  # As stored: bright top rows.
+    thumbnail = Image.open(io.BytesIO(make_thumbnail(data, side=64, max_pixels=features.MAX_PIXELS)))
+    assert thumbnail.size == (64, 32) and not thumbnail.getexif()  # No EXIF for the browser to rotate by.
+    served = tf.io.decode_image(data, channels=3).numpy()
+    assert served.shape == (32, 64, 3)
+    np.testing.assert_allclose(served.astype(float), decoded.pixels.astype(float), atol=3)
