@@ -179,6 +179,7 @@ def _epochs(job_dir: pathlib.Path) -> list[int]:
 def test_training_killed_as_a_checkpoint_file_appears_resumes(rgb_dir, tmp_path, pattern):
     job_dir = tmp_path / "job"
     argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "4", "--verbose", "2"]
+    argv += ["--model", "glasses_cnn"]  # The seed's preset: small and quick.
     kill_when_file_appears(argv, pattern, job_dir)
     assert not (job_dir / job_layout.MODEL_FILE).exists()
 
@@ -197,6 +198,7 @@ def test_training_killed_as_a_checkpoint_file_appears_resumes(rgb_dir, tmp_path,
 def test_training_resumes_past_truncated_files_a_kill_left_without_losing_the_backup(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "4", "--verbose", "2"]
+    argv += ["--model", "glasses_cnn"]  # The seed's preset: small and quick.
     kill_when_file_appears(argv, "backup/epoch-3.weights.h5", job_dir)
     # What an older writer killed mid-write left: the newest backup cut to 96 bytes, an
     # epoch checkpoint of 0 bytes (the best epoch's, read back at the end).
@@ -216,6 +218,7 @@ def test_training_resumes_past_truncated_files_a_kill_left_without_losing_the_ba
 def test_tuning_killed_as_a_trial_checkpoint_is_written_resumes(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--search_space", "small"]
+    argv += ["--model", "glasses_cnn"]  # The seed's preset: small and quick.
     argv += ["--epochs", "1", "--verbose", "0"]
     kill_when_file_appears(argv, "tuning/*/trial_0001/.checkpoint.weights.h5.facepipe-*", job_dir)
     assert not (job_dir / job_layout.BEST_HPARAMS_FILE).exists()
@@ -233,6 +236,7 @@ def test_tuning_killed_as_a_trial_checkpoint_is_written_resumes(rgb_dir, tmp_pat
 def test_an_ensemble_killed_in_its_second_member_reuses_the_first_and_resumes_the_second(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "2", "--ensemble", "2"]
+    argv += ["--model", "glasses_cnn"]  # The seed's preset: small and quick.
     argv += ["--verbose", "2"]
     kill_when_file_appears(argv, "members/member-1/backup/epoch-1.weights.h5", job_dir)
 
