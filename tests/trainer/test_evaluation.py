@@ -13,26 +13,7 @@ import pytest
 from PIL import Image
 
 from pipelines import features
-from trainer import data, evaluation, fitting, models, predict, statistics, task, training
-
-
-@pytest.fixture(scope="module")
-def trained_job(make_data_dir, tmp_path_factory):
-    data_dir = make_data_dir(
-        "rgb16", height=16, width=16, channels=3, n_per_class_split={"train": 24, "validation": 8, "test": 8}
-    )
-    job_dir = tmp_path_factory.mktemp("eval_job")
-    training.train(
-        fitting.Run(
-            data_dir=data.DataDir.read(data_dir),
-            job_dir=str(job_dir),
-            preset=models.GLASSES_CNN,
-            hyperparameters={"epochs": 2},
-            verbose=0,
-        )
-    )
-    task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
-    return data_dir, job_dir
+from trainer import data, evaluation, predict, statistics, task
 
 
 def _brute_force_auc(labels, scores):
@@ -41,8 +22,8 @@ def _brute_force_auc(labels, scores):
     return wins / (len(pos) * len(neg))
 
 
-def test_evaluate_writes_metrics_plots_and_predictions(trained_job):
-    _, job_dir = trained_job
+def test_evaluate_writes_metrics_plots_and_predictions(evaluated_job):
+    _, job_dir = evaluated_job
     out = job_dir / "eval"
     for name in ("metrics.json", "predictions.csv", "training_curves.png", "confusion_matrix.png", "misclassified.png"):
         assert (out / name).stat().st_size > 0, name
@@ -66,8 +47,8 @@ def test_evaluate_writes_metrics_plots_and_predictions(trained_job):
     assert [row["class"] for row in metrics["errors_per_class"]] == ["no", "yes"]
 
 
-def test_metrics_recomputed_with_numpy_from_saved_predictions(trained_job):
-    _, job_dir = trained_job
+def test_metrics_recomputed_with_numpy_from_saved_predictions(evaluated_job):
+    _, job_dir = evaluated_job
     metrics = json.loads((job_dir / "eval/metrics.json").read_text())
     with open(job_dir / "eval/predictions.csv") as f:
         rows = list(csv.DictReader(f))
@@ -96,8 +77,8 @@ def test_metrics_recomputed_with_numpy_from_saved_predictions(trained_job):
     assert {m["id"] for m in metrics["misclassified"]} == wrong
 
 
-def test_saved_predictions_agree_with_keras_evaluate(trained_job):
-    data_dir, job_dir = trained_job
+def test_saved_predictions_agree_with_keras_evaluate(evaluated_job):
+    data_dir, job_dir = evaluated_job
     metrics = json.loads((job_dir / "eval/metrics.json").read_text())
     manifest = features.read_manifest(data_dir)
     model = keras.saving.load_model(job_dir / "model.keras")
@@ -157,8 +138,8 @@ def test_misclassified_grid_plot(tmp_path):
         assert image.width > 300 and image.height > 250  # 5 columns x 2 rows
 
 
-def test_predict_on_a_folder_and_files(trained_job, tmp_path, capsys):
-    _, job_dir = trained_job
+def test_predict_on_a_folder_and_files(evaluated_job, tmp_path, capsys):
+    _, job_dir = evaluated_job
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(2)
@@ -191,8 +172,8 @@ def test_empty_test_split_fails_with_a_clear_message(make_data_dir, tmp_path):
         evaluation.evaluate(data_dir=data.DataDir.read(data_dir), job_dir=str(tmp_path / "job"))
 
 
-def test_metrics_and_printed_table_carry_95_intervals(trained_job, tmp_path, capsys):
-    data_dir, job_dir = trained_job
+def test_metrics_and_printed_table_carry_95_intervals(evaluated_job, tmp_path, capsys):
+    data_dir, job_dir = evaluated_job
     metrics = json.loads((job_dir / "eval/metrics.json").read_text())
     correct = round(metrics["accuracy"] * metrics["num_examples"])
     assert metrics["accuracy_ci95"] == pytest.approx(list(statistics.wilson_interval(correct, 16)))
@@ -223,8 +204,8 @@ def _collapsed_copy(job_dir, out_dir):
     return out_dir
 
 
-def test_collapsed_model_is_reported_dead_and_constant(trained_job, tmp_path, capsys):
-    data_dir, job_dir = trained_job
+def test_collapsed_model_is_reported_dead_and_constant(evaluated_job, tmp_path, capsys):
+    data_dir, job_dir = evaluated_job
     collapsed = _collapsed_copy(job_dir, tmp_path / "collapsed")
     assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(collapsed)]) == 0
     printed = capsys.readouterr().out
@@ -237,8 +218,8 @@ def test_collapsed_model_is_reported_dead_and_constant(trained_job, tmp_path, ca
     assert "WARNING: layer dense: 128 of 128 ReLU units (100%)" in printed
 
 
-def test_baseline_mcnemar_against_a_constant_predictor_and_itself(trained_job, tmp_path, capsys):
-    data_dir, job_dir = trained_job
+def test_baseline_mcnemar_against_a_constant_predictor_and_itself(evaluated_job, tmp_path, capsys):
+    data_dir, job_dir = evaluated_job
     job = tmp_path / "job"
     shutil.copytree(job_dir, job)
     trained_accuracy = json.loads((job / "eval/metrics.json").read_text())["accuracy"]
@@ -264,8 +245,8 @@ def test_baseline_mcnemar_against_a_constant_predictor_and_itself(trained_job, t
     assert "not significant at 0.05" in capsys.readouterr().out
 
 
-def test_baseline_errors_are_one_line(trained_job, tmp_path, capsys):
-    data_dir, job_dir = trained_job
+def test_baseline_errors_are_one_line(evaluated_job, tmp_path, capsys):
+    data_dir, job_dir = evaluated_job
     never_evaluated = tmp_path / "never_evaluated"
     never_evaluated.mkdir()
     assert (

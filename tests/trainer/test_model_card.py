@@ -6,30 +6,12 @@ import json
 import os
 
 import keras
-import pytest
 import yaml
 
 from pipelines import features
-from trainer import data, fitting, job_layout, model_card, models, task, training
+from trainer import data, job_layout, model_card, models, task
 
-SPLITS = {"train": 24, "validation": 8, "test": 8}
-
-
-@pytest.fixture(scope="module")
-def evaluated_job(make_data_dir, tmp_path_factory):
-    data_dir = make_data_dir("rgb16", height=16, width=16, channels=3, n_per_class_split=SPLITS)
-    job_dir = tmp_path_factory.mktemp("card_job")
-    training.train(
-        fitting.Run(
-            data_dir=data.DataDir.read(data_dir),
-            job_dir=str(job_dir),
-            preset=models.GLASSES_CNN,
-            hyperparameters={"epochs": 1},
-            verbose=0,
-        )
-    )
-    task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir)])
-    return data_dir, job_dir
+SPLITS = {"train": 24, "validation": 8, "test": 8}  # evaluated_job's data (tests/trainer/conftest.py)
 
 
 def _card(job_dir) -> tuple[dict, dict, str]:
