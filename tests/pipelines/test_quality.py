@@ -34,7 +34,8 @@ from pipelines.quality import (
     similarity,
     with_atypicality,
 )
-from pipelines.transforms import DecodedImage, decode_and_resize
+from pipelines.records import DecodedImage
+from pipelines.transforms import decode_and_resize
 from tests.image_files import offline_test_pipeline
 
 SIZE = 128
