@@ -54,6 +54,16 @@ from tqdm import tqdm
 
 from pipelines import atomic
 from pipelines.cli import ArgumentParser
+from pipelines.datasets import (
+    COMICS_DIR,
+    COMICS_ROOT,
+    FACES_DIR,
+    GLASSES_FILE_PATTERN,
+    GLASSES_IMAGE_DIR,
+    GLASSES_LABEL_COLUMN,
+    TEST_CSV,
+    TRAIN_CSV,
+)
 from pipelines.demo.defects import duplicate_copy
 from pipelines.demo.faces import comic_pair, glasses_photo
 from pipelines.demo.plan import (
@@ -66,16 +76,6 @@ from pipelines.demo.plan import (
     image_rng,
     plan_duplicates,
     plan_glasses,
-)
-from pipelines.options import (
-    COMICS_DIR,
-    COMICS_ROOT,
-    FACES_DIR,
-    GLASSES_FILE_PATTERN,
-    GLASSES_IMAGE_DIR,
-    GLASSES_LABEL_COLUMN,
-    TEST_CSV,
-    TRAIN_CSV,
 )
 
 _T = TypeVar("_T")

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.config import PreprocessConfig
 from pipelines.demo import defects, faces, plan
-from pipelines.options import PreprocessConfig
 from pipelines.quality import (
     MIN_FOLD_IMAGES,
     PATCHES_SIDE,
