@@ -43,8 +43,8 @@ from real_photos import _preprocess_args, _run
 
 from pipelines import features
 from pipelines.cli import ArgumentParser
+from pipelines.datasets import GLASSES_IMAGE_DIR, GLASSES_LABEL_COLUMN, TRAIN_CSV
 from pipelines.demo import data as demo_data
-from pipelines.options import GLASSES_IMAGE_DIR, GLASSES_LABEL_COLUMN, TRAIN_CSV
 from pipelines.quality import ATYPICALITY_BATCH, PatchMoments, atypicality, image_quality
 from pipelines.transforms import AUDIT_BATCH, decode_with_size
 from trainer import job_layout

@@ -18,8 +18,8 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import features, output_dir
+from pipelines.config import DatasetCard
 from pipelines.manifest import file_sha256
-from pipelines.options import DatasetCard
 
 CONFORMS_TO = "http://mlcommons.org/croissant/1.0"
 # The Croissant 1.0 JSON-LD context, as the specification gives it.

@@ -19,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines import features
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
 from pipelines.sinks import shard_counts, shard_name
 
 NAMESPACE = "facepipe.examples_index"

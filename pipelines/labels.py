@@ -22,7 +22,7 @@ import numpy as np
 from pipelines.records import NO_LABEL, ImageFile, LabelledImage, LabelRow, Rejection
 
 if TYPE_CHECKING:
-    from pipelines.options import PreprocessConfig
+    from pipelines.config import PreprocessConfig
 
 # The outcomes of resolve_label that are counted, by the name of their counter.
 COUNTED_OUTCOMES = ("overrides_applied", "excluded", "unlabelled", "labelled")

@@ -17,8 +17,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import cache, features, output_dir
+from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
-from pipelines.options import PreprocessConfig
 
 # Options that do not change the examples: where they are written, whether that was allowed,
 # into how many files, when to give up, where decoded pixels are cached and by how many threads.

@@ -23,9 +23,10 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.config import PreprocessConfig
 from pipelines.findings import Finding, report
 from pipelines.labels import CsvError, LabelsCsvLayout
-from pipelines.options import PreprocessConfig, parse_args
+from pipelines.options import parse_args
 from pipelines.output_dir import refusal
 from pipelines.paths import is_remote
 from pipelines.sources import CSV_KINDS, csv_layout, resolve_vector_columns

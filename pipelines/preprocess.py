@@ -42,9 +42,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipelines import cache, croissant, features, locks, manifest, output_dir, staging, transforms
 from pipelines.cli import usage_error
+from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
-from pipelines.options import PreprocessConfig, parse_args
+from pipelines.options import parse_args
 from pipelines.quality import AuditQuality, dropped_duplicates
 from pipelines.records import NO_LABEL, UNLABELLED_SPLIT, DecodedImage, LabelledImage
 from pipelines.sinks import (

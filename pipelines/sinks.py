@@ -22,7 +22,7 @@ from apache_beam.io.tfrecordio import (
 from apache_beam.options.value_provider import StaticValueProvider
 
 from pipelines import features
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
 from pipelines.output_dir import SHARDS_TEMP_DIR, stats_path
 from pipelines.transforms import unit_hash
 

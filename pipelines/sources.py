@@ -21,8 +21,8 @@ from apache_beam.metrics import Metrics
 
 from pipelines import features, labels, paths, staging
 from pipelines.cli import usage_error
+from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.options import PreprocessConfig
 from pipelines.records import LabelledImage, Rejection
 
 NAMESPACE = "facepipe.sources"

@@ -19,6 +19,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines import features, paths
 from pipelines.cache import CachedPixels, CorruptEntry, DecodeCache
+from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
 
 # The one decoder, in its own module: predict, find_label_issues and the review use it too.
@@ -31,7 +32,6 @@ from pipelines.decoding import decode_jpeg as decode_jpeg
 from pipelines.decoding import decode_with_size as decode_with_size
 from pipelines.decoding import image_dimensions as image_dimensions
 from pipelines.decoding import to_uint8_color as to_uint8_color
-from pipelines.options import PreprocessConfig
 from pipelines.quality import image_quality
 from pipelines.records import NO_LABEL, DecodedImage, ImageQuality, LabelledImage
 

@@ -129,8 +129,8 @@ def test_the_graph_sees_from_function_level_and_type_checking_imports():
     # the config's type under TYPE_CHECKING: both count for circles, neither at import time.
     assert "apache_beam.io.filesystems" in _imports("pipelines.locks")
     assert "apache_beam.io.filesystems" not in _imports("pipelines.locks", at_import_time=True)
-    assert "pipelines.options" in graph["pipelines.labels"]
-    assert "pipelines.options" not in _graph(at_import_time=True)["pipelines.labels"]
+    assert "pipelines.config" in graph["pipelines.labels"]
+    assert "pipelines.config" not in _graph(at_import_time=True)["pipelines.labels"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)

@@ -191,7 +191,7 @@ def model_inputs(
 ):
     """The tf.Transform layer's outputs -> what a model with ``inputs`` takes.
 
-    ``inputs`` ("image" and/or "latent", :func:`trainer.models.input_names`): ("image",) gives
+    ``inputs`` ("image" and/or "latent", :func:`trainer.architectures.input_names`): ("image",) gives
     the image tensor (the image presets); any other a dict of those inputs.
     """
     keys = {features.IMAGE_KEY: features.NORMALIZED_IMAGE_KEY, features.VECTOR_KEY: features.NORMALIZED_VECTOR_KEY}

@@ -38,7 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import atomic, data, job_layout, model_card, models, records, statistics
+from trainer import architectures, atomic, data, ensembles, job_layout, model_card, records, statistics
 
 # Keras clips probabilities to [eps, 1 - eps] in its cross-entropy; the same here.
 _EPSILON = 1e-7
@@ -82,7 +82,7 @@ def compute_metrics(
     *,
     class_names: Sequence[str],
     ids: Sequence[str] | None = None,
-    threshold: float = models.THRESHOLD,
+    threshold: float = architectures.THRESHOLD,
     groups: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Binary classification metrics of P(class 1) against 0/1 labels, with 95% intervals.
@@ -255,10 +255,10 @@ def predict_split(
 
     Also "unit_max": {layer name: per-unit maximum activation over the split} of every ReLU
     layer (:func:`relu_layers`), from the same forward pass, reduced batch by batch. An
-    ensemble (models.average_ensemble) runs member by member, its probability the mean of
+    ensemble (ensembles.average_ensemble) runs member by member, its probability the mean of
     theirs as in the model, and its layers are named "member_K/layer".
     """
-    members = models.ensemble_members(model)
+    members = ensembles.ensemble_members(model)
     probes = []  # (prefix of the layer names, probe model, its ReLU layers)
     for part in members or [model]:
         probed = relu_layers(part)
@@ -275,7 +275,7 @@ def predict_split(
         global_batch_size=batch_size,
         training=False,
         with_metadata=True,
-        inputs=models.input_names(model),
+        inputs=architectures.input_names(model),
     )
     parts: dict[str, list[np.ndarray]] = {"id": [], "group": [], "label": [], "probability": [], "pixels": []}
     for batch in ds:
@@ -289,7 +289,7 @@ def predict_split(
                 name = prefix + layer.name
                 maxima = np.asarray(activation).reshape(-1, activation.shape[-1]).max(axis=0)
                 unit_max[name] = np.maximum(unit_max[name], maxima) if name in unit_max else maxima
-            probabilities.append(np.asarray(models.positive_probability(outputs)))
+            probabilities.append(np.asarray(architectures.positive_probability(outputs)))
         parts["probability"].append(np.mean(probabilities, axis=0))
         parts["id"].append(data.texts(batch["id"].numpy()))
         parts["group"].append(data.texts(batch["group"].numpy()))
@@ -441,7 +441,7 @@ def evaluate(
     if "errors_per_group" not in metrics:
         logging.info("no groups in %s (preprocessed without --group_by): no errors per group", data_dir.path)
     if baseline_predictions is not None:
-        predicted = (result["probability"] >= models.THRESHOLD).astype(np.int64)
+        predicted = (result["probability"] >= architectures.THRESHOLD).astype(np.int64)
         metrics["baseline"] = compare_with_baseline(
             ids, result["label"], predicted, baseline_predictions, baseline_dir=baseline
         )
@@ -467,10 +467,10 @@ def evaluate(
     writer = csv.writer(buffer)
     writer.writerow(["id", "label", "probability", "predicted"])
     for id_, label, probability in zip(result["id"], result["label"], result["probability"], strict=True):
-        writer.writerow([id_, int(label), repr(float(probability)), int(probability >= models.THRESHOLD)])
+        writer.writerow([id_, int(label), repr(float(probability)), int(probability >= architectures.THRESHOLD)])
     atomic.write(tf.io.gfile.join(out_dir, job_layout.PREDICTIONS_FILE), buffer.getvalue())
 
-    if models.ensemble_members(model):
+    if ensembles.ensemble_members(model):
         logging.info(
             "an ensemble: no training curves of its own; each member's are in %s/*/%s",
             tf.io.gfile.join(job_dir, job_layout.MEMBERS_DIR),
@@ -484,7 +484,7 @@ def evaluate(
         except (tf.errors.NotFoundError, FileNotFoundError, KeyError):
             logging.warning("no usable %s in %s: training curves not plotted", job_layout.HISTORY_FILE, job_dir)
     plot_confusion_matrix(metrics, tf.io.gfile.join(out_dir, job_layout.CONFUSION_MATRIX_PLOT))
-    wrong = np.flatnonzero((result["probability"] >= models.THRESHOLD).astype(np.int64) != result["label"])
+    wrong = np.flatnonzero((result["probability"] >= architectures.THRESHOLD).astype(np.int64) != result["label"])
     plot_misclassified(
         result["pixels"][wrong], metrics["misclassified"], tf.io.gfile.join(out_dir, job_layout.MISCLASSIFIED_PLOT)
     )

@@ -17,7 +17,7 @@ how a file name maps to an id (the manifest's id column and --file_pattern), for
 
 Outputs of both signatures:
   probability  float32 [B]   P(class 1)
-  class        int64   [B]   1 when probability >= models.THRESHOLD (0.5)
+  class        int64   [B]   1 when probability >= architectures.THRESHOLD (0.5)
   label        string  [B]   the class name from the manifest
 
 The module also keeps the fingerprint of the data the model was trained on
@@ -36,7 +36,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipelines import features
-from trainer import data, models
+from trainer import architectures, data
 
 
 class ServingModule(tf.Module):
@@ -44,7 +44,7 @@ class ServingModule(tf.Module):
 
     Args:
       model: The trained Keras model (takes the normalised image [B, H, W, C] float32, the
-        normalised vector or both: ``models.input_names``).
+        normalised vector or both: ``architectures.input_names``).
       tft_output: The pipeline's transform output (its graph and assets are exported too).
       manifest: The data manifest: image size, colour mode, class names.
       data_fingerprint: The training data's fingerprint ("" when not known).
@@ -68,7 +68,7 @@ class ServingModule(tf.Module):
         # turns a uint8 tensor into its bytes, so each value is looked up as a 1-byte string
         # and the bytes of an image are joined.
         self._byte_strings = [bytes([i]) for i in range(256)]
-        self._inputs = models.input_names(model)
+        self._inputs = architectures.input_names(model)
         self._vector_length = features.vector_length(manifest)
         options = manifest.get("options", {})
         self._config = json.dumps(
@@ -85,9 +85,9 @@ class ServingModule(tf.Module):
         # Only the functions of what the model takes: saving traces every tf.function attribute.
         image_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
         vector = tf.TensorSpec([None, self._vector_length], tf.float32, name=features.VECTOR_KEY)
-        if self._inputs == (models.IMAGE_INPUT,):
+        if self._inputs == (architectures.IMAGE_INPUT,):
             self.serve_images = tf.function(self._serve_images, input_signature=[image_bytes])
-        elif self._inputs == (models.VECTOR_INPUT,):
+        elif self._inputs == (architectures.VECTOR_INPUT,):
             self.serve_vectors = tf.function(self._serve_vectors, input_signature=[vector])
         else:
             self.serve_images_and_vectors = tf.function(
@@ -122,8 +122,8 @@ class ServingModule(tf.Module):
         model_input = data.model_inputs(
             transformed, self._inputs, image_shape=self._shape, vector_length=self._vector_length
         )
-        probability = models.positive_probability(self.model(model_input, training=False))
-        predicted = tf.cast(probability >= models.THRESHOLD, tf.int64)
+        probability = architectures.positive_probability(self.model(model_input, training=False))
+        predicted = tf.cast(probability >= architectures.THRESHOLD, tf.int64)
         return {
             "probability": probability,
             "class": predicted,
@@ -164,9 +164,9 @@ class ServingModule(tf.Module):
     def signatures(self) -> dict[str, Any]:
         """The exported signatures by name; ``serving_default`` takes what the model takes."""
         served = {"serving_examples": self.serve_examples}
-        if self._inputs == (models.IMAGE_INPUT,):
+        if self._inputs == (architectures.IMAGE_INPUT,):
             return {"serving_default": self.serve_images, **served}
-        if self._inputs == (models.VECTOR_INPUT,):
+        if self._inputs == (architectures.VECTOR_INPUT,):
             return {"serving_default": self.serve_vectors, "serving_latent": self.serve_vectors, **served}
         return {
             "serving_default": self.serve_images_and_vectors,
@@ -205,7 +205,7 @@ def read_serving_config(export_dir: str) -> dict[str, Any]:
     """
     loaded = tf.saved_model.load(export_dir)
     if not hasattr(loaded, "serving_config"):
-        return {"inputs": [models.IMAGE_INPUT], "vector_columns": [], "id_column": "id", "file_pattern": "{id}"}
+        return {"inputs": [architectures.IMAGE_INPUT], "vector_columns": [], "id_column": "id", "file_pattern": "{id}"}
     return json.loads(loaded.serving_config().numpy().decode("utf-8"))
 
 

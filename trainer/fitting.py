@@ -31,6 +31,7 @@ import keras_tuner as kt
 import tensorflow as tf
 
 from trainer import batch_norm, checkpoints, data, distribute, job_layout, models, multiworker, records
+from trainer.recipe import DEFAULT_RECIPE, Recipe
 
 # --class_weight: "auto" weighs classes by the training examples' counts when they are unequal.
 CLASS_WEIGHTS = ("auto", "none")
@@ -46,7 +47,7 @@ class Run:
       hyperparameters: {name: value} over the preset's defaults (``epochs`` included);
         names the preset does not have are ignored (a tuner's "tuner/..." values).
       recipe: The optimizer's schedule and clipping and BatchNormalization's statistics
-        (models.Recipe); None: the seeds' constant Adam.
+        (Recipe); None: the seeds' constant Adam.
       seed: Seeds Keras (weights, dropout), the shuffles and the augmentation.
       strategy: None: the strategy in scope when the Run is made.
       job_dir: Where the fit keeps its state and resumes from; None: it writes nothing.
@@ -65,7 +66,7 @@ class Run:
     data_dir: data.DataDir
     preset: models.Preset
     hyperparameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    recipe: models.Recipe | None = models.DEFAULT_RECIPE
+    recipe: Recipe | None = DEFAULT_RECIPE
     seed: int = 0
     strategy: tf.distribute.Strategy | None = None
     job_dir: str | None = None

@@ -22,7 +22,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines import features
-from trainer import atomic, data, job_layout, models, records
+from trainer import architectures, atomic, data, job_layout, records
 
 WORST_GROUPS = 5
 # How the images are decoded (pipelines/transforms.py: simplejpeg for JPEG, OpenCV
@@ -78,16 +78,16 @@ def _usage(job_dir: str, serving: Mapping[str, Any] | None) -> dict[str, Any]:
     export_dir = posixpath.join(job_dir, job_layout.EXPORT_DIR)
     if serving is None:
         return {"export_dir": None}
-    inputs = list(serving.get("inputs", [models.IMAGE_INPUT]))
+    inputs = list(serving.get("inputs", [architectures.IMAGE_INPUT]))
     arguments = []
-    if models.IMAGE_INPUT in inputs:
+    if architectures.IMAGE_INPUT in inputs:
         arguments.append("image_bytes=tf.constant([open('photo.jpg', 'rb').read()])")
-    if models.VECTOR_INPUT in inputs:
+    if architectures.VECTOR_INPUT in inputs:
         arguments.append(
             f"{features.VECTOR_KEY}=tf.constant([[...]], tf.float32)  # {len(serving['vector_columns'])} values"
         )
     command = f"python -m trainer.task predict --job_dir {job_dir} --input photo.jpg folder/"
-    if models.VECTOR_INPUT in inputs:
+    if architectures.VECTOR_INPUT in inputs:
         command += " --vectors_csv labels.csv"
     return {
         "export_dir": export_dir,

@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import batch_norm, distribute, job_layout, models, records
+from trainer import architectures, batch_norm, distribute, job_layout, records
 
 _SUM = tf.distribute.ReduceOp.SUM
 
@@ -65,7 +65,7 @@ def _batch_sums(labels: tf.Tensor, outputs: tf.Tensor, per_example_loss: tf.Tens
     Sums, not means: a replica's batch may be partial or empty (the last validation batch).
     "correct" is the compiled "accuracy" of a 2-class head: P(class 1) >= 0.5 == label.
     """
-    predicted = tf.cast(models.positive_probability(outputs) >= models.THRESHOLD, labels.dtype)
+    predicted = tf.cast(architectures.positive_probability(outputs) >= architectures.THRESHOLD, labels.dtype)
     correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
     count = tf.cast(tf.size(labels), tf.float32)
     return tf.stack([tf.reduce_sum(per_example_loss), correct, count])

@@ -64,6 +64,7 @@ import tensorflow as tf
 from pipelines import features, locks
 from pipelines.findings import report
 from trainer import distribute, errors, fitting, job_layout, models, preflight, tuning
+from trainer.recipe import BN_STATISTICS, LR_SCHEDULES, Recipe
 
 if TYPE_CHECKING:
     from trainer import data
@@ -100,11 +101,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         p.add_argument(
             "--warmup_epochs", type=float, default=1.0, help="linear learning-rate warm-up from 0 (epochs; 0: none)"
         )
-        p.add_argument("--lr_schedule", choices=models.LR_SCHEDULES, default="cosine", help="after the warm-up")
+        p.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="cosine", help="after the warm-up")
         p.add_argument("--clipnorm", type=float, default=1.0, help="gradient norm clipping (0: none)")
         p.add_argument(
             "--bn_statistics",
-            choices=models.BN_STATISTICS,
+            choices=BN_STATISTICS,
             default="precise",
             help="BatchNormalization at inference: statistics of clean training batches, re-measured before "
             "every validation and the export (precise), or Keras' moving averages (moving)",
@@ -331,8 +332,8 @@ def _preset(args: argparse.Namespace, data_dir: data.DataDir, *, vector: bool = 
     return preset
 
 
-def _recipe(args: argparse.Namespace) -> models.Recipe:
-    return models.Recipe(
+def _recipe(args: argparse.Namespace) -> Recipe:
+    return Recipe(
         warmup_epochs=args.warmup_epochs,
         schedule=args.lr_schedule,
         clipnorm=args.clipnorm or None,

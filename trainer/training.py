@@ -31,7 +31,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer import atomic, checkpoints, distribute, errors, export, fitting, job_layout, models, records
+from trainer import atomic, checkpoints, distribute, ensembles, errors, export, fitting, job_layout, records
 
 
 def _join(*parts: str) -> str:
@@ -78,7 +78,7 @@ def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
     their average and does not depend on one seed (docs/benchmarks.md section 9: ORL, three
     seeds 0.919-0.947, their mean 0.947). Member K trains in JOB/members/member-K with all of
     :func:`train`'s outputs but the export; JOB gets training_config.json (member 0's, with
-    "ensemble": the members' seeds and folders), model.keras (:func:`models.average_ensemble`)
+    "ensemble": the members' seeds and folders), model.keras (:func:`ensembles.average_ensemble`)
     and export/. A member whose model.keras and training_config.json say it was trained with
     this model, these hyperparameters, data, seed and recipe is reused unless ``run.overwrite``:
     a killed ensemble run resumes at the member it was training (that one at its last epoch).
@@ -121,7 +121,7 @@ def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
         # An earlier single run's: evaluate would plot it as this model's curves.
         tf.io.gfile.remove(records.history_path(job_dir))
     with run.strategy.scope():
-        model = models.average_ensemble(trained)
+        model = ensembles.average_ensemble(trained)
     _save(model, run, serving_export=True)
     return model
 

@@ -7,9 +7,9 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pipelines import options, sources
+from pipelines import datasets, options, sources
 from pipelines.cli import ArgumentParser
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
 from pipelines.review.findings import read_findings
 from pipelines.review.listing import build_index, images_root, read_predictions
 from pipelines.review.server import HOST, ReviewApp, ReviewServer, load_static
@@ -27,7 +27,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--images", required=True, help="Directory (or glob) of the images, as for the pipeline.")
-    add("--dataset", choices=sorted(options.DATASET_PRESETS), help="Preset for a known layout: --images is its root.")
+    add("--dataset", choices=sorted(datasets.DATASET_PRESETS), help="Preset for a known layout: --images is its root.")
     add("--overrides_csv", required=True, help="Overrides CSV (id,<label column>) to read and keep up to date.")
     add("--exclude_csv", required=True, help="Exclusions CSV (id) to read and keep up to date.")
     add("--journal", help="Decision log (default: <overrides_csv stem>.journal.csv).")

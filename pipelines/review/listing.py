@@ -19,7 +19,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines import features, labels, records, sources
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
 from pipelines.paths import is_remote
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from pipelines import atomic, labels
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
 from pipelines.review.findings import Findings
 from pipelines.review.listing import Item, header_of, natural_key, read_csv_rows
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import croissant, features
-from pipelines.options import COMICS_DIR, COMICS_ROOT, FACES_DIR, GLASSES_IMAGE_DIR
+from pipelines.datasets import COMICS_DIR, COMICS_ROOT, FACES_DIR, GLASSES_IMAGE_DIR
 from pipelines.preprocess import run
 from tests.image_files import labelled_image
 

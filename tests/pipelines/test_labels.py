@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from pipelines import labels
+from pipelines.config import PreprocessConfig
 from pipelines.labels import file_name_regex, parse_label, resolve_label, source_split_of
-from pipelines.options import PreprocessConfig, parse_args
+from pipelines.options import parse_args
 from pipelines.records import NO_LABEL, LabelledImage, LabelRow, Rejection
 
 CLASSES = ("no", "yes")

@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from pipelines.cli import UsageError
+from pipelines.config import NumericColumns
 from pipelines.demo import job
-from pipelines.options import NumericColumns, parse_args
+from pipelines.options import parse_args
 
 BASE = ["--images", "imgs", "--output", "out", "--labels_csv", "labels.csv"]
 

@@ -23,8 +23,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import features, locks
 from pipelines.cli import UsageError
+from pipelines.config import PreprocessConfig
 from pipelines.manifest import PipelineError, summary_table
-from pipelines.options import PreprocessConfig
 from pipelines.preprocess import child_pids, run
 from pipelines.sinks import sum_hashes
 from pipelines.sources import LabelledImages

@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.demo import data as demo_data
-from pipelines.options import PreprocessConfig
+from pipelines.config import PreprocessConfig
+from pipelines.demo import defects, faces, plan
 from pipelines.quality import (
     MIN_FOLD_IMAGES,
     PATCHES_SIDE,
@@ -44,9 +44,9 @@ S = PreprocessConfig.duplicate_similarity
 
 
 def face(index: int) -> np.ndarray:
-    _, traits = demo_data.face_latent(7, index, index % 2 == 0)
-    rng = demo_data._image_rng(7, index, demo_data._GLASSES_STREAM)
-    return demo_data.glasses_photo(rng, SIZE, traits, distorted=False)
+    _, traits = plan.face_latent(7, index, index % 2 == 0)
+    rng = plan.image_rng(7, index, plan.GLASSES_STREAM)
+    return faces.glasses_photo(rng, SIZE, traits, distorted=False)
 
 
 def as_written(rgb: np.ndarray, ext: str = ".png", params: tuple[int, ...] = ()) -> np.ndarray:
@@ -224,8 +224,8 @@ def _faces_and_odd_ones(count: int) -> tuple[list[DecodedImage], set[str]]:
     """``count`` faces and three that are not like them: block-scrambled, warped, and noise."""
     rng = np.random.default_rng(5)
     odd = {
-        "scrambled": demo_data._scramble(face(count + 1), rng),
-        "warped": demo_data._warp(face(count + 2), rng),
+        "scrambled": defects._scramble(face(count + 1), rng),
+        "warped": defects._warp(face(count + 2), rng),
         "noise": rng.integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8),
     }
     images = [_decoded(str(i), "train", face(i), i) for i in range(1, count + 1)]

@@ -13,8 +13,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from pipelines import transforms
+from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.options import PreprocessConfig
 from pipelines.quality import image_quality
 from pipelines.records import NO_LABEL, DecodedImage, LabelledImage
 from pipelines.transforms import (

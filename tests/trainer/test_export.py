@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, models
+from trainer import architectures, data, export, models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def _trainer_path_probability(model, data_dir, manifest, pixels: np.ndarray) -> 
     ]
     fn = data.make_parse_and_transform(data.load_transform(data_dir, manifest), image_shape=(height, width, channels))
     image, _ = next(iter(tf.data.Dataset.from_tensor_slices(serialized).batch(len(serialized)).map(fn)))
-    return np.asarray(models.positive_probability(model.predict_on_batch(image)))
+    return np.asarray(architectures.positive_probability(model.predict_on_batch(image)))
 
 
 @pytest.mark.parametrize(
@@ -217,7 +217,7 @@ def test_serving_the_raw_vector_matches_the_trainer_input_path(latent_dir, tmp_p
         tft_output, image_shape=(height, width, channels), vector_length=4, inputs=models.IMAGE_LATENT.inputs
     )
     inputs, _ = fn(tf.constant(serialized))
-    expected = np.asarray(models.positive_probability(model.predict_on_batch(inputs)))
+    expected = np.asarray(architectures.positive_probability(model.predict_on_batch(inputs)))
     loaded = tf.saved_model.load(export_dir)
     pngs = tf.constant([_png(p) for p in pixels])
     served = loaded.signatures["serving_image_latent"](image_bytes=pngs, latent=tf.constant(vectors))

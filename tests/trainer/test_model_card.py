@@ -9,7 +9,7 @@ import keras
 import yaml
 
 from pipelines import features
-from trainer import data, job_layout, model_card, models, task
+from trainer import architectures, data, job_layout, model_card, models, task
 
 SPLITS = {"train": 24, "validation": 8, "test": 8}  # evaluated_job's data (tests/trainer/conftest.py)
 
@@ -35,7 +35,7 @@ def test_the_cards_figures_are_metrics_jsons(evaluated_job):
         assert interval == metrics.get(f"{key}_ci95")  # f1 has none
     assert all(evaluation["ci95"][key] for key in ("accuracy", "precision", "recall", "roc_auc"))
     assert evaluation["errors_per_class"] == metrics["errors_per_class"]
-    assert evaluation["threshold"] == metrics["threshold"] == models.THRESHOLD
+    assert evaluation["threshold"] == metrics["threshold"] == architectures.THRESHOLD
     low, high = metrics["accuracy_ci95"]
     assert f"| Accuracy | {metrics['accuracy']:.3f} [{low:.3f}, {high:.3f}] |" in text
 
@@ -57,7 +57,7 @@ def test_the_card_describes_the_model_data_and_export_from_the_jobs_files(evalua
     assert card["data"]["croissant"] == os.path.join(data_dir, features.CROISSANT_FILE)
     assert os.path.exists(card["data"]["croissant"])
     assert card["data"]["audit"]["flagged_images"] == manifest["quality"]["flagged_images"]
-    assert card["usage"]["inputs"] == [models.IMAGE_INPUT]
+    assert card["usage"]["inputs"] == [architectures.IMAGE_INPUT]
     assert "signatures['serving_default']" in text and "image_bytes=" in text
     assert model_card.EXIF_HANDLING in card["limitations"]
     assert card["data"]["label_issues"] is None  # find_label_issues never ran in this job

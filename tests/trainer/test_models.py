@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import data, export, fitting, models, task, training, tuning
+from trainer import architectures, data, export, fitting, models, task, training, tuning
+from trainer.recipe import Recipe
 
 
 def _layers(model):
@@ -136,11 +137,6 @@ def test_tunes_default_space_for_face_cnn_is_input_norm_none_or_local():
     assert tuning.default_tuner(args.search_space) == "grid" and tuning.OBJECTIVE.name == "val_loss"
 
 
-def test_positive_probability_of_both_heads():
-    np.testing.assert_allclose(models.positive_probability(np.array([[0.2], [0.9]])), [0.2, 0.9])
-    np.testing.assert_allclose(models.positive_probability(np.array([[0.8, 0.2], [0.1, 0.9]])), [0.2, 0.9])
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [50, 128])
 def test_face_cnn_builds_for_any_size_and_channels_under_a_million_parameters(size, channels):
@@ -151,33 +147,10 @@ def test_face_cnn_builds_for_any_size_and_channels_under_a_million_parameters(si
     kinds = {type(layer).__name__ for layer in model.layers}
     assert {"BatchNormalization", "GlobalAveragePooling2D", "Dropout"} <= kinds
     assert model.loss == "binary_crossentropy"
-    probability = models.positive_probability(model.predict(np.zeros((2, size, size, channels)), verbose=0))
+    probability = architectures.positive_probability(model.predict(np.zeros((2, size, size, channels)), verbose=0))
     assert probability.shape == (2,)
     for space in ("full", "wide"):  # Every point of its spaces stays under the budget.
         assert max(models.FACE_CNN.space(space)["width"]) <= 32
-
-
-def test_local_contrast_normalisation_takes_out_each_windows_shade_and_keeps_edges():
-    layer = models.LocalContrastNormalization(5)
-    rng = np.random.default_rng(0)
-    image = rng.normal(size=(1, 24, 20, 1)).astype("float32")
-    # A face's shade: a smooth ramp from dark to light, and a global brightness and contrast.
-    shade = np.linspace(-3, 3, 20, dtype="float32")[None, None, :, None]
-    out = layer(image).numpy()
-    np.testing.assert_allclose(layer(image + 4.0).numpy(), out, atol=1e-4)
-    # Three times the contrast: nearly the same output (epsilon keeps it from being exactly so).
-    assert np.corrcoef(layer(3.0 * image).numpy().ravel(), out.ravel())[0, 1] > 0.99
-    # A ramp is all shade, no edge: nothing left of it away from the image's border.
-    assert np.abs(layer(shade * np.ones_like(image)).numpy()[:, :, 2:-2]).max() < 1e-4
-
-    # By hand at an inner pixel (10, 8): its 5x5 window's mean, and the mean over that window of
-    # each pixel's own centred value squared.
-    def centred(row, col):
-        return image[0, row, col, 0] - image[0, row - 2 : row + 3, col - 2 : col + 3, 0].mean()
-
-    variance = np.mean([centred(r, c) ** 2 for r in range(8, 13) for c in range(6, 11)])
-    np.testing.assert_allclose(out[0, 10, 8, 0], centred(10, 8) / np.sqrt(variance + 0.1), rtol=1e-4)
-    assert models.local_contrast_window((112, 92)) == 11 and models.local_contrast_window((16, 16)) == 3
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -220,26 +193,13 @@ def test_wide_space_is_seed_003s_future_work_for_every_preset():
     assert [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)] == [100, 50, 50]
 
 
-def test_warmup_schedule_rises_linearly_over_the_first_epoch_then_decays():
-    schedule = models.learning_rate_schedule(1e-3, recipe=models.Recipe(), steps_per_epoch=10, epochs=5)
-    assert float(schedule(0)) == pytest.approx(0.0)
-    assert float(schedule(5)) == pytest.approx(5e-4)  # Mid warm-up.
-    assert float(schedule(10)) == pytest.approx(1e-3)  # End of warm-up: the peak.
-    assert float(schedule(30)) == pytest.approx(5e-4, rel=1e-3)  # Halfway through the cosine.
-    assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)  # The last step.
-    constant = models.learning_rate_schedule(
-        1e-3, recipe=models.Recipe(warmup_epochs=0.5, schedule="constant"), steps_per_epoch=10, epochs=5
-    )
-    assert [round(float(constant(s)), 8) for s in (0, 5, 30, 50)] == [0.0, 1e-3, 1e-3, 1e-3]
-
-
 def test_the_recipe_compiles_into_every_presets_optimizer():
     for preset in models.PRESETS.values():
         model = models.build_model(
             kt.HyperParameters(),
             preset=preset,
             input_shape=(32, 32, 1),
-            recipe=models.Recipe(clipnorm=2.0),
+            recipe=Recipe(clipnorm=2.0),
             steps_per_epoch=4,
             vector_length=4,  # Ignored by the image presets.
         )
@@ -247,9 +207,7 @@ def test_the_recipe_compiles_into_every_presets_optimizer():
         assert schedule["class_name"] == "CosineDecay" and schedule["config"]["warmup_steps"] == 4
         assert model.optimizer.clipnorm == 2.0
     with pytest.raises(ValueError, match="steps_per_epoch"):
-        models.build_model(
-            kt.HyperParameters(), preset=models.FACE_CNN, input_shape=(32, 32, 3), recipe=models.Recipe()
-        )
+        models.build_model(kt.HyperParameters(), preset=models.FACE_CNN, input_shape=(32, 32, 3), recipe=Recipe())
 
 
 def test_image_latent_is_face_cnns_tower_and_latent_mlps_tower_with_one_head():
@@ -257,9 +215,9 @@ def test_image_latent_is_face_cnns_tower_and_latent_mlps_tower_with_one_head():
     model = models.build_model(hp, preset=models.IMAGE_LATENT, input_shape=(16, 16, 3), vector_length=4)
     names = {layer.name for layer in model.layers}
     assert {"block1_conv1", "block2_conv1", "gap", "latent_dense_1", "latent_dense_2", "towers"} <= names
-    assert models.input_names(model) == ("image", "latent") and model.output_shape == (None, 1)
+    assert architectures.input_names(model) == ("image", "latent") and model.output_shape == (None, 1)
     mlp = models.build_model(kt.HyperParameters(), preset=models.LATENT_MLP, input_shape=(16, 16, 3), vector_length=4)
-    assert models.input_names(mlp) == ("latent",)
+    assert architectures.input_names(mlp) == ("latent",)
     assert [layer.units for layer in mlp.layers if isinstance(layer, keras.layers.Dense)] == [64, 64, 1]
     with pytest.raises(ValueError, match="latent_mlp takes the --numeric_columns vector"):
         models.build_model(kt.HyperParameters(), preset=models.LATENT_MLP, input_shape=(16, 16, 3))
@@ -295,7 +253,7 @@ def test_vector_presets_train_and_their_export_serves_the_same_probability(laten
         inputs=preset.inputs,
     )
     batch = next(iter(ds))
-    expected = np.asarray(models.positive_probability(model.predict_on_batch(batch["inputs"])))
+    expected = np.asarray(architectures.positive_probability(model.predict_on_batch(batch["inputs"])))
     ids = [i.decode() for i in batch["id"].numpy()]
 
     loaded = tf.saved_model.load(str(tmp_path / "job" / "export"))

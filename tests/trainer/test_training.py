@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import data, evaluation, export, fitting, job_layout, models, training
+from trainer import architectures, data, ensembles, evaluation, export, fitting, job_layout, models, training
+from trainer.recipe import BN_STATISTICS, Recipe
 
 
 def test_augmentation_changes_training_inputs_only(rgb_dir):
@@ -26,7 +27,7 @@ def test_augmentation_changes_training_inputs_only(rgb_dir):
         data.make_dataset(rgb_dir, "validation", training=False, augment="light", **common)
 
 
-@pytest.mark.parametrize("bn_statistics", models.BN_STATISTICS)
+@pytest.mark.parametrize("bn_statistics", BN_STATISTICS)
 def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_dir, tmp_path, bn_statistics):
     data_dir = data.DataDir.read(rgb_dir)
     job_dir = str(tmp_path / "job")
@@ -37,7 +38,7 @@ def test_face_cnn_trains_with_augmentation_and_its_export_is_deterministic(rgb_d
             preset=models.FACE_CNN,
             hyperparameters={"width": 8, "blocks": 2, "batch_size": 16, "augment": "strong", "epochs": 2},
             verbose=0,
-            recipe=models.Recipe(bn_statistics=bn_statistics),
+            recipe=Recipe(bn_statistics=bn_statistics),
         )
     )
     with open(f"{job_dir}/{job_layout.CONFIG_FILE}") as f:
@@ -97,7 +98,7 @@ def test_an_ensemble_exports_the_mean_of_its_members_and_reuses_those_already_tr
         assert not (job_dir / job_layout.member_dir(k) / job_layout.EXPORT_DIR).exists()
     saved = keras.saving.load_model(job_dir / job_layout.MODEL_FILE)
     members = [keras.saving.load_model(path) for path in member_paths]
-    assert [m.name for m in models.ensemble_members(saved)] == ["member_0", "member_1"]
+    assert [m.name for m in ensembles.ensemble_members(saved)] == ["member_0", "member_1"]
     common = dict(manifest=data_dir.manifest, tft_output=data_dir.tft_output, global_batch_size=16)
     images, _ = next(iter(data.make_dataset(rgb_dir, "test", training=False, **common)))
     each = [m(images, training=False).numpy() for m in members]
@@ -109,7 +110,9 @@ def test_an_ensemble_exports_the_mean_of_its_members_and_reuses_those_already_tr
     # Evaluation runs the members one by one: the same probabilities, each member's units probed.
     result = evaluation.predict_split(saved, data_dir, "test", batch_size=16)
     first = result["probability"][:16]
-    np.testing.assert_allclose(first, models.positive_probability(saved(images, training=False)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        first, architectures.positive_probability(saved(images, training=False)), rtol=1e-5, atol=1e-6
+    )
     assert {name.split("/")[0] for name in result["unit_max"]} == {"member_0", "member_1"}
 
     # Run again: both members are reused, not retrained; other hyperparameters retrain them.

@@ -12,6 +12,7 @@ import keras_tuner as kt
 import pytest
 
 from trainer import models, task, tuning
+from trainer.recipe import DEFAULT_RECIPE
 
 # keras-tuner 1.4.8 calls threading.currentThread().getName() on every oracle call.
 pytestmark = pytest.mark.filterwarnings("ignore:currentThread:DeprecationWarning", "ignore:getName:DeprecationWarning")
@@ -252,7 +253,7 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
         [50, 100, 150, 200, 250, 300] if space == "wide" else models.GLASSES_CNN.space("small")["filters"]
     )
     run = hypermodel.run
-    assert run.recipe == models.DEFAULT_RECIPE and run.job_dir is None
+    assert run.recipe == DEFAULT_RECIPE and run.job_dir is None
     assert dataclasses.replace(run, hyperparameters={"batch_size": 8}).steps_per_epoch == 6  # 48 train images.
     # An explicit --tuner still wins.
     task.main(

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines.demo import data as demo_data
+from pipelines.demo import faces, plan
 
 COUNT, SIZE = 40, 128
 N_TRAIN = 36  # 90% of COUNT
@@ -104,9 +105,9 @@ def test_distorted_images_are_corrupted_versions_of_the_face(glasses: tuple[Path
     copies = set(duplicates(out))
     first_intact = next(i for i, d in distorted.items() if not d and i not in copies)
     for image_id in (first_distorted, first_intact):
-        _, traits = demo_data.face_latent(1, image_id, bool(truth[image_id]))
-        rng = demo_data._image_rng(1, image_id, demo_data._GLASSES_STREAM)
-        clean = demo_data.glasses_photo(rng, SIZE, traits, distorted=False)
+        _, traits = plan.face_latent(1, image_id, bool(truth[image_id]))
+        rng = plan.image_rng(1, image_id, plan.GLASSES_STREAM)
+        clean = faces.glasses_photo(rng, SIZE, traits, distorted=False)
         written = cv2.imread(str(out / "faces-spring-2020" / f"face-{image_id}.png"))[..., ::-1]  # BGR -> RGB
         difference = np.abs(written.astype(int) - clean).mean()
         assert difference > 5 if distorted[image_id] else difference == 0
@@ -120,7 +121,7 @@ def duplicates(out: Path) -> dict[int, tuple[int, str]]:
 
 
 def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glasses: tuple[Path, dict]) -> None:
-    from pipelines.options import PreprocessConfig
+    from pipelines.config import PreprocessConfig
     from pipelines.quality import hamming, image_quality, similarity
     from pipelines.transforms import decode_and_resize
 
@@ -128,7 +129,7 @@ def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glas
     copies = duplicates(out)
     truth = labels(out / "truth.csv")
     assert len(copies) == summary["duplicates"] == 4
-    assert {kind for _, kind in copies.values()} == set(demo_data.DUPLICATE_KINDS)
+    assert {kind for _, kind in copies.values()} == set(plan.DUPLICATE_KINDS)
     assert summary["leaking_duplicates"] == sum(copy > N_TRAIN for copy in copies) == 2
     assert all(source <= N_TRAIN and truth[source] == truth[copy] for copy, (source, _) in copies.items())
     train = labels(out / "train.csv")
@@ -282,13 +283,3 @@ def test_the_latent_vector_predicts_the_true_glasses_of_unseen_faces(tmp_path: P
     assert len(test) == 150 and accuracy >= 0.97
     # The CSV labels are the truth with flips: the vector, not the given label, is what agrees.
     assert np.mean([int(np.append(train[i], 1.0) @ weights > 0) == truth[i] for i in train]) > 0.97
-
-
-def test_the_latent_vector_also_determines_the_other_attributes() -> None:
-    vector, traits = demo_data.face_latent(3, 17, True)
-    again, same = demo_data.face_latent(3, 17, True)
-    assert np.array_equal(vector, again) and traits == same
-    hair = [demo_data.face_latent(3, i, False)[1].hair_color for i in range(1, 300)]
-    direction = demo_data.latent_directions(3)[demo_data._TRAITS.index("hair_color")]
-    projections = [demo_data.face_latent(3, i, False)[0] @ direction for i in range(1, 300)]
-    assert np.corrcoef(hair, projections)[0, 1] > 0.95
