@@ -248,9 +248,9 @@ def test_patch_moments_merged_or_pickled_give_the_face_space_of_one_pass() -> No
     # As Beam ships an accumulator between workers: with thumbnails still waiting in its block.
     merged = pickle.loads(pickle.dumps(first)).merge(second).face_space()
     space = whole.face_space()
-    np.testing.assert_allclose(merged.mean, space.mean, atol=1e-9)
-    np.testing.assert_allclose(merged.residual_variance, space.residual_variance, atol=1e-9)
-    np.testing.assert_allclose(merged.complement, space.complement, atol=1e-6)
+    # To the last bit: the sums are exact, whatever the order and grouping.
+    for got, want in zip(merged, space, strict=True):
+        np.testing.assert_array_equal(got, want)
     # Each place keeps some directions and leaves about 5% of its variance outside them.
     kept = 64 - np.round(np.trace(space.complement, axis1=1, axis2=2)).astype(int)
     assert (kept >= 1).all() and (kept < 64).all()
@@ -326,3 +326,24 @@ def test_an_images_atypicality_is_the_same_to_the_last_bit_in_any_batch() -> Non
     for size in (1, 13, 23, 256, 299):
         parts = [atypicality(b"".join(thumbnails[i : i + size]), space) for i in range(0, len(thumbnails), size)]
         np.testing.assert_array_equal(np.concatenate(parts), whole, err_msg=f"batches of {size}")
+
+
+def test_the_quality_lines_are_the_same_to_the_last_bit_in_any_order_and_bundles() -> None:
+    # The face spaces' sums are combined per bundle and merged across workers: the lines
+    # (atypicality included) must not depend on how the images were bundled or ordered.
+    images, _ = _faces_and_odd_ones(160)
+    with offline_test_pipeline(bundles=3) as pipeline:
+        runs = [
+            pipeline
+            | f"Create{name}" >> beam.Create(order, reshuffle=False)
+            | f"Audit{name}" >> AuditQuality(threshold=3.5, distance=K, similarity=S)
+            for name, order in (("InOrder", images), ("Reversed", images[::-1]))
+        ]
+        keyed = [
+            run["images"] | f"ById{n}" >> beam.Map(lambda line: (line["id"], json.dumps(line, sort_keys=True)))
+            for n, run in enumerate(runs)
+        ]
+        unequal = (
+            keyed | beam.CoGroupByKey() | beam.Filter(lambda kv: len(set(kv[1][0]) | set(kv[1][1])) != 1) | beam.Keys()
+        )
+        assert_that(unequal, equal_to([]))
