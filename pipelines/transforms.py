@@ -62,6 +62,7 @@ class DecodedImage(NamedTuple):
     quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
     staged: str = ""  # The staging file holding the pixels while they are b"" (pipelines.staging).
     vector_location: VectorLocation | None = None  # Where the vector waits while it is b"" (staged at the parse).
+    path: str = ""  # The source file (LabelledImage.path): the examples index names it.
 
 
 def unit_hash(*parts: object) -> float:
@@ -203,7 +204,9 @@ class DecodeAndResize(beam.DoFn):
     def _decoded_image(self, split: str, image: LabelledImage, outcome: _Outcome, quality: ImageQuality):
         if image.label == NO_LABEL:
             self._audited_only.inc()
-            return DecodedImage(image.id, None, split, b"", outcome.content_hash, image.group, b"", quality)
+            return DecodedImage(
+                image.id, None, split, b"", outcome.content_hash, image.group, b"", quality, path=image.path
+            )
         self._decoded.inc()
         return DecodedImage(
             image.id,
@@ -215,6 +218,7 @@ class DecodeAndResize(beam.DoFn):
             image.vector if image.vector_location is None else b"",  # Else: its digest.
             quality,
             vector_location=image.vector_location,
+            path=image.path,
         )
 
     def _read_and_decode(self, image: LabelledImage) -> _Outcome:
