@@ -46,7 +46,8 @@ from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
 from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
-from pipelines.quality import AuditQuality, dropped_duplicates
+from pipelines.quality.audit import AuditQuality
+from pipelines.quality.duplicates import dropped_duplicates
 from pipelines.sinks import (
     WriteDeadLetters,
     WriteQuality,

@@ -33,7 +33,7 @@ from pipelines.decoding import image_dimensions as image_dimensions
 from pipelines.decoding import to_uint8_color as to_uint8_color
 from pipelines.labels import NO_LABEL, LabelledImage, VectorLocation
 from pipelines.options import PreprocessConfig
-from pipelines.quality import ImageQuality, image_quality
+from pipelines.quality.measures import ImageQuality, image_quality
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"

@@ -16,7 +16,7 @@ from pipelines import transforms
 from pipelines.dead_letters import DEAD_LETTER
 from pipelines.labels import NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
-from pipelines.quality import image_quality
+from pipelines.quality.measures import image_quality
 from pipelines.transforms import (
     BatchImages,
     DecodeAndResize,
