@@ -10,6 +10,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import threadpoolctl
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
@@ -54,8 +55,31 @@ class _FlagOutliers(beam.DoFn):
         }
 
 
+def one_blas_thread() -> None:
+    """BLAS on one thread in this worker process from now on.
+
+    The audit's products are small (16 places of 256x64 by 64x64) and run beside the decode
+    threads, which hold the cores: OpenBLAS's own threads then wait on each other, and a block
+    of 256 images took 540 ms instead of 24 ms (2 cores, loaded machine, 2026-12-07).
+    """
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+class _Atypicality(beam.DoFn):
+    """[image] -> each image with its quality's atypicality (:func:`with_atypicality`)."""
+
+    def setup(self) -> None:
+        one_blas_thread()
+
+    def process(self, images: list[Any], spaces: Mapping[int, FaceSpace | None]) -> list[Any]:
+        return with_atypicality(images, spaces)
+
+
 class _FaceSpaceFn(beam.CombineFn):
     """Patch thumbnails -> their FaceSpace (None for fewer than MIN_FOLD_IMAGES), by PatchMoments."""
+
+    def setup(self) -> None:
+        one_blas_thread()
 
     def create_accumulator(self) -> PatchMoments:
         return PatchMoments()
@@ -124,7 +148,7 @@ class AuditQuality(beam.PTransform):
             images
             | "BatchForAtypicality" >> beam.BatchElements(min_batch_size=16, max_batch_size=ATYPICALITY_BATCH)
             # [image]: within a bundle, so that the atypicality is one numpy pass per batch
-            | "Atypicality" >> beam.FlatMap(with_atypicality, spaces)
+            | "Atypicality" >> beam.ParDo(_Atypicality(), spaces)
         )
         # images: as given, their quality's atypicality set
         measured = images | "WithoutPixels" >> beam.Map(

@@ -7,9 +7,10 @@ import json
 import apache_beam as beam
 import cv2
 import numpy as np
+import threadpoolctl
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.quality.audit import AuditQuality, MedianPerKey
+from pipelines.quality.audit import AuditQuality, MedianPerKey, one_blas_thread
 from tests.image_files import offline_test_pipeline
 from tests.pipelines.quality.faces import SIZE, K, S, decoded, face, faces_and_odd_ones
 
@@ -100,3 +101,11 @@ def test_the_quality_lines_are_the_same_to_the_last_bit_in_any_order_and_bundles
             keyed | beam.CoGroupByKey() | beam.Filter(lambda kv: len(set(kv[1][0]) | set(kv[1][1])) != 1) | beam.Keys()
         )
         assert_that(unequal, equal_to([]))
+
+
+def test_the_audit_runs_blas_on_one_thread_beside_the_decode_threads() -> None:
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        blas = [pool for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and all(pool["num_threads"] == 2 for pool in blas)
+        one_blas_thread()
+        assert all(pool["num_threads"] == 1 for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas")
