@@ -146,8 +146,11 @@ class AuditQuality(beam.PTransform):
         )
         images = (
             images
-            | "BatchForAtypicality" >> beam.BatchElements(min_batch_size=16, max_batch_size=ATYPICALITY_BATCH)
-            # [image]: within a bundle, so that the atypicality is one numpy pass per batch
+            # Whole blocks: a call costs one padded block of ATYPICALITY_BATCH rows per fold
+            # however few images it has (Beam's adaptive sizes from 16 up paid it per 16-64).
+            | "BatchForAtypicality"
+            >> beam.BatchElements(min_batch_size=ATYPICALITY_BATCH, max_batch_size=ATYPICALITY_BATCH)
+            # [image]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
             | "Atypicality" >> beam.ParDo(_Atypicality(), spaces)
         )
         # images: as given, their quality's atypicality set
