@@ -2,14 +2,14 @@
 
 The Beam sources (pipelines/sources.py) and the label review (pipelines/review/) both call
 these, so the review shows exactly the labels and the reasons the pipeline would. A row or
-an image that cannot be used comes back as a :class:`Rejection`, the fields of its dead letter.
+an image that cannot be used comes back as a :class:`~pipelines.records.Rejection`, the
+fields of its dead letter. The records themselves are pipelines/records.py's.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
-import dataclasses
 import fnmatch
 import math
 import posixpath
@@ -19,68 +19,13 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from pipelines.records import NO_LABEL, ImageFile, LabelledImage, LabelRow, Rejection
+
 if TYPE_CHECKING:
     from pipelines.options import PreprocessConfig
 
-# (path, size, folder_label, group): one listed image file, keyed by its id.
-ImageFile = tuple[str, int, int | None, str]
-
 # The outcomes of resolve_label that are counted, by the name of their counter.
 COUNTED_OUTCOMES = ("overrides_applied", "excluded", "unlabelled", "labelled")
-# The label of an image that has none (a Kaggle test.csv id): decoded for the quality audit
-# alone, never written (its dead letter says ``unlabelled``).
-NO_LABEL = -1
-# The split the audit gives such images: a copy of a train image among them is leakage too.
-UNLABELLED_SPLIT = "unlabelled"
-
-
-class VectorLocation(NamedTuple):
-    """Where a --numeric_columns vector waits on disk (pipelines.staging): a record of a vectors file."""
-
-    path: str
-    offset: int  # of the record: the vector's digest, then its bytes
-    length: int
-
-
-class LabelledImage(NamedTuple):
-    """One input image with its resolved label, before decoding."""
-
-    id: str
-    path: str
-    size: int
-    label: int
-    group: str
-    source_split: str  # "train"/"validation"/"test" from the labels CSV name, else "".
-    overridden: bool
-    vector: bytes = b""  # float32 values of the --numeric_columns (ndarray.tobytes()); b"" when none.
-    # Where the vector waits when the job staged it at the CSV parse; ``vector`` is then its digest.
-    vector_location: VectorLocation | None = None
-
-
-class LabelRow(NamedTuple):
-    """A labels-CSV row reduced to what the pipeline uses."""
-
-    label: int | None  # None: the row has no label (e.g. the Kaggle test.csv).
-    source_split: str
-    group: str
-    error: str  # Non-empty when the label value could not be parsed.
-    vector: bytes = b""  # float32 values of the --numeric_columns, in order; b"" when none or bad.
-    vector_error: str = ""  # Non-empty when a --numeric_columns value is missing or not a finite number.
-    # Where the vector waits when the job staged it (pipelines.staging); ``vector`` is then its
-    # digest, so that equal vectors still compare equal.
-    vector_location: VectorLocation | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Rejection:
-    """Why an image or a CSV row cannot be used: the fields of its dead letter."""
-
-    stage: str
-    reason: str
-    path: str = ""
-    image_id: str = ""
-    detail: str = ""
-    is_image: bool = True
 
 
 class Resolution(NamedTuple):
@@ -292,6 +237,8 @@ class LabelsCsvLayout(NamedTuple):
 
 def labels_csv_layout(csv_path: str, header: list[str], config: PreprocessConfig) -> LabelsCsvLayout:
     """The layout of a labels CSV; ValueError when its header lacks the id or --group_by column."""
+    if config.numeric_columns is not None:
+        raise ValueError("--numeric_columns is not resolved yet: call sources.resolve_vector_columns first")
     if config.id_column not in header:
         raise CsvError(f"{csv_path}: no id column {config.id_column!r} in header {header[:8]} (set --id_column)")
     group_by = config.group_by if config.group_by not in (None, "stem") else None

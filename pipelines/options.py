@@ -18,7 +18,7 @@ import os
 import posixpath
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -105,6 +105,14 @@ class DatasetCard:
     url: str = ""
 
 
+class NumericColumns(NamedTuple):
+    """--numeric_columns as given (else the preset's), before pipelines.sources.resolve_vector_columns
+    resolves it against the labels CSVs' headers into ``PreprocessConfig.vector_columns``."""
+
+    spec: str  # v1,v2 or v1..v512 or v*
+    optional: bool  # A preset's: used only when every labels CSV has the columns, else no vector.
+
+
 @dataclasses.dataclass(frozen=True)
 class PreprocessConfig:
     """Everything the pipeline needs to know besides Beam's own options."""
@@ -151,6 +159,9 @@ class PreprocessConfig:
     strict: bool = False
     # --numeric_columns resolved against the labels CSVs' header: the example's float32 vector.
     vector_columns: tuple[str, ...] = ()
+    # --numeric_columns until it is resolved (sources.resolve_vector_columns sets None); not an
+    # option of its own in the manifest: ``vector_columns`` is what it came to.
+    numeric_columns: NumericColumns | None = None
     cache_dir: str | None = None  # Decode cache (pipelines/cache.py); None: off.
     # Threads decoding one batch of images in each worker (pipelines.transforms.DecodeAndResize);
     # 0: one per core the worker may use. The decoders release the GIL (docs/benchmarks.md).
@@ -175,7 +186,11 @@ class PreprocessConfig:
         return self.splits is None
 
     def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        if self.numeric_columns is not None:
+            raise ValueError("--numeric_columns is not resolved yet: call sources.resolve_vector_columns first")
+        options = json.loads(json.dumps(dataclasses.asdict(self)))
+        del options["numeric_columns"]
+        return options
 
 
 def beam_flags() -> set[str]:
@@ -442,7 +457,11 @@ def parse_flags(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[argpar
 
 def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[PreprocessConfig, list[str]]:
     """Returns the app's config and the remaining argv for Beam's PipelineOptions; ``prog``
-    is the command its errors name (the review and preflight read the same flags)."""
+    is the command its errors name (the review and preflight read the same flags).
+
+    Reads no CSV: --numeric_columns stays a request (``config.numeric_columns``) until
+    pipelines.sources.resolve_vector_columns reads the labels CSVs' headers.
+    """
     args, beam_args = parse_flags(argv, prog=prog)
     preset = DATASET_PRESETS.get(args.dataset, {})
     images = args.images.rstrip("/")
@@ -475,9 +494,12 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         usage_error(f"--csv_encoding {args.csv_encoding!r} is not an encoding Python knows (e.g. utf-8, latin-1)")
     id_column = args.id_column or _default("id_column")
     label_column = args.label_column or preset.get("label_column", _default("label_column"))
-    vector_columns = numeric_columns(
-        args.numeric_columns, preset.get("numeric_columns"), labels, args.csv_encoding, (id_column, label_column)
-    )
+    spec = preset.get("numeric_columns") if args.numeric_columns is None else args.numeric_columns
+    numeric = None
+    if spec and spec.strip().lower() != "none":
+        if not labels:
+            usage_error("--numeric_columns: the vector's columns come from a labels CSV; give --labels_csv")
+        numeric = NumericColumns(spec, optional=args.numeric_columns is None)
     config = PreprocessConfig(
         image_globs=tuple(image_globs),
         output_dir=args.output,
@@ -509,7 +531,7 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         duplicate_similarity=args.duplicate_similarity,
         overwrite=args.overwrite,
         strict=args.strict,
-        vector_columns=vector_columns,
+        numeric_columns=numeric,
         cache_dir=args.cache_dir,
         decode_threads=args.decode_threads,
         card=DatasetCard(
@@ -520,35 +542,6 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         ),
     )
     return config, beam_args
-
-
-def numeric_columns(
-    flag: str | None, preset: str | None, labels_csvs: Sequence[str], encoding: str, reserved: Sequence[str]
-) -> tuple[str, ...]:
-    """--numeric_columns (else the preset's) resolved against every labels CSV's header.
-
-    The flag's columns must be in each labels CSV, in the same order (usage error otherwise);
-    a preset's are used only when every labels CSV has them (the Kaggle v1..v512), else none.
-    """
-    from pipelines.labels import CsvError, resolve_columns
-    from pipelines.sources import read_csv_header  # Here: sources imports this module.
-
-    spec = preset if flag is None else flag
-    if not spec or spec.strip().lower() == "none":
-        return ()
-    if not labels_csvs:
-        usage_error("--numeric_columns: the vector's columns come from a labels CSV; give --labels_csv")
-    resolved = set()
-    for path in labels_csvs:
-        try:
-            resolved.add(resolve_columns(spec, read_csv_header(path, encoding), reserved=reserved))
-        except (CsvError, ValueError) as e:
-            if flag is None:
-                return ()  # The preset's columns are optional: a CSV without them gets no vector.
-            usage_error(str(e) if isinstance(e, CsvError) else f"{path}: {e}")
-    if len(resolved) > 1:
-        usage_error(f"--numeric_columns {spec!r} names other columns in each labels CSV {list(labels_csvs)}")
-    return resolved.pop()
 
 
 def split_exclude(values: Sequence[str], *, ids_have_folders: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -28,7 +28,7 @@ from pipelines.labels import CsvError, LabelsCsvLayout
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.output_dir import refusal
 from pipelines.paths import is_remote
-from pipelines.sources import CSV_KINDS, csv_layout
+from pipelines.sources import CSV_KINDS, csv_layout, resolve_vector_columns
 
 # Runners whose workers run somewhere else: local paths are not theirs to read.
 REMOTE_RUNNERS = ("DataflowRunner", "FlinkRunner", "SparkRunner", "PortableRunner")
@@ -118,6 +118,7 @@ def _check_runner(config: PreprocessConfig, options: PipelineOptions) -> list[Fi
 def preflight(argv: Sequence[str]) -> list[Finding]:
     """All findings for a preprocessing command line (its arguments without the program)."""
     config, beam_args = parse_args(argv, prog="python -m pipelines.preflight")
+    config = resolve_vector_columns(config)
     options = PipelineOptions(beam_args)
     return [*_check_inputs(config), *_check_output(config), *_check_runner(config, options)]
 

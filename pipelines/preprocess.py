@@ -44,10 +44,10 @@ from pipelines import cache, croissant, features, locks, manifest, output_dir, s
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
-from pipelines.labels import NO_LABEL, UNLABELLED_SPLIT, LabelledImage
 from pipelines.options import PreprocessConfig, parse_args
 from pipelines.quality.audit import AuditQuality
 from pipelines.quality.duplicates import dropped_duplicates
+from pipelines.records import NO_LABEL, UNLABELLED_SPLIT, DecodedImage, LabelledImage
 from pipelines.sinks import (
     WriteDeadLetters,
     WriteQuality,
@@ -55,11 +55,10 @@ from pipelines.sinks import (
     WriteShards,
     WriteTransformStatistics,
 )
-from pipelines.sources import NOT_IMAGE_FILE, LabelledImages, check_csvs
+from pipelines.sources import NOT_IMAGE_FILE, LabelledImages, check_csvs, resolve_vector_columns
 from pipelines.transforms import (
     BatchImages,
     DecodeAndResize,
-    DecodedImage,
     DownsampleToSmallestClass,
     assign_split,
 )
@@ -227,6 +226,7 @@ def cache_counts(result: beam.runners.runner.PipelineResult, config: PreprocessC
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the job; returns the manifest it wrote."""
     config, beam_args = parse_args(argv)
+    config = resolve_vector_columns(config)
     options = pipeline_options(beam_args)
     estimated = count_images(config)
     if not estimated:

@@ -22,8 +22,8 @@ from apache_beam.metrics import Metrics
 from pipelines import features, labels, paths, staging
 from pipelines.cli import usage_error
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
-from pipelines.labels import LabelledImage
 from pipelines.options import PreprocessConfig
+from pipelines.records import LabelledImage, Rejection
 
 NAMESPACE = "facepipe.sources"
 
@@ -50,6 +50,35 @@ def read_csv_header(path: str, encoding: str = "utf-8") -> list[str]:
     except OSError as e:
         raise labels.CsvError(f"{path} cannot be read ({e.strerror or e})") from e
     return labels.decode_header(first, path, encoding)
+
+
+def resolve_vector_columns(config: PreprocessConfig) -> PreprocessConfig:
+    """The config with its --numeric_columns (``config.numeric_columns``) resolved against every
+    labels CSV's header into ``vector_columns``: the driver's first step after the flags.
+
+    The flag's columns must be in each labels CSV, in the same order (usage error otherwise);
+    a preset's are used only when every labels CSV has them (the Kaggle v1..v512), else none.
+    """
+    request = config.numeric_columns
+    if request is None:
+        return config
+    reserved = (config.id_column, config.label_column)
+    resolved = set()
+    for path in config.labels_csv:
+        try:
+            resolved.add(
+                labels.resolve_columns(request.spec, read_csv_header(path, config.csv_encoding), reserved=reserved)
+            )
+        except (labels.CsvError, ValueError) as e:
+            if request.optional:
+                # The preset's columns are optional: a CSV without them gets no vector.
+                return dataclasses.replace(config, numeric_columns=None)
+            usage_error(str(e) if isinstance(e, labels.CsvError) else f"{path}: {e}")
+    if len(resolved) > 1:
+        usage_error(
+            f"--numeric_columns {request.spec!r} names other columns in each labels CSV {list(config.labels_csv)}"
+        )
+    return dataclasses.replace(config, vector_columns=resolved.pop(), numeric_columns=None)
 
 
 def csv_layout(path: str, kind: str, config: PreprocessConfig) -> labels.LabelsCsvLayout | labels.IdCsvLayout:
@@ -116,13 +145,13 @@ class _SplitByExtension(beam.DoFn):
             yield beam.pvalue.TaggedOutput(NOT_IMAGE_FILE, file[0])
 
 
-def _dead_letter(rejection: labels.Rejection) -> beam.pvalue.TaggedOutput:
+def _dead_letter(rejection: Rejection) -> beam.pvalue.TaggedOutput:
     return dead_letter(**dataclasses.asdict(rejection))
 
 
-def _outputs(result: tuple | labels.Rejection | None) -> Iterator:
+def _outputs(result: tuple | Rejection | None) -> Iterator:
     """A label rule's result as DoFn output: the element, its dead letter, or nothing."""
-    if isinstance(result, labels.Rejection):
+    if isinstance(result, Rejection):
         yield _dead_letter(result)
     elif result is not None:
         yield result
@@ -147,7 +176,7 @@ class ParseLabelRows(beam.DoFn):
 
     def process(self, line: bytes) -> Iterator:
         row = labels.parse_label_row(line, self._layout)
-        if isinstance(row, labels.Rejection):
+        if isinstance(row, Rejection):
             self._bad_rows.inc()
         yield from _outputs(row)
 

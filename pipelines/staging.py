@@ -12,7 +12,7 @@ back one staging file (a batch) at a time. The files live in the output director
 
 A --numeric_columns vector (2 KB for Kaggle's 512 columns) leaves even earlier, at the labels
 CSV's parse (:class:`StageVectors`): the join by id and everything after it carry its digest
-and where it is (labels.VectorLocation), and the writer's stage reads it back by offset.
+and where it is (records.VectorLocation), and the writer's stage reads it back by offset.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from apache_beam.io.tfrecordio import (
     _TFRecordUtil,  # Beam's own TFRecord framing: a truncated or corrupt record fails its CRC.
 )
 
-from pipelines.labels import UNLABELLED_SPLIT, LabelRow, VectorLocation
-from pipelines.transforms import DecodedImage
+from pipelines.records import UNLABELLED_SPLIT, DecodedImage, LabelRow, VectorLocation
 
 _LENGTHS = struct.Struct("<II")  # id, pixels lengths in bytes
 # Vectors per vectors file (2 KB each for 512 columns): a file is read back by offset.

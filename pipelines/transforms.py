@@ -31,9 +31,9 @@ from pipelines.decoding import decode_jpeg as decode_jpeg
 from pipelines.decoding import decode_with_size as decode_with_size
 from pipelines.decoding import image_dimensions as image_dimensions
 from pipelines.decoding import to_uint8_color as to_uint8_color
-from pipelines.labels import NO_LABEL, LabelledImage, VectorLocation
 from pipelines.options import PreprocessConfig
-from pipelines.quality.measures import ImageQuality, image_quality
+from pipelines.quality.measures import image_quality
+from pipelines.records import NO_LABEL, DecodedImage, ImageQuality, LabelledImage
 
 NAMESPACE = "facepipe.transforms"
 BALANCED_OUT = "balanced_out"
@@ -47,22 +47,6 @@ BATCH_BYTES = 32 << 20
 # Decoded images audited together, a batch: an audit right after each decode costs about twice
 # as much (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
 AUDIT_BATCH = BATCH_IMAGES
-
-
-class DecodedImage(NamedTuple):
-    """A decoded image reduced to the pixels that go into a shard (an unlabelled one: to its audit)."""
-
-    id: str
-    label: int | None  # None: an unlabelled image, audited but never written
-    split: str
-    pixels: bytes  # uint8, row-major height x width x channels
-    content_hash: int
-    group: str  # What the split kept together (a person with --group_by), else the id.
-    vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
-    quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
-    staged: str = ""  # The staging file holding the pixels while they are b"" (pipelines.staging).
-    vector_location: VectorLocation | None = None  # Where the vector waits while it is b"" (staged at the parse).
-    path: str = ""  # The source file (LabelledImage.path): the examples index names it.
 
 
 def unit_hash(*parts: object) -> float:

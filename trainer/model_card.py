@@ -22,7 +22,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines import features
-from trainer import atomic, job_layout, models, records
+from trainer import atomic, data, job_layout, models, records
 
 WORST_GROUPS = 5
 # How the images are decoded (pipelines/transforms.py: simplejpeg for JPEG, OpenCV
@@ -51,9 +51,11 @@ def _read_json(path: str) -> dict[str, Any] | None:
 def _per_split_class(manifest: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """The manifest's written examples {split: {label index: n}} by class name."""
     classes = manifest["classes"]
+    per_split = {split: data.class_counts(manifest, split) for split in features.SPLITS}
     return {
-        split: {str(classes[int(label)]): n for label, n in per_class.items()}
-        for split, per_class in manifest["counts"]["written"].items()
+        split: {str(classes[label]): n for label, n in per_class.items()}
+        for split, per_class in per_split.items()
+        if per_class
     }
 
 

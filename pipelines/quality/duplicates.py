@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipelines.labels import UNLABELLED_SPLIT
 from pipelines.quality.measures import HASH_BITS
+from pipelines.records import UNLABELLED_SPLIT
 
 
 def similarity(a: bytes, b: bytes) -> float:

@@ -4,41 +4,22 @@ The statistics are computed from the *resized* pixels the pipeline writes and th
 (width, height) from the file's header, never from the file's full-resolution pixels: a
 decode cache that stores resized pixels and the original size can then recompute the audit
 on a cache hit without reading or decoding the file again. The content hash (SHA-256 of the
-file bytes) is the one :class:`pipelines.transforms.DecodedImage` already carries.
+file bytes) is the one :class:`pipelines.records.DecodedImage` already carries.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import cv2
 import numpy as np
+
+from pipelines.records import ImageQuality
 
 HASH_BITS = 64
 THUMBNAIL_SIDE = 16
 PATCHES_SIDE = 32  # The grey image the hash's DCT and the atypicality's patches are made of.
 PATCH_SIDE = 8  # PATCHES_SIDE cut into 4x4 patches.
-
-
-class ImageQuality(NamedTuple):
-    """What the audit knows of one image: a few numbers, no pixels."""
-
-    width: int  # original, from the header
-    height: int
-    aspect_ratio: float  # width / height of the original
-    sharpness: float  # variance of the Laplacian of the resized grey image
-    anisotropy: float  # log of the horizontal / vertical gradient energies: far off by motion blur, smears
-    brightness: float  # mean grey value, 0-255
-    contrast: float  # std of the grey values
-    saturated: float  # share of channel values that are 0 or 255
-    constancy: float  # share of the most common grey value (1.0: one colour)
-    phash: int  # 64-bit perceptual hash (DCT)
-    thumbnail: bytes  # THUMBNAIL_SIDE² grey uint8: the near-duplicate check beside the hash
-    patches: bytes  # PATCHES_SIDE² grey uint8: what the atypicality measures
-    # How far the patches lie from the other fold's face space (:func:`atypicality`): set by
-    # the audit once the whole data set is seen (:func:`with_atypicality`); NaN until then.
-    atypicality: float = math.nan
 
 
 def _grey(pixels: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from pipelines.quality.measures import ImageQuality
+from pipelines.records import ImageQuality
 
 # Audited statistic -> (reason when far below the median, reason when far above).
 OUTLIER_REASONS: dict[str, tuple[str | None, str]] = {

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pipelines import options
+from pipelines import options, sources
 from pipelines.cli import ArgumentParser
 from pipelines.options import PreprocessConfig
 from pipelines.review.findings import read_findings
@@ -56,6 +56,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Preproce
     config, unknown = options.parse_args(forwarded, prog=parser.prog)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    config = sources.resolve_vector_columns(config)
     if args.journal is None:
         args.journal = os.path.splitext(args.overrides_csv)[0] + ".journal.csv"
     files = [os.path.abspath(p) for p in (args.overrides_csv, args.exclude_csv, args.journal)]

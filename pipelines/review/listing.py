@@ -18,7 +18,7 @@ from typing import NamedTuple, TypeVar
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import features, labels, sources
+from pipelines import features, labels, records, sources
 from pipelines.options import PreprocessConfig
 from pipelines.paths import is_remote
 
@@ -62,13 +62,13 @@ def csv_lines(path: str) -> Iterator[bytes]:
 
 
 def read_csv_rows(
-    path: str, parse: Callable[[str, Layout], Row | labels.Rejection | None], layout: Layout
-) -> tuple[list[Row], list[labels.Rejection]]:
+    path: str, parse: Callable[[str, Layout], Row | records.Rejection | None], layout: Layout
+) -> tuple[list[Row], list[records.Rejection]]:
     """Parses every line of a CSV with one of the label rules' row parsers: (rows, rejections)."""
     rows, rejections = [], []
     for line in csv_lines(path):
         parsed = parse(line, layout)
-        if isinstance(parsed, labels.Rejection):
+        if isinstance(parsed, records.Rejection):
             rejections.append(parsed)
         elif parsed is not None:
             rows.append(parsed)
@@ -101,19 +101,19 @@ def is_under(path: str, root: str) -> bool:
 
 def build_index(config: PreprocessConfig, root: str) -> dict[str, Item]:
     """Every listed image by id, in natural id order, with the pipeline's label for it."""
-    images: dict[str, list[labels.ImageFile]] = collections.defaultdict(list)
+    images: dict[str, list[records.ImageFile]] = collections.defaultdict(list)
     rule = labels.id_rule(config)
     for path, size in list_image_files(config.image_globs):
         if not is_under(path, root):
             log.warning("skipping %s: it resolves to outside %s", path, root)
             continue
         keyed = labels.key_image(path, size, rule)
-        if isinstance(keyed, labels.Rejection):
+        if isinstance(keyed, records.Rejection):
             log.warning("skipping %s: %s", keyed.path, keyed.reason)
         else:
             image_id, image = keyed
             images[image_id].append(image)
-    label_rows: dict[str, list[labels.LabelRow]] = collections.defaultdict(list)
+    label_rows: dict[str, list[records.LabelRow]] = collections.defaultdict(list)
     for path in config.labels_csv:
         try:
             layout = sources.csv_layout(path, "labels_csv", config)
@@ -155,7 +155,7 @@ def read_predictions(path: str, config: PreprocessConfig, items: dict[str, Item]
             image_id = by_path.get(_normalized(row["path"]))
             if image_id is None:
                 keyed = labels.key_image(row["path"], 0, rule)
-                image_id = None if isinstance(keyed, labels.Rejection) else keyed[0]
+                image_id = None if isinstance(keyed, records.Rejection) else keyed[0]
             try:
                 probability = float(row["probability"])
             except (TypeError, ValueError):

@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 
 from pipelines import labels
-from pipelines.labels import (
-    NO_LABEL,
-    LabelledImage,
-    LabelRow,
-    Rejection,
-    file_name_regex,
-    parse_label,
-    resolve_label,
-    source_split_of,
-)
+from pipelines.labels import file_name_regex, parse_label, resolve_label, source_split_of
 from pipelines.options import PreprocessConfig, parse_args
+from pipelines.records import NO_LABEL, LabelledImage, LabelRow, Rejection
 
 CLASSES = ("no", "yes")
 IMAGE = ("/data/face-7.png", 123, None, "")  # (path, size, folder_label, group)

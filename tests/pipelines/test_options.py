@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.cli import UsageError
 from pipelines.demo import job
-from pipelines.options import parse_args
+from pipelines.options import NumericColumns, parse_args
 
 BASE = ["--images", "imgs", "--output", "out", "--labels_csv", "labels.csv"]
 
@@ -78,56 +78,16 @@ def test_demo_refuses_a_misspelled_flag_before_any_stage(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def _kaggle(tmp_path, train_header: str, test_header: str | None = None):
-    (tmp_path / "train.csv").write_text(train_header + "\n")
-    if test_header is not None:
-        (tmp_path / "test.csv").write_text(test_header + "\n")
-    return ["--dataset", "glasses", "--images", str(tmp_path), "--output", str(tmp_path / "out")]
-
-
-LATENT = ",".join(f"v{i}" for i in range(1, 513))
-
-
-def test_the_glasses_preset_carries_the_kaggle_latents_when_every_labels_csv_has_them(tmp_path):
-    config, _ = parse_args(_kaggle(tmp_path, f"id,{LATENT},glasses", f"id,{LATENT}"))
-    assert config.vector_columns == tuple(f"v{i}" for i in range(1, 513)) and config.vector_length == 512
-    config, _ = parse_args([*_kaggle(tmp_path, f"id,{LATENT},glasses"), "--numeric_columns", "none"])
-    assert config.vector_columns == ()
-
-
-def test_the_glasses_preset_has_no_vector_when_a_labels_csv_lacks_the_columns(tmp_path):
-    config, _ = parse_args(_kaggle(tmp_path, f"id,{LATENT},glasses", "id"))
-    assert config.vector_columns == ()
-    config, _ = parse_args(_kaggle(tmp_path, "id,glasses"))
-    assert config.vector_columns == ()
-
-
-def test_numeric_columns_are_resolved_in_the_driver(tmp_path):
-    (tmp_path / "labels.csv").write_text("id,b,label,a,note\n")
-    config, _ = parse_args(
-        ["--images", "i", "--output", "o", "--labels_csv", str(tmp_path / "labels.csv"), "--numeric_columns", "a,b"]
-    )
-    assert config.vector_columns == ("b", "a")
-
-
-@pytest.mark.parametrize(
-    ("headers", "spec", "message"),
-    [
-        (["id,v1,label"], "v1..v3", "2 columns not in the header: v2, v3"),
-        (["id,v1,label"], "label", "id/label column 'label'"),
-        (["id,v1,v2,label", "id,v2,v1"], "v*", "names other columns in each labels CSV"),
-        (["id,v1,label", "id,label"], "v1", "labels1.csv: --numeric_columns 'v1': 1 columns not in the header"),
-    ],
-)
-def test_numeric_columns_that_a_labels_csv_lacks_are_a_usage_error(tmp_path, capsys, headers, spec, message):
-    args = ["--images", "i", "--output", "o", "--numeric_columns", spec]
-    for i, header in enumerate(headers):
-        (tmp_path / f"labels{i}.csv").write_text(header + "\n")
-        args += ["--labels_csv", str(tmp_path / f"labels{i}.csv")]
-    with pytest.raises(SystemExit) as raised:
-        parse_args(args)
-    assert raised.value.code == 2
-    assert message in capsys.readouterr().err
+def test_numeric_columns_stay_a_request_until_the_sources_resolve_them(tmp_path):
+    # The flag parser reads no CSV: the labels CSV need not even exist yet.
+    config, _ = parse_args([*BASE, "--numeric_columns", "v1..v3"])
+    assert config.numeric_columns == NumericColumns("v1..v3", optional=False) and config.vector_columns == ()
+    config, _ = parse_args(["--dataset", "glasses", "--images", str(tmp_path), "--output", "o", *BASE[4:]])
+    assert config.numeric_columns == NumericColumns("v1..v512", optional=True)
+    config, _ = parse_args([*BASE, "--numeric_columns", "none"])
+    assert config.numeric_columns is None
+    with pytest.raises(UsageError, match="give --labels_csv"):
+        parse_args(["--images", "i", "--output", "o", "--class_folders", "a=0,b=1", "--numeric_columns", "v1"])
 
 
 def test_config_values_are_defaults_and_the_command_line_wins(write_config):

@@ -9,8 +9,8 @@ from tfx_bsl.coders import example_coder
 
 from pipelines import features
 from pipelines.preprocessing import raw_metadata
+from pipelines.records import DecodedImage
 from pipelines.sinks import analysis_record_batch
-from pipelines.transforms import DecodedImage
 
 
 @pytest.mark.parametrize("vector_length", [0, 5])

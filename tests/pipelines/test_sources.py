@@ -6,9 +6,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.labels import NO_LABEL
 from pipelines.options import parse_args
-from pipelines.sources import LabelledImages
+from pipelines.records import NO_LABEL
+from pipelines.sources import LabelledImages, resolve_vector_columns
 from tests.image_files import offline_test_pipeline, write_glasses_like
 
 
@@ -160,3 +160,64 @@ def test_class_folders_label_by_folder_and_group_by_stem(tmp_path):
     rows = images["images"] | beam.Map(lambda im: (im.id, im.label, im.group))
     assert_that(rows, equal_to([("comics/1", 0, "1"), ("comics/2", 0, "2"), ("faces/1", 1, "1"), ("faces/2", 1, "2")]))
     p.run().wait_until_finish()
+
+
+# --- --numeric_columns resolved against the labels CSVs' headers -------------------------------
+
+
+def _resolved(argv: list[str]):
+    """The config of a command line with its --numeric_columns resolved, as the job's driver does."""
+    config, _ = parse_args(argv)
+    return resolve_vector_columns(config)
+
+
+def _kaggle(tmp_path, train_header: str, test_header: str | None = None):
+    (tmp_path / "train.csv").write_text(train_header + "\n")
+    if test_header is not None:
+        (tmp_path / "test.csv").write_text(test_header + "\n")
+    return ["--dataset", "glasses", "--images", str(tmp_path), "--output", str(tmp_path / "out")]
+
+
+LATENT = ",".join(f"v{i}" for i in range(1, 513))
+
+
+def test_the_glasses_preset_carries_the_kaggle_latents_when_every_labels_csv_has_them(tmp_path):
+    config = _resolved(_kaggle(tmp_path, f"id,{LATENT},glasses", f"id,{LATENT}"))
+    assert config.vector_columns == tuple(f"v{i}" for i in range(1, 513)) and config.vector_length == 512
+    config = _resolved([*_kaggle(tmp_path, f"id,{LATENT},glasses"), "--numeric_columns", "none"])
+    assert config.vector_columns == ()
+
+
+def test_the_glasses_preset_has_no_vector_when_a_labels_csv_lacks_the_columns(tmp_path):
+    config = _resolved(_kaggle(tmp_path, f"id,{LATENT},glasses", "id"))
+    assert config.vector_columns == ()
+    config = _resolved(_kaggle(tmp_path, "id,glasses"))
+    assert config.vector_columns == ()
+
+
+def test_numeric_columns_are_resolved_against_the_header_in_the_driver(tmp_path):
+    (tmp_path / "labels.csv").write_text("id,b,label,a,note\n")
+    config = _resolved(
+        ["--images", "i", "--output", "o", "--labels_csv", str(tmp_path / "labels.csv"), "--numeric_columns", "a,b"]
+    )
+    assert config.vector_columns == ("b", "a")
+
+
+@pytest.mark.parametrize(
+    ("headers", "spec", "message"),
+    [
+        (["id,v1,label"], "v1..v3", "2 columns not in the header: v2, v3"),
+        (["id,v1,label"], "label", "id/label column 'label'"),
+        (["id,v1,v2,label", "id,v2,v1"], "v*", "names other columns in each labels CSV"),
+        (["id,v1,label", "id,label"], "v1", "labels1.csv: --numeric_columns 'v1': 1 columns not in the header"),
+    ],
+)
+def test_numeric_columns_that_a_labels_csv_lacks_are_a_usage_error(tmp_path, capsys, headers, spec, message):
+    args = ["--images", "i", "--output", "o", "--numeric_columns", spec]
+    for i, header in enumerate(headers):
+        (tmp_path / f"labels{i}.csv").write_text(header + "\n")
+        args += ["--labels_csv", str(tmp_path / f"labels{i}.csv")]
+    with pytest.raises(SystemExit) as raised:
+        _resolved(args)
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err

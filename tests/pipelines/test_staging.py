@@ -8,8 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import staging
-from pipelines.labels import LabelRow
-from pipelines.transforms import DecodedImage
+from pipelines.records import DecodedImage, LabelRow
 
 
 def _image(index: int, vector: bytes = b"") -> DecodedImage:

@@ -14,13 +14,12 @@ from PIL import Image
 
 from pipelines import transforms
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.labels import NO_LABEL, LabelledImage
 from pipelines.options import PreprocessConfig
 from pipelines.quality.measures import image_quality
+from pipelines.records import NO_LABEL, DecodedImage, LabelledImage
 from pipelines.transforms import (
     BatchImages,
     DecodeAndResize,
-    DecodedImage,
     DownsampleToSmallestClass,
     UndecodableImage,
     assign_split,

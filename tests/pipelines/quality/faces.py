@@ -8,7 +8,8 @@ import numpy as np
 from pipelines.demo import data as demo_data
 from pipelines.options import PreprocessConfig
 from pipelines.quality.measures import image_quality
-from pipelines.transforms import DecodedImage, decode_and_resize
+from pipelines.records import DecodedImage
+from pipelines.transforms import decode_and_resize
 
 SIZE = 128
 K = PreprocessConfig.duplicate_distance  # the defaults the job runs with

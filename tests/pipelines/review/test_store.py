@@ -20,7 +20,7 @@ from pipelines import options
 from pipelines.labels import parse_label
 from pipelines.review import store
 from pipelines.review.store import JOURNAL_HEADER
-from pipelines.sources import LabelledImages
+from pipelines.sources import LabelledImages, resolve_vector_columns
 from tests.image_files import offline_test_pipeline
 from tests.pipelines.review.client import CLASSES, read_rows, review_argv, serving, train_labels, write_label_issues
 
@@ -68,7 +68,7 @@ def test_decisions_are_saved_at_once_in_the_formats_the_pipeline_reads(images, t
         ]
     )
     p = offline_test_pipeline()
-    resolved = p | LabelledImages(config)
+    resolved = p | LabelledImages(resolve_vector_columns(config))
     labels = (
         resolved["images"]
         | beam.Filter(lambda im: im.id in {"1", "2", "4", "37"})
