@@ -45,7 +45,8 @@ from pipelines import features
 from pipelines.cli import ArgumentParser
 from pipelines.datasets import GLASSES_IMAGE_DIR, GLASSES_LABEL_COLUMN, TRAIN_CSV
 from pipelines.demo import data as demo_data
-from pipelines.quality import ATYPICALITY_BATCH, PatchMoments, atypicality, image_quality
+from pipelines.quality.face_space import ATYPICALITY_BATCH, PatchMoments, atypicality
+from pipelines.quality.measures import image_quality
 from pipelines.transforms import AUDIT_BATCH, decode_with_size
 from trainer import job_layout
 

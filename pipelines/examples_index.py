@@ -4,7 +4,8 @@
 in every file) lets any example be traced to the image it came from: ``find_label_issues``,
 evaluate's misclassified lists and the review page name files through it, and croissant.json
 describes it as a record set. It is fed from what reaches the shard writer, so it holds
-exactly the shards' examples.
+exactly the shards' examples; each carries its source path from the decode on
+(DecodedImage.path), so no join by id waits for them.
 """
 
 from __future__ import annotations
@@ -32,32 +33,35 @@ def csv_line(values: Sequence[Any]) -> str:
     return buffer.getvalue()
 
 
-class _JoinPath(beam.DoFn):
-    """(id, {"row": [row], "path": [path]}) -> the row with its path; ids not written yield nothing."""
+class _IndexRow(beam.DoFn):
+    """DecodedImage (with its source ``path``) -> its index row, a dict of every index column."""
 
-    def __init__(self):
+    def __init__(self, classes: Sequence[str], shards: Mapping[str, int]):
+        self._classes = classes
+        self._shards = shards
         self._indexed = Metrics.counter(NAMESPACE, "indexed")
 
-    def process(self, element: tuple[str, Mapping[str, list]]) -> Iterator[dict[str, Any]]:
-        image_id, joined = element
-        rows, paths = list(joined["row"]), list(joined["path"])
-        if not rows:
-            return
-        if len(rows) != 1 or len(paths) != 1:
+    def process(self, image) -> Iterator[dict[str, Any]]:
+        if not image.path:
             raise ValueError(
-                f"examples index: id {image_id!r} is written {len(rows)} times and listed with "
-                f"{len(paths)} paths; each written example must have one source file (a facepipe bug)"
+                f"examples index: {image.id!r} reached the writer without its source path (a facepipe bug)"
             )
         self._indexed.inc()
-        yield {**rows[0], "path": paths[0]}
+        yield {
+            "id": image.id,
+            "path": image.path,
+            "label": image.label,
+            "label_name": self._classes[image.label],
+            "split": image.split,
+            "group": image.group or image.id,
+            "content_sha256": f"{image.content_hash:064x}",
+            "shard": shard_name(image.split, image.id, self._shards),
+        }
 
 
 class WriteExamplesIndex(beam.PTransform):
-    """{"written": DecodedImage, "listed": LabelledImage} -> ``examples/examples-*.csv``.
-
-    ``written``: the examples that reach the shard writer; ``listed``: the sources' images,
-    whose paths are joined to them by id.
-    """
+    """DecodedImage (the examples that reach the shard writer, each with its source ``path``)
+    -> ``examples/examples-*.csv``."""
 
     def __init__(self, config: PreprocessConfig, estimated_images: int):
         super().__init__()
@@ -65,29 +69,10 @@ class WriteExamplesIndex(beam.PTransform):
         self._shards = shard_counts(config, estimated_images)
         self._prefix = FileSystems.join(config.output_dir, features.EXAMPLES_DIR, "examples")
 
-    def expand(self, inputs: Mapping[str, Any]):
-        classes, shards = self._classes, self._shards
-
-        def row(image) -> tuple[str, dict[str, Any]]:
-            return image.id, {
-                "id": image.id,
-                "label": image.label,
-                "label_name": classes[image.label],
-                "split": image.split,
-                "group": image.group or image.id,
-                "content_sha256": f"{image.content_hash:064x}",
-                "shard": shard_name(image.split, image.id, shards),
-            }
-
-        rows = inputs["written"] | "KeyRows" >> beam.Map(row)
-        # (id, row without its path)
-        paths = inputs["listed"] | "KeyPaths" >> beam.Map(lambda image: (image.id, image.path))
-        # (id, source path)
+    def expand(self, written):
         return (
-            {"row": rows, "path": paths}
-            | "JoinById" >> beam.CoGroupByKey()
-            # (id, {"row": [row], "path": [path]})
-            | "JoinPath" >> beam.ParDo(_JoinPath())
+            written
+            | "Row" >> beam.ParDo(_IndexRow(self._classes, self._shards))
             # row: a dict of every index column
             | "ToCsv" >> beam.Map(lambda r: csv_line([r[c] for c in features.EXAMPLES_INDEX_COLUMNS]))
             | "Write"

@@ -46,7 +46,8 @@ from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
 from pipelines.options import parse_args
-from pipelines.quality import AuditQuality, dropped_duplicates
+from pipelines.quality.audit import AuditQuality
+from pipelines.quality.duplicates import dropped_duplicates
 from pipelines.records import NO_LABEL, UNLABELLED_SPLIT, DecodedImage, LabelledImage
 from pipelines.sinks import (
     WriteDeadLetters,
@@ -152,7 +153,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         # [(split, LabelledImage)]: from here to the writer the unit of work is a batch
         # (transforms.BATCH_IMAGES images, BATCH_BYTES of files at most)
         | "DecodeAndResize" >> beam.ParDo(DecodeAndResize(config)).with_outputs(DEAD_LETTER, main="batches")
-        # batches: [DecodedImage(id, label, split, pixels, content_hash, group, vector, quality)],
+        # batches: [DecodedImage(id, label, split, pixels, content_hash, group, vector, quality, path)],
         # decoded on --decode_threads threads; the unlabelled ones without pixels, label None,
         # split UNLABELLED_SPLIT
     )
@@ -191,9 +192,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     _ = written | "WriteShards" >> WriteShards(config, estimated_images)
     kept_images = _images(kept, "KeptImages")
     # kept_images: DecodedImage without pixels, one by one: what the index and the counts read
-    _ = {"written": kept_images, "listed": sources["images"]} | "ExamplesIndex" >> WriteExamplesIndex(
-        config, estimated_images
-    )
+    _ = kept_images | "ExamplesIndex" >> WriteExamplesIndex(config, estimated_images)
     train = written | "TrainOnly" >> beam.Filter(lambda image: image.split == "train")
     with tft_beam.Context(temp_dir=temp_dir):
         _ = train | "TransformStatistics" >> WriteTransformStatistics(config)

@@ -72,7 +72,7 @@ class Rejection:
 
 
 class ImageQuality(NamedTuple):
-    """What the audit (pipelines.quality) knows of one image: a few numbers, no pixels."""
+    """What the audit (pipelines/quality/) knows of one image: a few numbers, no pixels."""
 
     width: int  # original, from the header
     height: int
@@ -84,10 +84,10 @@ class ImageQuality(NamedTuple):
     saturated: float  # share of channel values that are 0 or 255
     constancy: float  # share of the most common grey value (1.0: one colour)
     phash: int  # 64-bit perceptual hash (DCT)
-    thumbnail: bytes  # quality.THUMBNAIL_SIDE² grey uint8: the near-duplicate check beside the hash
-    patches: bytes  # quality.PATCHES_SIDE² grey uint8: what the atypicality measures
-    # How far the patches lie from the other fold's face space (quality.atypicality): set by
-    # the audit once the whole data set is seen (quality.with_atypicality); NaN until then.
+    thumbnail: bytes  # quality.measures.THUMBNAIL_SIDE² grey uint8: the near-duplicate check beside the hash
+    patches: bytes  # quality.measures.PATCHES_SIDE² grey uint8: what the atypicality measures
+    # How far the patches lie from the other fold's face space (quality.face_space.atypicality): set by
+    # the audit once the whole data set is seen (quality.face_space.with_atypicality); NaN until then.
     atypicality: float = math.nan
 
 
@@ -101,6 +101,7 @@ class DecodedImage(NamedTuple):
     content_hash: int
     group: str  # What the split kept together (a person with --group_by), else the id.
     vector: bytes = b""  # float32 --numeric_columns values (LabelledImage.vector); b"" when none.
-    quality: ImageQuality | None = None  # The audit's statistics (pipelines.quality).
+    quality: ImageQuality | None = None  # The audit's statistics (pipelines/quality/).
     staged: str = ""  # The staging file holding the pixels while they are b"" (pipelines.staging).
     vector_location: VectorLocation | None = None  # Where the vector waits while it is b"" (staged at the parse).
+    path: str = ""  # The source file (LabelledImage.path): the examples index names it.

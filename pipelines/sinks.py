@@ -9,11 +9,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import (
@@ -124,22 +125,34 @@ class WriteShards(beam.PTransform):
         )
 
 
-def _analysis_features(image, *, channels: int, vector_length: int = 0) -> dict[str, Any]:
-    """What the preprocessing_fn's analysers read of one train image: its channel statistics
-    (and its vector, with --numeric_columns).
+def analysis_record_batch(
+    images: Sequence[Any], *, channels: int, vector_length: int, schema: pa.Schema
+) -> pa.RecordBatch:
+    """What the preprocessing_fn's analysers read of a batch of train images, as one Arrow record
+    batch of ``schema`` (the raw metadata's, as tf.Transform's TF-Example decoder would build it):
+    each image's channel statistics (and its vector, with --numeric_columns).
 
     The pixels themselves are left out (an empty string): the analysers never read them, and
     carrying them would hold every train image in the local runner's memory.
     """
-    pixels = np.frombuffer(image.pixels, np.uint8).reshape(-1, channels).astype(np.float64) / 255.0
-    vector = {features.VECTOR_KEY: np.frombuffer(image.vector, np.float32)} if vector_length else {}
-    return {
-        features.IMAGE_KEY: b"",
-        features.LABEL_KEY: image.label,
-        features.PIXEL_MEAN_KEY: pixels.mean(axis=0).astype(np.float32),
-        features.PIXEL_MEAN_SQUARE_KEY: np.square(pixels).mean(axis=0).astype(np.float32),
-        **vector,
+    count = len(images)
+    pixels = np.frombuffer(b"".join(image.pixels for image in images), np.uint8).reshape(count, -1, channels)
+    pixels = pixels.astype(np.float64) / 255.0
+    columns = {
+        features.IMAGE_KEY: [b""] * count,
+        features.LABEL_KEY: np.array([image.label for image in images], np.int64),
+        features.PIXEL_MEAN_KEY: pixels.mean(axis=1).astype(np.float32),
+        features.PIXEL_MEAN_SQUARE_KEY: np.square(pixels).mean(axis=1).astype(np.float32),
     }
+    if vector_length:
+        columns[features.VECTOR_KEY] = np.frombuffer(b"".join(image.vector for image in images), np.float32)
+    arrays = []
+    for field in schema:
+        values = pa.array(np.ravel(columns[field.name]) if field.name != features.IMAGE_KEY else columns[field.name])
+        # Every feature is fixed-length: row i is values[i * width : (i + 1) * width].
+        offsets = pa.array(np.arange(count + 1, dtype=np.int64) * (len(values) // max(count, 1)))
+        arrays.append(pa.LargeListArray.from_arrays(offsets, values.cast(field.type.value_type)))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 class WriteTransformStatistics(beam.PTransform):
@@ -156,6 +169,8 @@ class WriteTransformStatistics(beam.PTransform):
 
     def expand(self, train_images):
         import tensorflow_transform.beam as tft_beam
+        from tfx_bsl.coders import batch_util
+        from tfx_bsl.tfxio import tf_example_record
 
         from pipelines.preprocessing import make_preprocessing_fn, raw_metadata
 
@@ -163,11 +178,25 @@ class WriteTransformStatistics(beam.PTransform):
         width, height = config.image_size
         channels, vector_length = config.channels, config.vector_length
         metadata = raw_metadata(channels=channels, vector_length=vector_length)
-        transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
-        raw = train_images | "ToAnalysisFeatures" >> beam.Map(
-            _analysis_features, channels=channels, vector_length=vector_length
+        # The Arrow form tf.Transform reads (TFXIO): its own conversion of per-image dicts
+        # encodes each one as a tf.Example and decodes them again, in Python per image.
+        tfxio = tf_example_record.TFExampleBeamRecord(
+            physical_format="inmem", telemetry_descriptors=["facepipe"], schema=metadata.schema
         )
-        transform_fn = (raw, metadata) | "Analyze" >> tft_beam.AnalyzeDataset(
+        transform_dir = FileSystems.join(config.output_dir, features.TRANSFORM_DIR)
+        raw = (
+            train_images
+            # tf.Transform's own batching of its input (1 to 1000, tuned by Beam): its analysers
+            # sum each batch in float32, so larger fixed batches would move the statistics.
+            | "BatchForAnalysis" >> beam.BatchElements(**batch_util.GetBatchElementsKwargs(None))
+            # [DecodedImage]: within a bundle
+            | "ToRecordBatch"
+            >> beam.Map(
+                analysis_record_batch, channels=channels, vector_length=vector_length, schema=tfxio.ArrowSchema()
+            )
+            # pa.RecordBatch: a row per image (its label and channel statistics, its vector)
+        )
+        transform_fn = (raw, tfxio.TensorAdapterConfig()) | "Analyze" >> tft_beam.AnalyzeDataset(
             make_preprocessing_fn(height=height, width=width, channels=channels, vector_length=vector_length)
         )
         written = transform_fn | "WriteTransformFn" >> tft_beam.WriteTransformFn(transform_dir)

@@ -32,7 +32,7 @@ from pipelines.decoding import decode_jpeg as decode_jpeg
 from pipelines.decoding import decode_with_size as decode_with_size
 from pipelines.decoding import image_dimensions as image_dimensions
 from pipelines.decoding import to_uint8_color as to_uint8_color
-from pipelines.quality import image_quality
+from pipelines.quality.measures import image_quality
 from pipelines.records import NO_LABEL, DecodedImage, ImageQuality, LabelledImage
 
 NAMESPACE = "facepipe.transforms"
@@ -188,7 +188,9 @@ class DecodeAndResize(beam.DoFn):
     def _decoded_image(self, split: str, image: LabelledImage, outcome: _Outcome, quality: ImageQuality):
         if image.label == NO_LABEL:
             self._audited_only.inc()
-            return DecodedImage(image.id, None, split, b"", outcome.content_hash, image.group, b"", quality)
+            return DecodedImage(
+                image.id, None, split, b"", outcome.content_hash, image.group, b"", quality, path=image.path
+            )
         self._decoded.inc()
         return DecodedImage(
             image.id,
@@ -200,6 +202,7 @@ class DecodeAndResize(beam.DoFn):
             image.vector if image.vector_location is None else b"",  # Else: its digest.
             quality,
             vector_location=image.vector_location,
+            path=image.path,
         )
 
     def _read_and_decode(self, image: LabelledImage) -> _Outcome:

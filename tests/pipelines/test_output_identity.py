@@ -3,7 +3,9 @@ records, dead letters, quality files and the data fingerprint are the same, in a
 
 The fixture (``fixtures/demo_glasses_80.json``) is the digest of that run's output on the
 demo's glasses set (80 images of 64 px: 512-value vectors, unlabelled test ids, overrides,
-exclusions, duplicates, a truncated and an empty file, the class balance, ``--dedupe keep_one``). It must
+exclusions, duplicates, a truncated and an empty file, the class balance, ``--dedupe keep_one``); its
+``examples_index`` (the examples CSV's rows) was added by 5a8fb23's code, the last to join the
+paths by id. It must
 change only with a change meant to change the output; then rewrite it with
 ``python -m tests.pipelines.test_output_identity FIXTURE`` from the code that wrote the old one
 and from the new code, and say why they differ.
@@ -11,6 +13,7 @@ and from the new code, and say why they differ.
 
 from __future__ import annotations
 
+import csv
 import glob
 import gzip
 import hashlib
@@ -57,8 +60,18 @@ def _lines(output_dir: str, pattern: str, data_dir: str) -> list[Any]:
     return sorted(lines, key=lambda line: json.dumps(line, sort_keys=True))
 
 
+def _csv_rows(output_dir: str, pattern: str, data_dir: str) -> list[list[str]]:
+    """The rows (header lines left out) of the CSV files ``pattern`` matches, sorted, with the data's folder as ``DATA``."""
+    rows = []
+    for path in glob.glob(os.path.join(output_dir, pattern)):
+        with open(path, newline="") as f:
+            rows += [[value.replace(data_dir, "DATA") for value in row] for row in list(csv.reader(f))[1:]]
+    return sorted(rows)
+
+
 def output_digest(output_dir: str, data_dir: str) -> dict[str, Any]:
-    """What must not change: the records by id, dead letters, quality files, fingerprint, counts."""
+    """What must not change: the records by id, dead letters, quality files, fingerprint, counts,
+    the examples index."""
     with open(os.path.join(output_dir, "manifest.json")) as f:
         manifest = json.load(f)
     return {
@@ -68,6 +81,7 @@ def output_digest(output_dir: str, data_dir: str) -> dict[str, Any]:
         "quality_duplicates": _lines(output_dir, "quality/duplicates-*.jsonl", data_dir),
         "fingerprint": {key: manifest["fingerprint"][key] for key in ("data", "content", "options")},
         "counts": manifest["counts"],
+        "examples_index": _csv_rows(output_dir, f"{features.EXAMPLES_DIR}/*.csv", data_dir),
     }
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from pipelines import transforms
 from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER
-from pipelines.quality import image_quality
+from pipelines.quality.measures import image_quality
 from pipelines.records import NO_LABEL, DecodedImage, LabelledImage
 from pipelines.transforms import (
     BatchImages,

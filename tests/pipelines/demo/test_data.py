@@ -122,7 +122,8 @@ def duplicates(out: Path) -> dict[int, tuple[int, str]]:
 
 def test_duplicates_are_copies_of_train_faces_also_across_the_test_boundary(glasses: tuple[Path, dict]) -> None:
     from pipelines.config import PreprocessConfig
-    from pipelines.quality import hamming, image_quality, similarity
+    from pipelines.quality.duplicates import hamming, similarity
+    from pipelines.quality.measures import image_quality
     from pipelines.transforms import decode_and_resize
 
     out, summary = glasses

@@ -11,7 +11,7 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from pipelines.quality import Member, duplicate_groups
+from pipelines.quality.duplicates import Member, duplicate_groups
 from pipelines.review.cli import create_app, parse_args
 from pipelines.review.server import ReviewApp, ReviewServer, running_server
 

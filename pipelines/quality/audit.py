@@ -1,0 +1,244 @@
+"""The quality audit in Beam: :class:`AuditQuality` wires the measures, outliers, face space
+and duplicates (plain numpy/cv2 functions, tested eagerly) into a pipeline.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import threadpoolctl
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
+
+from pipelines.quality.duplicates import Member, alike_pair, bands, bucket_pairs, duplicate_groups, id_order
+from pipelines.quality.face_space import (
+    ATYPICALITY_BATCH,
+    FaceSpace,
+    PatchMoments,
+    face_space_fold,
+    with_atypicality,
+)
+from pipelines.quality.outliers import outlier_reasons, robust_values, robust_z
+
+NAMESPACE = "facepipe.quality"
+
+
+class _FlagOutliers(beam.DoFn):
+    """(DecodedImage-like record) -> one JSON-able line with its statistics, z-scores and flags."""
+
+    def __init__(self, threshold: float):
+        self._threshold = threshold
+        self._flagged = Metrics.counter(NAMESPACE, "outliers")
+
+    def process(self, image, medians: dict, mads: dict) -> Iterator[dict[str, Any]]:
+        quality = image.quality
+        z = robust_z(robust_values(quality), medians, mads)
+        flags = outlier_reasons(z, self._threshold)
+        if flags:
+            self._flagged.inc()
+        stats = {**quality._asdict(), "phash": f"{quality.phash:016x}"}
+        del stats["thumbnail"], stats["patches"]  # Pixels, not statistics.
+        if math.isnan(quality.atypicality):  # No other fold to measure it against: unknown, not NaN in JSON.
+            del stats["atypicality"]
+        yield {
+            "id": image.id,
+            "split": image.split,
+            "label": image.label,
+            "content_hash": f"{image.content_hash:064x}",
+            "stats": stats,
+            "z": {name: round(score, 3) for name, score in z.items()},
+            "flags": flags,
+        }
+
+
+def one_blas_thread() -> None:
+    """BLAS on one thread in this worker process from now on.
+
+    The audit's products are small (16 places of 256x64 by 64x64) and run beside the decode
+    threads, which hold the cores: OpenBLAS's own threads then wait on each other, and a block
+    of 256 images took 540 ms instead of 24 ms (2 cores, loaded machine, 2026-12-07).
+    """
+    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
+
+
+class _Atypicality(beam.DoFn):
+    """[image] -> each image with its quality's atypicality (:func:`with_atypicality`)."""
+
+    def setup(self) -> None:
+        one_blas_thread()
+
+    def process(self, images: list[Any], spaces: Mapping[int, FaceSpace | None]) -> list[Any]:
+        return with_atypicality(images, spaces)
+
+
+class _FaceSpaceFn(beam.CombineFn):
+    """Patch thumbnails -> their FaceSpace (None for fewer than MIN_FOLD_IMAGES), by PatchMoments."""
+
+    def setup(self) -> None:
+        one_blas_thread()
+
+    def create_accumulator(self) -> PatchMoments:
+        return PatchMoments()
+
+    def add_input(self, moments: PatchMoments, thumbnail: bytes) -> PatchMoments:
+        return moments.add(thumbnail)
+
+    def merge_accumulators(self, accumulators: Iterable[PatchMoments]) -> PatchMoments:
+        merged = PatchMoments()
+        for moments in accumulators:
+            merged.merge(moments)
+        return merged
+
+    def extract_output(self, moments: PatchMoments) -> FaceSpace | None:
+        return moments.face_space()
+
+
+# The medians' rank error bound, as a share of the images: exact for data sets of up to ~15 000
+# images, within 0.1% of the ranks beyond. Beam's default for 3 quantiles is 1/3, which let a
+# "median" of 2000 values move with the order the elements came in, and the flags with it.
+MEDIAN_EPSILON = 1e-3
+
+
+class MedianPerKey(beam.PTransform):
+    """(name, x) -> (name, median of x) by Beam's approximate quantiles: a bounded sketch per
+    key (MEDIAN_EPSILON), never every value on one worker."""
+
+    def expand(self, values):
+        quantiles = ApproximateQuantilesCombineFn.create(num_quantiles=3, epsilon=MEDIAN_EPSILON)
+        return (
+            values
+            | "Quantiles" >> beam.CombinePerKey(quantiles)
+            # (name, [min, median, max])
+            | "Median" >> beam.Map(lambda kv: (kv[0], kv[1][1]))
+        )
+
+
+class AuditQuality(beam.PTransform):
+    """DecodedImage (with ``quality``) -> ``images`` (a line per image), ``groups`` (duplicate
+    groups) and ``stats`` ((key, value) pairs for the run statistics).
+
+    Outliers: robust z-scores per data set, median and MAD (median of |x - median|) of each
+    statistic by approximate quantiles, atypicality among them once the face space of each
+    fold's thumbnails is combined. Duplicates: LSH on the perceptual hash's bands (GroupByKey on
+    (band, value), pairs within ``distance`` bits in a bucket, then their two thumbnails
+    compared at ``similarity``) plus exact copies by content hash; the resulting edges are few
+    (a pair per duplicate, not per image), so one global combine builds the groups from them.
+    """
+
+    def __init__(self, *, threshold: float, distance: int, similarity: float, examples: int = 5):
+        super().__init__()
+        self._threshold = threshold
+        self._distance = distance
+        self._similarity = similarity
+        self._examples = examples
+
+    def expand(self, images):
+        distance, min_similarity = self._distance, self._similarity
+        spaces = beam.pvalue.AsDict(
+            images
+            | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.patches))
+            | "FaceSpaces" >> beam.CombinePerKey(_FaceSpaceFn())
+            # (fold, FaceSpace): 16 64x64 projections per fold; none for a fold too small
+        )
+        images = (
+            images
+            # Whole blocks: a call costs one padded block of ATYPICALITY_BATCH rows per fold
+            # however few images it has (Beam's adaptive sizes from 16 up paid it per 16-64).
+            | "BatchForAtypicality"
+            >> beam.BatchElements(min_batch_size=ATYPICALITY_BATCH, max_batch_size=ATYPICALITY_BATCH)
+            # [image]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
+            | "Atypicality" >> beam.ParDo(_Atypicality(), spaces)
+        )
+        # images: as given, their quality's atypicality set
+        measured = images | "WithoutPixels" >> beam.Map(
+            lambda im: im._replace(quality=im.quality._replace(thumbnail=b"", patches=b""))
+        )
+        # images without their thumbnail and patches: what waits for the medians below needs
+        # neither (a local runner holds every such record in memory until they are known)
+        values = measured | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
+        medians = beam.pvalue.AsDict(values | "ValueMedians" >> MedianPerKey())
+        deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
+        mads = beam.pvalue.AsDict(deviations | "DeviationMedians" >> MedianPerKey())
+        lines = measured | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
+
+        with_thumbnails = images | "Members" >> beam.Map(
+            lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.quality.thumbnail)
+        )
+        members = with_thumbnails | "WithoutThumbnails" >> beam.Keys()
+        # The LSH buckets hold each image once per band (distance + 1 times): they carry no
+        # thumbnail; the few candidate pairs they find fetch their two thumbnails after.
+        partners = beam.pvalue.AsDict(
+            members
+            | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
+            | "GroupBands" >> beam.GroupByKey()
+            # ((band index, band value), [Member])
+            | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
+            # (Member, Member) within ``distance`` bits, once per bucket they share
+            | "BothEnds" >> beam.FlatMap(lambda pair: [(pair[0].id, pair[1].id), (pair[1].id, pair[0].id)])
+            | "PartnersById" >> beam.GroupByKey()
+            # (id, [ids of its candidate partners]): a dict side input, read once per bundle (a
+            # multimap's lookups are one runner request per image)
+        )
+        near = (
+            with_thumbnails
+            | "KeyByCandidatePair" >> beam.FlatMap(_candidate_pair_ends, partners)
+            # ((lower id, higher id), (Member, thumbnail)) per candidate pair the image is in
+            | "GroupCandidatePairs" >> beam.GroupByKey()
+            | "AlikeThumbnails" >> beam.FlatMap(lambda kv: alike_pair(kv[1], min_similarity))
+        )
+        exact = (
+            members
+            | "KeyContent" >> beam.Map(lambda m: (m.content_hash, m))
+            | "GroupContent" >> beam.GroupByKey()
+            # (content hash, [Member]): a chain of edges connects every copy
+            | "ExactPairs" >> beam.FlatMap(lambda kv: _chain(kv[1]))
+        )
+        groups = (
+            (near, exact)
+            | "FlattenEdges" >> beam.Flatten()
+            | "Edges" >> beam.combiners.ToList()
+            | "Groups" >> beam.FlatMap(duplicate_groups)
+        )
+
+        keys = [
+            lines | "OutlierKeys" >> beam.FlatMap(lambda line: [f"quality/outliers/{f}" for f in line["flags"]]),
+            lines
+            | "Flagged" >> beam.Filter(lambda line: line["flags"])
+            | "FlaggedKey" >> beam.Map(lambda _: "quality/flagged_images"),
+            groups | "GroupKeys" >> beam.FlatMap(_group_keys),
+        ]
+        counts = keys | "FlattenKeys" >> beam.Flatten() | "Count" >> beam.combiners.Count.PerElement()
+        leaking = (
+            groups
+            | "Leaking" >> beam.Filter(lambda g: g["leakage"])
+            | "FirstLeaking" >> beam.combiners.Top.Smallest(self._examples, key=lambda g: id_order(g["members"][0]))
+            | "LeakingKey" >> beam.Map(lambda gs: ("quality/leakage_groups", [_brief(g) for g in gs]))
+        )
+        stats = (counts, leaking) | "FlattenStats" >> beam.Flatten()
+        return {"images": lines, "groups": groups, "stats": stats}
+
+
+def _candidate_pair_ends(
+    member_thumbnail: tuple[Member, bytes], partners: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[tuple[str, str], tuple[Member, bytes]]]:
+    member = member_thumbnail[0]
+    for partner in set(partners.get(member.id, ())):
+        yield tuple(sorted((member.id, partner), key=id_order)), member_thumbnail
+
+
+def _chain(members: Iterable[Member]) -> Iterator[tuple[Member, Member]]:
+    ordered = sorted(set(members), key=lambda m: id_order(m.id))
+    return itertools.pairwise(ordered)
+
+
+def _group_keys(group: Mapping[str, Any]) -> list[str]:
+    keys = [f"quality/groups/{group['kind']}"] + ["quality/duplicate_images"] * len(group["members"])
+    return [*keys, "quality/leakage"] if group["leakage"] else keys
+
+
+def _brief(group: Mapping[str, Any]) -> dict[str, Sequence[str]]:
+    return {"members": group["members"], "splits": group["member_splits"], "kind": group["kind"]}

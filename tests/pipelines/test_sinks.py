@@ -1,0 +1,54 @@
+"""Tests of pipelines/sinks.py's record batches for tf.Transform's analysis."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tensorflow_transform.coders import example_proto_coder
+from tfx_bsl.coders import example_coder
+
+from pipelines import features
+from pipelines.preprocessing import raw_metadata
+from pipelines.records import DecodedImage
+from pipelines.sinks import analysis_record_batch
+
+
+@pytest.mark.parametrize("vector_length", [0, 5])
+def test_a_record_batch_holds_what_tf_transforms_own_decoder_makes_of_each_images_example(vector_length):
+    channels = 3
+    rng = np.random.default_rng(0)
+    images = [
+        DecodedImage(
+            str(i),
+            i % 2,
+            "train",
+            rng.integers(0, 256, 4 * 6 * channels, dtype=np.uint8).tobytes(),
+            i,
+            str(i),
+            rng.normal(size=vector_length).astype(np.float32).tobytes(),
+        )
+        for i in range(7)
+    ]
+    schema = raw_metadata(channels=channels, vector_length=vector_length).schema
+    encode = example_proto_coder.ExampleProtoCoder(schema).encode
+    examples = []
+    for image in images:  # As tf.Transform's instance dicts were: one per image.
+        pixels = np.frombuffer(image.pixels, np.uint8).reshape(-1, channels).astype(np.float64) / 255.0
+        vector = {features.VECTOR_KEY: np.frombuffer(image.vector, np.float32)} if vector_length else {}
+        instance = {
+            features.IMAGE_KEY: b"",
+            features.LABEL_KEY: image.label,
+            features.PIXEL_MEAN_KEY: pixels.mean(axis=0).astype(np.float32),
+            features.PIXEL_MEAN_SQUARE_KEY: np.square(pixels).mean(axis=0).astype(np.float32),
+            **vector,
+        }
+        examples.append(encode(instance))
+    expected = example_coder.ExamplesToRecordBatchDecoder(schema.SerializeToString()).DecodeBatch(examples)
+    batch = analysis_record_batch(images, channels=channels, vector_length=vector_length, schema=expected.schema)
+    assert batch.schema == expected.schema and batch.num_rows == len(images)
+    for name in expected.schema.names:
+        got, want = batch.column(name).to_pylist(), expected.column(name).to_pylist()
+        if name in (features.PIXEL_MEAN_KEY, features.PIXEL_MEAN_SQUARE_KEY):
+            np.testing.assert_allclose(got, want, rtol=1e-6)  # Means of 72 values summed in another order.
+        else:
+            assert got == want, name
