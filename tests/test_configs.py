@@ -11,13 +11,13 @@ import shlex
 import pytest
 
 from pipelines import options
-from trainer import models, task
+from trainer import flags, models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.json")))
 # A configs/ file's keys besides the commands' flags (pipelines/cli.py: one object per command).
 ABOUT_KEYS = {"description", "run", "expected", "reproduce", "hyperparameters"}
-COMMANDS = {options.CONFIG_SECTION, *task.COMMANDS}
+COMMANDS = {options.CONFIG_SECTION, *flags.COMMANDS}
 
 
 def _load(path: str) -> dict:
@@ -35,7 +35,7 @@ def _parse(command: str) -> None:
         assert beam_args == [], command
     else:
         assert argv[2] == "trainer.task", command
-        task.parse_args(argv[3:])
+        flags.parse_args(argv[3:])
 
 
 def _script_flags(command: str) -> tuple[list[str], set[str]]:

@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import features
-from trainer import architectures, data, export, fitting, models, task, training, tuning
+from trainer import architectures, data, export, fitting, flags, models, task, training, tuning
 from trainer.recipe import Recipe
 
 
@@ -132,7 +132,7 @@ def test_tunes_default_space_for_face_cnn_is_input_norm_none_or_local():
     for preset in (models.FACE_CNN, models.IMAGE_LATENT):
         space = {name: values for name, values in preset.space("small").items() if len(values) > 1}
         assert space == {"input_norm": ["none", "local"]}  # Chosen by validation loss: a 2-point grid.
-    args = task.parse_args(["tune", "--data_dir", "d", "--job_dir", "j"])
+    args = flags.parse_args(["tune", "--data_dir", "d", "--job_dir", "j"])
     assert (args.search_space, args.tuner, args.model) == ("small", None, None)
     assert tuning.default_tuner(args.search_space) == "grid" and tuning.OBJECTIVE.name == "val_loss"
 

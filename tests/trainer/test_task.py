@@ -11,7 +11,7 @@ import keras
 import pytest
 
 from pipelines import locks
-from trainer import errors, task
+from trainer import errors, flags, task
 
 
 @pytest.fixture(scope="module")
@@ -123,28 +123,6 @@ def test_resuming_with_other_hyperparameters_says_what_to_do(gray_dir, tmp_path,
     assert line.endswith(f"pass --overwrite to start afresh, or remove {job}/backup")
 
 
-def test_config_values_are_defaults_and_command_line_flags_win(write_config):
-    config = write_config(
-        {"data_dir": "d", "job_dir": "j", "epochs": 3, "strategy": "default", "nondeterministic": True}
-    )
-    args = task.parse_args(["train", "--config", config])
-    assert (args.data_dir, args.job_dir, args.epochs, args.strategy, args.nondeterministic) == (
-        "d",
-        "j",
-        3,
-        "default",
-        True,
-    )
-    args = task.parse_args(["train", "--config", config, "--epochs", "5", "--job_dir", "other"])
-    assert (args.data_dir, args.job_dir, args.epochs) == ("d", "other", 5)
-
-
-def test_a_config_file_with_the_commands_object_uses_that_object(write_config):
-    config = write_config({"about": "text", "preprocess": {"images": "i"}, "train": {"data_dir": "d", "job_dir": "j"}})
-    args = task.parse_args(["train", "--config", config, "--epochs", "2"])
-    assert (args.data_dir, args.job_dir, args.epochs) == ("d", "j", 2)
-
-
 def test_a_config_file_without_the_commands_object_says_so(capsys, write_config):
     config = write_config({"about": "text", "train": {"data_dir": "d", "job_dir": "j"}})
     with pytest.raises(SystemExit):
@@ -155,7 +133,7 @@ def test_a_config_file_without_the_commands_object_says_so(capsys, write_config)
     )
 
 
-@pytest.mark.parametrize("command", task.COMMANDS)
+@pytest.mark.parametrize("command", flags.COMMANDS)
 def test_unknown_config_key_is_a_one_line_error(capsys, command, write_config):
     config = write_config({"job_dir": "j", "epoch": 3})
     with pytest.raises(SystemExit) as exit_info:
@@ -178,7 +156,7 @@ def test_training_config_reruns_the_same_command(gray_dir, tmp_path):
     argv += ["--model", "comics_cnn", "--seed", "3", "--strategy", "default"]
     task.main(argv)
     written = str(job_dir / "training_config.json")
-    assert vars(task.parse_args(["train", "--config", written])) == {**vars(task.parse_args(argv)), "config": written}
+    assert vars(flags.parse_args(["train", "--config", written])) == {**vars(flags.parse_args(argv)), "config": written}
 
 
 def test_an_ensemble_of_no_model_is_a_one_line_error(gray_dir, tmp_path, capsys):
@@ -191,10 +169,10 @@ def test_the_default_model_follows_the_datas_shape_and_find_label_issues_takes_t
     from trainer import data
 
     data_dir = data.DataDir.read(latent_dir)  # 16x16 RGB with a 4-value vector.
-    args = task.parse_args(["train", "--data_dir", latent_dir, "--job_dir", "j"])
+    args = flags.parse_args(["train", "--data_dir", latent_dir, "--job_dir", "j"])
     with caplog.at_level(logging.INFO):
         assert task._preset(args, data_dir).name == "image_latent"
-        args = task.parse_args(["find_label_issues", "--data_dir", latent_dir, "--job_dir", "j"])
+        args = flags.parse_args(["find_label_issues", "--data_dir", latent_dir, "--job_dir", "j"])
         assert task._preset(args, data_dir, vector=False).name == "face_cnn"  # It scores the images alone.
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("model: ")]
     assert lines[0].startswith("model: image_latent (default for 16x16 RGB images with a 4-value vector: ")
@@ -213,8 +191,8 @@ def test_a_second_writer_of_a_job_dir_is_refused_with_one_line(tmp_path, capsys,
 
 def test_a_search_worker_and_a_clusters_other_workers_leave_the_job_lock_to_their_chief(tmp_path, monkeypatch):
     job_dir = str(tmp_path / "job")
-    tune = task.parse_args(["tune", "--data_dir", str(tmp_path), "--job_dir", job_dir])
-    train = task.parse_args(["train", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    tune = flags.parse_args(["tune", "--data_dir", str(tmp_path), "--job_dir", job_dir])
+    train = flags.parse_args(["train", "--data_dir", str(tmp_path), "--job_dir", job_dir])
     assert isinstance(task._job_lock(tune), contextlib._GeneratorContextManager)
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
