@@ -70,9 +70,10 @@ def key_image(path: str, size: int, rule: IdRule) -> tuple[str, ImageFile] | Rej
     """A listed file -> (id, (path, size, folder_label, group)), or why it has no id."""
     name = posixpath.basename(path.replace("\\", "/"))
     match = rule.regex.match(name)
-    if not match:
+    # Stripped as a CSV's id cells are: "a .png" is the image the row "a ,yes" labels.
+    if not match or not match.group("id").strip():
         return Rejection(path=path, stage="list", reason="file_name_mismatch", detail=name)
-    image_id, group = match.group("id"), ""
+    image_id, group = match.group("id").strip(), ""
     folder_label = None
     if rule.class_folders is not None:
         folder = posixpath.basename(posixpath.dirname(path.replace("\\", "/")))

@@ -21,6 +21,7 @@ import logging
 import posixpath
 import re
 import zipfile
+from typing import Any
 
 import h5py
 import keras
@@ -77,6 +78,14 @@ def trusted(path: str, what: str) -> bool:
     if reason != "missing":
         logging.warning("skipping %s %s: %s", what, path, reason)
     return False
+
+
+def read_json(path: str, what: str) -> Any | None:
+    """The JSON in ``path``, or None when it is missing or :func:`trusted` finds it bad (one warning line)."""
+    if not trusted(path, what):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
 
 
 def save_weights(model: keras.Model, path: str) -> None:

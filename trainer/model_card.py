@@ -15,6 +15,7 @@ Hugging Face Hub reads it; the JSON holds the same card as data.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines import features
-from trainer import architectures, atomic, data, job_layout, records
+from trainer import architectures, atomic, checkpoints, data, job_layout, records
 
 WORST_GROUPS = 5
 # How the images are decoded (pipelines/transforms.py: simplejpeg for JPEG, OpenCV
@@ -42,10 +43,12 @@ _METRICS = {
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-    if not tf.io.gfile.exists(path):
+    """The JSON object in ``path``; None (one warning line) when it is missing, unreadable or not an object."""
+    value = checkpoints.read_json(path, "model card input")
+    if value is not None and not isinstance(value, dict):
+        logging.warning("skipping model card input %s: not a JSON object", path)
         return None
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    return value
 
 
 def _per_split_class(manifest: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -34,26 +34,18 @@ from typing import Any
 import keras
 import keras_tuner as kt
 import tensorflow as tf
-from keras_tuner.src import utils as kt_utils
 from keras_tuner.src.backend import io as kt_io
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, checkpoints, distribute, errors, fitting, job_layout, models, records
+from trainer import atomic, checkpoints, distribute, errors, fitting, job_layout, models, records, tuner_files
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 # What a trial is scored by: the validation people's loss (its best epoch's). Finer than
 # accuracy on a validation split of a few people (ties: the first grid point would win), and
 # what chose input_norm right per fold in the nested check of docs/benchmarks.md section 9.
 OBJECTIVE = kt.Objective("val_loss", direction="min")
-
-
-def _save_json_whole(path: str, obj: Any) -> str:
-    """keras-tuner's ``utils.save_json`` (oracle.json, trial.json, the tuner's state), whole or not at all."""
-    text = json.dumps(obj)
-    atomic.write(path, text)
-    return text
 
 
 def _save_best_epoch_whole(self: tuner_utils.SaveBestEpoch) -> None:
@@ -63,9 +55,8 @@ def _save_best_epoch_whole(self: tuner_utils.SaveBestEpoch) -> None:
     kt_io.remove_temp_dir_with_filepath(path, self.model.distribute_strategy)
 
 
-# keras-tuner writes the files a resumed search reads back in place: a kill mid-write left a
-# truncated trial.json or checkpoint that the rerun crashed on. Its two writers, made atomic.
-kt_utils.save_json = _save_json_whole
+# keras-tuner writes a trial's checkpoint in place: a kill mid-write left a truncated file that
+# the rerun crashed on. Made atomic (its JSON files: trainer/tuner_files.py).
 tuner_utils.SaveBestEpoch._save_model = _save_best_epoch_whole
 
 
@@ -161,6 +152,18 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
             self._ordered_ids.insert(trial_id)
         self._populate_next = list(self.end_order)
 
+    def populate_space(self, trial_id: str) -> dict[str, Any]:
+        # The grid walk proposes the first point (the defaults) only to the first trial: when that
+        # trial's file was skipped on reload (trainer/tuner_files.py), it proposes it again here.
+        if self.start_order:
+            hps = self.get_space()
+            first = {hp.name: hp.default for hp in hps.space if hps.is_active(hp)}
+            if self._compute_values_hash(first) not in self._tried_so_far:
+                _insert_first(self._ordered_ids, trial_id)
+                self._populate_next.append(trial_id)
+                return {"status": kt.engine.trial.TrialStatus.RUNNING, "values": first}
+        return super().populate_space(trial_id)
+
     def reload(self) -> None:
         super().reload()  # Calls set_state.
         running, invalid = kt.engine.trial.TrialStatus.RUNNING, kt.engine.trial.TrialStatus.INVALID
@@ -173,6 +176,17 @@ class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
         if orphans:
             self.start_order.extend(orphans)
             self._rebuild_grid_walk()
+
+
+def _insert_first(linked: gridsearch.LinkedList, data: str) -> None:
+    """Puts ``data`` at the head of keras-tuner's grid-order list (its ``insert`` appends or follows)."""
+    linked._memory.append(data)
+    index = len(linked._memory) - 1
+    linked._data_to_index[data] = index
+    linked._next_index[index] = linked._next_index[None]  # The key None holds the head.
+    linked._next_index[None] = index
+    if linked._last_index is None:
+        linked._last_index = index
 
 
 def default_tuner(search_space: str) -> str:
@@ -219,16 +233,19 @@ def make_tuner(
     )
     if name == "grid":
         oracle = ResumableGridSearchOracle(objective=OBJECTIVE, max_trials=max_trials, seed=seed)
-        return kt.Tuner(oracle=oracle, **common)
-    if name == "random":
-        return kt.RandomSearch(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
-    if name == "bayesian":
-        return kt.BayesianOptimization(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
-    if name == "hyperband":
-        return ResumableHyperband(
+        tuner = kt.Tuner(oracle=oracle, **common)
+    elif name == "random":
+        tuner = kt.RandomSearch(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
+    elif name == "bayesian":
+        tuner = kt.BayesianOptimization(objective=OBJECTIVE, max_trials=max_trials or 10, seed=seed, **common)
+    elif name == "hyperband":
+        tuner = ResumableHyperband(
             objective=OBJECTIVE, max_epochs=max(hypermodel.space["epochs"]), factor=3, seed=seed, **common
         )
-    raise ValueError(f"unknown tuner {name!r}, expected one of {TUNERS}")
+    else:
+        raise ValueError(f"unknown tuner {name!r}, expected one of {TUNERS}")
+    tuner_files.reload_if_orphaned(tuner)
+    return tuner
 
 
 def grid_size(space: Mapping[str, list]) -> int:
@@ -294,15 +311,17 @@ def warn_if_other_data(best: Mapping[str, Any], source: str, data_fingerprint: s
 def read_best_hyperparameters(
     job_dir: str, *, model: str, data_fingerprint: str | None = None
 ) -> dict[str, Any] | None:
-    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent / other model).
+    """The tuned values from ``job_dir/best_hyperparameters.json``, or None (absent, unreadable, other model).
 
     With ``data_fingerprint``, warns when they were tuned on other data.
     """
     path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
-    if not checkpoints.trusted(path, "tuning results"):
+    best = checkpoints.read_json(path, "tuning results")
+    if best is None:
         return None
-    with tf.io.gfile.GFile(path) as f:
-        best = json.load(f)
+    if not isinstance(best, dict) or not isinstance(best.get("hyperparameters"), dict):
+        logging.warning('skipping tuning results %s: no "hyperparameters" object in it', path)
+        return None
     if best.get("model") != model:
         logging.warning("%s was tuned for %s, not %s: ignoring it", path, best.get("model"), model)
         return None
@@ -380,7 +399,7 @@ def tune(
     rows = results_rows(tuner)
     csv_path, md_path = write_results(rows, job_dir)
     print(format_markdown(rows))
-    best_trial = tuner.oracle.get_best_trials(1)
+    best_trial = [t for t in tuner.oracle.get_best_trials(1) if t.status == kt.engine.trial.TrialStatus.COMPLETED]
     if not best_trial:
         raise RuntimeError(f"no trial completed in {directory}/{project_name}; see the trial logs there")
     best_trial = best_trial[0]

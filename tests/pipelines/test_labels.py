@@ -78,6 +78,14 @@ def test_key_image_takes_the_id_from_the_file_name_or_rejects_it():
     )
 
 
+def test_key_image_strips_the_id_as_a_csv_cell_is_stripped():
+    rule = labels.id_rule(_config("--labels_csv", "/data/l.csv"))
+    assert labels.key_image("/d/ two  spaces .png", 1, rule)[0] == "two  spaces"
+    assert labels.key_image("/d/  .png", 1, rule) == Rejection(
+        stage="list", reason="file_name_mismatch", path="/d/  .png", detail="  .png"
+    )
+
+
 def test_key_image_with_class_folders_labels_and_groups_by_folder():
     rule = labels.id_rule(_config("--dataset", "comics"))
     assert labels.key_image("/d/faces/12.jpg", 1, rule) == ("faces/12", ("/d/faces/12.jpg", 1, 1, "12"))

@@ -96,3 +96,20 @@ def test_label_issue_summary_is_in_the_card_when_the_job_has_one(evaluated_job):
     finally:
         (job_dir / "label_issues_summary.json").unlink()
         model_card.write(str(job_dir), data_dir, parameters=parameters)
+
+
+def test_the_card_skips_a_tuning_result_or_label_issue_summary_that_does_not_read(evaluated_job, caplog):
+    data_dir, job_dir = evaluated_job
+    spoiled = {job_layout.BEST_HPARAMS_FILE: "", job_layout.LABEL_ISSUES_SUMMARY: "[1, 2]"}
+    for name, content in spoiled.items():
+        (job_dir / name).write_text(content)
+    parameters = _card(job_dir)[1]["model"]["parameters"]
+    try:
+        model_card.write(str(job_dir), data_dir, parameters=parameters)
+        card = _card(job_dir)[1]
+        assert card["model"]["tuning"] is None and card["data"]["label_issues"] is None
+        assert all(name in caplog.text for name in spoiled)
+    finally:
+        for name in spoiled:
+            (job_dir / name).unlink()
+        model_card.write(str(job_dir), data_dir, parameters=parameters)

@@ -213,6 +213,9 @@ ODD_IDS = ["é日本 {}", "o'neil {}", 'say "hi" {}', "a,b {}", "x{}"]  # Spaces
 @pytest.mark.slow
 def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_command(tmp_path, capsys):
     import csv
+    import glob
+    import pathlib
+    import urllib.parse
 
     import cv2
 
@@ -244,6 +247,8 @@ def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_comma
         ]
     )
     common = ["--data_dir", data_dir, "--job_dir", job_dir]
+    tune = ["tune", *common, "--search_space", "small", "--max_trials", "1", "--epochs", "1", "--verbose", "0"]
+    assert task.main(tune) == 0
     assert task.main(["train", *common, "--epochs", "1", "--verbose", "0"]) == 0
     assert task.main(["evaluate", *common]) == 0
     with open(tmp_path / "job" / "eval" / "predictions.csv", encoding="utf-8", newline="") as f:
@@ -257,6 +262,27 @@ def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_comma
         rows = list(csv.DictReader(f))
     assert sorted(os.path.basename(row["path"])[: -len(".png")] for row in rows) == sorted(ids)
     assert all(row["error"] == "" for row in rows)
+
+    # The review tool over the same images with every file the commands wrote about them.
+    from tests.pipelines.review.client import serving
+
+    review = [*inputs[:4], "--classes", "no,yes", "--predictions", str(output), "--quality_dir", f"{data_dir}/quality"]
+    review += ["--label_issues", f"{job_dir}/label_issues.csv", "--port", "0"]
+    review += ["--overrides_csv", str(tmp_path / "o.csv"), "--exclude_csv", str(tmp_path / "x.csv")]
+    with serving(review) as (client, _):
+        assert sorted(client.ids("disagree")) == sorted(ids)  # Every prediction found its image.
+        with open(f"{job_dir}/label_issues.csv", encoding="utf-8", newline="") as f:
+            assert sorted(client.ids("suspects")) == sorted(row["id"] for row in csv.DictReader(f))
+        flagged = [
+            json.loads(line)
+            for path in glob.glob(f"{data_dir}/quality/images-*.jsonl")
+            for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines()
+        ]
+        assert sorted(client.ids("quality")) == sorted(r["id"] for r in flagged if r["flags"])
+        assert client.get("/thumb/" + urllib.parse.quote(ids[0], safe="")).status == 200
+        client.decide(ids[0], "flip")
+    with open(tmp_path / "o.csv", encoding="utf-8", newline="") as f:
+        assert [row["id"] for row in csv.DictReader(f)] == [ids[0]]
 
 
 def test_predict_output_that_is_a_folder_is_refused_up_front(tmp_path, capsys):
