@@ -15,7 +15,9 @@ orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, e
         never the test fold's. The README's command by default: the photos' own 92x112 grey,
         --balance none.
 comics  face2comics_v2 (40 faces + 40 comics): folds grouped by pair (faces/<id> and
-        comics/<id> are one group); 128x128 grey (the README's --dataset comics).
+        comics/<id> are one group); 128x128 (the README's --dataset comics). The headline
+        row runs the README's face2comics recipe: --color_mode rgb, tune, train --ensemble 3;
+        the other rows grey unless --comics_color_mode.
 demo    the demo's glasses set (pipelines.demo.data --count 600 --size 256): preprocess as
         the demo does (its own train.csv / test.csv, validation carved from train), train
         each preset with its defaults (the seeds' at 10 epochs), evaluate on the test split.
@@ -75,6 +77,9 @@ DEMO_PRESETS = ("glasses_cnn", "face_cnn", "comics_cnn")
 # Epochs of the seeds' presets on the demo set, as the demo trained them before it trained
 # face_cnn (which trains for its own 30, as pipelines/demo/job.py does).
 DEMO_EPOCHS = {"glasses_cnn": 10, "comics_cnn": 10}
+# The README's recipe for a set beyond its generic commands (its section on real-face vs comic),
+# which the headline rows run as written: (preprocess flags, train flags).
+README_RECIPES = {"orl": ([], []), "comics": (["--color_mode", "rgb"], ["--ensemble", "3"])}
 # A sixth of the training groups validate (early stopping); the rest train.
 VALIDATION_FOLDS = 6
 # What the seeds trained with: constant Adam from the first step, no clipping.
@@ -141,13 +146,10 @@ def _orl_inputs(root: str, **image: str) -> tuple[list[str], list[list[str]], li
     return header, rows, groups, strata, orl_image_flags(root, **image)
 
 
-def _comics_inputs(
-    root: str, color_mode: str | None = None
-) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
+def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
     """(header, rows, groups, strata, preprocess flags) of face2comics: ids as the comics layout names them.
 
-    No strata: every pair holds both classes. ``color_mode``: preprocess --color_mode (None:
-    the comics preset's grayscale, the seeds').
+    No strata: every pair holds both classes. No --color_mode: the comics layout's grey.
     """
     rows, groups = [], []
     for folder in ("comics", "faces"):
@@ -155,7 +157,7 @@ def _comics_inputs(
             stem = os.path.splitext(name)[0]
             rows.append([f"{folder}/{stem}"])
             groups.append(stem)
-    flags = ["--dataset", "comics", "--images", root, *(["--color_mode", color_mode] if color_mode else [])]
+    flags = ["--dataset", "comics", "--images", root]
     return ["id"], rows, groups, None, flags
 
 
@@ -269,8 +271,13 @@ def cross_validate(
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
+        named_flags = []
     else:
-        header, rows, groups, strata, flags = _comics_inputs(root, comics_color_mode)
+        header, rows, groups, strata, flags = _comics_inputs(root)
+        named_flags = ["--color_mode", comics_color_mode] if comics_color_mode else []
+    recipe_flags, recipe_train_flags = README_RECIPES[part]
+    # Per preset, the preprocess flags over ``flags``: the headline rows the README's recipe.
+    variant_of = {preset: tuple(recipe_flags if preset == DEFAULT else named_flags) for preset, _ in configs}
     runs = [(preset, augment, seed) for preset, augment in configs for seed in seeds]
     results = {run: {"folds": [], "errors": Counter(), "counts": Counter()} for run in runs}
     ensembles = {config: {"folds": [], "errors": Counter()} for config in configs} if len(seeds) > 1 else {}
@@ -283,16 +290,22 @@ def cross_validate(
         fold_dir = os.path.join(workdir, part, f"fold{fold}")
         data_dirs = {}
         for k, fold_masks in splits.items():
-            # The first sixth's folders keep the names they had before rotate_validation.
-            labels_dir = os.path.join(fold_dir, "labels" + (f"_v{k}" if k else ""))
-            data_dirs[k] = os.path.join(fold_dir, "data" + (f"_v{k}" if k else ""))
-            preprocess_s.append(_preprocess(header, rows, fold_masks[fold], labels_dir, data_dirs[k], flags))
+            for variant in sorted(set(variant_of.values())):
+                # The first sixth's folders keep the names they had before rotate_validation;
+                # a --color_mode's data is data_<mode>.
+                suffix = (f"_v{k}" if k else "") + "".join(f"_{v}" for v in variant if not v.startswith("--"))
+                labels_dir = os.path.join(fold_dir, "labels" + (f"_v{k}" if k else ""))
+                data_dirs[k, variant] = os.path.join(fold_dir, "data" + suffix)
+                preprocess_s.append(
+                    _preprocess(header, rows, fold_masks[fold], labels_dir, data_dirs[k, variant], [*flags, *variant])
+                )
         for preset, augment, seed in runs:
             # Seed 0's folder keeps the name it had before --seeds.
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
-            data_dir = data_dirs[part_of_seed[seed]]
+            data_dir = data_dirs[part_of_seed[seed], variant_of[preset]]
             common = ["--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
-            extra = [*([] if augment == DEFAULT else ["--augment", augment]), *common, *train_flags]
+            recipe = recipe_train_flags if preset == DEFAULT else []
+            extra = [*([] if augment == DEFAULT else ["--augment", augment]), *common, *recipe, *train_flags]
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra, tune_flags=common)
             result = results[(preset, augment, seed)]
             result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], "job_dir": job_dir, **timing})
@@ -455,7 +468,11 @@ def main() -> None:
         "--orl_image_size", default="92,112", help="ORL: preprocess --image_size (the README's: the photos' own)"
     )
     parser.add_argument("--orl_color_mode", default="grayscale", help="ORL: preprocess --color_mode")
-    parser.add_argument("--comics_color_mode", help="face2comics: preprocess --color_mode (default: the preset's grey)")
+    parser.add_argument(
+        "--comics_color_mode",
+        help="face2comics: preprocess --color_mode of the named presets' rows (default: the layout's grey; "
+        "the headline row: the README's rgb)",
+    )
     parser.add_argument(
         "--seeds",
         default="0",
