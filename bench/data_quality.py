@@ -1,10 +1,10 @@
 """Data quality: the label and image audits measured against the demo's ground truth, and run
 on the real sets.
 
-    python bench/data_quality.py [--count 1500] [--size 256] [--folds 5] [--data_root ../shared/data]
-        [--workdir DIR] [--presets default,glasses_cnn] [--cost_count 200]
+    python bench/data_quality.py [--count 1500] [--size 256] [--seed 0] [--folds 5] [--data_root ../shared/data]
+        [--workdir DIR] [--presets default,glasses_cnn] [--cost_count 200] [--parts demo,real]
 
-1. The demo glasses set (``python -m pipelines.demo.data``: ~10% flipped train.csv labels, ~1%
+1. ``demo``: the demo glasses set (``python -m pipelines.demo.data --seed SEED``: ~10% flipped train.csv labels, ~1%
    distorted images, ~2% exact / near copies), preprocessed with ``--balance none`` and neither
    overrides nor exclusions, so the injected problems stay; then ``find_label_issues`` as the
    README writes it (``default``: no ``--model``, no ``--epochs``: the default preset for the
@@ -16,7 +16,7 @@ on the real sets.
    both are in one group), the groups holding no injected pair, every cross-split group, and
    the audit's cost (``image_quality``, the face-space moments and atypicality) as a share of
    the decode, timed image by image on the same files, and on ``--cost_count`` more at the Kaggle set's 1024 px.
-2. The real sets in ``--data_root`` (no truth): the same two commands, with the preset chosen
+2. ``real``: the real sets in ``--data_root`` (no truth): the same two commands, with the preset chosen
    on the demo set, on ORL (split by subject, as bench/real_photos.py does) and face2comics; how many of each kind were flagged, and a
    contact sheet (PNG) of the top 9 label suspects, quality outliers and duplicate groups.
 """
@@ -225,12 +225,15 @@ def print_audit(title: str, audit: dict) -> None:
 def demo_set(args: argparse.Namespace, timings: dict[str, float]) -> str:
     """Measures the demo set against its truth; returns the preset chosen (by out-of-fold accuracy)."""
     python = sys.executable
-    data_root = os.path.join(args.workdir, f"glasses_{args.count}_{args.size}")
+    # Seed 0's folder keeps the name it had before --seed.
+    data_root = os.path.join(
+        args.workdir, f"glasses_{args.count}_{args.size}" + (f"_seed{args.seed}" if args.seed else "")
+    )
     data_dir = os.path.join(args.workdir, "glasses_out")
     start = time.perf_counter()
     if not os.path.exists(os.path.join(data_root, demo_data.TRUTH_CSV)):
         _run([python, "-m", "pipelines.demo.data", "--dataset", "glasses", "--out", data_root,
-              "--count", str(args.count), "--size", str(args.size)])  # fmt: skip
+              "--count", str(args.count), "--size", str(args.size), "--seed", str(args.seed)])  # fmt: skip
     timings["demo: generate"] = time.perf_counter() - start
     start = time.perf_counter()
     _run([python, "-m", "pipelines.preprocess", "--dataset", "glasses", "--images", data_root,
@@ -364,6 +367,7 @@ def main() -> None:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1500)
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0, help="the demo generator's --seed")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cost_count", type=int, default=200, help=f"images at {KAGGLE_SIZE} px for the audit's cost")
     parser.add_argument(
@@ -375,14 +379,21 @@ def main() -> None:
     parser.add_argument(
         "--data_root", default="../shared/data", help="the folder holding orl_glasses/, face2comics_v2/"
     )
+    parser.add_argument(
+        "--parts",
+        type=lambda text: text.split(","),
+        default=["demo", "real"],
+        help="comma list: demo (the demo set against its truth), real (the real sets, with the preset chosen on demo)",
+    )
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_data_quality"))
     args = parser.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    chosen = demo_set(args, timings)
-    for name in ("orl_glasses", "face2comics_v2"):
-        real_set(name, os.path.join(args.data_root, name), chosen, args, timings)
+    chosen = demo_set(args, timings) if "demo" in args.parts else args.presets[0]
+    if "real" in args.parts:
+        for name in ("orl_glasses", "face2comics_v2"):
+            real_set(name, os.path.join(args.data_root, name), chosen, args, timings)
     timings["total"] = time.perf_counter() - start
     print("\nwall time (s): " + ", ".join(f"{stage} {s:.0f}" for stage, s in timings.items()))
 

@@ -1,7 +1,7 @@
 """Cross-validated quality: facepipe's own commands, k folds grouped by person or pair.
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
-        [--parts orl,comics,demo,dead_units] [--presets default,P,...] [--augment none,light,...] [--epochs N]
+        [--parts orl,comics,vector,demo,dead_units] [--presets default,P,...] [--augment none,light,...] [--epochs N]
         [--orl_image_size 92,112] [--orl_color_mode grayscale] [--seeds 0,1,2] [--hyperparameters JSON]
         [--rotate_validation] [--train_flags "--patience 0"]
 
@@ -15,7 +15,15 @@ orl     ORL glasses (320 photos, 32 people): --folds folds grouped by subject, e
         never the test fold's. The README's command by default: the photos' own 92x112 grey,
         --balance none.
 comics  face2comics_v2 (40 faces + 40 comics): folds grouped by pair (faces/<id> and
-        comics/<id> are one group); 128x128 grey (the README's --dataset comics).
+        comics/<id> are one group); 128x128 (the README's --dataset comics). The headline
+        row runs the README's face2comics recipe: --color_mode rgb, tune, train --ensemble 3;
+        the other rows grey unless --comics_color_mode.
+vector  a demo glasses set with its v1..v512 vector (pipelines.demo.data --count 1500 --size
+        256 --seed 23, a seed the demo does not use): every image the review keeps (no
+        exclusions), labelled as the review labels it (overrides.csv: the truth), folds grouped
+        by face (an injected copy with its source); preprocessed as the demo does (--dataset
+        glasses: 50x50 RGB and the vector); by default image_latent and face_cnn with their
+        defaults, untuned: which preset images with a vector should default to.
 demo    the demo's glasses set (pipelines.demo.data --count 600 --size 256): preprocess as
         the demo does (its own train.csv / test.csv, validation carved from train), train
         each preset with its defaults (the seeds' at 10 epochs), evaluate on the test split.
@@ -55,6 +63,7 @@ from real_photos import orl_image_flags
 
 from pipelines import features
 from pipelines.cli import ArgumentParser
+from pipelines.demo import data as demo_data
 from trainer import job_layout, models
 from trainer.folds import assign_folds
 from trainer.models import THRESHOLD
@@ -70,11 +79,18 @@ DEFAULT_CONFIGS = (
     ("comics", DEFAULT, DEFAULT),
     ("comics", "comics_cnn", "none"),
     ("comics", "face_cnn", "light"),
+    ("vector", "image_latent", DEFAULT),
+    ("vector", "face_cnn", DEFAULT),
 )
+# The vector part's demo set: the demo's count and size, a seed of its own.
+VECTOR_SET = ["--count", "1500", "--size", "256", "--seed", "23"]
 DEMO_PRESETS = ("glasses_cnn", "face_cnn", "comics_cnn")
 # Epochs of the seeds' presets on the demo set, as the demo trained them before it trained
 # face_cnn (which trains for its own 30, as pipelines/demo/job.py does).
 DEMO_EPOCHS = {"glasses_cnn": 10, "comics_cnn": 10}
+# The README's recipe for a set beyond its generic commands (its section on real-face vs comic),
+# which the headline rows run as written: (preprocess flags, train flags).
+README_RECIPES = {"orl": ([], []), "comics": (["--color_mode", "rgb"], ["--ensemble", "3"]), "vector": ([], [])}
 # A sixth of the training groups validate (early stopping); the rest train.
 VALIDATION_FOLDS = 6
 # What the seeds trained with: constant Adam from the first step, no clipping.
@@ -141,13 +157,10 @@ def _orl_inputs(root: str, **image: str) -> tuple[list[str], list[list[str]], li
     return header, rows, groups, strata, orl_image_flags(root, **image)
 
 
-def _comics_inputs(
-    root: str, color_mode: str | None = None
-) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
+def _comics_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
     """(header, rows, groups, strata, preprocess flags) of face2comics: ids as the comics layout names them.
 
-    No strata: every pair holds both classes. ``color_mode``: preprocess --color_mode (None:
-    the comics preset's grayscale, the seeds').
+    No strata: every pair holds both classes. No --color_mode: the comics layout's grey.
     """
     rows, groups = [], []
     for folder in ("comics", "faces"):
@@ -155,8 +168,34 @@ def _comics_inputs(
             stem = os.path.splitext(name)[0]
             rows.append([f"{folder}/{stem}"])
             groups.append(stem)
-    flags = ["--dataset", "comics", "--images", root, *(["--color_mode", color_mode] if color_mode else [])]
+    flags = ["--dataset", "comics", "--images", root]
     return ["id"], rows, groups, None, flags
+
+
+def _vector_inputs(root: str) -> tuple[list[str], list[list[str]], list[str], None, list[str]]:
+    """(header, rows, groups, strata, preprocess flags) of a demo glasses set with its vector.
+
+    Rows: train.csv's and test.csv's ids less exclusions.csv's, each with its vector and the
+    review's label (overrides.csv, else train.csv's); groups: a copy's source id, else the id.
+    """
+
+    def read(name: str) -> list[dict[str, str]]:
+        with open(os.path.join(root, name), newline="") as f:
+            return list(csv.DictReader(f))
+
+    train, test = read(demo_data.TRAIN_CSV), read(demo_data.TEST_CSV)
+    label = demo_data.GLASSES_LABEL_COLUMN
+    reviewed = {row["id"]: row[label] for row in read(demo_data.OVERRIDES_CSV)}
+    excluded = {row["id"] for row in read(demo_data.EXCLUSIONS_CSV)}
+    source_of = {row["id"]: row["duplicate_of"] for row in read(demo_data.TRUTH_CSV) if row["duplicate_of"]}
+    header = [*(k for k in train[0] if k != label), label]
+    rows, groups = [], []
+    for row in [*train, *test]:
+        if row["id"] in excluded:
+            continue
+        rows.append([*(row[k] for k in header[:-1]), reviewed.get(row["id"], row.get(label))])
+        groups.append(source_of.get(row["id"], row["id"]))
+    return header, rows, groups, None, ["--dataset", "glasses", "--images", root]
 
 
 def _predictions(job_dir: str) -> dict[str, tuple[int, float]]:
@@ -269,8 +308,16 @@ def cross_validate(
     """
     if part == "orl":
         header, rows, groups, strata, flags = _orl_inputs(root, **orl_image)
+        named_flags = []
+    elif part == "vector":
+        header, rows, groups, strata, flags = _vector_inputs(root)
+        named_flags = []
     else:
-        header, rows, groups, strata, flags = _comics_inputs(root, comics_color_mode)
+        header, rows, groups, strata, flags = _comics_inputs(root)
+        named_flags = ["--color_mode", comics_color_mode] if comics_color_mode else []
+    recipe_flags, recipe_train_flags = README_RECIPES[part]
+    # Per preset, the preprocess flags over ``flags``: the headline rows the README's recipe.
+    variant_of = {preset: tuple(recipe_flags if preset == DEFAULT else named_flags) for preset, _ in configs}
     runs = [(preset, augment, seed) for preset, augment in configs for seed in seeds]
     results = {run: {"folds": [], "errors": Counter(), "counts": Counter()} for run in runs}
     ensembles = {config: {"folds": [], "errors": Counter()} for config in configs} if len(seeds) > 1 else {}
@@ -283,16 +330,22 @@ def cross_validate(
         fold_dir = os.path.join(workdir, part, f"fold{fold}")
         data_dirs = {}
         for k, fold_masks in splits.items():
-            # The first sixth's folders keep the names they had before rotate_validation.
-            labels_dir = os.path.join(fold_dir, "labels" + (f"_v{k}" if k else ""))
-            data_dirs[k] = os.path.join(fold_dir, "data" + (f"_v{k}" if k else ""))
-            preprocess_s.append(_preprocess(header, rows, fold_masks[fold], labels_dir, data_dirs[k], flags))
+            for variant in sorted(set(variant_of.values())):
+                # The first sixth's folders keep the names they had before rotate_validation;
+                # a --color_mode's data is data_<mode>.
+                suffix = (f"_v{k}" if k else "") + "".join(f"_{v}" for v in variant if not v.startswith("--"))
+                labels_dir = os.path.join(fold_dir, "labels" + (f"_v{k}" if k else ""))
+                data_dirs[k, variant] = os.path.join(fold_dir, "data" + suffix)
+                preprocess_s.append(
+                    _preprocess(header, rows, fold_masks[fold], labels_dir, data_dirs[k, variant], [*flags, *variant])
+                )
         for preset, augment, seed in runs:
             # Seed 0's folder keeps the name it had before --seeds.
             job_dir = os.path.join(fold_dir, f"{preset}_{augment}" + (f"_seed{seed}" if seed else ""))
-            data_dir = data_dirs[part_of_seed[seed]]
+            data_dir = data_dirs[part_of_seed[seed], variant_of[preset]]
             common = ["--seed", str(seed), *(["--epochs", str(epochs)] if epochs else [])]
-            extra = [*([] if augment == DEFAULT else ["--augment", augment]), *common, *train_flags]
+            recipe = recipe_train_flags if preset == DEFAULT else []
+            extra = [*([] if augment == DEFAULT else ["--augment", augment]), *common, *recipe, *train_flags]
             metrics, timing = _train_evaluate(data_dir, job_dir, preset, extra, tune_flags=common)
             result = results[(preset, augment, seed)]
             result["folds"].append({"fold": fold, "accuracy": metrics["accuracy"], "job_dir": job_dir, **timing})
@@ -445,7 +498,7 @@ def main() -> None:
     parser.add_argument("--data_root", required=True, help="the folder holding orl_glasses/ and face2comics_v2/")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "facepipe_quality"))
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--parts", default="orl,comics,demo,dead_units")
+    parser.add_argument("--parts", default="orl,comics,vector,demo,dead_units")
     parser.add_argument("--presets", help="comma list: only these presets (default: the configs above)")
     parser.add_argument("--augment", help="comma list: these augmentation levels for every chosen preset")
     parser.add_argument(
@@ -455,7 +508,11 @@ def main() -> None:
         "--orl_image_size", default="92,112", help="ORL: preprocess --image_size (the README's: the photos' own)"
     )
     parser.add_argument("--orl_color_mode", default="grayscale", help="ORL: preprocess --color_mode")
-    parser.add_argument("--comics_color_mode", help="face2comics: preprocess --color_mode (default: the preset's grey)")
+    parser.add_argument(
+        "--comics_color_mode",
+        help="face2comics: preprocess --color_mode of the named presets' rows (default: the layout's grey; "
+        "the headline row: the README's rgb)",
+    )
     parser.add_argument(
         "--seeds",
         default="0",
@@ -481,16 +538,25 @@ def main() -> None:
     presets = args.presets.split(",") if args.presets else None
     rows: list[dict] = []
     started = time.monotonic()
-    for part, folder in (("orl", "orl_glasses"), ("comics", "face2comics_v2")):
+    vector_root = os.path.join(args.workdir, "vector", "raw")
+    for part, root in (
+        ("orl", os.path.join(args.data_root, "orl_glasses")),
+        ("comics", os.path.join(args.data_root, "face2comics_v2")),
+        ("vector", vector_root),
+    ):
         if part not in parts:
             continue
+        if part == "vector" and not os.path.exists(os.path.join(vector_root, demo_data.TRUTH_CSV)):
+            _run(
+                [sys.executable, "-m", "pipelines.demo.data", "--dataset", "glasses", "--out", vector_root, *VECTOR_SET]
+            )
         configs = [(p, a) for s, p, a in DEFAULT_CONFIGS if s == part and (presets is None or p in presets)]
         if args.augment:  # The headline rows keep no --augment.
             levels = args.augment.split(",")
             configs = [(p, a) for p in dict.fromkeys(p for p, _ in configs) for a in ([p] if p == DEFAULT else levels)]
         rows += cross_validate(
             part,
-            os.path.join(args.data_root, folder),
+            root,
             args.workdir,
             args.folds,
             configs,
