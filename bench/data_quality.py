@@ -11,7 +11,8 @@ on the real sets.
    data, face_cnn), or with each ``--presets`` candidate (``--model P``), the one with the
    higher out-of-fold accuracy against the *given* labels kept (never chosen on truth). Against truth.csv it prints:
    precision@N and recall@1.5N of label_issues.csv's ranking (N: the wrong labels among the
-   scored images), the recall of the distorted images among the audit's flagged ones and the
+   scored images; the ranking is the review list, the estimate's issues and every other
+   label the models contradict), the recall of the distorted images among the audit's flagged ones and the
    share of clean images flagged, the recall of the injected exact / near copies (found when
    both are in one group), the groups holding no injected pair, every cross-split group, and
    the audit's cost (``image_quality``, the face-space moments and atypicality) as a share of
@@ -147,14 +148,16 @@ def label_figures(data_root: str, job_dir: str) -> dict:
     given = {row["id"]: int(row[GLASSES_LABEL_COLUMN]) for row in _rows(os.path.join(data_root, TRAIN_CSV))}
     scored = {row["id"] for row in _rows(os.path.join(job_dir, job_layout.OOF_PROBABILITIES_CSV))}
     wrong = {i for i in scored if given[i] != truth[i]}
-    ranking = [row["id"] for row in _rows(os.path.join(job_dir, job_layout.LABEL_ISSUES_CSV))]
+    rows = list(_rows(os.path.join(job_dir, job_layout.LABEL_ISSUES_CSV)))
+    ranking = [row["id"] for row in rows]  # the review list, the estimate's issues and the rest
     n = len(wrong)
     at_n, at_15n = ranking[:n], ranking[: math.ceil(1.5 * n)]
     return {
         "labelled": len(given),
         "scored": len(scored),
         "wrong": n,
-        "flagged": len(ranking),
+        "flagged": sum(row.get("issue", "1") != "0" for row in rows),  # the estimate (num_issues)
+        "listed": len(ranking),
         "precision_at_n": sum(i in wrong for i in at_n) / n,
         "recall_at_1.5n": sum(i in wrong for i in at_15n) / n,
         "wrong_flagged_anywhere": len(wrong & set(ranking)) / n,
@@ -258,7 +261,7 @@ def demo_set(args: argparse.Namespace, timings: dict[str, float]) -> str:
     for preset in args.presets:
         other = label_figures(data_root, os.path.join(args.workdir, "glasses_jobs", preset))
         print(f"  {preset}: precision@N {other['precision_at_n']:.3f}, recall@1.5N {other['recall_at_1.5n']:.3f}, "
-              f"{other['flagged']} flagged")  # fmt: skip
+              f"{other['flagged']} flagged, {other['listed']} listed")  # fmt: skip
     audit = audit_figures(data_root, data_dir)
     start = time.perf_counter()
     cost = audit_cost(os.path.join(data_root, GLASSES_IMAGE_DIR), (50, 50))
@@ -272,9 +275,9 @@ def demo_set(args: argparse.Namespace, timings: dict[str, float]) -> str:
     timings["demo: decode vs audit timing"] = time.perf_counter() - start
 
     print(f"\nlabels ({chosen}): {labels['labelled']} labelled, {labels['scored']} scored, "
-          f"N = {labels['wrong']} wrong, {labels['flagged']} flagged")  # fmt: skip
+          f"N = {labels['wrong']} wrong, {labels['flagged']} flagged (the estimate), {labels['listed']} listed")  # fmt: skip
     print(f"  precision@N {labels['precision_at_n']:.3f} (goal >= 0.8), recall@1.5N {labels['recall_at_1.5n']:.3f} "
-          f"(goal >= 0.9); share of the wrong ones flagged at all {labels['wrong_flagged_anywhere']:.3f}")  # fmt: skip
+          f"(goal >= 0.9); share of the wrong ones listed at all {labels['wrong_flagged_anywhere']:.3f}")  # fmt: skip
     print_audit("every image (the unlabelled test.csv ids included)", audit)
     print(f"audit cost: the audit {cost['quality_s']:.2f} s vs decode {cost['decode_s']:.2f} s on {cost['images']} "
           f"images: {cost['ratio']:.1%} of the decode (goal <= 10%; median of {TIMING_PASSES} passes)")  # fmt: skip

@@ -20,6 +20,12 @@ Dataset Labels" (JAIR 2021), written here in numpy (no cleanlab: it is AGPL). It
    largest margin ``p(j) - p(i)``.
 5. Ranking: the flagged examples by normalised margin ``p(given) - max p(other)``, lowest
    (most confidently contradicted) first.
+
+The review list (label_issues.csv) goes past the estimate: the flagged examples and every
+other example whose out-of-fold model prefers another label (a negative margin), all ranked
+by the margin, each marked whether the estimate counts it. The estimate is the count a
+reviewer should expect to find; the list is where to look. Past the estimate are the wrong
+labels the model contradicts less confidently than the clean images it gets wrong.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ if TYPE_CHECKING:
     from trainer import data, fitting, folds
 
 # The columns of the outputs (README "Finding wrong labels").
-LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank")
+LABEL_ISSUES_COLUMNS = ("id", "path", "given_label", "suggested_label", "score", "rank", "issue")
 SUGGESTED_LABELS_COLUMNS = ("id", "path", "suggested_label", "confidence", "probability", "error")
 
 
@@ -52,8 +58,11 @@ class LabelIssues:
       calibrated_joint: [K, K] float, rows summing to the given counts.
       given_counts: [K] examples per given label.
       noise_rates: [K] estimated share of wrong labels per given class.
-      issues: indices of the flagged examples, most likely wrong first.
-      suggested: [n] the class each flagged example was flagged for (-1 for the others).
+      issues: indices of the flagged examples (the estimate's), most likely wrong first.
+      review: indices of the review list: the flagged examples and every other example
+        whose score is negative (the model prefers another label), lowest score first.
+      suggested: [n] per example of the review list, the class it was flagged for, or for
+        one the estimate does not count, its most probable class; -1 for the others.
       scores: [n] normalised margin ``p(given) - max p(other)`` of every example.
     """
 
@@ -63,6 +72,7 @@ class LabelIssues:
     given_counts: np.ndarray
     noise_rates: np.ndarray
     issues: np.ndarray
+    review: np.ndarray
     suggested: np.ndarray
     scores: np.ndarray
 
@@ -152,6 +162,11 @@ def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> LabelIss
     scores = normalized_margin(probabilities, labels)
     flagged = np.flatnonzero(suggested >= 0)
     issues = flagged[np.argsort(scores[flagged], kind="stable")]
+    # Past the estimate: the examples the model prefers another label for, suggested that label.
+    disputed = (suggested < 0) & (scores < 0)
+    suggested[disputed] = probabilities[disputed].argmax(axis=1)
+    listed = np.flatnonzero(suggested >= 0)
+    review = listed[np.argsort(scores[listed], kind="stable")]
     return LabelIssues(
         thresholds=thresholds,
         confident_joint=joint,
@@ -159,6 +174,7 @@ def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> LabelIss
         given_counts=given_counts,
         noise_rates=noise_rates,
         issues=issues,
+        review=review,
         suggested=suggested,
         scores=scores,
     )
@@ -185,6 +201,7 @@ def summary(result: LabelIssues, classes: list[Any]) -> dict[str, Any]:
     return {
         "num_examples": int(result.given_counts.sum()),
         "num_issues": int(result.issues.size),
+        "num_listed": int(result.review.size),
         "classes": {
             str(name): {
                 "given": int(result.given_counts[c]),
@@ -246,8 +263,9 @@ def run(run: fitting.Run, *, job_dir: str, num_folds: int) -> LabelIssues:
     write_outputs(job_dir, cv, result, classes, model=run.preset.name, num_folds=num_folds, paths=paths)
     print(
         f"{result.issues.size} likely wrong labels of {cv.examples.ids.size} "
-        f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}) "
-        f"in {job_dir}/{job_layout.LABEL_ISSUES_CSV}"
+        f"({', '.join(f'{c}: noise {r:.1%}' for c, r in zip(classes, result.noise_rates, strict=True))}); "
+        f"{job_dir}/{job_layout.LABEL_ISSUES_CSV} ranks them (issue 1) with "
+        f"{result.review.size - result.issues.size} more that the models contradict less surely (issue 0)"
     )
     return result
 
@@ -264,6 +282,9 @@ def write_outputs(
 ) -> None:
     """label_issues.csv, label_issues_summary.json, oof_probabilities.csv, suggested_labels.csv.
 
+    label_issues.csv is the review list (``result.review``); its ``issue`` column is 1 for
+    the examples the estimate counts (``num_issues`` of the summary), 0 for the rest.
+
     ``paths``: {id: source file} of the examples index (empty for data preprocessed before it).
     """
     import tensorflow as tf
@@ -274,6 +295,7 @@ def write_outputs(
         return tf.io.gfile.join(job_dir, name)
 
     ids, labels, probabilities = cv.examples.ids, cv.examples.labels, cv.probabilities
+    counted = set(result.issues.tolist())
     issue_rows = (
         (
             ids[i],
@@ -282,8 +304,9 @@ def write_outputs(
             classes[result.suggested[i]],
             f"{result.scores[i]:.6f}",
             rank,
+            int(i in counted),
         )
-        for rank, i in enumerate(result.issues, start=1)
+        for rank, i in enumerate(result.review, start=1)
     )
     atomic.write(path_in_job(job_layout.LABEL_ISSUES_CSV), _csv(LABEL_ISSUES_COLUMNS, issue_rows))
 

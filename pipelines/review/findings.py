@@ -1,7 +1,8 @@
 """What the review can filter by besides labels: likely wrong labels and the quality audit.
 
     --label_issues   label_issues.csv of ``python -m trainer.task find_label_issues``
-                     (id,path,given_label,suggested_label,score,rank; matched by id)
+                     (id,path,given_label,suggested_label,score,rank,issue; matched by id;
+                     issue 0: past the estimated count, absent in files written before it)
     --quality_dir    OUT/quality of ``python -m pipelines.preprocess``: images-*.jsonl (a line
                      per image: id, split, label, stats, z, flags) and duplicates-*.jsonl (a
                      line per group: members, member_splits, splits, kind, kept, leakage)
@@ -43,6 +44,7 @@ class Suspect(NamedTuple):
     suggested: int
     score: float  # P(given) - max P(other): the lower, the surer the label is wrong.
     rank: int
+    issue: bool  # counted by find_label_issues' estimate; False: contradicted less surely, past it
 
 
 class Group(NamedTuple):
@@ -104,6 +106,7 @@ def read_label_issues(path: str, classes: tuple[str, ...], ids: Mapping[str, Any
                         _label(row, "suggested_label", classes),
                         float(row["score"]),
                         int(row["rank"]),
+                        (row.get("issue") or "1").strip() != "0",
                     )
                 except (TypeError, ValueError) as e:  # TypeError: float(None) of a short row.
                     usage_error(f"{flag} {path}: line {reader.line_num}: {e}; is it of this data set?")

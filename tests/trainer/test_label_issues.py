@@ -44,6 +44,28 @@ def test_confident_learning_finds_exactly_the_planted_wrong_labels():
     assert (np.diff(result.scores[result.issues]) >= 0).all() and (result.scores[result.issues] < 0).all()
 
 
+def test_the_review_list_goes_past_the_estimate_to_every_example_the_model_disputes():
+    probabilities, given, flipped = _planted()
+    # Two clean examples the model gets wrong unsurely (below every threshold, so not counted),
+    # and one flipped label the model only just contradicts.
+    unsure_clean, unsure_flip = [20, 150], 40
+    probabilities[unsure_clean] = np.where(np.arange(2) == given[unsure_clean, None], 0.45, 0.55)
+    given[unsure_flip] = 1 - given[unsure_flip]
+    probabilities[unsure_flip] = np.where(np.arange(2) == given[unsure_flip], 0.4, 0.6)
+    result = label_issues.find_label_issues(probabilities, given)
+
+    assert sorted(result.issues.tolist()) == flipped.tolist()  # the estimate counts the confident ones only
+    listed = [*flipped.tolist(), *unsure_clean, unsure_flip]
+    assert sorted(result.review.tolist()) == sorted(listed)
+    # Ranked by the score, lowest first: the confident issues, then the flip at -0.2, then the clean ones at -0.1.
+    assert (np.diff(result.scores[result.review]) >= 0).all()
+    assert result.review[: flipped.size].tolist() == result.issues.tolist()
+    assert result.review[flipped.size] == unsure_flip
+    assert (result.suggested[listed] == 1 - given[listed]).all()
+    unlisted = np.setdiff1d(np.arange(given.size), listed)
+    assert (result.suggested[unlisted] == -1).all() and (result.scores[unlisted] > 0).all()
+
+
 def test_no_planted_errors_no_issues():
     probabilities, _, _ = _planted(flips=0)
     given = np.repeat([0, 1], 100)
@@ -205,11 +227,20 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert tuple(reader.fieldnames) == label_issues.LABEL_ISSUES_COLUMNS
     assert [int(row["rank"]) for row in issues] == list(range(1, len(issues) + 1))
     assert all(row["suggested_label"] != row["given_label"] for row in issues)
+    # The review list: the estimate's issues (issue 1) and every other label the models contradict.
+    scores = {row["id"]: float(row["score"]) for row in issues}
+    assert [float(row["score"]) for row in issues] == sorted(scores.values())
+    disputed = {row["id"] for row in oof if row["label"] != row["given_label"]}
+    assert {row["id"] for row in issues if row["issue"] == "0"} == disputed - {
+        row["id"] for row in issues if row["issue"] == "1"
+    }
+    assert {row["issue"] for row in issues} <= {"0", "1"}
     # Every labelled image named by its file, from the preprocess output's examples index.
     assert all(os.path.basename(row["path"]) == f"{row['id']}.png" for row in [*issues, *oof])
     assert all(os.path.exists(row["path"]) for row in oof)
     summary = json.loads((job_dir / "label_issues_summary.json").read_text())
-    assert summary["num_examples"] == 24 and summary["num_issues"] == len(issues)
+    assert summary["num_examples"] == 24 and summary["num_listed"] == len(issues)
+    assert summary["num_issues"] == sum(row["issue"] == "1" for row in issues)
     assert sum(c["given"] for c in summary["classes"].values()) == 24
     assert np.array(summary["confident_joint"]).shape == (2, 2) and summary["unlabelled"] == 2
     suggested = _rows(job_dir / "suggested_labels.csv")

@@ -192,7 +192,8 @@ function renderFinding(node, t) {
   const s = t.suspect;
   if (s) {
     const line = el("div", "suggest");
-    line.title = `label issue #${s.rank}: score P(given) − max P(other) = ${s.score.toFixed(3)}`;
+    const past = s.issue ? "" : " (past the estimated count: contradicted less surely)";
+    line.title = `label issue #${s.rank}${past}: score P(given) − max P(other) = ${s.score.toFixed(3)}`;
     line.append(el("span", "given", className(s.given)), "→",
       el("span", `label c${s.suggested}`, className(s.suggested)), el("span", "score", s.score.toFixed(2)));
     if (t.label === s.suggested) {

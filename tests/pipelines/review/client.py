@@ -94,18 +94,16 @@ def read_rows(path: pathlib.Path) -> list[list[str]]:
         return list(csv.reader(f))
 
 
-def write_label_issues(
-    path: pathlib.Path, rows: list[tuple[str, str, str, float, int]], paths: dict[str, str] | None = None
-) -> pathlib.Path:
-    """label_issues.csv as find_label_issues writes it: (id, given, suggested, score, rank); the
-    path from ``paths`` by id, else empty (data preprocessed before the examples index)."""
+def write_label_issues(path: pathlib.Path, rows: list[tuple], paths: dict[str, str] | None = None) -> pathlib.Path:
+    """label_issues.csv as find_label_issues writes it: rows (id, given, suggested, score, rank[, issue]),
+    issue 1 unless given; the path from ``paths`` by id, else empty (data preprocessed before the
+    examples index)."""
     paths = paths or {}
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["id", "path", "given_label", "suggested_label", "score", "rank"])
-        writer.writerows(
-            (i, paths.get(i, ""), given, suggested, f"{score:.6f}", rank) for i, given, suggested, score, rank in rows
-        )
+        writer.writerow(["id", "path", "given_label", "suggested_label", "score", "rank", "issue"])
+        for i, given, suggested, score, rank, *issue in rows:
+            writer.writerow((i, paths.get(i, ""), given, suggested, f"{score:.6f}", rank, *(issue or [1])))
     return path
 
 

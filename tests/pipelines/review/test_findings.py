@@ -35,7 +35,7 @@ def test_suspects_come_in_rank_order_with_their_given_and_suggested_labels(image
         ("12", CLASSES[truth["12"]], CLASSES[1 - truth["12"]], -0.5, 2),
         ("5", CLASSES[truth["5"]], CLASSES[1 - truth["5"]], -0.9, 1),
         ("999", "glasses", "no_glasses", -0.1, 4),  # Not an image of this folder: left out.
-        ("3", str(truth["3"]), str(1 - truth["3"]), -0.2, 3),  # Class indices are labels too.
+        ("3", str(truth["3"]), str(1 - truth["3"]), -0.2, 3, 0),  # Class indices are labels too; past the estimate.
     ]
     issues = write_label_issues(tmp_path / "label_issues.csv", rows)
     with serving(review_argv(images, tmp_path, "--label_issues", str(issues))) as (client, _):
@@ -49,11 +49,21 @@ def test_suspects_come_in_rank_order_with_their_given_and_suggested_labels(image
             "suggested": 1 - truth["5"],
             "score": -0.9,
             "rank": 1,
+            "issue": True,
         }
+        assert client.get("/api/items?id=3").json()["items"][0]["suspect"]["issue"] is False
         assert item["flags"] == [] and item["duplicate"] is None
         assert client.get("/api/items?id=6").json()["items"][0]["suspect"] is None
     with serving(review_argv(images, tmp_path)) as (client, _):
         assert client.get("/api/ids?filter=suspects").status == 400  # Only with --label_issues.
+
+
+def test_a_label_issues_file_without_the_issue_column_counts_every_row(images, tmp_path):
+    truth = train_labels(images)
+    issues = tmp_path / "label_issues.csv"  # as find_label_issues wrote it before the review list
+    issues.write_text(f"id,path,given_label,suggested_label,score,rank\n5,,{truth['5']},{1 - truth['5']},-0.9,1\n")
+    with serving(review_argv(images, tmp_path, "--label_issues", str(issues))) as (client, _):
+        assert client.get("/api/items?id=5").json()["items"][0]["suspect"]["issue"] is True
 
 
 def test_suspects_the_review_does_not_list_are_named_by_their_files(images, tmp_path, caplog):
