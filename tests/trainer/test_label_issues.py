@@ -243,6 +243,7 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert summary["num_issues"] == sum(row["issue"] == "1" for row in issues)
     assert sum(c["given"] for c in summary["classes"].values()) == 24
     assert np.array(summary["confident_joint"]).shape == (2, 2) and summary["unlabelled"] == 2
+    assert summary["model"] == "face_cnn" and summary["hyperparameters"]["input_norm"] == "local"  # the defaults
     suggested = _rows(job_dir / "suggested_labels.csv")
     assert sorted(row["id"] for row in suggested) == list(UNLABELLED)
     assert all(row["path"].endswith(f"{row['id']}.png") for row in suggested)

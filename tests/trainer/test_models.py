@@ -132,6 +132,8 @@ def test_tunes_default_space_for_face_cnn_is_input_norm_none_or_local():
     for preset in (models.FACE_CNN, models.IMAGE_LATENT):
         space = {name: values for name, values in preset.space("small").items() if len(values) > 1}
         assert space == {"input_norm": ["none", "local"]}  # Chosen by validation loss: a 2-point grid.
+        # Untuned (train, find_label_issues without tune's file): local, the better on both glasses sets.
+        assert models.fixed_hyperparameters(preset).get("input_norm") == "local"
     args = flags.parse_args(["tune", "--data_dir", "d", "--job_dir", "j"])
     assert (args.search_space, args.tuner, args.model) == ("small", None, None)
     assert tuning.default_tuner(args.search_space) == "grid" and tuning.OBJECTIVE.name == "val_loss"
