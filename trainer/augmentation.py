@@ -3,8 +3,7 @@
 A map on the training dataset (trainer/data.py's ``make_dataset``, ``augment``), after the
 tf.Transform normalisation: evaluation, validation and the exported serving graph never see
 it, and it covers model.fit and the multi-worker loop alike. Only the image is augmented,
-never the --numeric_columns vector. Strengths: the "augment" hyperparameter
-(models.AUGMENT_LEVELS).
+never the --numeric_columns vector. Its strength is the "augment" hyperparameter (LEVELS).
 """
 
 from __future__ import annotations
@@ -22,6 +21,8 @@ AUGMENTATIONS = {
     "light": {"translation": 0.05, "zoom": 0.05, "rotation": 0.03, "brightness": 0.1, "contrast": 0.1},
     "strong": {"translation": 0.1, "zoom": 0.15, "rotation": 0.08, "brightness": 0.25, "contrast": 0.25},
 }
+# The "augment" hyperparameter's values (--augment): no augmentation or one of AUGMENTATIONS.
+LEVELS = ("none", *AUGMENTATIONS)
 
 
 def make_augment(strength: str, *, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
