@@ -65,8 +65,8 @@ from pipelines import features
 from pipelines.cli import ArgumentParser
 from pipelines.demo import data as demo_data
 from trainer import job_layout, models
+from trainer.architectures import THRESHOLD
 from trainer.folds import assign_folds
-from trainer.models import THRESHOLD
 
 # The headline rows' "preset" and "augment": no --model, no --augment; tune, then train.
 DEFAULT = "default"
