@@ -24,8 +24,8 @@ Dataset Labels" (JAIR 2021), written here in numpy (no cleanlab: it is AGPL). It
 The review list (label_issues.csv) goes past the estimate: the flagged examples and every
 other example whose out-of-fold model prefers another label (a negative margin), all ranked
 by the margin, each marked whether the estimate counts it. The estimate is the count a
-reviewer should expect to find; the list is where to look. Past the estimate are the wrong
-labels the model contradicts less confidently than the clean images it gets wrong.
+reviewer should expect to find; the list is where to look. Past the estimate are wrong labels
+the models contradict less surely, among clean examples the models get wrong.
 """
 
 from __future__ import annotations
