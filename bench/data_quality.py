@@ -343,7 +343,8 @@ def real_set(name: str, root: str, preset: str, args: argparse.Namespace, timing
     outliers.sort(key=lambda line: (-len(line["flags"]), -max(abs(z) for z in line["z"].values())))
     groups = sorted(quality_groups(data_dir), key=lambda g: not g["leakage"])  # leakage first
     kinds = {k: sum(g["kind"] == k for g in groups) for k in ("exact", "near")}
-    print(f"\n{name}: {len(suspects)} label suspects; {len(outliers)} quality outliers {reasons}; "
+    estimated = sum(row.get("issue", "1") != "0" for row in suspects)
+    print(f"\n{name}: {estimated} label suspects (the estimate; {len(suspects)} listed); {len(outliers)} quality outliers {reasons}; "
           f"{len(groups)} duplicate groups {kinds}, {sum(g['leakage'] for g in groups)} across splits")  # fmt: skip
 
     sheets = {
