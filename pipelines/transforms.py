@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -129,6 +129,9 @@ class DecodeAndResize(beam.DoFn):
     simplejpeg and hashlib release the GIL while they work), then audited on it in a second
     pass (an audit right after each decode costs about twice as much, docs/benchmarks.md
     section 7). Each image goes through :func:`decode_with_size`, via the decode cache when on.
+    A batch leaves one batch late: while this thread runs the steps fused after this one on a
+    batch, the pool decodes the next (two batches in flight at most; the last at the bundle's
+    end), so the cores never wait for each other's work. The order of the outputs is the input's.
     An unlabelled image (label NO_LABEL) comes out without its pixels, label None, split
     UNLABELLED_SPLIT: it is audited (a copy of it in the train split is leakage) but never written.
     """
@@ -160,18 +163,49 @@ class DecodeAndResize(beam.DoFn):
     def teardown(self):
         self._pool.shutdown()
 
+    def start_bundle(self) -> None:
+        # The batch whose reads and decodes run on the pool while the one before it goes
+        # downstream: (batch, a future per image), or None.
+        self._in_flight: tuple[list[tuple[str, LabelledImage]], list[Future]] | None = None
+
     def process(self, batch: list[tuple[str, LabelledImage]]) -> Iterator:
-        outcomes = list(self._pool.map(self._read_and_decode, [image for _, image in batch]))
-        # The audit reads only the resized pixels and the original size (see pipelines.quality),
-        # which a cache hit holds too; all of them after the decodes, in a loop that keeps its code in cache.
-        qualities = iter(
-            list(
-                self._pool.map(
-                    lambda outcome: image_quality(outcome.decoded.pixels, outcome.decoded.original_size),
-                    [outcome for outcome in outcomes if outcome.decoded is not None],
-                )
-            )
-        )
+        """Starts ``batch``'s decodes and yields the batch before it (one batch late): the steps
+        fused after this one run on this thread while the pool decodes the next batch."""
+        previous = self._in_flight
+        audits = self._start_audits(previous[1]) if previous else None
+        # After the previous batch's audits, which the pool then runs first: they are waited for now.
+        self._in_flight = (batch, [self._pool.submit(self._read_and_decode, image) for _, image in batch])
+        if previous:
+            yield from self._outputs(previous[0], *audits)
+
+    def finish_bundle(self) -> Iterator:
+        """The bundle's last batch (outputs of finish_bundle carry their window)."""
+        if self._in_flight is None:
+            return
+        batch, decodes = self._in_flight
+        self._in_flight = None
+        for output in self._outputs(batch, *self._start_audits(decodes)):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(output.tag, GlobalWindows.windowed_value_at_end_of_window(output.value))
+            else:
+                yield GlobalWindows.windowed_value_at_end_of_window(output)
+
+    def _start_audits(self, decodes: list[Future]) -> tuple[list[_Outcome], list[Future]]:
+        """(each image's outcome, a future of the audit of each decoded one), the audits on the
+        pool: all of them after the decodes, in a loop that keeps its code in cache. The audit
+        reads only the resized pixels and the original size (see pipelines.quality), which a
+        cache hit holds too."""
+        outcomes = [decode.result() for decode in decodes]
+        audits = [
+            self._pool.submit(image_quality, outcome.decoded.pixels, outcome.decoded.original_size)
+            for outcome in outcomes
+            if outcome.decoded is not None
+        ]
+        return outcomes, audits
+
+    def _outputs(self, batch: list[tuple[str, LabelledImage]], outcomes: list[_Outcome], audits: list[Future]):
+        """The batch's decoded images (one list) and dead letters, counted."""
+        qualities = (audit.result() for audit in audits)
         decoded = []
         for (split, image), outcome in zip(batch, outcomes, strict=True):
             self._bytes_read.inc(outcome.bytes_read)
