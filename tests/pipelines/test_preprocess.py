@@ -238,6 +238,27 @@ def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not
     assert sorted((r["id"], r["reason"]) for r in records) == [("11", "not_a_regular_file"), ("12", "dangling_link")]
 
 
+@pytest.mark.slow
+def test_links_to_nothing_loops_and_folders_named_like_images_in_a_subfolder_are_dead_letters(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 5)
+    (images / "sub").mkdir()
+    os.symlink(tmp_path / "gone.png", images / "sub" / "face-11.png")
+    os.symlink(images / "sub" / "face-12.png", images / "sub" / "face-12.png")  # A loop of one link.
+    (images / "sub" / "face-13.png").mkdir()
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.write("11,1\n12,0\n13,1\n")
+    argv = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out")]
+    argv += ["--file_pattern", "face-{id}", "--image_size", "12,10", "--balance", "none"]
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
+    process = subprocess.run(
+        [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    manifest = json.loads((tmp_path / "out" / features.MANIFEST_FILE).read_text())
+    assert manifest["counts"]["images_seen"] == 13
+    assert manifest["counts"]["dead_letter"] == {"dangling_link": 2, "not_a_regular_file": 1}
+
+
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):
     images = write_glasses_like(tmp_path, [0, 1])
     for i in range(10, 16):
