@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -40,6 +41,25 @@ def usage_error(message: str) -> NoReturn:
     """Prints ``error: message`` and exits 2 (also when nothing above catches it)."""
     print(f"error: {message}", file=sys.stderr)
     raise UsageError(message)
+
+
+def number_in(low: float, high: float = math.inf, *, kind: type = int) -> Callable[[str], float]:
+    """An argparse ``type``: the flag's text as ``kind`` (int or float) within ``low``..``high``,
+    else one line saying what it takes. For flags with physical bounds, refused up front rather
+    than failing every image, epoch or batch later (NaN is refused too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            what = "an integer" if kind is int else "a number"
+            bounds = f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}")
+        return value
+
+    return parse
 
 
 class ArgumentParser(argparse.ArgumentParser):
