@@ -184,8 +184,11 @@ def writing(
     temporary = temporary_path(path, keep_extension=keep_extension)
     try:
         yield temporary
-    except BaseException:
+    except BaseException as e:
         _remove(files, temporary)
+        if isinstance(e, OSError) and e.errno is not None and not e.filename:
+            # A write on a full disk names no file: say which.
+            raise OSError(e.errno, e.strerror, path) from e
         raise
     folder = files.isdir(temporary)
     if durable and files is LOCAL and not folder:

@@ -29,7 +29,7 @@ quiet.preload("tensorflow")
 
 import tensorflow as tf
 
-from pipelines import locks
+from pipelines import cli, locks
 from pipelines.findings import report
 from trainer import distribute, errors, fitting, flags, job_layout, models, preflight, tuning
 from trainer.recipe import Recipe
@@ -292,7 +292,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
 def _os_error_line(e: Exception) -> str:
     """An OS or filesystem error as one line naming the path."""
     if isinstance(e, OSError):
-        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+        return cli.os_error_line(e)
     return e.message.splitlines()[0]
 
 
