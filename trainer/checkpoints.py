@@ -95,7 +95,7 @@ def save_weights(model: keras.Model, path: str) -> None:
 
 
 def remove_stale_temporaries(folder: str) -> None:
-    """Deletes the temporary files (pipelines/atomic.py's names) a killed run left in ``folder``.
+    """Deletes the temporary files and folders (pipelines/atomic.py's names) a killed run left in ``folder``.
 
     Only one run writes a job folder at a time (pipelines/locks.py), so they are a dead run's;
     files facepipe did not name so are left alone.
@@ -105,9 +105,24 @@ def remove_stale_temporaries(folder: str) -> None:
     for name in tf.io.gfile.listdir(folder):
         found = _TEMPORARY.match(name)
         path = posixpath.join(folder, name)
-        if found and pipelines_atomic.is_temporary(name, found.group(1)) and not tf.io.gfile.isdir(path):
+        if found and pipelines_atomic.is_temporary(name, found.group(1)):
             logging.info("removing %s (left by a killed run)", path)
-            tf.io.gfile.remove(path)
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)  # A folder being written: an export.
+            else:
+                tf.io.gfile.remove(path)
+
+
+def remove_stale_job_temporaries(job_dir: str) -> None:
+    """:func:`remove_stale_temporaries` in every folder of ``job_dir`` (a kill as model.keras, the
+    export, an ensemble member, eval/ or a fold was written), but the tuning projects: the
+    workers of a distributed search write there beside the chief, which holds the lock."""
+    if not tf.io.gfile.isdir(job_dir):
+        return
+    tuning = posixpath.join(job_dir.rstrip("/"), job_layout.TUNING_DIR)
+    folders = [top for top, _, _ in tf.io.gfile.walk(job_dir) if not (top + "/").startswith(tuning + "/")]
+    for folder in folders:
+        remove_stale_temporaries(folder)
 
 
 def backup_epochs(backup_dir: str) -> list[int]:

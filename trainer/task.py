@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import quiet
@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from pipelines import cli, locks
 from pipelines.findings import report
-from trainer import distribute, errors, fitting, flags, job_layout, models, preflight, tuning
+from trainer import checkpoints, distribute, errors, fitting, flags, job_layout, models, preflight, tuning
 from trainer.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -300,14 +300,18 @@ def _os_error_line(e: Exception) -> str:
 _JOB_WRITERS = ("tune", "train", "evaluate", "find_label_issues")
 
 
-def _job_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
-    """JOB's lock for a command that writes it; none for a search's worker or a cluster's non-chief,
-    which write beside their chief (it holds the lock)."""
-    if args.command not in _JOB_WRITERS:
-        return contextlib.nullcontext()
-    if tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief():
-        return contextlib.nullcontext()
-    return locks.held(args.job_dir)
+@contextlib.contextmanager
+def _job_lock(args: argparse.Namespace) -> Iterator[None]:
+    """JOB's lock for a command that writes it, and the temporaries a killed run left there
+    removed; none for a search's worker or a cluster's non-chief, which write beside their
+    chief (it holds the lock)."""
+    beside_the_chief = tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief()
+    if args.command not in _JOB_WRITERS or beside_the_chief:
+        yield
+        return
+    with locks.held(args.job_dir):
+        checkpoints.remove_stale_job_temporaries(args.job_dir)
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:
