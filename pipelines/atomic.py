@@ -186,8 +186,8 @@ def writing(
         yield temporary
     except BaseException as e:
         _remove(files, temporary)
-        if isinstance(e, OSError) and e.errno is not None and not e.filename:
-            # A write on a full disk names no file: say which.
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, "", temporary):
+            # A write on a full disk names no file, a failed open the temporary: say which file.
             raise OSError(e.errno, e.strerror, path) from e
         raise
     folder = files.isdir(temporary)
