@@ -9,7 +9,7 @@ file (or none) under the final name, never a half-written one, and its temporary
   for writers that check the extension, e.g. Keras' ``model.save``)
 
 in the same folder, so that the rename stays within one filesystem or bucket. Only names
-of that form are facepipe's temporaries (:func:`is_temporary`, :func:`remove_leftovers`).
+of that form are facepipe's temporaries (:func:`final_name`, :func:`is_temporary`, :func:`remove_leftovers`).
 
 Local paths: the file is fsynced before the rename and its folder after it (the write
 survives a power cut; ``durable=False`` skips both), and a replaced file's mode is kept. Remote paths (``gs://``...)
@@ -130,12 +130,23 @@ def temporary_path(path: str, *, keep_extension: bool = False) -> str:
     return posixpath.join(head, temporary) if head else temporary
 
 
+# What temporary_path names: .FINAL.facepipe-<16 hex>.tmp[.EXT], EXT the final name's extension.
+_TEMPORARY_NAME = re.compile(
+    r"\.(?P<final>.+)" + re.escape(TEMP_INFIX) + r"[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + r"(?P<extension>.*)"
+)
+
+
+def final_name(name: str) -> str | None:
+    """The final file name the file name ``name`` is a :func:`temporary_path` of; None when it is none."""
+    found = _TEMPORARY_NAME.fullmatch(name)
+    if found is None or found["extension"] not in ("", _extension(found["final"])):
+        return None
+    return found["final"]
+
+
 def is_temporary(name: str, of: str) -> bool:
     """Whether the file name ``name`` is one of :func:`temporary_path`'s for the final name ``of``."""
-    final = posixpath.basename(of.rstrip("/"))
-    extension = re.escape(_extension(final))
-    pattern = re.escape(f".{final}{TEMP_INFIX}") + r"[0-9a-f]{16}" + re.escape(TEMP_SUFFIX) + f"({extension})?"
-    return re.fullmatch(pattern, name) is not None
+    return final_name(name) == posixpath.basename(of.rstrip("/"))
 
 
 def remove_leftovers(path: str) -> int:

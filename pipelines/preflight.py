@@ -24,8 +24,8 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.config import PreprocessConfig
+from pipelines.csv_rows import CsvError, LabelsCsvLayout
 from pipelines.findings import Finding, report
-from pipelines.labels import CsvError, LabelsCsvLayout
 from pipelines.options import parse_args
 from pipelines.output_dir import refusal
 from pipelines.paths import is_remote

@@ -2,8 +2,8 @@
 
 Output of :class:`LabelledImages`: ``LabelledImage`` records (one per usable input image)
 and dead-letter dicts (images that cannot be labelled, CSV rows that cannot be used). The
-rules themselves are plain functions in pipelines/labels.py; the DoFns here call them, count
-and yield the result or its dead letter.
+rules themselves are plain functions in pipelines/labels.py and pipelines/csv_rows.py; the
+DoFns here call them, count and yield the result or its dead letter.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines import features, labels, paths, staging
+from pipelines import csv_rows, features, labels, paths, staging
 from pipelines.cli import usage_error
 from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, dead_letter
@@ -39,18 +39,18 @@ CSV_KINDS = ("labels_csv", "overrides_csv", "exclude_csv")
 def read_csv_header(path: str, encoding: str = "utf-8") -> list[str]:
     """A CSV's column names, stripped (the driver needs only these to plan the parsing).
 
-    Raises labels.CsvError when the file is missing, a folder, unreadable or not ``encoding`` text.
+    Raises csv_rows.CsvError when the file is missing, a folder, unreadable or not ``encoding`` text.
     """
     if not FileSystems.exists(path):
-        raise labels.CsvError(f"{path} does not exist")
+        raise csv_rows.CsvError(f"{path} does not exist")
     if not paths.is_remote(path) and os.path.isdir(path):
-        raise labels.CsvError(f"{path} is a folder, not a CSV file")
+        raise csv_rows.CsvError(f"{path} is a folder, not a CSV file")
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             first = f.readline()
     except OSError as e:
-        raise labels.CsvError(f"{path} cannot be read ({e.strerror or e})") from e
-    return labels.decode_header(first, path, encoding)
+        raise csv_rows.CsvError(f"{path} cannot be read ({e.strerror or e})") from e
+    return csv_rows.decode_header(first, path, encoding)
 
 
 def resolve_vector_columns(config: PreprocessConfig) -> PreprocessConfig:
@@ -68,13 +68,13 @@ def resolve_vector_columns(config: PreprocessConfig) -> PreprocessConfig:
     for path in config.labels_csv:
         try:
             resolved.add(
-                labels.resolve_columns(request.spec, read_csv_header(path, config.csv_encoding), reserved=reserved)
+                csv_rows.resolve_columns(request.spec, read_csv_header(path, config.csv_encoding), reserved=reserved)
             )
-        except (labels.CsvError, ValueError) as e:
+        except (csv_rows.CsvError, ValueError) as e:
             if request.optional:
                 # The preset's columns are optional: a CSV without them gets no vector.
                 return dataclasses.replace(config, numeric_columns=None)
-            usage_error(str(e) if isinstance(e, labels.CsvError) else f"{path}: {e}")
+            usage_error(str(e) if isinstance(e, csv_rows.CsvError) else f"{path}: {e}")
     if len(resolved) > 1:
         usage_error(
             f"--numeric_columns {request.spec!r} names other columns in each labels CSV {list(config.labels_csv)}"
@@ -82,15 +82,15 @@ def resolve_vector_columns(config: PreprocessConfig) -> PreprocessConfig:
     return dataclasses.replace(config, vector_columns=resolved.pop(), numeric_columns=None)
 
 
-def csv_layout(path: str, kind: str, config: PreprocessConfig) -> labels.LabelsCsvLayout | labels.IdCsvLayout:
-    """Reads a CSV's header and checks it for its ``kind`` (one of CSV_KINDS); labels.CsvError if unusable.
+def csv_layout(path: str, kind: str, config: PreprocessConfig) -> csv_rows.LabelsCsvLayout | csv_rows.IdCsvLayout:
+    """Reads a CSV's header and checks it for its ``kind`` (one of CSV_KINDS); csv_rows.CsvError if unusable.
 
     The one check of a CSV before the run: the job and ``pipelines.preflight`` both call it.
     """
     header = read_csv_header(path, config.csv_encoding)
     if kind == "labels_csv":
-        return labels.labels_csv_layout(path, header, config)
-    return labels.id_csv_layout(path, header, config, with_label=kind == "overrides_csv")
+        return csv_rows.labels_csv_layout(path, header, config)
+    return csv_rows.id_csv_layout(path, header, config, with_label=kind == "overrides_csv")
 
 
 def path_hash(value: str) -> int:
@@ -186,12 +186,12 @@ class KeyImageById(beam.DoFn):
 class ParseLabelRows(beam.DoFn):
     """A labels-CSV line (bytes) -> (id, LabelRow), or a dead letter for a malformed row."""
 
-    def __init__(self, layout: labels.LabelsCsvLayout):
+    def __init__(self, layout: csv_rows.LabelsCsvLayout):
         self._layout = layout
         self._bad_rows = Metrics.counter(NAMESPACE, "malformed_label_rows")
 
     def process(self, line: bytes) -> Iterator:
-        row = labels.parse_label_row(line, self._layout)
+        row = csv_rows.parse_label_row(line, self._layout)
         if isinstance(row, Rejection):
             self._bad_rows.inc()
         yield from _outputs(row)
@@ -200,11 +200,11 @@ class ParseLabelRows(beam.DoFn):
 class ParseIdLabel(beam.DoFn):
     """An overrides or exclusions CSV line (bytes) -> (id, label or None), or a dead letter."""
 
-    def __init__(self, layout: labels.IdCsvLayout):
+    def __init__(self, layout: csv_rows.IdCsvLayout):
         self._layout = layout
 
     def process(self, line: bytes) -> Iterator:
-        yield from _outputs(labels.parse_id_row(line, self._layout))
+        yield from _outputs(csv_rows.parse_id_row(line, self._layout))
 
 
 def check_csvs(config: PreprocessConfig) -> None:
@@ -214,7 +214,7 @@ def check_csvs(config: PreprocessConfig) -> None:
         for path in getattr(config, kind):
             try:
                 csv_layout(path, kind, config)
-            except labels.CsvError as e:
+            except csv_rows.CsvError as e:
                 usage_error(str(e))
 
 
@@ -229,7 +229,7 @@ def _read_csvs(pipeline, label: str, kind: str, config: PreprocessConfig, make_d
     for i, path in enumerate(getattr(config, kind)):
         try:
             layout = csv_layout(path, kind, config)
-        except labels.CsvError as e:
+        except csv_rows.CsvError as e:
             raise SystemExit(f"error: {e}") from None
         parsed = (
             pipeline

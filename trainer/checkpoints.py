@@ -31,7 +31,6 @@ from pipelines import atomic as pipelines_atomic
 from trainer import atomic, job_layout
 
 _BACKUP_WEIGHTS = re.compile(r"^epoch-(\d+)\.weights\.h5$")
-_TEMPORARY = re.compile(r"^\.(.+)\.facepipe-[0-9a-f]{16}\.tmp")  # .FINAL.facepipe-<hex>.tmp[.EXT]
 BACKUPS_KEPT = 2  # The newest and the one before it, for when the newest turns out bad.
 
 
@@ -103,9 +102,8 @@ def remove_stale_temporaries(folder: str) -> None:
     if not tf.io.gfile.isdir(folder):
         return
     for name in tf.io.gfile.listdir(folder):
-        found = _TEMPORARY.match(name)
         path = posixpath.join(folder, name)
-        if found and pipelines_atomic.is_temporary(name, found.group(1)):
+        if pipelines_atomic.final_name(name) is not None:
             logging.info("removing %s (left by a killed run)", path)
             if tf.io.gfile.isdir(path):
                 tf.io.gfile.rmtree(path)  # A folder being written: an export.

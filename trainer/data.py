@@ -9,11 +9,10 @@ Element shapes (B = global batch):
   training / evaluation: (inputs, label [B] int64); inputs: the image [B, H, W, C] float32,
     or for a model that takes the --numeric_columns vector (``inputs`` names "latent") a dict
     {"image": …, "latent": [B, N] float32} of the inputs it takes (:func:`model_inputs`)
-
-Augmentation (``augment`` "light" / "strong") is a map on the training dataset only, after
-the normalisation: evaluation, validation and the exported serving graph never see it,
-and it covers model.fit and the multi-worker loop alike.
   with_metadata=True:    {image, label, id [B] string, pixels [B, H, W, C] uint8, inputs (as above)}
+
+Augmentation (``augment`` "light" / "strong", trainer/augmentation.py) is a map on the
+training dataset only, after the normalisation.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from pipelines import features
+from trainer import augmentation
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -241,67 +241,6 @@ def make_parse_and_transform(
     return parse_and_transform
 
 
-# Strength -> (max translation and zoom as a fraction of the side, max rotation as a
-# fraction of a full turn, max brightness shift in normalised units (sd), max contrast
-# factor change). Faces: small geometric changes keep them faces; flips are left-right.
-AUGMENTATIONS = {
-    "light": {"translation": 0.05, "zoom": 0.05, "rotation": 0.03, "brightness": 0.1, "contrast": 0.1},
-    "strong": {"translation": 0.1, "zoom": 0.15, "rotation": 0.08, "brightness": 0.25, "contrast": 0.25},
-}
-
-
-def make_augment(strength: str, *, seed: int = 0) -> Callable[[tf.Tensor], tf.Tensor] | None:
-    """``fn(images [B, H, W, C]) -> images``: random flip, translation, zoom, rotation, brightness, contrast.
-
-    None for "none". Works on normalised images (mean ~0, sd ~1 per channel): brightness
-    adds one offset per image, contrast scales each image about its own mean.
-    """
-    if strength == "none":
-        return None
-    if strength not in AUGMENTATIONS:
-        raise ValueError(f"unknown augmentation {strength!r}, expected none or one of {sorted(AUGMENTATIONS)}")
-    import keras  # Here: only augmenting pipelines need the layers.
-
-    p = AUGMENTATIONS[strength]
-    # Keras' random preprocessing layers run as TensorFlow ops inside tf.data.
-    geometric = [
-        keras.layers.RandomFlip("horizontal", seed=seed),
-        keras.layers.RandomTranslation(p["translation"], p["translation"], fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(p["zoom"], p["zoom"], fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomRotation(p["rotation"], fill_mode="reflect", seed=seed + 3),
-    ]
-    generator = tf.random.Generator.from_seed(seed + 4)
-
-    def augment(images: tf.Tensor) -> tf.Tensor:
-        for layer in geometric:
-            images = layer(images, training=True)
-        batch = tf.shape(images)[0]
-        brightness = generator.uniform([batch, 1, 1, 1], -p["brightness"], p["brightness"])
-        contrast = generator.uniform([batch, 1, 1, 1], 1.0 - p["contrast"], 1.0 + p["contrast"])
-        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
-        return (images - mean) * contrast + mean + brightness
-
-    return augment
-
-
-def augment_batches(ds: tf.data.Dataset, augment: str, *, seed: int = 0) -> tf.data.Dataset:
-    """``ds`` of (inputs, label [B]) batches with the image augmented by ``make_augment(augment)``.
-
-    ``ds`` itself for "none". Only the image is augmented, never the vector of a dict input.
-    """
-    augment_fn = make_augment(augment, seed=seed)
-    if augment_fn is None:
-        return ds
-
-    def augment_image(model_input, label):
-        if isinstance(model_input, dict):
-            return {**model_input, features.IMAGE_KEY: augment_fn(model_input[features.IMAGE_KEY])}, label
-        return augment_fn(model_input), label
-
-    # Sequential: the random layers and generator hold state a parallel map would share.
-    return ds.map(augment_image)
-
-
 def _shards(data_dir: str, examples: Examples) -> list[str]:
     """The shard files holding ``examples``: the split's, or every split's for a Subset."""
     if not isinstance(examples, Subset):
@@ -360,7 +299,7 @@ def make_dataset(
       cache: Cache serialized examples in memory. Defaults to caching when the split's
         pixels take less than ``DEFAULT_CACHE_MAX_BYTES``.
       with_metadata: Yield dicts with id and the stored uint8 pixels too (evaluation).
-      augment: "none", "light" or "strong" (:func:`make_augment`); training only; on the image.
+      augment: "none", "light" or "strong" (:func:`augmentation.make_augment`); training only; on the image.
       inputs: What the model takes, "image" and/or "latent" (:func:`model_inputs`).
     """
     if augment != "none" and not training:
@@ -410,7 +349,7 @@ def make_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )  # (inputs, label [B]) or a dict with id and pixels
-    ds = augment_batches(ds, augment, seed=seed)
+    ds = augmentation.augment_batches(ds, augment, seed=seed)
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)

@@ -44,7 +44,7 @@ import tensorflow as tf
 
 from pipelines import features
 from pipelines.cli import ArgumentParser, apply_config, config_path, number_in
-from trainer import distribute, job_layout, models, tuning
+from trainer import augmentation, distribute, job_layout, models, tuning
 from trainer.recipe import BN_STATISTICS, LR_SCHEDULES
 
 COMMANDS = ("tune", "train", "evaluate", "predict", "preflight", "find_label_issues")
@@ -93,7 +93,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         )
         p.add_argument(
             "--augment",
-            choices=models.AUGMENT_LEVELS,
+            choices=augmentation.LEVELS,
             help="training-only augmentation (default: the preset's; none for the seed presets)",
         )
         p.add_argument(

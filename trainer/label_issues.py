@@ -207,10 +207,11 @@ def check_cross_validatable(data_dir: data.DataDir, num_folds: int) -> None:
     Confident learning compares classes: one class has nothing to compare (errors.DataError).
     Every fold needs an example of its own (errors.UsageError for ``--folds``).
     """
-    from trainer import errors
+    from pipelines import features
+    from trainer import data, errors
 
-    written = data_dir.manifest["counts"]["written"]
-    per_class = [sum(int(split.get(str(i), 0)) for split in written.values()) for i in range(len(data_dir.classes))]
+    written = [data.class_counts(data_dir.manifest, split) for split in features.SPLITS]
+    per_class = [sum(split.get(i, 0) for split in written) for i in range(len(data_dir.classes))]
     present = [str(name) for name, n in zip(data_dir.classes, per_class, strict=True) if n]
     if len(present) < 2:
         only = f"every labelled example is of class {present[0]!r}" if present else "it has no labelled example"

@@ -31,8 +31,6 @@ SEARCH_SPACES = ("small", "full", "wide")
 # Hyperparameters read by the fit step (batch size, epochs) or the input pipeline
 # (augmentation) rather than by the model builder.
 FIT_HPARAMS = ("batch_size", "epochs", "augment")
-# Strengths of the training-only augmentation (trainer/data.py), the "augment" hyperparameter.
-AUGMENT_LEVELS = ("none", "light", "strong")
 
 
 @dataclasses.dataclass(frozen=True)

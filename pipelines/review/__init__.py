@@ -23,7 +23,7 @@ always hold the final state: the pipeline reads two override rows of an id as a 
 any exclusion row as final, so an append-only file would not do; the journal is the
 append-only record (reviewed ids and the undo history survive a restart). Images are listed
 and labelled with the pipeline's own code (options.parse_args, the label rules of
-pipelines/labels.py) and thumbnails decoded with its decoder (transforms), so the page shows
+pipelines/labels.py, csv_rows.py) and thumbnails decoded with its decoder (transforms), so the page shows
 the labels and the unreadable images the pipeline would see.
 
 Modules: listing (images and their labels), findings (label issues, quality audit), store (the review's state and files),

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pipelines import datasets, labels, options, sources
+from pipelines import csv_rows, datasets, options, sources
 from pipelines.cli import ArgumentParser, os_error_line, usage_error
 from pipelines.config import PreprocessConfig
 from pipelines.review.findings import read_findings
@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args, config = parse_args(argv)
     try:
         app = create_app(args, config)
-    except labels.CsvError as e:  # An overrides or exclusions CSV that is a folder, not text, ...
+    except csv_rows.CsvError as e:  # An overrides or exclusions CSV that is a folder, not text, ...
         usage_error(str(e))
     except OSError as e:  # Its CSVs or journal cannot be written there.
         raise SystemExit(f"error: {os_error_line(e)}") from None

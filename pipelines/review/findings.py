@@ -24,7 +24,7 @@ from typing import IO, Any, NamedTuple
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import features, labels
+from pipelines import csv_rows, features
 from pipelines.cli import usage_error
 from pipelines.review.listing import natural_key
 
@@ -128,7 +128,7 @@ def _label(row: Mapping[str, str | None], column: str, classes: tuple[str, ...])
     if row[column] is None:
         raise ValueError(f"no {column} (a short row)")
     try:
-        return labels.parse_label(row[column], classes)
+        return csv_rows.parse_label(row[column], classes)
     except ValueError:
         raise ValueError(f"{column} {row[column]!r} is not one of {list(classes)}") from None
 

@@ -1,7 +1,7 @@
 """Listing and labelling: the images the pipeline would read, with the labels it would give them.
 
 Images are found with the pipeline's flags and labelled with its label rules
-(pipelines/labels.py), before any override or exclusion of the review.
+(pipelines/labels.py, its CSVs read by pipelines/csv_rows.py), before any override or exclusion of the review.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import NamedTuple, TypeVar
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import features, labels, records, sources
+from pipelines import csv_rows, features, labels, records, sources
 from pipelines.config import PreprocessConfig
 from pipelines.paths import is_remote
 
@@ -81,7 +81,7 @@ def read_csv_rows(
 
 
 def header_of(path: str, encoding: str = "utf-8") -> list[str]:
-    """A CSV's column names, stripped, as the pipeline reads them (labels.CsvError when it cannot)."""
+    """A CSV's column names, stripped, as the pipeline reads them (csv_rows.CsvError when it cannot)."""
     return sources.read_csv_header(path, encoding)
 
 
@@ -122,9 +122,9 @@ def build_index(config: PreprocessConfig, root: str) -> dict[str, Item]:
     for path in config.labels_csv:
         try:
             layout = sources.csv_layout(path, "labels_csv", config)
-        except labels.CsvError as e:
+        except csv_rows.CsvError as e:
             raise SystemExit(f"error: {e}") from None
-        rows, rejected = read_csv_rows(path, labels.parse_label_row, layout)
+        rows, rejected = read_csv_rows(path, csv_rows.parse_label_row, layout)
         for image_id, row in rows:
             label_rows[image_id].append(row)
         if rejected:

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from pipelines import atomic, labels
+from pipelines import atomic, csv_rows
 from pipelines.config import PreprocessConfig
 from pipelines.review.findings import Findings
 from pipelines.review.listing import Item, header_of, natural_key, read_csv_rows
@@ -57,8 +57,8 @@ def read_id_csv(path: str, config: PreprocessConfig, *, with_label: bool) -> dic
     """An overrides (id,label) or exclusions (id) CSV as the pipeline parses it; the last row of an id wins."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return {}
-    layout = labels.id_csv_layout(path, header_of(path), config, with_label=with_label)
-    rows, rejected = read_csv_rows(path, labels.parse_id_row, layout)
+    layout = csv_rows.id_csv_layout(path, header_of(path), config, with_label=with_label)
+    rows, rejected = read_csv_rows(path, csv_rows.parse_id_row, layout)
     if rejected:
         details = "; ".join(r.detail for r in rejected[:3])
         raise SystemExit(

@@ -66,6 +66,12 @@ def test_temporary_names_and_their_leftovers(tmp_path):
     temporary = atomic.temporary_path(str(tmp_path / "model.keras"), keep_extension=True)
     assert temporary.endswith(".tmp.keras") and os.path.dirname(temporary) == str(tmp_path)
     assert atomic.is_temporary(os.path.basename(temporary), of="model.keras")
+    assert atomic.final_name(os.path.basename(temporary)) == "model.keras"
+    assert (
+        atomic.final_name(os.path.basename(atomic.temporary_path("/j/epoch-001.weights.h5"))) == "epoch-001.weights.h5"
+    )
+    for name in ("model.keras", ".model.keras.facepipe-draft.tmp", ".model.keras.facepipe-0123456789abcdef.tmp.h5"):
+        assert atomic.final_name(name) is None, name
     ours = [".overrides.csv.facepipe-0123456789abcdef.tmp", ".overrides.csv.facepipe-fedcba9876543210.tmp.csv"]
     others = [
         ".overrides.csv.x1y2z3w4.tmp",  # Not facepipe's name.

@@ -13,13 +13,8 @@ import pytest
 from PIL import Image
 
 from pipelines import features
-from trainer import data, evaluation, predict, statistics, task
-
-
-def _brute_force_auc(labels, scores):
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return wins / (len(pos) * len(neg))
+from tests.trainer.test_eval_metrics import brute_force_auc
+from trainer import data, eval_metrics, evaluation, predict, statistics, task
 
 
 def test_evaluate_writes_metrics_plots_and_predictions(evaluated_job):
@@ -67,7 +62,7 @@ def test_metrics_recomputed_with_numpy_from_saved_predictions(evaluated_job):
     recall = tp / (tp + fn) if tp + fn else 0.0
     assert metrics["precision"] == pytest.approx(precision) and metrics["recall"] == pytest.approx(recall)
     assert metrics["f1"] == pytest.approx(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
-    assert metrics["roc_auc"] == pytest.approx(_brute_force_auc(labels, probs))
+    assert metrics["roc_auc"] == pytest.approx(brute_force_auc(labels, probs))
     p = np.clip(probs, 1e-7, 1 - 1e-7)
     assert metrics["loss"] == pytest.approx(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p)), rel=1e-6)
     for index, row in enumerate(metrics["errors_per_class"]):
@@ -93,49 +88,6 @@ def test_saved_predictions_agree_with_keras_evaluate(evaluated_job):
     loss, accuracy = model.evaluate(ds, verbose=0)
     assert metrics["loss"] == pytest.approx(loss, abs=1e-4)
     assert metrics["accuracy"] == pytest.approx(accuracy, abs=1e-6)
-
-
-def test_compute_metrics_on_known_values():
-    labels = np.array([0, 0, 1, 1, 1, 0])
-    probs = np.array([0.1, 0.6, 0.8, 0.4, 0.9, 0.6])
-    metrics = evaluation.compute_metrics(labels, probs, class_names=["a", "b"], ids=list("uvwxyz"))
-    assert metrics["confusion_matrix"] == [[1, 2], [1, 2]]
-    assert metrics["precision"] == pytest.approx(0.5) and metrics["recall"] == pytest.approx(2 / 3)
-    assert metrics["f1"] == pytest.approx(4 / 7)
-    assert metrics["roc_auc"] == pytest.approx(_brute_force_auc(labels, probs))  # 0.1, 0.6 x2 ties
-    assert metrics["errors_per_class"] == [
-        {
-            "class": "a",
-            "count": 3,
-            "errors": 2,
-            "error_rate": pytest.approx(2 / 3),
-            "error_rate_ci95": pytest.approx([0.2077, 0.9385], abs=1e-4),  # Wilson 2/3 by hand.
-        },
-        {
-            "class": "b",
-            "count": 3,
-            "errors": 1,
-            "error_rate": pytest.approx(1 / 3),
-            "error_rate_ci95": pytest.approx([0.0615, 0.7923], abs=1e-4),
-        },
-    ]
-    assert metrics["accuracy_ci95"] == pytest.approx([0.1876, 0.8124], abs=1e-4)  # Wilson 3/6.
-    assert metrics["precision_ci95"] == pytest.approx(list(statistics.wilson_interval(2, 4)))
-    assert metrics["recall_ci95"] == pytest.approx(list(statistics.wilson_interval(2, 3)))
-    assert metrics["roc_auc_ci95"] == pytest.approx(list(statistics.auc_interval(labels, probs)))
-    assert [m["id"] for m in metrics["misclassified"]] == ["v", "x", "z"]
-    assert metrics["misclassified"][1] == {"id": "x", "label": "b", "predicted": "a", "probability": 0.4}
-    rng = np.random.default_rng(0)
-    labels, scores = rng.integers(0, 2, 200), np.round(rng.random(200), 1)  # Many ties.
-    assert evaluation.roc_auc(labels, scores) == pytest.approx(_brute_force_auc(labels, scores))
-
-
-def test_misclassified_grid_plot(tmp_path):
-    rows = [{"label": "no", "predicted": "yes", "probability": 0.7 + i / 100} for i in range(7)]
-    pixels = np.random.default_rng(0).integers(0, 255, (7, 16, 16, 1), dtype=np.uint8)
-    evaluation.plot_misclassified(pixels, rows, str(tmp_path / "grid.png"))
-    with Image.open(tmp_path / "grid.png") as image:
-        assert image.width > 300 and image.height > 250  # 5 columns x 2 rows
 
 
 def test_predict_on_a_folder_and_files(evaluated_job, tmp_path, capsys):
@@ -187,7 +139,7 @@ def test_metrics_and_printed_table_carry_95_intervals(evaluated_job, tmp_path, c
     assert f"accuracy {metrics['accuracy']:.3f} [{low:.3f}, {high:.3f}]" in printed
     assert "identical outputs:" in printed and "dead units: layer dense" in printed
     assert "WARNING" not in printed  # A trained model has not collapsed.
-    assert metrics["identical_outputs"]["share"] <= evaluation.MAX_IDENTICAL_OUTPUTS
+    assert metrics["identical_outputs"]["share"] <= eval_metrics.MAX_IDENTICAL_OUTPUTS
     assert set(metrics["dead_units"]) == {"conv", "dense"}
 
 
@@ -261,22 +213,6 @@ def test_baseline_errors_are_one_line(evaluated_job, tmp_path, capsys):
     assert task.main(["evaluate", "--data_dir", data_dir, "--job_dir", str(job_dir), "--baseline", str(other)]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
     assert len(err) == 1 and err[0].startswith("error: --baseline") and "other examples" in err[0]
-
-
-def test_errors_per_group_from_the_examples_groups():
-    groups = evaluation.example_groups(list("uvwxyz"), ["s1", "s1", "s2", "s2", "s3", "s3"])
-    assert groups == {"u": "s1", "v": "s1", "w": "s2", "x": "s2", "y": "s3", "z": "s3"}
-    metrics = evaluation.compute_metrics(
-        [0, 0, 1, 1, 1, 0], [0.1, 0.6, 0.8, 0.4, 0.3, 0.6], class_names=["a", "b"], ids=list("uvwxyz"), groups=groups
-    )
-    assert metrics["errors_per_group"] == [  # Most errors first, then by name.
-        {"group": "s3", "count": 2, "errors": 2, "error_rate": 1.0},
-        {"group": "s1", "count": 2, "errors": 1, "error_rate": 0.5},
-        {"group": "s2", "count": 2, "errors": 1, "error_rate": 0.5},
-    ]
-    # Every example its own group (no --group_by), or shards without groups: nothing to report.
-    assert evaluation.example_groups(["u", "v"], ["u", "v"]) is None
-    assert evaluation.example_groups(["u", "v"], ["", ""]) is None
 
 
 def test_relu_layers_of_their_own_are_probed_and_a_model_without_any_evaluates(rgb_dir):

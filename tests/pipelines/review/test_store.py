@@ -17,7 +17,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines import options
-from pipelines.labels import parse_label
+from pipelines.csv_rows import parse_label
 from pipelines.review import store
 from pipelines.review.store import JOURNAL_HEADER
 from pipelines.sources import LabelledImages, resolve_vector_columns
