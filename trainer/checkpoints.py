@@ -113,14 +113,16 @@ def remove_stale_temporaries(folder: str) -> None:
 
 def remove_stale_job_temporaries(job_dir: str) -> None:
     """:func:`remove_stale_temporaries` in every folder of ``job_dir`` (a kill as model.keras, the
-    export, an ensemble member, eval/ or a fold was written), but the tuning projects: the
-    workers of a distributed search write there beside the chief, which holds the lock."""
+    export, an ensemble member, eval/, a fold or a tuning project's oracle.json was written), but
+    a tuning project's trial folders: the workers of a distributed search write there beside
+    the chief, which holds the lock."""
     if not tf.io.gfile.isdir(job_dir):
         return
-    tuning = posixpath.join(job_dir.rstrip("/"), job_layout.TUNING_DIR)
-    folders = [top for top, _, _ in tf.io.gfile.walk(job_dir) if not (top + "/").startswith(tuning + "/")]
-    for folder in folders:
-        remove_stale_temporaries(folder)
+    root = job_dir.rstrip("/") + "/"
+    for folder, _, _ in list(tf.io.gfile.walk(job_dir)):
+        parts = (folder.rstrip("/") + "/").removeprefix(root).split("/")
+        if not (parts[0] == job_layout.TUNING_DIR and len(parts) > 3):  # tuning/PROJECT/TRIAL/...
+            remove_stale_temporaries(folder)
 
 
 def backup_epochs(backup_dir: str) -> list[int]:

@@ -247,7 +247,7 @@ def test_an_ensemble_killed_in_its_second_member_reuses_the_first_and_resumes_th
     assert checkpoints.problem(str(job_dir / job_layout.MODEL_FILE)) is None
 
 
-def test_a_killed_runs_temporaries_anywhere_in_the_job_are_removed_but_the_tuning_projects(tmp_path):
+def test_a_killed_runs_temporaries_anywhere_in_the_job_are_removed_but_in_the_trial_folders(tmp_path):
     job = tmp_path / "job"
     export = job / ".export.facepipe-0123456789abcdef.tmp"  # A folder: the export being written.
     (export / "variables").mkdir(parents=True)
@@ -259,6 +259,7 @@ def test_a_killed_runs_temporaries_anywhere_in_the_job_are_removed_but_the_tunin
     trial = job / "tuning" / "glasses_cnn_grid" / "trial_0001"
     trial.mkdir(parents=True)
     (trial / ".checkpoint.weights.h5.facepipe-0123456789abcdef.tmp.weights.h5").write_bytes(b"a worker's")
+    (trial.parent / ".oracle.json.facepipe-0123456789abcdef.tmp").write_text("{")  # The chief's.
     (job / "model.keras").write_bytes(b"kept")
     (job / ".notes.txt.facepipe-draft.tmp").write_text("not ours")
     checkpoints.remove_stale_job_temporaries(str(job))
