@@ -300,17 +300,21 @@ def _os_error_line(e: Exception) -> str:
 _JOB_WRITERS = ("tune", "train", "evaluate", "find_label_issues")
 
 
+def _job_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
+    """JOB's lock for a command that writes it; none for a search's worker or a cluster's non-chief,
+    which write beside their chief (it holds the lock)."""
+    if args.command not in _JOB_WRITERS:
+        return contextlib.nullcontext()
+    if tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief():
+        return contextlib.nullcontext()
+    return _held_and_tidied(args.job_dir)
+
+
 @contextlib.contextmanager
-def _job_lock(args: argparse.Namespace) -> Iterator[None]:
-    """JOB's lock for a command that writes it, and the temporaries a killed run left there
-    removed; none for a search's worker or a cluster's non-chief, which write beside their
-    chief (it holds the lock)."""
-    beside_the_chief = tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief()
-    if args.command not in _JOB_WRITERS or beside_the_chief:
-        yield
-        return
-    with locks.held(args.job_dir):
-        checkpoints.remove_stale_job_temporaries(args.job_dir)
+def _held_and_tidied(job_dir: str) -> Iterator[None]:
+    """JOB's lock, then the temporaries a killed run left there removed (no other writer can be at work)."""
+    with locks.held(job_dir):
+        checkpoints.remove_stale_job_temporaries(job_dir)
         yield
 
 
