@@ -195,22 +195,28 @@ def writing(
     temporary = temporary_path(path, keep_extension=keep_extension)
     try:
         yield temporary
-    except BaseException:
+    except BaseException as e:
         _remove(files, temporary)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, "", temporary):
+            # A write on a full disk names no file, a failed open the temporary: say which file.
+            raise OSError(e.errno, e.strerror, path) from e
         raise
     folder = files.isdir(temporary)
     if durable and files is LOCAL and not folder:
         _fsync(temporary)
-    if folder:
-        old = None
-        if files.exists(path):
+    old = None
+    try:
+        if folder and files.exists(path):
             old = temporary_path(path)
             files.rename(path, old)
         files.rename(temporary, path)
+    except OSError as e:  # A folder where the file goes, a read-only folder, ...: said of ``path``.
+        _remove(files, temporary)
         if old is not None:
-            files.rmtree(old)
-    else:
-        files.rename(temporary, path)
+            files.rename(old, path)  # The old folder back under its name.
+        raise OSError(e.errno, e.strerror, path) from e
+    if old is not None:
+        files.rmtree(old)
     if durable and files is LOCAL:
         _fsync(os.path.dirname(os.path.abspath(path)))
 

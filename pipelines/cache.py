@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 
 import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import atomic, output_dir
+from pipelines import atomic, output_dir, paths
 from pipelines.cli import usage_error
 from pipelines.decoding import CachedPixels
 
@@ -141,3 +142,9 @@ def check_cache_dir(cache_dir: str, output: str, inputs: tuple[str, ...]) -> Non
     for given in inputs:
         if output_dir.overlaps(cache_dir, given):
             usage_error(f"--cache_dir {cache_dir} overlaps the input {given}: choose a cache folder outside the inputs")
+    if not paths.is_remote(cache_dir):  # Else every entry's write would fail, one warning an image.
+        existing = os.path.abspath(cache_dir)
+        while not os.path.lexists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            usage_error(f"--cache_dir {cache_dir}: {existing} is a file, not a folder: give a folder for the cache")

@@ -18,7 +18,9 @@ rest of the file.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import re
 import sys
 from collections.abc import Callable, Collection, Sequence
@@ -40,6 +42,47 @@ def usage_error(message: str) -> NoReturn:
     """Prints ``error: message`` and exits 2 (also when nothing above catches it)."""
     print(f"error: {message}", file=sys.stderr)
     raise UsageError(message)
+
+
+# What to do about an OS error on a path the user gave, by its errno.
+_OS_ERROR_ADVICE = {
+    errno.EEXIST: "a file is in the way: give the path of a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: give a path under a folder",
+    errno.EISDIR: "it is a folder: give the path of a file",
+    errno.EACCES: "give a path you may write, or change its permissions",
+    errno.EPERM: "give a path you may write, or change its permissions",
+    errno.EROFS: "the disk is read-only: give a path on a writable disk",
+    errno.ENOSPC: "the disk is full: free space, or give a path on another disk",
+    errno.EDQUOT: "your disk quota is used up: free space, or give a path on another disk",
+    errno.ENOENT: "check the path",
+    errno.ENAMETOOLONG: "give a shorter path",
+}
+
+
+def os_error_line(e: OSError) -> str:
+    """An OS error on a path the user gave, as one line: the path, what went wrong, what to do."""
+    what = f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+    advice = _OS_ERROR_ADVICE.get(e.errno)
+    return f"{what}; {advice}" if advice else what
+
+
+def number_in(low: float, high: float = math.inf, *, kind: type = int) -> Callable[[str], float]:
+    """An argparse ``type``: the flag's text as ``kind`` (int or float) within ``low``..``high``,
+    else one line saying what it takes. For flags with physical bounds, refused up front rather
+    than failing every image, epoch or batch later (NaN is refused too)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            what = "an integer" if kind is int else "a number"
+            bounds = f">= {low:g}" if high == math.inf else f"in {low:g}..{high:g}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}")
+        return value
+
+    return parse
 
 
 class ArgumentParser(argparse.ArgumentParser):

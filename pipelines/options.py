@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import features
-from pipelines.cli import CONFIG_FLAG, ArgumentParser, apply_config, config_path, usage_error
+from pipelines.cli import CONFIG_FLAG, ArgumentParser, apply_config, config_path, number_in, usage_error
 from pipelines.config import DEFAULT_SPLITS, DatasetCard, NumericColumns, PreprocessConfig
 from pipelines.datasets import DATASET_PRESETS
 from pipelines.paths import is_remote
@@ -185,7 +185,7 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add(
         "--validation_fraction",
-        type=float,
+        type=number_in(0, 1, kind=float),
         default=_default("validation_fraction"),
         help="With from_source: part of train kept for validation.",
     )
@@ -198,22 +198,27 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add("--color_mode", choices=sorted(features.COLOR_MODES), default=None)
     add("--seed", type=int, default=_default("seed"), help="Seed of the split and balancing hashes.")
-    add("--num_shards", type=int, default=_default("num_shards"), help="Shards per split (0: from the data size).")
+    add(
+        "--num_shards",
+        type=number_in(0),
+        default=_default("num_shards"),
+        help="Shards per split (0: from the data size).",
+    )
     add(
         "--max_bad_fraction",
-        type=float,
+        type=number_in(0, 1, kind=float),
         default=_default("max_bad_fraction"),
         help="Fail when more input than this is unreadable.",
     )
     add(
         "--max_unusable_fraction",
-        type=float,
+        type=number_in(0, 1, kind=float),
         default=_default("max_unusable_fraction"),
         help="Fail when more images than this have no usable label (no_label_row, unlabelled, bad_label, ...).",
     )
     add(
         "--min_side",
-        type=int,
+        type=number_in(1),
         default=_default("min_side"),
         help="Images with a side shorter than this (pixels) are dead letters 'too_small', not upscaled.",
     )
@@ -223,7 +228,12 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="Numeric labels-CSV columns carried into every example as one float32 vector ('latent'): "
         "v1,v2 or a range v1..v512 or a glob 'v*' (header order). 'none' turns a preset's off.",
     )
-    add("--max_pixels", type=int, default=_default("max_pixels"), help="Refuse larger images before decoding (bombs).")
+    add(
+        "--max_pixels",
+        type=number_in(1),
+        default=_default("max_pixels"),
+        help="Refuse larger images before decoding (bombs).",
+    )
     add(
         "--dedupe",
         choices=["none", "keep_one"],
@@ -233,7 +243,7 @@ def build_arg_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     add(
         "--outlier_threshold",
-        type=float,
+        type=number_in(0, kind=float),
         default=_default("outlier_threshold"),
         help="Robust z-score (median/MAD) beyond which sharpness, gradient anisotropy, brightness, contrast, "
         "saturation, constancy or atypicality (distance from the other half's local face spaces) flag an image "

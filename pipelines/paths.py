@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import glob
+import errno
 import os
 import stat
 
 # Dead-letter reasons of listed paths that are not files to read (pipelines/dead_letters.py).
 NOT_A_REGULAR_FILE = "not_a_regular_file"  # A FIFO, socket or device: reading it may block forever.
-DANGLING_LINK = "dangling_link"  # A symbolic link to nothing.
+DANGLING_LINK = "dangling_link"  # A symbolic link to nothing (or to a loop of links).
 
 
 def is_remote(path: str) -> bool:
@@ -28,13 +28,6 @@ def not_a_file_reason(path: str) -> str | None:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return DANGLING_LINK if os.path.islink(path) else None  # Gone: the read says so.
-    except OSError:
-        return None  # The read reports it.
+    except OSError as e:
+        return DANGLING_LINK if e.errno == errno.ELOOP else None  # Else the read reports it.
     return None if stat.S_ISREG(mode) else NOT_A_REGULAR_FILE
-
-
-def dangling_links(pattern: str) -> list[str]:
-    """The symbolic links to nothing that a local glob ``pattern`` names (Beam's match skips them)."""
-    if is_remote(pattern):
-        return []
-    return sorted(p for p in glob.glob(pattern) if os.path.islink(p) and not os.path.exists(p))

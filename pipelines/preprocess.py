@@ -41,7 +41,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines import cache, croissant, features, locks, manifest, output_dir, staging, transforms
-from pipelines.cli import usage_error
+from pipelines.cli import os_error_line, usage_error
 from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import DEAD_LETTER, NEAR_DUPLICATE, dead_letter
 from pipelines.examples_index import WriteExamplesIndex
@@ -335,7 +335,7 @@ def main() -> None:
     except (manifest.PipelineError, locks.LockedError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:  # On a path the user gave: read-only, full disk, not a folder, ...
-        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}" if e.filename else f"error: {e}")
+        sys.exit(f"error: {os_error_line(e)}")
     print(FileSystems.join(result["output_dir"], features.MANIFEST_FILE))
 
 

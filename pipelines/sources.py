@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileSystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
@@ -118,17 +119,32 @@ class ListImages(beam.PTransform):
             | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "PathAndSize" >> beam.Map(lambda metadata: (metadata.path, metadata.size_in_bytes))
         )
-        # Beam's match skips links to nothing: listed here, they become dead letters (dangling_link).
-        dangling = globs | "DanglingLinks" >> beam.FlatMap(
-            lambda pattern: [(p, 0) for p in paths.dangling_links(pattern)]
-        )
+        # Beam's match skips links to nothing and folders: listed here, they become dead letters
+        # (dangling_link, not_a_regular_file).
+        skipped = globs | "SkippedByMatch" >> beam.FlatMap(lambda pattern: [(p, 0) for p in skipped_by_match(pattern)])
         return (
-            (matched, dangling)
+            (matched, skipped)
             | "AllListed" >> beam.Flatten()
             # (path, size); overlapping globs may list a file twice
             | "Deduplicate" >> beam.Distinct()
             | "ByExtension" >> beam.ParDo(_SplitByExtension()).with_outputs(NOT_IMAGE_FILE, main="images")
         )
+
+
+def skipped_by_match(pattern: str) -> list[str]:
+    """The local paths a glob ``pattern`` names that Beam's match skips, at any depth it reaches
+    (Beam walks the pattern's folder without following links, then keeps what matches): links to
+    nothing or to a loop of links, and folders (or links to folders) named like an image."""
+    prefix = re.match(r"[^[*?]*", pattern).group(0)
+    root = os.path.dirname(prefix)  # As Beam's match lists it.
+    if paths.is_remote(pattern) or prefix == pattern or not os.path.isdir(root):
+        return []
+    skipped = []
+    for folder, folders, files in os.walk(root):
+        skipped += [os.path.join(folder, name) for name in files if not os.path.exists(os.path.join(folder, name))]
+        skipped += [os.path.join(folder, name) for name in folders if name.lower().endswith(features.IMAGE_EXTENSIONS)]
+    matches = re.compile(FileSystem.translate_pattern(pattern))
+    return sorted(path for path in skipped if matches.match(path))
 
 
 class _SplitByExtension(beam.DoFn):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -47,6 +48,11 @@ BATCH_BYTES = 32 << 20
 # Decoded images audited together, a batch: an audit right after each decode costs about twice
 # as much (the decoder leaves the caches cold; docs/benchmarks.md section 7), 64 at a time as little as 256.
 AUDIT_BATCH = BATCH_IMAGES
+# Batches DecodeAndResize decodes ahead of the one it yields: while its thread runs the steps fused
+# after it on a batch, the pool decodes the next ones. Two, not one: the work downstream varies
+# from batch to batch (a shard's gzip, tf.Transform's batches, the audit's blocks), and with one
+# batch ahead the pool and the thread took turns waiting for each other (docs/benchmarks.md section 1).
+BATCHES_AHEAD = 2
 
 
 def unit_hash(*parts: object) -> float:
@@ -126,9 +132,12 @@ class DecodeAndResize(beam.DoFn):
     letter for each one that is not, saying why.
 
     The batch is read, decoded and resized on a pool of ``--decode_threads`` threads (OpenCV,
-    simplejpeg and hashlib release the GIL while they work), then audited on it in a second
-    pass (an audit right after each decode costs about twice as much, docs/benchmarks.md
-    section 7). Each image goes through :func:`decode_with_size`, via the decode cache when on.
+    simplejpeg and hashlib release the GIL while they work), in one part a thread: a part's
+    images decoded, then audited (an audit right after each decode costs about twice as much,
+    docs/benchmarks.md section 7). Each image goes through :func:`decode_with_size`, via the
+    decode cache when on. A batch leaves BATCHES_AHEAD batches late (the last ones at the
+    bundle's end): while this thread runs the steps fused after this one on a batch, the pool
+    decodes the next ones. The order of the outputs is the input's.
     An unlabelled image (label NO_LABEL) comes out without its pixels, label None, split
     UNLABELLED_SPLIT: it is audited (a copy of it in the train split is leakage) but never written.
     """
@@ -155,25 +164,57 @@ class DecodeAndResize(beam.DoFn):
         self._cache = (
             DecodeCache(self._cache_dir, size=self._size, color_mode=self._color_mode) if self._cache_dir else None
         )
-        self._pool = ThreadPoolExecutor(decode_threads(self._threads), thread_name_prefix="decode")
+        self._pool_size = decode_threads(self._threads)
+        self._pool = ThreadPoolExecutor(self._pool_size, thread_name_prefix="decode")
 
     def teardown(self):
         self._pool.shutdown()
 
+    def start_bundle(self) -> None:
+        # The batches whose reads and decodes run on the pool while the ones before them go
+        # downstream: (batch, a future per part of it), oldest first.
+        self._in_flight: collections.deque[tuple[list[tuple[str, LabelledImage]], list[Future]]] = collections.deque()
+
     def process(self, batch: list[tuple[str, LabelledImage]]) -> Iterator:
-        outcomes = list(self._pool.map(self._read_and_decode, [image for _, image in batch]))
-        # The audit reads only the resized pixels and the original size (see pipelines.quality),
-        # which a cache hit holds too; all of them after the decodes, in a loop that keeps its code in cache.
-        qualities = iter(
-            list(
-                self._pool.map(
-                    lambda outcome: image_quality(outcome.decoded.pixels, outcome.decoded.original_size),
-                    [outcome for outcome in outcomes if outcome.decoded is not None],
-                )
+        """Starts ``batch``'s decodes and yields the batch BATCHES_AHEAD before it: the steps fused
+        after this one run on this thread while the pool decodes the next batches."""
+        part = -(-len(batch) // self._pool_size)  # One part a thread.
+        images = [image for _, image in batch]
+        parts = [self._pool.submit(self._decode_part, images[i : i + part]) for i in range(0, len(images), part)]
+        self._in_flight.append((batch, parts))
+        if len(self._in_flight) > BATCHES_AHEAD:
+            yield from self._outputs(*self._in_flight.popleft())
+
+    def finish_bundle(self) -> Iterator:
+        """The bundle's last batches (outputs of finish_bundle carry their window)."""
+        while self._in_flight:
+            for output in self._outputs(*self._in_flight.popleft()):
+                if isinstance(output, beam.pvalue.TaggedOutput):
+                    value = GlobalWindows.windowed_value_at_end_of_window(output.value)
+                    yield beam.pvalue.TaggedOutput(output.tag, value)
+                else:
+                    yield GlobalWindows.windowed_value_at_end_of_window(output)
+
+    def _decode_part(self, images: list[LabelledImage]) -> list[tuple[_Outcome, ImageQuality | None]]:
+        """On a pool thread: each image's outcome and the audit of each decoded one, all of the
+        audits after the decodes, in a loop that keeps its code in cache. The audit reads only the
+        resized pixels and the original size (see pipelines.quality), which a cache hit holds too."""
+        outcomes = [self._read_and_decode(image) for image in images]
+        return [
+            (
+                outcome,
+                None
+                if outcome.decoded is None
+                else image_quality(outcome.decoded.pixels, outcome.decoded.original_size),
             )
-        )
+            for outcome in outcomes
+        ]
+
+    def _outputs(self, batch: list[tuple[str, LabelledImage]], parts: list[Future]) -> Iterator:
+        """The batch's decoded images (one list) and dead letters, counted."""
+        audited = [row for part in parts for row in part.result()]
         decoded = []
-        for (split, image), outcome in zip(batch, outcomes, strict=True):
+        for (split, image), (outcome, quality) in zip(batch, audited, strict=True):
             self._bytes_read.inc(outcome.bytes_read)
             if outcome.cache_counter:
                 self._cache_counters[outcome.cache_counter].inc()
@@ -181,7 +222,7 @@ class DecodeAndResize(beam.DoFn):
                 yield from self._failure(image, *outcome.failure)
                 continue
             self._log_progress()
-            decoded.append(self._decoded_image(split, image, outcome, next(qualities)))
+            decoded.append(self._decoded_image(split, image, outcome, quality))
         if decoded:
             yield decoded
 

@@ -94,7 +94,7 @@ def save_weights(model: keras.Model, path: str) -> None:
 
 
 def remove_stale_temporaries(folder: str) -> None:
-    """Deletes the temporary files (pipelines/atomic.py's names) a killed run left in ``folder``.
+    """Deletes the temporary files and folders (pipelines/atomic.py's names) a killed run left in ``folder``.
 
     Only one run writes a job folder at a time (pipelines/locks.py), so they are a dead run's;
     files facepipe did not name so are left alone.
@@ -103,9 +103,26 @@ def remove_stale_temporaries(folder: str) -> None:
         return
     for name in tf.io.gfile.listdir(folder):
         path = posixpath.join(folder, name)
-        if pipelines_atomic.final_name(name) is not None and not tf.io.gfile.isdir(path):
+        if pipelines_atomic.final_name(name) is not None:
             logging.info("removing %s (left by a killed run)", path)
-            tf.io.gfile.remove(path)
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)  # A folder being written: an export.
+            else:
+                tf.io.gfile.remove(path)
+
+
+def remove_stale_job_temporaries(job_dir: str) -> None:
+    """:func:`remove_stale_temporaries` in every folder of ``job_dir`` (a kill as model.keras, the
+    export, an ensemble member, eval/, a fold or a tuning project's oracle.json was written), but
+    a tuning project's trial folders: the workers of a distributed search write there beside
+    the chief, which holds the lock."""
+    if not tf.io.gfile.isdir(job_dir):
+        return
+    root = job_dir.rstrip("/") + "/"
+    for folder, _, _ in list(tf.io.gfile.walk(job_dir)):
+        parts = (folder.rstrip("/") + "/").removeprefix(root).split("/")
+        if not (parts[0] == job_layout.TUNING_DIR and len(parts) > 3):  # tuning/PROJECT/TRIAL/...
+            remove_stale_temporaries(folder)
 
 
 def backup_epochs(backup_dir: str) -> list[int]:

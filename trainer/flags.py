@@ -43,7 +43,7 @@ from typing import Any
 import tensorflow as tf
 
 from pipelines import features
-from pipelines.cli import ArgumentParser, apply_config, config_path
+from pipelines.cli import ArgumentParser, apply_config, config_path, number_in
 from trainer import augmentation, distribute, job_layout, models, tuning
 from trainer.recipe import BN_STATISTICS, LR_SCHEDULES
 
@@ -68,17 +68,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
 
     def modelling(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", choices=sorted(models.PRESETS), help=_MODEL_HELP)
-        p.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
+        p.add_argument("--epochs", type=number_in(1), help="override the epochs hyperparameter")
         p.add_argument("--strategy", choices=distribute.STRATEGIES, default="auto")
         p.add_argument("--tpu", help="TPU name or address (also TPU_NAME); implies TPUStrategy under auto")
         p.add_argument(
             "--nondeterministic", action="store_true", help="let tf.data return elements out of order (faster)"
         )
         p.add_argument(
-            "--warmup_epochs", type=float, default=1.0, help="linear learning-rate warm-up from 0 (epochs; 0: none)"
+            "--warmup_epochs",
+            type=number_in(0, kind=float),
+            default=1.0,
+            help="linear learning-rate warm-up from 0 (epochs; 0: none)",
         )
         p.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="cosine", help="after the warm-up")
-        p.add_argument("--clipnorm", type=float, default=1.0, help="gradient norm clipping (0: none)")
+        p.add_argument(
+            "--clipnorm", type=number_in(0, kind=float), default=1.0, help="gradient norm clipping (0: none)"
+        )
         p.add_argument(
             "--bn_statistics",
             choices=BN_STATISTICS,
@@ -109,10 +114,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         help="small (default: what cross-validation found decisive, face_cnn's input_norm), full (the grid), "
         "wide (for hyperband)",
     )
-    tune.add_argument("--max_trials", type=int, help="default: the whole grid (grid), 10 (random, bayesian)")
-    tune.add_argument("--executions_per_trial", type=int, default=1)
+    tune.add_argument("--max_trials", type=number_in(1), help="default: the whole grid (grid), 10 (random, bayesian)")
+    tune.add_argument("--executions_per_trial", type=number_in(1), default=1)
     tune.add_argument(
-        "--patience", type=int, default=2, help="EarlyStopping patience on val_loss, from half a trial's epochs on"
+        "--patience",
+        type=number_in(0),
+        default=2,
+        help="EarlyStopping patience on val_loss, from half a trial's epochs on",
     )
     tune.add_argument(
         "--overwrite",
@@ -140,7 +148,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     train.add_argument(
         "--patience",
-        type=int,
+        type=number_in(0),
         default=3,
         help="early stopping from half the epochs on: epochs without a better val_loss before stopping; "
         "the best epoch's weights are kept (0: off)",
@@ -149,7 +157,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     evaluate = commands.add_parser("evaluate", help="metrics, plots and the model card on the test split")
     common(evaluate)
     evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--batch_size", type=int, default=64)
+    evaluate.add_argument("--batch_size", type=number_in(1), default=64)
     evaluate.add_argument(
         "--baseline",
         metavar="OTHER_JOB_DIR",
@@ -167,10 +175,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     predict.add_argument("--output", help="CSV to write (default: print only)")
     predict.add_argument("--export_dir", help="default: JOB/export")
-    predict.add_argument("--batch_size", type=int, default=32)
+    predict.add_argument("--batch_size", type=number_in(1), default=32)
     predict.add_argument(
         "--max_pixels",
-        type=int,
+        type=number_in(1),
         default=features.MAX_PIXELS,
         help="refuse images with more pixels (by their header) before decoding, as the pipeline does",
     )
@@ -197,7 +205,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     issues.add_argument("--job_dir", required=True, help="where the outputs go; its best_hyperparameters.json is used")
     issues.add_argument("--folds", type=int, default=5, help="number of folds, at least 2 (default 5)")
     issues.add_argument("--model", choices=sorted(models.PRESETS), help=_MODEL_HELP)
-    issues.add_argument("--epochs", type=int, help="override the epochs hyperparameter")
+    issues.add_argument("--epochs", type=number_in(1), help="override the epochs hyperparameter")
     issues.add_argument("--seed", type=int, default=0)
     issues.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
 

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pipelines import quiet
@@ -29,9 +29,9 @@ quiet.preload("tensorflow")
 
 import tensorflow as tf
 
-from pipelines import locks
+from pipelines import cli, locks
 from pipelines.findings import report
-from trainer import distribute, errors, fitting, flags, job_layout, models, preflight, tuning
+from trainer import checkpoints, distribute, errors, fitting, flags, job_layout, models, preflight, tuning
 from trainer.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -292,7 +292,7 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
 def _os_error_line(e: Exception) -> str:
     """An OS or filesystem error as one line naming the path."""
     if isinstance(e, OSError):
-        return f"{e.filename}: {e.strerror or e}" if e.filename else str(e)
+        return cli.os_error_line(e)
     return e.message.splitlines()[0]
 
 
@@ -307,7 +307,15 @@ def _job_lock(args: argparse.Namespace) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
     if tuning.role() == "worker" if args.command == "tune" else not distribute.tf_config_is_chief():
         return contextlib.nullcontext()
-    return locks.held(args.job_dir)
+    return _held_and_tidied(args.job_dir)
+
+
+@contextlib.contextmanager
+def _held_and_tidied(job_dir: str) -> Iterator[None]:
+    """JOB's lock, then the temporaries a killed run left there removed (no other writer can be at work)."""
+    with locks.held(job_dir):
+        checkpoints.remove_stale_job_temporaries(job_dir)
+        yield
 
 
 def main(argv: Sequence[str] | None = None) -> int:

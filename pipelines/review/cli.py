@@ -7,8 +7,8 @@ import logging
 import os
 from collections.abc import Sequence
 
-from pipelines import datasets, options, sources
-from pipelines.cli import ArgumentParser
+from pipelines import csv_rows, datasets, options, sources
+from pipelines.cli import ArgumentParser, os_error_line, usage_error
 from pipelines.config import PreprocessConfig
 from pipelines.review.findings import read_findings
 from pipelines.review.listing import build_index, images_root, read_predictions
@@ -95,7 +95,12 @@ def create_app(args: argparse.Namespace, config: PreprocessConfig) -> ReviewApp:
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     args, config = parse_args(argv)
-    app = create_app(args, config)
+    try:
+        app = create_app(args, config)
+    except csv_rows.CsvError as e:  # An overrides or exclusions CSV that is a folder, not text, ...
+        usage_error(str(e))
+    except OSError as e:  # Its CSVs or journal cannot be written there.
+        raise SystemExit(f"error: {os_error_line(e)}") from None
     try:
         server = ReviewServer(app, args.port)
     except OSError as e:

@@ -44,11 +44,16 @@ def natural_key(text: str) -> tuple:
 
 def list_image_files(globs: Iterable[str]) -> list[tuple[str, int]]:
     """(path, size) of the image files the pipeline's ListImages would read, deduplicated."""
+    globs = list(globs)
     files = {}
-    for result in FileSystems.match(list(globs)):
+    for result in FileSystems.match(globs):
         for metadata in result.metadata_list:
             if metadata.path.lower().endswith(features.IMAGE_EXTENSIONS):
                 files[metadata.path] = metadata.size_in_bytes
+    for pattern in globs:  # Links to nothing, folders named like an image: the thumbnail says why.
+        files.update(
+            (path, 0) for path in sources.skipped_by_match(pattern) if path.lower().endswith(features.IMAGE_EXTENSIONS)
+        )
     return sorted(files.items())
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import pathlib
 import stat
 
 import pytest
@@ -30,6 +32,34 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed while writing")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+
+
+def test_a_rename_that_fails_leaves_no_temporary_and_names_the_path(tmp_path):
+    (tmp_path / "predictions.csv").mkdir()  # A folder where the file goes.
+    with pytest.raises(IsADirectoryError) as raised:
+        atomic.write(str(tmp_path / "predictions.csv"), "path,probability\n")
+    assert raised.value.filename == str(tmp_path / "predictions.csv")  # Not the temporary's name.
+    assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]
+
+
+def test_a_folder_whose_rename_fails_leaves_the_old_folder_in_place(tmp_path, monkeypatch):
+    path = tmp_path / "export"
+    path.mkdir()
+    (path / "saved_model.pb").write_text("old")
+    renames = []
+
+    def rename(source, target):
+        renames.append(target)
+        if len(renames) == 2:  # The new folder onto ``path``, once the old one is moved aside.
+            raise OSError(errno.ENOSPC, "No space left on device", source)
+        os.replace(source, target)
+
+    monkeypatch.setattr(atomic.LOCAL, "rename", rename)
+    with pytest.raises(OSError, match="No space left"), atomic.writing(str(path)) as temporary:
+        os.makedirs(temporary)
+        pathlib.Path(temporary, "saved_model.pb").write_text("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert (path / "saved_model.pb").read_text() == "old"
 
 
 def test_temporary_names_and_their_leftovers(tmp_path):

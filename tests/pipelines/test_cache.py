@@ -198,3 +198,15 @@ def test_a_cache_dir_inside_the_output_or_an_input_is_refused(data, where):
     cache_dir = {"output": data / "refused" / "cache", "images": data / "images"}[where]
     with pytest.raises(UsageError, match="--cache_dir"):
         _preprocess(data, "refused", "--cache_dir", str(cache_dir))
+
+
+@pytest.mark.parametrize("under", ["", "cache"])
+def test_a_cache_dir_that_is_or_lies_under_a_file_is_refused_up_front(tmp_path, capsys, under):
+    (tmp_path / "file").write_text("a file, not a folder")
+    cache_dir = tmp_path / "file" / under if under else tmp_path / "file"
+    with pytest.raises(UsageError):
+        cache.check_cache_dir(str(cache_dir), str(tmp_path / "out"), (str(tmp_path / "images"),))
+    assert capsys.readouterr().err == (
+        f"error: --cache_dir {cache_dir}: {tmp_path / 'file'} is a file, not a folder: give a folder for the cache\n"
+    )
+    cache.check_cache_dir(str(tmp_path / "new" / "cache"), str(tmp_path / "out"), ())  # Made by the run.

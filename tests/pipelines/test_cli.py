@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 
 import pytest
 
-from pipelines import portable, preprocess
+from pipelines import cli, portable, preprocess
 from pipelines.cli import ArgumentParser, UsageError
 from pipelines.demo import data, job
 from pipelines.review import cli as review
@@ -87,3 +88,34 @@ def test_a_config_that_is_a_folder_or_not_text_is_one_line(tmp_path, capsys):
         assert raised.value.code == 2
         lines = capsys.readouterr().err.splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: --config {config}: "), lines
+
+
+@pytest.mark.parametrize(
+    ("error", "line"),
+    [
+        (
+            FileExistsError(errno.EEXIST, "File exists", "out"),
+            "out: File exists; a file is in the way: give the path of a folder",
+        ),
+        (
+            NotADirectoryError(errno.ENOTDIR, "Not a directory", "f/out"),
+            "f/out: Not a directory; a part of the path is a file",
+        ),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "out/x"),
+            "out/x: No space left on device; the disk is full: free",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "out"),
+            "out: Read-only file system; the disk is read-only: give",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "out"),
+            "out: Permission denied; give a path you may write",
+        ),
+        (OSError(errno.EIO, "Input/output error", "out"), "out: Input/output error"),
+    ],
+)
+def test_an_os_error_is_one_line_naming_the_path_and_what_to_do(error, line):
+    assert cli.os_error_line(error).startswith(line)
+    assert "\n" not in cli.os_error_line(error)

@@ -178,3 +178,22 @@ def test_a_config_file_that_is_not_json_is_one_line_naming_it(tmp_path, capsys):
         parse_args([*BASE, "--config", str(config_file)])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: --config {config_file}: Expecting value")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--max_pixels", "0", "--max_pixels: expected an integer >= 1"),  # Else every image is too_large.
+        ("--min_side", "0", "--min_side: expected an integer >= 1"),
+        ("--num_shards", "-1", "--num_shards: expected an integer >= 0"),
+        ("--max_bad_fraction", "2", "--max_bad_fraction: expected a number in 0..1"),
+        ("--max_unusable_fraction", "nan", "--max_unusable_fraction: expected a number in 0..1"),
+        ("--validation_fraction", "1.5", "--validation_fraction: expected a number in 0..1"),
+        ("--outlier_threshold", "-1", "--outlier_threshold: expected a number >= 0"),
+    ],
+)
+def test_a_flag_beyond_its_physical_bounds_is_refused_up_front(flag, value, message, capsys):
+    with pytest.raises(UsageError) as raised:
+        parse_args([*BASE, flag, value])
+    assert str(raised.value) == f"{message} (see python -m pipelines.preprocess --help)"
+    assert capsys.readouterr().err == f"error: {raised.value}\n"

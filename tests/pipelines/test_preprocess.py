@@ -213,13 +213,9 @@ def test_rejected_override_and_exclusion_rows_are_reported_and_strict_fails_on_t
     assert not (tmp_path / "strict" / features.MANIFEST_FILE).exists()
 
 
-@pytest.mark.slow
-def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not_a_hang(tmp_path):
-    images = write_glasses_like(tmp_path, [0, 1] * 5)
-    os.mkfifo(images / "face-11.png")  # Nothing ever writes to it: opening it would block forever.
-    os.symlink(tmp_path / "gone.png", images / "face-12.png")
-    with open(tmp_path / "labels.csv", "a") as f:
-        f.write("11,1\n12,0\n")
+def _process_run_manifest(tmp_path: pathlib.Path, images: pathlib.Path) -> dict:
+    """The manifest of ``python -m pipelines.preprocess`` run as a process over ``images`` (labels.csv
+    beside them) into tmp_path/out: a FIFO opened in the test's own process could hang it."""
     argv = ["--images", str(images), "--labels_csv", str(tmp_path / "labels.csv"), "--output", str(tmp_path / "out")]
     argv += ["--file_pattern", "face-{id}", "--image_size", "12,10", "--balance", "none"]
     env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]))
@@ -227,7 +223,17 @@ def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not
         [sys.executable, "-m", "pipelines.preprocess", *argv], env=env, capture_output=True, text=True, timeout=240
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    manifest = json.loads((tmp_path / "out" / features.MANIFEST_FILE).read_text())
+    return json.loads((tmp_path / "out" / features.MANIFEST_FILE).read_text())
+
+
+@pytest.mark.slow
+def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not_a_hang(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 5)
+    os.mkfifo(images / "face-11.png")  # Nothing ever writes to it: opening it would block forever.
+    os.symlink(tmp_path / "gone.png", images / "face-12.png")
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.write("11,1\n12,0\n")
+    manifest = _process_run_manifest(tmp_path, images)
     assert manifest["counts"]["images_seen"] == 12
     assert manifest["counts"]["dead_letter"] == {"dangling_link": 1, "not_a_regular_file": 1}
     records = [
@@ -236,6 +242,20 @@ def test_a_fifo_and_a_dangling_link_are_dead_letters_counted_in_the_manifest_not
         for line in pathlib.Path(path).read_text().splitlines()
     ]
     assert sorted((r["id"], r["reason"]) for r in records) == [("11", "not_a_regular_file"), ("12", "dangling_link")]
+
+
+@pytest.mark.slow
+def test_links_to_nothing_loops_and_folders_named_like_images_in_a_subfolder_are_dead_letters(tmp_path):
+    images = write_glasses_like(tmp_path, [0, 1] * 5)
+    (images / "sub").mkdir()
+    os.symlink(tmp_path / "gone.png", images / "sub" / "face-11.png")
+    os.symlink(images / "sub" / "face-12.png", images / "sub" / "face-12.png")  # A loop of one link.
+    (images / "sub" / "face-13.png").mkdir()
+    with open(tmp_path / "labels.csv", "a") as f:
+        f.write("11,1\n12,0\n13,1\n")
+    manifest = _process_run_manifest(tmp_path, images)
+    assert manifest["counts"]["images_seen"] == 13
+    assert manifest["counts"]["dead_letter"] == {"dangling_link": 2, "not_a_regular_file": 1}
 
 
 def test_mostly_bad_input_aborts_without_a_manifest(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of pipelines/sinks.py's record batches for tf.Transform's analysis."""
+"""Tests of pipelines/sinks.py: the shards' sink, record batches for tf.Transform's analysis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tfx_bsl.coders import example_coder
 from pipelines import features
 from pipelines.preprocessing import raw_metadata
 from pipelines.records import DecodedImage
-from pipelines.sinks import analysis_record_batch
+from pipelines.sinks import SHARD_GZIP_LEVEL, STATISTICS_CHUNK, _GzipTFRecordSink, analysis_record_batch
 
 
 @pytest.mark.parametrize("vector_length", [0, 5])
@@ -52,3 +52,43 @@ def test_a_record_batch_holds_what_tf_transforms_own_decoder_makes_of_each_image
             np.testing.assert_allclose(got, want, rtol=1e-6)  # Means of 72 values summed in another order.
         else:
             assert got == want, name
+
+
+def test_a_large_batchs_statistics_are_each_images_own_in_memory_of_a_chunk():
+    import tracemalloc
+
+    channels, count = 3, 1000  # tf.Transform's largest batch.
+    rng = np.random.default_rng(1)
+    images = [
+        DecodedImage(str(i), i % 2, "train", rng.integers(0, 256, 32 * 32 * channels, dtype=np.uint8).tobytes(), i, "")
+        for i in range(count)
+    ]
+    schema = raw_metadata(channels=channels, vector_length=0).schema
+    arrow_schema = example_coder.ExamplesToRecordBatchDecoder(schema.SerializeToString()).ArrowSchema()
+    tracemalloc.start()
+    batch = analysis_record_batch(images, channels=channels, vector_length=0, schema=arrow_schema)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # The batch's pixels (3 MB) once, and float64 copies of one chunk, not of the batch (48 MB).
+    assert peak < 3 * 32 * 32 * channels * count
+    assert count > STATISTICS_CHUNK
+    for k in (0, STATISTICS_CHUNK - 1, STATISTICS_CHUNK, count - 1):  # Either side of a chunk's edge.
+        alone = analysis_record_batch(images[k : k + 1], channels=channels, vector_length=0, schema=arrow_schema)
+        for name in (features.PIXEL_MEAN_KEY, features.PIXEL_MEAN_SQUARE_KEY):
+            assert batch.column(name)[k].as_py() == alone.column(name)[0].as_py(), (k, name)
+
+
+def test_the_shard_sink_writes_gzip_tfrecords_at_its_level_that_tensorflow_reads_back(tmp_path):
+    import tensorflow as tf
+
+    records = [bytes([i % 251]) * (100 * i) for i in range(1, 40)]
+    path = tmp_path / "train-00000-of-00001.tfrecord.gz"
+    with open(path, "wb") as fh:
+        sink = _GzipTFRecordSink()
+        sink.open(fh)
+        for record in records:
+            sink.write(("train-00000-of-00001", record))
+        sink.flush()
+    assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
+    # Not gzip's default level 9 (the header's XFL byte 2: "slowest compression"; 0 for level 3).
+    assert SHARD_GZIP_LEVEL == 3 and path.read_bytes()[8] == 0

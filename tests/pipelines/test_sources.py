@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines import sources
 from pipelines.options import parse_args
 from pipelines.records import NO_LABEL
 from pipelines.sources import LabelledImages, resolve_vector_columns
@@ -221,3 +224,29 @@ def test_numeric_columns_that_a_labels_csv_lacks_are_a_usage_error(tmp_path, cap
         _resolved(args)
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_what_beams_match_skips_is_listed_at_any_depth_the_glob_reaches(tmp_path):
+    images = tmp_path / "images"
+    (images / "sub" / "deeper").mkdir(parents=True)
+    (images / "face-1.png").write_bytes(b"x")  # A file: Beam's match lists it.
+    os.symlink(tmp_path / "gone.png", images / "face-2.png")
+    os.symlink(tmp_path / "gone.png", images / "sub" / "face-3.png")
+    os.symlink(images / "sub" / "deeper" / "face-4.png", images / "sub" / "deeper" / "face-4.png")  # A loop.
+    (images / "sub" / "face-5.png").mkdir()
+    os.symlink(images / "sub", images / "sub" / "deeper" / "face-6.jpg")  # A link to a folder.
+    (images / "sub" / "folder").mkdir()  # Not named like an image: a folder of the tree.
+    os.symlink(tmp_path / "gone.txt", images / "notes.txt")  # Counted as a file that is no image.
+    listed = sources.skipped_by_match(str(images / "**"))
+    assert [os.path.relpath(p, images) for p in listed] == [
+        "face-2.png",
+        "notes.txt",
+        "sub/deeper/face-4.png",
+        "sub/deeper/face-6.jpg",
+        "sub/face-3.png",
+        "sub/face-5.png",
+    ]
+    # A glob that does not cross folders reaches only its own.
+    assert sources.skipped_by_match(str(images / "*.png")) == [str(images / "face-2.png")]
+    assert sources.skipped_by_match(str(images / "face-1.png")) == []  # No glob: the file itself.
+    assert sources.skipped_by_match("gs://bucket/images/**") == []

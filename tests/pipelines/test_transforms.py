@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.windowed_value import WindowedValue
 from PIL import Image
 
 from pipelines import transforms
@@ -235,6 +236,47 @@ class TestBatchImages:
             # The bundles are what the test says: with one image each, every batch holds one.
             largest = batches | "Sizes" >> beam.Map(len) | beam.CombineGlobally(max)
             assert_that(largest, equal_to([1 if workers == count else 4]), label="LargestBatch")
+
+    def test_a_batch_leaves_batches_ahead_late_in_order_and_the_last_at_the_bundles_end(self, tmp_path):
+        # The pool decodes batches while the one before them goes downstream: process() yields
+        # the batch BATCHES_AHEAD before (its images and dead letters, in order), finish_bundle the last one
+        # with their window; nothing is lost or repeated, and a new bundle starts empty.
+        images, expected, _ = _labelled_files(tmp_path, 30)
+        config = PreprocessConfig(
+            image_globs=(), output_dir="", classes=("a", "b"), image_size=(6, 6), decode_threads=2
+        )
+        batches = [images[:8], images[8:16], images[16:24], images[24:]]
+        assert len(batches) > transforms.BATCHES_AHEAD
+        decoder = DecodeAndResize(config)
+        decoder.setup()
+        try:
+            for _ in range(2):  # Two bundles: the second starts with nothing in flight.
+                decoder.start_bundle()
+                per_call = [list(decoder.process(batch)) for batch in batches]
+                last = list(decoder.finish_bundle())
+                assert per_call[: transforms.BATCHES_AHEAD] == [[]] * transforms.BATCHES_AHEAD
+                assert all(per_call[transforms.BATCHES_AHEAD :])
+                tagged = beam.pvalue.TaggedOutput
+                windowed = [o.value if isinstance(o, tagged) else o for o in last]
+                assert all(isinstance(w, WindowedValue) for w in windowed)
+                last = [
+                    tagged(o.tag, w.value) if isinstance(o, tagged) else w.value
+                    for o, w in zip(last, windowed, strict=True)
+                ]
+                outputs = [o for call in per_call for o in call] + last
+                letters = [o.value for o in outputs if isinstance(o, beam.pvalue.TaggedOutput)]
+                decoded = [o for o in outputs if not isinstance(o, beam.pvalue.TaggedOutput)]
+                assert [len(batch) for batch in decoded] == [7, 8, 8, 5]  # 0 and 29 do not decode
+                assert [letter["id"] for letter in letters] == ["29"]
+                by_id = [
+                    (im.id, im.quality._replace(atypicality=None)) for b in decoded for im in b if im.label is not None
+                ]
+                assert by_id == expected
+                assert [im.id for b in decoded for im in b] == [
+                    image.id for batch in batches for _, image in batch if image.id not in ("0", "29")
+                ]
+        finally:
+            decoder.teardown()
 
 
 def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:

@@ -245,3 +245,39 @@ def test_an_ensemble_killed_in_its_second_member_reuses_the_first_and_resumes_th
     assert "restored" in log and "resuming after epoch 1" in log
     assert _epochs(job_dir / job_layout.member_dir(1)) == [0, 1]
     assert checkpoints.problem(str(job_dir / job_layout.MODEL_FILE)) is None
+
+
+def test_a_killed_runs_temporaries_anywhere_in_the_job_are_removed_but_in_the_trial_folders(tmp_path):
+    job = tmp_path / "job"
+    export = job / ".export.facepipe-0123456789abcdef.tmp"  # A folder: the export being written.
+    (export / "variables").mkdir(parents=True)
+    (job / ".model.keras.facepipe-0123456789abcdef.tmp.keras").write_bytes(b"half")
+    (job / "members" / "member-1").mkdir(parents=True)
+    (job / "members" / "member-1" / ".model.keras.facepipe-fedcba9876543210.tmp.keras").write_bytes(b"half")
+    (job / "eval").mkdir()
+    (job / "eval" / ".metrics.json.facepipe-0123456789abcdef.tmp").write_text("{")
+    trial = job / "tuning" / "glasses_cnn_grid" / "trial_0001"
+    trial.mkdir(parents=True)
+    (trial / ".checkpoint.weights.h5.facepipe-0123456789abcdef.tmp.weights.h5").write_bytes(b"a worker's")
+    (trial.parent / ".oracle.json.facepipe-0123456789abcdef.tmp").write_text("{")  # The chief's.
+    (job / "model.keras").write_bytes(b"kept")
+    (job / ".notes.txt.facepipe-draft.tmp").write_text("not ours")
+    checkpoints.remove_stale_job_temporaries(str(job))
+    assert sorted(str(p.relative_to(job)) for p in job.rglob("*") if p.is_file()) == [
+        ".notes.txt.facepipe-draft.tmp",
+        "model.keras",
+        "tuning/glasses_cnn_grid/trial_0001/.checkpoint.weights.h5.facepipe-0123456789abcdef.tmp.weights.h5",
+    ]
+    assert not export.exists()
+
+
+@pytest.mark.slow
+def test_training_killed_as_its_export_is_written_leaves_no_temporary_after_the_rerun(rgb_dir, tmp_path):
+    job_dir = tmp_path / "job"
+    argv = ["train", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--epochs", "1", "--verbose", "0"]
+    argv += ["--model", "glasses_cnn"]  # The seed's preset: small and quick.
+    kill_when_file_appears(argv, ".export.facepipe-*.tmp/saved_model.pb", job_dir)
+    _run(argv)
+    assert [p.name for p in job_dir.rglob("*.facepipe-*")] == []
+    assert checkpoints.problem(str(job_dir / job_layout.MODEL_FILE)) is None
+    assert (job_dir / job_layout.EXPORT_DIR / "saved_model.pb").exists()

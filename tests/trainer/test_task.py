@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 
 import keras
 import pytest
+import tensorflow as tf
 
 from pipelines import locks
+from tests.image_files import write_glasses_like
 from trainer import errors, flags, task
 
 
@@ -283,6 +286,54 @@ def test_ids_with_spaces_non_ascii_letters_quotes_and_commas_work_in_every_comma
         client.decide(ids[0], "flip")
     with open(tmp_path / "o.csv", encoding="utf-8", newline="") as f:
         assert [row["id"] for row in csv.DictReader(f)] == [ids[0]]
+
+
+def test_a_job_dir_that_is_a_file_is_one_line_saying_what_to_do(tmp_path, capsys):
+    (tmp_path / "file").write_text("a file, not a folder")
+    status = task.main(["train", "--data_dir", str(tmp_path), "--job_dir", str(tmp_path / "file")])
+    assert status == 1
+    assert (
+        _error_line(capsys)
+        == f"error: {tmp_path / 'file'}: File exists; a file is in the way: give the path of a folder"
+    )
+    assert (tmp_path / "file").read_text() == "a file, not a folder"
+
+
+def test_predict_on_a_full_disk_is_one_line_naming_the_output_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
+    from pipelines import atomic
+    from trainer import export
+
+    def serving(image_bytes):
+        count = [tf.shape(image_bytes)[0]]
+        return {"probability": tf.fill(count, 0.5), "label": tf.fill(count, b"yes")}
+
+    monkeypatch.setattr(export, "load_serving", lambda export_dir: (serving, None))
+    monkeypatch.setattr(export, "read_serving_config", lambda export_dir: {"inputs": ["image"], "min_side": 8})
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "saved_model.pb").write_bytes(b"")
+    images = write_glasses_like(tmp_path, [0, 1])
+    create = atomic.LOCAL.create
+
+    class FullDisk:  # The file is made; no byte fits on the disk.
+        def __init__(self, path):
+            self._file = create(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.LOCAL, "create", FullDisk)
+    (tmp_path / "out").mkdir()
+    output = tmp_path / "out" / "predictions.csv"
+    status = task.main(["predict", "--job_dir", str(tmp_path), "--input", str(images), "--output", str(output)])
+    assert status == 1
+    assert _error_line(capsys).startswith(f"error: {output}: No space left on device; the disk is full")
+    assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_predict_output_that_is_a_folder_is_refused_up_front(tmp_path, capsys):

@@ -66,3 +66,22 @@ def test_a_missing_label_issues_file_ends_in_one_error_line_and_exit_2(images, t
         "give the label_issues.csv that python -m trainer.task find_label_issues writes"
     ]
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_an_overrides_csv_that_cannot_be_used_ends_in_one_error_line(images, tmp_path, where):
+    (tmp_path / "file").write_text("a file, not a folder")
+    overrides = tmp_path / "file" / "overrides.csv" if where == "under_a_file" else images
+    argv = review_argv(images, tmp_path)
+    argv[argv.index("--overrides_csv") + 1] = str(overrides)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.review", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    expected = {
+        "under_a_file": (1, f"error: {overrides}: Not a directory; a part of the path is a file, not a folder"),
+        "a_folder": (2, f"error: {overrides} is a folder, not a CSV file"),
+    }[where]
+    assert (result.returncode, len(errors)) == (expected[0], 1) and errors[0].startswith(expected[1]), result.stderr
+    assert (tmp_path / "file").read_text() == "a file, not a folder"

@@ -61,3 +61,17 @@ def test_bad_images_show_a_placeholder_with_the_reason(images, tmp_path):
             assert picture is not None and max(picture.shape[:2]) <= 160
         items = client.get("/api/items?id=41&id=5").json()["items"]
         assert [t["note"] for t in items] == ["no_label_row", ""]  # No CSV row for 41; 5 keeps its label.
+
+
+def test_links_to_nothing_loops_and_folders_named_like_images_are_listed_with_the_reason(images, tmp_path):
+    faces = images / "faces-spring-2020"
+    os.symlink(faces / "gone.png", faces / "face-41.png")
+    os.symlink(faces / "face-42.png", faces / "face-42.png")  # A loop of one link.
+    (faces / "face-43.png").mkdir()
+    with serving(review_argv(images, tmp_path)) as (client, _):
+        expected = {"41": "dangling_link", "42": "dangling_link", "43": "not_a_regular_file"}
+        for image_id, reason in expected.items():
+            response = client.get(f"/thumb/{image_id}")
+            assert response.status == 200 and response.headers["X-Thumb-Error"].startswith(reason), image_id
+        items = client.get("/api/items?id=41&id=42&id=43").json()["items"]
+        assert [t["id"] for t in items] == ["41", "42", "43"]  # Listed, as the pipeline lists them.
