@@ -23,12 +23,13 @@ from pipelines.quality.face_space import (
     with_atypicality,
 )
 from pipelines.quality.outliers import outlier_reasons, robust_values, robust_z
+from pipelines.quality.stash import AuditedImage, Stashed, StashPixels, read_stashed
 
 NAMESPACE = "facepipe.quality"
 
 
 class _FlagOutliers(beam.DoFn):
-    """(DecodedImage-like record) -> one JSON-able line with its statistics, z-scores and flags."""
+    """AuditedImage -> one JSON-able line with its statistics, z-scores and flags."""
 
     def __init__(self, threshold: float):
         self._threshold = threshold
@@ -66,13 +67,36 @@ def one_blas_thread() -> None:
 
 
 class _Atypicality(beam.DoFn):
-    """[image] -> each image with its quality's atypicality (:func:`with_atypicality`)."""
+    """[AuditedImage] -> each with its quality's atypicality (:func:`with_atypicality`), its
+    patches read back from the stash for it."""
+
+    def __init__(self, stash_dir: str):
+        self._stash_dir = stash_dir
 
     def setup(self) -> None:
         one_blas_thread()
 
-    def process(self, images: list[Any], spaces: Mapping[int, FaceSpace | None]) -> list[Any]:
-        return with_atypicality(images, spaces)
+    def process(self, images: list[AuditedImage], spaces: Mapping[int, FaceSpace | None]) -> list[AuditedImage]:
+        pixels = read_stashed(self._stash_dir, ((im.id, im.stashed) for im in images))
+        with_patches = [im._replace(quality=im.quality._replace(patches=pixels[im.stashed][1])) for im in images]
+        return [im._replace(quality=im.quality._replace(patches=b"")) for im in with_atypicality(with_patches, spaces)]
+
+
+class _AlikeThumbnails(beam.DoFn):
+    """[((lower id, higher id), [(Member, Stashed)])] (candidate pairs) -> (Member, Member) for
+    each pair whose thumbnails, read back from the stash, are alike (:func:`alike_pair`)."""
+
+    def __init__(self, stash_dir: str, min_similarity: float):
+        self._stash_dir = stash_dir
+        self._min_similarity = min_similarity
+
+    def process(
+        self, pairs: list[tuple[tuple[str, str], Iterable[tuple[Member, Stashed]]]]
+    ) -> Iterator[tuple[Member, Member]]:
+        ends = [list(kv[1]) for kv in pairs]
+        pixels = read_stashed(self._stash_dir, ((m.id, stashed) for pair in ends for m, stashed in pair))
+        for pair in ends:
+            yield from alike_pair([(m, pixels[stashed][0]) for m, stashed in pair], self._min_similarity)
 
 
 class _FaceSpaceFn(beam.CombineFn):
@@ -127,50 +151,54 @@ class AuditQuality(beam.PTransform):
     (band, value), pairs within ``distance`` bits in a bucket, then their two thumbnails
     compared at ``similarity``) plus exact copies by content hash; the resulting edges are few
     (a pair per duplicate, not per image), so one global combine builds the groups from them.
+
+    What waits at its stage boundaries is small: the thumbnails and patches wait in files in
+    ``stash_dir`` (pipelines/quality/stash.py), the LSH buckets hold ids and hashes.
     """
 
-    def __init__(self, *, threshold: float, distance: int, similarity: float, examples: int = 5):
+    def __init__(self, *, stash_dir: str, threshold: float, distance: int, similarity: float, examples: int = 5):
         super().__init__()
+        self._stash_dir = stash_dir
         self._threshold = threshold
         self._distance = distance
         self._similarity = similarity
         self._examples = examples
 
     def expand(self, images):
-        distance, min_similarity = self._distance, self._similarity
+        distance = self._distance
         spaces = beam.pvalue.AsDict(
             images
             | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.patches))
             | "FaceSpaces" >> beam.CombinePerKey(_FaceSpaceFn())
             # (fold, FaceSpace): 16 64x64 projections per fold; none for a fold too small
         )
-        images = (
+        audited = (
             images
+            | "StashPixels" >> beam.ParDo(StashPixels(self._stash_dir))
+            # AuditedImage: the thumbnail and patches in a stash file, ``stashed`` says where
             # Whole blocks: a call costs one padded block of ATYPICALITY_BATCH rows per fold
             # however few images it has (Beam's adaptive sizes from 16 up paid it per 16-64).
             | "BatchForAtypicality"
             >> beam.BatchElements(min_batch_size=ATYPICALITY_BATCH, max_batch_size=ATYPICALITY_BATCH)
-            # [image]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
-            | "Atypicality" >> beam.ParDo(_Atypicality(), spaces)
+            # [AuditedImage]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
+            | "Atypicality" >> beam.ParDo(_Atypicality(self._stash_dir), spaces)
         )
-        # images: as given, their quality's atypicality set
-        measured = images | "WithoutPixels" >> beam.Map(
-            lambda im: im._replace(quality=im.quality._replace(thumbnail=b"", patches=b""))
-        )
-        # images without their thumbnail and patches: what waits for the medians below needs
-        # neither (a local runner holds every such record in memory until they are known)
+        # audited: AuditedImage, its quality's atypicality set
+        measured = audited | "WithoutStashed" >> beam.Map(lambda im: im._replace(stashed=None))
+        # AuditedImage without ``stashed``: what waits for the medians below needs no pixels
+        # (a local runner holds every such record in memory until they are known)
         values = measured | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
         medians = beam.pvalue.AsDict(values | "ValueMedians" >> MedianPerKey())
         deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
         mads = beam.pvalue.AsDict(deviations | "DeviationMedians" >> MedianPerKey())
         lines = measured | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
 
-        with_thumbnails = images | "Members" >> beam.Map(
-            lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.quality.thumbnail)
+        with_stashed = audited | "Members" >> beam.Map(
+            lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.stashed)
         )
-        members = with_thumbnails | "WithoutThumbnails" >> beam.Keys()
+        members = with_stashed | "WithoutStash" >> beam.Keys()
         # The LSH buckets hold each image once per band (distance + 1 times): they carry no
-        # thumbnail; the few candidate pairs they find fetch their two thumbnails after.
+        # thumbnail; the few candidate pairs they find read their two thumbnails from the stash after.
         partners = beam.pvalue.AsDict(
             members
             | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
@@ -184,11 +212,13 @@ class AuditQuality(beam.PTransform):
             # multimap's lookups are one runner request per image)
         )
         near = (
-            with_thumbnails
+            with_stashed
             | "KeyByCandidatePair" >> beam.FlatMap(_candidate_pair_ends, partners)
-            # ((lower id, higher id), (Member, thumbnail)) per candidate pair the image is in
+            # ((lower id, higher id), (Member, Stashed)) per candidate pair the image is in
             | "GroupCandidatePairs" >> beam.GroupByKey()
-            | "AlikeThumbnails" >> beam.FlatMap(lambda kv: alike_pair(kv[1], min_similarity))
+            | "BatchCandidatePairs" >> beam.BatchElements(max_batch_size=ATYPICALITY_BATCH)
+            # [((lower id, higher id), [(Member, Stashed)])]: one read of the stash per file and batch
+            | "AlikeThumbnails" >> beam.ParDo(_AlikeThumbnails(self._stash_dir, self._similarity))
         )
         exact = (
             members
@@ -223,11 +253,11 @@ class AuditQuality(beam.PTransform):
 
 
 def _candidate_pair_ends(
-    member_thumbnail: tuple[Member, bytes], partners: Mapping[str, Sequence[str]]
-) -> Iterator[tuple[tuple[str, str], tuple[Member, bytes]]]:
-    member = member_thumbnail[0]
+    member_stashed: tuple[Member, Stashed], partners: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[tuple[str, str], tuple[Member, Stashed]]]:
+    member = member_stashed[0]
     for partner in set(partners.get(member.id, ())):
-        yield tuple(sorted((member.id, partner), key=id_order)), member_thumbnail
+        yield tuple(sorted((member.id, partner), key=id_order)), member_stashed
 
 
 def _chain(members: Iterable[Member]) -> Iterator[tuple[Member, Member]]:
