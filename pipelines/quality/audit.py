@@ -197,16 +197,19 @@ class AuditQuality(beam.PTransform):
             lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.stashed)
         )
         members = with_stashed | "WithoutStash" >> beam.Keys()
-        # The LSH buckets hold each image once per band (distance + 1 times): they carry no
-        # thumbnail; the few candidate pairs they find read their two thumbnails from the stash after.
+        # The LSH buckets hold each image once per band (distance + 1 times): its id and hash
+        # alone; the few candidate pairs they find read their two thumbnails from the stash after.
         partners = beam.pvalue.AsDict(
-            members
-            | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
+            audited
+            | "KeyBands"
+            >> beam.FlatMap(
+                lambda im: ((band, (im.id, im.quality.phash)) for band in bands(im.quality.phash, distance))
+            )
             | "GroupBands" >> beam.GroupByKey()
-            # ((band index, band value), [Member])
+            # ((band index, band value), [(id, phash)])
             | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
-            # (Member, Member) within ``distance`` bits, once per bucket they share
-            | "BothEnds" >> beam.FlatMap(lambda pair: [(pair[0].id, pair[1].id), (pair[1].id, pair[0].id)])
+            # (id, id) within ``distance`` bits, once per bucket they share
+            | "BothEnds" >> beam.FlatMap(lambda pair: [pair, pair[::-1]])
             | "PartnersById" >> beam.GroupByKey()
             # (id, [ids of its candidate partners]): a dict side input, read once per bundle (a
             # multimap's lookups are one runner request per image)

@@ -37,7 +37,7 @@ def hamming(a: int, b: int) -> int:
 
 
 class Member(NamedTuple):
-    """An image as the duplicate search sees it (its thumbnail travels apart, see :class:`AuditQuality`)."""
+    """An image as the duplicate groups see it (its thumbnail waits in the stash, see :class:`AuditQuality`)."""
 
     id: str
     split: str
@@ -56,12 +56,13 @@ def bands(phash: int, distance: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
-def bucket_pairs(members: Iterable[Member], distance: int) -> Iterator[tuple[Member, Member]]:
-    """Pairs (lower id first) of one LSH bucket's members whose hashes are within ``distance`` bits."""
-    ordered = sorted(set(members), key=lambda m: id_order(m.id))
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1 :]:
-            if hamming(a.phash, b.phash) <= distance:
+def bucket_pairs(members: Iterable[tuple[str, int]], distance: int) -> Iterator[tuple[str, str]]:
+    """(id, id) pairs (lower id first) of one LSH bucket's (id, phash) members whose hashes are
+    within ``distance`` bits."""
+    ordered = sorted(set(members), key=lambda m: id_order(m[0]))
+    for i, (a, a_hash) in enumerate(ordered):
+        for b, b_hash in ordered[i + 1 :]:
+            if hamming(a_hash, b_hash) <= distance:
                 yield a, b
 
 
