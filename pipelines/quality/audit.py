@@ -14,7 +14,15 @@ import threadpoolctl
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from pipelines.quality.duplicates import Member, alike_pair, bands, bucket_pairs, duplicate_groups, id_order
+from pipelines.quality.duplicates import (
+    Member,
+    alike_pair,
+    bands,
+    bucket_entry,
+    bucket_pairs,
+    duplicate_groups,
+    id_order,
+)
 from pipelines.quality.face_space import (
     ATYPICALITY_BATCH,
     FaceSpace,
@@ -197,16 +205,16 @@ class AuditQuality(beam.PTransform):
             lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.stashed)
         )
         members = with_stashed | "WithoutStash" >> beam.Keys()
-        # The LSH buckets hold each image once per band (distance + 1 times): its id and hash
-        # alone; the few candidate pairs they find read their two thumbnails from the stash after.
+        # The LSH buckets hold each image once per band (distance + 1 times): its hash and id
+        # in one bytes object; the few candidate pairs they find read their two thumbnails from the stash after.
         partners = beam.pvalue.AsDict(
             audited
             | "KeyBands"
             >> beam.FlatMap(
-                lambda im: ((band, (im.id, im.quality.phash)) for band in bands(im.quality.phash, distance))
+                lambda im: ((band, bucket_entry(im.id, im.quality.phash)) for band in bands(im.quality.phash, distance))
             )
             | "GroupBands" >> beam.GroupByKey()
-            # ((band index, band value), [(id, phash)])
+            # ((band index, band value), [bucket_entry: hash and id])
             | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
             # (id, id) within ``distance`` bits, once per bucket they share
             | "BothEnds" >> beam.FlatMap(lambda pair: [pair, pair[::-1]])

@@ -56,10 +56,19 @@ def bands(phash: int, distance: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
-def bucket_pairs(members: Iterable[tuple[str, int]], distance: int) -> Iterator[tuple[str, str]]:
-    """(id, id) pairs (lower id first) of one LSH bucket's (id, phash) members whose hashes are
-    within ``distance`` bits."""
-    ordered = sorted(set(members), key=lambda m: id_order(m[0]))
+def bucket_entry(image_id: str, phash: int) -> bytes:
+    """An image as an LSH bucket holds it: its hash's HASH_BITS and its id in one bytes object.
+    A local runner holds a grouping's values as Python objects, and the buckets hold every image
+    once per band: a tuple of the id and the hash costs 3x this."""
+    return phash.to_bytes(HASH_BITS // 8, "big") + image_id.encode("utf-8")
+
+
+def bucket_pairs(entries: Iterable[bytes], distance: int) -> Iterator[tuple[str, str]]:
+    """(id, id) pairs (lower id first) of one LSH bucket's :func:`bucket_entry` members whose
+    hashes are within ``distance`` bits."""
+    width = HASH_BITS // 8
+    members = {(entry[width:].decode("utf-8"), int.from_bytes(entry[:width], "big")) for entry in entries}
+    ordered = sorted(members, key=lambda m: id_order(m[0]))
     for i, (a, a_hash) in enumerate(ordered):
         for b, b_hash in ordered[i + 1 :]:
             if hamming(a_hash, b_hash) <= distance:
