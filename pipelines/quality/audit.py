@@ -191,20 +191,17 @@ class AuditQuality(beam.PTransform):
             # [AuditedImage]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
             | "Atypicality" >> beam.ParDo(_Atypicality(self._stash_dir), spaces)
         )
-        # audited: AuditedImage, its quality's atypicality set
-        measured = audited | "WithoutStashed" >> beam.Map(lambda im: im._replace(stashed=None))
-        # AuditedImage without ``stashed``: what waits for the medians below needs no pixels
-        # (a local runner holds every such record in memory until they are known)
-        values = measured | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
+        # audited: AuditedImage, its quality's atypicality set. The three steps that wait for
+        # the whole data set (the medians, the MADs, the candidate partners) read these records
+        # themselves: a local runner then holds them once (the consumers of one PCollection
+        # share its buffer), not a record of each step's own beside them.
+        values = audited | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
         medians = beam.pvalue.AsDict(values | "ValueMedians" >> MedianPerKey())
-        deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
+        deviations = audited | "Deviation" >> beam.FlatMap(_deviations, medians)
         mads = beam.pvalue.AsDict(deviations | "DeviationMedians" >> MedianPerKey())
-        lines = measured | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
+        lines = audited | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
 
-        with_stashed = audited | "Members" >> beam.Map(
-            lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.stashed)
-        )
-        members = with_stashed | "WithoutStash" >> beam.Keys()
+        members = audited | "Members" >> beam.Map(_member)
         # The LSH buckets hold each image once per band (distance + 1 times): its hash and id
         # in one bytes object; the few candidate pairs they find read their two thumbnails from the stash after.
         partners = beam.pvalue.AsDict(
@@ -223,7 +220,7 @@ class AuditQuality(beam.PTransform):
             # multimap's lookups are one runner request per image)
         )
         near = (
-            with_stashed
+            audited
             | "KeyByCandidatePair" >> beam.FlatMap(_candidate_pair_ends, partners)
             # ((lower id, higher id), (Member, Stashed)) per candidate pair the image is in
             | "GroupCandidatePairs" >> beam.GroupByKey()
@@ -263,12 +260,22 @@ class AuditQuality(beam.PTransform):
         return {"images": lines, "groups": groups, "stats": stats}
 
 
+def _member(image: AuditedImage) -> Member:
+    return Member(image.id, image.split, image.content_hash, image.quality.phash)
+
+
+def _deviations(image: AuditedImage, medians: Mapping[str, float]) -> Iterator[tuple[str, float]]:
+    """(statistic, |value - its median|) of each of the image's robust values."""
+    for name, value in robust_values(image.quality).items():
+        yield name, abs(value - medians[name])
+
+
 def _candidate_pair_ends(
-    member_stashed: tuple[Member, Stashed], partners: Mapping[str, Sequence[str]]
+    image: AuditedImage, partners: Mapping[str, Sequence[str]]
 ) -> Iterator[tuple[tuple[str, str], tuple[Member, Stashed]]]:
-    member = member_stashed[0]
-    for partner in set(partners.get(member.id, ())):
-        yield tuple(sorted((member.id, partner), key=id_order)), member_stashed
+    end = _member(image), image.stashed
+    for partner in set(partners.get(image.id, ())):
+        yield tuple(sorted((image.id, partner), key=id_order)), end
 
 
 def _chain(members: Iterable[Member]) -> Iterator[tuple[Member, Member]]:
