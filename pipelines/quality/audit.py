@@ -107,6 +107,28 @@ class _AlikeThumbnails(beam.DoFn):
             yield from alike_pair([(m, pixels[stashed][0]) for m, stashed in pair], self._min_similarity)
 
 
+class _BucketFn(beam.CombineFn):
+    """An LSH bucket's :func:`bucket_entry` bytes -> them all in one bytes object. A local runner
+    holds a grouping's values as Python objects, and the buckets hold every image once per band:
+    combined per bundle, a bucket is one object per bundle, not one per image (~50 bytes each)."""
+
+    def create_accumulator(self) -> list[bytes]:
+        return []
+
+    def add_input(self, entries: list[bytes], entry: bytes) -> list[bytes]:
+        entries.append(entry)
+        return entries
+
+    def merge_accumulators(self, accumulators: Iterable[list[bytes]]) -> list[bytes]:
+        return [b"".join(itertools.chain.from_iterable(accumulators))]
+
+    def compact(self, entries: list[bytes]) -> list[bytes]:
+        return [b"".join(entries)]
+
+    def extract_output(self, entries: list[bytes]) -> bytes:
+        return b"".join(entries)
+
+
 class _FaceSpaceFn(beam.CombineFn):
     """Patch thumbnails -> their FaceSpace (None for fewer than MIN_FOLD_IMAGES), by PatchMoments."""
 
@@ -210,8 +232,8 @@ class AuditQuality(beam.PTransform):
             >> beam.FlatMap(
                 lambda im: ((band, bucket_entry(im.id, im.quality.phash)) for band in bands(im.quality.phash, distance))
             )
-            | "GroupBands" >> beam.GroupByKey()
-            # ((band index, band value), [bucket_entry: hash and id])
+            | "GroupBands" >> beam.CombinePerKey(_BucketFn())
+            # ((band index, band value), the bucket's entries (bucket_entry: hash and id) in one bytes)
             | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
             # (id, id) within ``distance`` bits, once per bucket they share
             | "BothEnds" >> beam.FlatMap(lambda pair: [pair, pair[::-1]])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -56,18 +57,27 @@ def bands(phash: int, distance: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
+# A bucket entry: the hash (HASH_BITS) and the id's length in bytes, then the id.
+_ENTRY_HEAD = struct.Struct(">QI")
+
+
 def bucket_entry(image_id: str, phash: int) -> bytes:
-    """An image as an LSH bucket holds it: its hash's HASH_BITS and its id in one bytes object.
-    A local runner holds a grouping's values as Python objects, and the buckets hold every image
-    once per band: a tuple of the id and the hash costs 3x this."""
-    return phash.to_bytes(HASH_BITS // 8, "big") + image_id.encode("utf-8")
+    """An image as an LSH bucket holds it: its hash and id in a few bytes; a bucket's entries are
+    concatenated (:func:`bucket_pairs`)."""
+    encoded = image_id.encode("utf-8")
+    return _ENTRY_HEAD.pack(phash, len(encoded)) + encoded
 
 
-def bucket_pairs(entries: Iterable[bytes], distance: int) -> Iterator[tuple[str, str]]:
-    """(id, id) pairs (lower id first) of one LSH bucket's :func:`bucket_entry` members whose
-    hashes are within ``distance`` bits."""
-    width = HASH_BITS // 8
-    members = {(entry[width:].decode("utf-8"), int.from_bytes(entry[:width], "big")) for entry in entries}
+def bucket_pairs(entries: bytes, distance: int) -> Iterator[tuple[str, str]]:
+    """(id, id) pairs (lower id first) of one LSH bucket's concatenated :func:`bucket_entry`
+    members (an image may be there more than once) whose hashes are within ``distance`` bits."""
+    members, start = set(), 0
+    while start < len(entries):
+        phash, length = _ENTRY_HEAD.unpack_from(entries, start)
+        start += _ENTRY_HEAD.size + length
+        if start > len(entries):
+            raise ValueError(f"a bucket's entries end inside an entry ({len(entries)} bytes)")
+        members.add((entries[start - length : start].decode("utf-8"), phash))
     ordered = sorted(members, key=lambda m: id_order(m[0]))
     for i, (a, a_hash) in enumerate(ordered):
         for b, b_hash in ordered[i + 1 :]:
