@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -91,17 +92,16 @@ class _Atypicality(beam.DoFn):
 
 
 class _AlikeThumbnails(beam.DoFn):
-    """[((lower id, higher id), [(Member, Stashed)])] (candidate pairs) -> (Member, Member) for
-    each pair whose thumbnails, read back from the stash, are alike (:func:`alike_pair`)."""
+    """[((lower id, higher id), [packed end])] (candidate pairs, their ends as :func:`_packed_end`
+    made them) -> (Member, Member) for each pair whose thumbnails, read back from the stash, are
+    alike (:func:`alike_pair`)."""
 
     def __init__(self, stash_dir: str, min_similarity: float):
         self._stash_dir = stash_dir
         self._min_similarity = min_similarity
 
-    def process(
-        self, pairs: list[tuple[tuple[str, str], Iterable[tuple[Member, Stashed]]]]
-    ) -> Iterator[tuple[Member, Member]]:
-        ends = [list(kv[1]) for kv in pairs]
+    def process(self, pairs: list[tuple[tuple[str, str], Iterable[bytes]]]) -> Iterator[tuple[Member, Member]]:
+        ends = [[_unpacked_end(end) for end in kv[1]] for kv in pairs]
         pixels = read_stashed(self._stash_dir, ((m.id, stashed) for pair in ends for m, stashed in pair))
         for pair in ends:
             yield from alike_pair([(m, pixels[stashed][0]) for m, stashed in pair], self._min_similarity)
@@ -244,10 +244,11 @@ class AuditQuality(beam.PTransform):
         near = (
             audited
             | "KeyByCandidatePair" >> beam.FlatMap(_candidate_pair_ends, partners)
-            # ((lower id, higher id), (Member, Stashed)) per candidate pair the image is in
+            # ((lower id, higher id), the image's Member and Stashed packed in one bytes object)
+            # per candidate pair the image is in
             | "GroupCandidatePairs" >> beam.GroupByKey()
             | "BatchCandidatePairs" >> beam.BatchElements(max_batch_size=ATYPICALITY_BATCH)
-            # [((lower id, higher id), [(Member, Stashed)])]: one read of the stash per file and batch
+            # [((lower id, higher id), [packed end])]: one read of the stash per file and batch
             | "AlikeThumbnails" >> beam.ParDo(_AlikeThumbnails(self._stash_dir, self._similarity))
         )
         exact = (
@@ -292,10 +293,41 @@ def _deviations(image: AuditedImage, medians: Mapping[str, float]) -> Iterator[t
         yield name, abs(value - medians[name])
 
 
+# A candidate pair's end: content hash, phash, the stash record's offset and length, the
+# lengths of the id, split and stash file name in bytes; then those three.
+_END_HEAD = struct.Struct(">32sQQIIII")
+
+
+def _packed_end(image: AuditedImage) -> bytes:
+    """The image's Member and Stashed in one bytes object: a local runner holds a grouping's
+    values as Python objects, and (Member, Stashed) costs twice this."""
+    texts = [text.encode("utf-8") for text in (image.id, image.split, image.stashed.name)]
+    head = _END_HEAD.pack(
+        image.content_hash.to_bytes(32, "big"),
+        image.quality.phash,
+        image.stashed.offset,
+        image.stashed.length,
+        *map(len, texts),
+    )
+    return head + b"".join(texts)
+
+
+def _unpacked_end(packed: bytes) -> tuple[Member, Stashed]:
+    content_hash, phash, offset, length, *lengths = _END_HEAD.unpack_from(packed)
+    texts, start = [], _END_HEAD.size
+    for size in lengths:
+        texts.append(packed[start : start + size].decode("utf-8"))
+        start += size
+    if start != len(packed):
+        raise ValueError(f"a packed candidate end of {len(packed)} bytes does not match its lengths")
+    image_id, split, name = texts
+    return Member(image_id, split, int.from_bytes(content_hash, "big"), phash), Stashed(name, offset, length)
+
+
 def _candidate_pair_ends(
     image: AuditedImage, partners: Mapping[str, Sequence[str]]
-) -> Iterator[tuple[tuple[str, str], tuple[Member, Stashed]]]:
-    end = _member(image), image.stashed
+) -> Iterator[tuple[tuple[str, str], bytes]]:
+    end = _packed_end(image)
     for partner in set(partners.get(image.id, ())):
         yield tuple(sorted((image.id, partner), key=id_order)), end
 

@@ -11,7 +11,9 @@ import pytest
 import threadpoolctl
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.quality.audit import AuditQuality, MedianPerKey, one_blas_thread
+from pipelines.quality.audit import AuditQuality, MedianPerKey, _packed_end, _unpacked_end, one_blas_thread
+from pipelines.quality.duplicates import Member
+from pipelines.quality.stash import AuditedImage, Stashed
 from tests.image_files import offline_test_pipeline
 from tests.pipelines.quality.faces import SIZE, K, S, decoded, face, faces_and_odd_ones
 
@@ -120,3 +122,15 @@ def test_the_audit_runs_blas_on_one_thread_beside_the_decode_threads() -> None:
         assert blas and all(pool["num_threads"] == 2 for pool in blas)
         one_blas_thread()
         assert all(pool["num_threads"] == 1 for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas")
+
+
+def test_a_candidate_pair_end_packs_and_unpacks_whole() -> None:
+    image = decoded("visage-10é", "validation", face(1), 2**256 - 3)
+    audited = AuditedImage(
+        image.id, image.split, 0, image.content_hash, image.quality, Stashed("f" * 32 + ".audit", 2**40, 1300)
+    )
+    packed = _packed_end(audited)
+    member = Member("visage-10é", "validation", 2**256 - 3, image.quality.phash)
+    assert _unpacked_end(packed) == (member, audited.stashed)
+    with pytest.raises(ValueError, match="does not match its lengths"):
+        _unpacked_end(packed + b"x")
