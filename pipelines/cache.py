@@ -103,6 +103,7 @@ class DecodeCache:
         self._size = size
         self._color_mode = color_mode
         self._decoder = decoder_version()
+        self._write_failed = False  # After the first failed write, the others are not logged.
 
     def key(self, content_sha256: bytes) -> str:
         return cache_key(content_sha256, size=self._size, color_mode=self._color_mode, decoder=self._decoder)
@@ -131,7 +132,13 @@ class DecodeCache:
             # No fsync: an entry lost in a power cut is a miss, and one per entry would cost the decode's time.
             atomic.write(path, encode_entry(entry, self.key(content_sha256)), durable=False)
         except Exception as e:  # A full disk or a read-only cache costs speed, never the job.
-            logging.warning("decode cache: could not write %s: %s", path, e)
+            if not self._write_failed:  # One line a worker, not one an image.
+                self._write_failed = True
+                logging.warning(
+                    "decode cache: could not write %s: %s; the run goes on, further failed writes are not logged",
+                    path,
+                    e,
+                )
 
 
 def check_cache_dir(cache_dir: str, output: str, inputs: tuple[str, ...]) -> None:

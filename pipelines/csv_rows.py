@@ -122,6 +122,8 @@ def decode_header(first_line: bytes, csv_path: str, encoding: str) -> list[str]:
     UTF-8 accepts (and drops) a byte-order mark. A UTF-16/32 mark or a NUL byte means the file
     is in another encoding from the start: rejecting it here beats a dead letter on every row.
     """
+    # Lines are split at newline bytes, so a 16/32-bit encoding cannot be read under any flag.
+    remedy = "re-save it as UTF-8"
     problem = ""
     if first_line.startswith(_FOREIGN_BOMS):
         problem = "it starts with a UTF-16/32 byte-order mark"
@@ -132,10 +134,9 @@ def decode_header(first_line: bytes, csv_path: str, encoding: str) -> list[str]:
             text = first_line.decode("utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding)
         except UnicodeDecodeError as e:
             problem = f"header: {e}"
+            remedy += " or pass its encoding, e.g. --csv_encoding latin-1"
     if problem:
-        raise CsvError(
-            f"{csv_path} is not {encoding} text ({problem}); re-save it as UTF-8 or pass --csv_encoding latin-1"
-        )
+        raise CsvError(f"{csv_path} is not {encoding} text ({problem}); {remedy}")
     return [h.strip() for h in next(csv.reader([text.rstrip("\r\n")]), [])]
 
 

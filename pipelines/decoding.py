@@ -49,7 +49,11 @@ def check_container(data: bytes) -> str:
     if data.startswith(_PNG_MAGIC):
         # Every complete PNG ends with an IEND chunk (12 bytes incl. its CRC).
         if b"IEND" not in data[-16:]:
-            raise UndecodableImage("truncated", "PNG without IEND chunk")
+            end = data.rfind(b"IEND")
+            if end < 0:
+                raise UndecodableImage("truncated", "PNG without IEND chunk")
+            # The chunk type, then its 4-byte CRC: whatever follows is not part of the image.
+            raise UndecodableImage("undecodable", f"{len(data) - end - 8} bytes after the PNG's IEND chunk")
         return "png"
     if data.startswith(_JPEG_MAGIC):
         # A complete JPEG ends with the EOI marker, possibly followed by a little padding.

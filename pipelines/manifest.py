@@ -137,6 +137,26 @@ def _quality(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# What to check for each reason an image has no usable label (dead_letters.UNUSABLE_REASONS).
+_LABEL_FLAGS = "--labels_csv, --id_column, --label_column and --file_pattern"
+_UNUSABLE_HINTS = {
+    "too_small": "images smaller than --min_side {min_side} px: lower --min_side if they are usable",
+    "bad_vector": "the vector cells of --numeric_columns",
+    "conflicting_overrides": "--overrides_csv (an id with two different labels)",
+    "duplicate_id": "--file_pattern (two files give one id)",
+}
+
+
+def _unusable_hint(unusable: dict[str, int], config: PreprocessConfig) -> str:
+    """ "check ...": the flags behind the reasons, the commonest reason first."""
+    hints = []
+    for reason in sorted(unusable, key=lambda r: (-unusable[r], r)):
+        hint = _UNUSABLE_HINTS.get(reason, _LABEL_FLAGS).format(min_side=config.min_side)
+        if hint not in hints:
+            hints.append(hint)
+    return "check " + "; ".join(hints)
+
+
 def build_manifest(
     config: PreprocessConfig,
     stats: dict[str, Any],
@@ -176,8 +196,7 @@ def build_manifest(
     if sum(unusable.values()) > config.max_unusable_fraction * listed:
         raise PipelineError(
             f"{sum(unusable.values())} of {listed} images have no usable label {unusable} "
-            f"(> --max_unusable_fraction {config.max_unusable_fraction}); check --labels_csv, --id_column, "
-            f"--label_column and --file_pattern"
+            f"(> --max_unusable_fraction {config.max_unusable_fraction}); {_unusable_hint(unusable, config)}"
         )
     if total_written == 0:
         raise PipelineError(f"no examples written: all {listed} images were dead-lettered {dead}")

@@ -57,6 +57,8 @@ def bad_image_corpus() -> dict[str, tuple[bytes, str]]:
         "text.png": (b"this is text, not an image", "not_an_image"),
         "half.png": (png[: len(png) // 2], "truncated"),
         "half.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        # A whole PNG with bytes after its IEND chunk (a download glued to another file).
+        "trailing.png": (png + bytes(64), "undecodable"),
         # Half a JPEG with its end marker glued on: OpenCV, PIL and TensorFlow decode it (the
         # missing rows grey, a libjpeg warning on stderr naming no file).
         "half_with_end.jpg": (jpeg[: len(jpeg) // 2] + b"\xff\xd9", "corrupt_jpeg"),

@@ -142,6 +142,10 @@ class DataDir:
         """Length of the examples' ``latent`` vector (0: preprocessed without --numeric_columns)."""
         return features.vector_length(self.manifest)
 
+    def dataset(self, split: Examples, **kwargs: Any) -> tf.data.Dataset:
+        """:func:`make_dataset` of this directory: ``kwargs`` are its keyword arguments."""
+        return make_dataset(self.path, split, manifest=self.manifest, tft_output=self.tft_output, **kwargs)
+
     @property
     def classes(self) -> list[Any]:
         return list(self.manifest["classes"])
@@ -390,18 +394,12 @@ def make_fit_datasets(
     inputs: Sequence[str] = (features.IMAGE_KEY,),
 ) -> FitDatasets:
     """The datasets of one fit (trainer/fitting.py); ``inputs``: what the model takes (a preset's)."""
-    common = dict(
-        manifest=data_dir.manifest,
-        tft_output=data_dir.tft_output,
-        global_batch_size=global_batch_size,
-        deterministic=deterministic,
-        inputs=inputs,
-    )
+    common = dict(global_batch_size=global_batch_size, deterministic=deterministic, inputs=inputs)
     return FitDatasets(
-        train=make_dataset(data_dir.path, examples.train, training=True, seed=seed, augment=augment, **common),
+        train=data_dir.dataset(examples.train, training=True, seed=seed, augment=augment, **common),
         validation=None
         if examples.validation is None
-        else make_dataset(data_dir.path, examples.validation, training=False, **common),
+        else data_dir.dataset(examples.validation, training=False, **common),
         steps_per_epoch=steps_per_epoch(examples_size(data_dir.manifest, examples.train), global_batch_size),
-        calibration=make_dataset(data_dir.path, examples.train, training=True, seed=seed, **common),
+        calibration=data_dir.dataset(examples.train, training=True, seed=seed, **common),
     )

@@ -117,11 +117,8 @@ def predict_split(
             (prefix, keras.Model(part.inputs, [part.outputs[0], *(layer.output for layer in probed)]), probed)
         )
     unit_max: dict[str, np.ndarray] = {}
-    ds = data.make_dataset(
-        data_dir.path,
+    ds = data_dir.dataset(
         split,
-        manifest=data_dir.manifest,
-        tft_output=data_dir.tft_output,
         global_batch_size=batch_size,
         training=False,
         with_metadata=True,

@@ -241,11 +241,8 @@ def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossVa
             len(held_out.ids),
         )
         model = fitting.fit(fold_run).model
-        scored = data.make_dataset(
-            data_dir.path,
+        scored = data_dir.dataset(
             held_out,
-            manifest=data_dir.manifest,
-            tft_output=data_dir.tft_output,
             global_batch_size=PREDICT_BATCH,
             training=False,
             with_metadata=True,

@@ -53,6 +53,17 @@ def test_a_sound_entry_under_another_keys_name_is_detected():
         decode_entry(data, "cd" * 32)
 
 
+def test_failed_writes_log_one_warning_not_one_an_image(tmp_path, caplog):
+    (tmp_path / "a_file").write_text("not a folder")
+    unwritable = cache.DecodeCache(str(tmp_path / "a_file" / "cache"), size=(12, 10), color_mode="rgb")
+    with caplog.at_level("WARNING"):
+        for image in range(3):  # Each put fails: the cache's folder would lie under a file.
+            unwritable.put(hashlib.sha256(bytes([image])).digest(), _entry())
+    warnings = [r.getMessage() for r in caplog.records if "decode cache" in r.getMessage()]
+    assert len(warnings) == 1 and "further failed writes are not logged" in warnings[0]
+    assert not (tmp_path / "a_file").is_dir()
+
+
 def test_the_key_changes_with_what_changes_the_pixels_only():
     digest = hashlib.sha256(b"image bytes").digest()
     base = {"size": (50, 50), "color_mode": "rgb", "decoder": cache.decoder_version()}

@@ -32,6 +32,16 @@ def test_the_pipeline_the_thumbnails_and_the_check_refuse_with_the_same_reason(n
         assert refused.value.reason == reason, reader
 
 
+def test_a_png_with_bytes_after_its_end_is_not_called_truncated():
+    data, _ = CORPUS["trailing.png"]
+    with pytest.raises(decoding.UndecodableImage) as refused:
+        decoding.check_container(data)
+    assert refused.value.detail == "64 bytes after the PNG's IEND chunk"
+    with pytest.raises(decoding.UndecodableImage) as cut:
+        decoding.check_container(data[:-100])
+    assert (cut.value.reason, cut.value.detail) == ("truncated", "PNG without IEND chunk")
+
+
 def _jpeg_rotated_by_exif(width: int, height: int) -> bytes:
     """A width x height JPEG (a bright top row) whose EXIF says: rotate 90 degrees to display."""
     pixels = np.zeros((height, width, 3), np.uint8)

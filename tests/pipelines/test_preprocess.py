@@ -387,6 +387,15 @@ def test_kaggle_layout_with_an_empty_split_stray_files_and_a_tiny_image(tmp_path
     assert _run_files_left(tmp_path / "out") == []
 
 
+def test_images_under_min_side_fail_naming_min_side_not_the_label_flags(tmp_path):
+    write_glasses_like(tmp_path, [0, 1, 1])
+    with pytest.raises(PipelineError) as failed:
+        _preprocess(tmp_path, "out", "--min_side", "100")
+    message = str(failed.value)
+    assert "{'too_small': 3}" in message and "--min_side 100" in message
+    assert "--labels_csv" not in message
+
+
 def test_no_image_written_fails_without_a_manifest_or_temp_files(tmp_path):
     write_glasses_like(tmp_path, [0, 1, 1])
     (tmp_path / "labels.csv").write_text("id,label\n")  # Header only: every image has no_label_row.
