@@ -22,6 +22,7 @@ trainer/multiworker.py). Without one (tuner trials, folds) the fit writes nothin
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -154,6 +155,24 @@ def config(run: Run) -> dict[str, Any]:
     recorded["class_weight"] = run.class_weights
     recorded["early_stopping_patience"] = run.patience or None
     return recorded
+
+
+# What must be equal for a saved result of a fit to stand for a new one (ensemble members, folds).
+REUSE_KEYS = (
+    "model",
+    "hyperparameters",
+    records.DATA_FINGERPRINT_KEY,
+    "seed",
+    "recipe",
+    "class_weight",
+    "early_stopping_patience",
+)
+
+
+def reuse_settings(run: Run) -> dict[str, Any]:
+    """The values of :data:`REUSE_KEYS` in ``run``'s :func:`config`, as JSON stores them (tuples as lists)."""
+    recorded = config(run)
+    return json.loads(json.dumps({key: recorded[key] for key in REUSE_KEYS}))
 
 
 class Fitted(NamedTuple):

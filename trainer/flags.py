@@ -208,6 +208,11 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     issues.add_argument("--epochs", type=number_in(1), help="override the epochs hyperparameter")
     issues.add_argument("--seed", type=int, default=0)
     issues.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+    issues.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="fit every fold afresh (default: reuse the folds an earlier run fitted with the same settings)",
+    )
 
     subparsers = {name: commands.choices[name] for name in COMMANDS}
     for sub in subparsers.values():

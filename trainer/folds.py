@@ -12,7 +12,10 @@ fold's model trains it.
 
 Memory: the images stay in the TFRecord shards and are streamed by tf.data; in memory are
 the ids, labels and fold numbers (one entry per example) and the probabilities [n, K].
-Each fold's predictions are written to ``JOB/cross_validation/fold-K-of-N.csv`` as they come.
+Each fold's predictions are written to ``JOB/cross_validation/fold-K-of-N.csv`` as they come,
+and with the fold's settings to ``fold-K-of-N.json``: a rerun (a killed run's, or one that only
+changes what is done with the probabilities) reuses every fold whose record says it was trained
+with the same settings on the same examples, unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines import features
-from trainer import atomic, data, export, fitting, job_layout, predict
+from trainer import atomic, checkpoints, data, export, fitting, job_layout, predict
 
 # Dead-letter reasons of images that have no label (pipelines/labels.py resolve_label).
 UNLABELLED_REASONS = ("unlabelled", "no_label_row")
@@ -191,6 +194,21 @@ def _write_fold(path: str, ids: list[np.ndarray], probabilities: list[np.ndarray
     atomic.write(path, buffer.getvalue())
 
 
+def _ids_digest(ids: np.ndarray) -> str:
+    return hashlib.sha256("\0".join(ids.tolist()).encode("utf-8")).hexdigest()
+
+
+def _saved_fold(path: str, settings: dict[str, Any], held_out: np.ndarray, unlabelled: np.ndarray) -> dict | None:
+    """Fold ``path``'s record when it was fitted with ``settings`` and scored ``held_out`` and
+    ``unlabelled`` (the paths), else None."""
+    saved = checkpoints.read_json(path, "cross-validation fold")
+    if not isinstance(saved, dict) or saved.get("settings") != settings:
+        return None
+    if saved.get("held_out") != _ids_digest(held_out) or saved.get("unlabelled") != _ids_digest(unlabelled):
+        return None
+    return saved
+
+
 @dataclasses.dataclass(frozen=True)
 class CrossValidation:
     """Out-of-fold predictions of every labelled example, and the folds' mean on the unlabelled."""
@@ -209,7 +227,8 @@ def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossVa
     """Fits ``run`` once per fold on the other folds and predicts the held-out fold (and the unlabelled).
 
     Fold K's fit is ``run`` with seed ``run.seed`` + K and the examples of :func:`fold_examples`;
-    it writes nothing (``run.job_dir`` None); the predictions go to ``job_dir``.
+    it writes nothing (``run.job_dir`` None); the predictions go to ``job_dir``. A fold whose
+    record there matches is reused, not refitted, unless ``run.overwrite``.
     """
     if run.job_dir is not None:
         raise ValueError("the folds' fits write no job_dir: pass the outputs' folder as job_dir")
@@ -232,6 +251,17 @@ def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossVa
         held_out = data.Subset(
             f"fold {fold + 1}/{num_folds} held out", examples.ids[folds == fold], examples.labels[folds == fold]
         )
+        record_path = tf.io.gfile.join(
+            job_dir, job_layout.CROSS_VALIDATION_DIR, job_layout.fold_record(fold, num_folds)
+        )
+        settings = fitting.reuse_settings(fold_run)
+        saved = None if run.overwrite else _saved_fold(record_path, settings, held_out.ids, unlabelled_paths)
+        if saved is not None:
+            logging.info("fold %d/%d: reusing %s (fitted with these settings)", fold + 1, num_folds, record_path)
+            probabilities[[row_of[i] for i in held_out.ids]] = np.array(saved["probabilities"], dtype=np.float64)
+            totals += np.array(saved["unlabelled_probabilities"], dtype=np.float64).reshape(totals.shape)
+            errors[:] = np.where(errors == "", np.array(saved["unlabelled_errors"], dtype=object), errors)
+            continue
         logging.info(
             "fold %d/%d: training on %d, validating on %d, scoring %d",
             fold + 1,
@@ -260,8 +290,19 @@ def cross_validate(run: fitting.Run, *, job_dir: str, num_folds: int) -> CrossVa
             fold_probabilities,
             classes,
         )
+        fold_totals = np.zeros_like(totals)
         if len(totals):
-            _predict_unlabelled(model, data_dir, unlabelled_paths, totals, errors)
+            _predict_unlabelled(model, data_dir, unlabelled_paths, fold_totals, errors)
+        totals += fold_totals
+        record = {
+            "settings": settings,
+            "held_out": _ids_digest(held_out.ids),
+            "unlabelled": _ids_digest(unlabelled_paths),
+            "probabilities": probabilities[[row_of[i] for i in held_out.ids]].tolist(),
+            "unlabelled_probabilities": fold_totals.tolist(),
+            "unlabelled_errors": errors.tolist(),
+        }
+        atomic.write(record_path, json.dumps(record))
     missing = np.isnan(probabilities).any(axis=1)
     if missing.any():
         raise RuntimeError(

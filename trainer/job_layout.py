@@ -82,6 +82,11 @@ def fold_file(fold: int, num_folds: int) -> str:
     return f"fold-{fold + 1}-of-{num_folds}.csv"
 
 
+def fold_record(fold: int, num_folds: int) -> str:
+    """What a rerun reuses of fold ``fold``: its settings and predictions, under ``CROSS_VALIDATION_DIR``."""
+    return f"fold-{fold + 1}-of-{num_folds}.json"
+
+
 def member_dir(member: int) -> str:
     """Ensemble member ``member``'s own job folder (0-based), under ``MEMBERS_DIR``."""
     return f"{MEMBERS_DIR}/member-{member}"

@@ -286,7 +286,8 @@ def run_find_label_issues(args: argparse.Namespace) -> None:
         )
     values = tuning.read_best_hyperparameters(args.job_dir, model=preset.name)
     logging.info("hyperparameters from %s", "JOB/best_hyperparameters.json" if values else f"{preset.name} defaults")
-    label_issues.run(_fit_run(args, data_dir, preset, values), job_dir=args.job_dir, num_folds=args.folds)
+    run = _fit_run(args, data_dir, preset, values, overwrite=args.overwrite)
+    label_issues.run(run, job_dir=args.job_dir, num_folds=args.folds)
 
 
 def _os_error_line(e: Exception) -> str:

@@ -66,10 +66,6 @@ def train(run: fitting.Run, *, serving_export: bool = True) -> keras.Model:
     return model
 
 
-# What a member's training_config.json must hold for the member to be reused.
-_MEMBER_KEYS = ("model", "hyperparameters", records.DATA_FINGERPRINT_KEY, "seed", "recipe")
-
-
 def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
     """Trains ``members`` runs of :func:`train` with seeds ``run.seed``, + 1, ...; saves and exports their mean.
 
@@ -94,8 +90,7 @@ def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
     trained = []
     for k in range(members):
         member = dataclasses.replace(run, job_dir=_join(job_dir, job_layout.member_dir(k)), seed=run.seed + k)
-        recorded = fitting.config(member)
-        model = None if run.overwrite else _trained_member(member.job_dir, {key: recorded[key] for key in _MEMBER_KEYS})
+        model = None if run.overwrite else _trained_member(member.job_dir, fitting.reuse_settings(member))
         if model is None:
             logging.info("ensemble member %d of %d (seed %d) in %s", k + 1, members, member.seed, member.job_dir)
             model = train(member, serving_export=False)
@@ -127,7 +122,8 @@ def train_ensemble(run: fitting.Run, *, members: int) -> keras.Model:
 
 
 def _trained_member(member_dir: str, expected: Mapping[str, Any]) -> keras.Model | None:
-    """The member's saved model when its training_config.json holds ``expected``'s values, else None.
+    """The member's saved model when its training_config.json holds ``expected``'s values
+    (:func:`fitting.reuse_settings`), else None.
 
     A model.keras or training_config.json that does not read whole is not reused (one log line).
     """
@@ -136,8 +132,7 @@ def _trained_member(member_dir: str, expected: Mapping[str, Any]) -> keras.Model
     if not checkpoints.trusted(model_path, what) or not checkpoints.trusted(records.config_path(member_dir), what):
         return None
     recorded = records.read_config(member_dir)
-    # Through JSON, as recorded (tuples become lists).
-    if any(recorded.get(key) != value for key, value in json.loads(json.dumps(expected)).items()):
+    if any(recorded.get(key) != value for key, value in expected.items()):
         return None
     return keras.saving.load_model(model_path)
 

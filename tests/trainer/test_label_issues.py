@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.image_files import labelled_image
-from trainer import folds, label_issues, task
+from trainer import fitting, folds, label_issues, task
 
 FLIPPED = ("img_03", "img_10", "img_17")
 UNLABELLED = ("new_1", "new_2")
@@ -218,8 +218,12 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
         assert abs(sum(p) - 1) < 1e-5 and float(row["probability"]) == pytest.approx(p[1], abs=1e-6)
         index = int(row["id"][4:])
         assert row["given_label"] == ("no", "yes")[1 - index % 2 if row["id"] in FLIPPED else index % 2]
-    fold_files = sorted(p.name for p in (job_dir / "cross_validation").iterdir())
+    fold_files = sorted(p.name for p in (job_dir / "cross_validation").glob("*.csv"))
     assert fold_files == ["fold-1-of-2.csv", "fold-2-of-2.csv"]
+    assert sorted(p.name for p in (job_dir / "cross_validation").glob("*.json")) == [
+        "fold-1-of-2.json",
+        "fold-2-of-2.json",
+    ]
     assert sum(len(_rows(job_dir / "cross_validation" / name)) for name in fold_files) == 24
     with open(job_dir / "label_issues.csv", newline="") as f:
         reader = csv.DictReader(f)
@@ -251,6 +255,36 @@ def test_find_label_issues_command_end_to_end(flipped_dir, tmp_path, capsys):
     assert found["error"] == "" and found["suggested_label"] in ("no", "yes") and 0.5 <= float(found["confidence"]) <= 1
     assert gone["error"] == "no such file" and gone["suggested_label"] == gone["probability"] == ""
     assert not list(job_dir.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_rerun_refits_only_the_folds_not_fitted_with_its_settings(flipped_dir, tmp_path, monkeypatch):
+    job_dir = tmp_path / "job"
+    command = ["find_label_issues", "--data_dir", flipped_dir, "--job_dir", str(job_dir), "--folds", "2"]
+    command += ["--epochs", "1", "--verbose", "0"]
+    real_fit, fitted = fitting.fit, []
+
+    def counting_fit(run, **kwargs):
+        fitted.append(run.seed)  # Fold K fits with seed --seed + K.
+        return real_fit(run, **kwargs)
+
+    monkeypatch.setattr(fitting, "fit", counting_fit)
+    outputs = ("oof_probabilities.csv", "label_issues.csv", "suggested_labels.csv")
+
+    def runs(*extra: str) -> tuple[list[int], dict[str, bytes]]:
+        fitted.clear()
+        assert task.main([*command, *extra]) == 0
+        return list(fitted), {name: (job_dir / name).read_bytes() for name in outputs}
+
+    fits, first = runs()
+    assert fits == [0, 1]
+    assert runs() == ([], first)  # Nothing refitted, the same outputs to the byte.
+    (job_dir / "cross_validation" / "fold-2-of-2.json").unlink()  # Killed before fold 2 was recorded.
+    assert runs()[0] == [1]
+    assert runs("--overwrite")[0] == [0, 1]
+    (job_dir / "cross_validation" / "fold-1-of-2.json").write_text("{")  # Cut short: not trusted.
+    assert runs()[0] == [0]
+    assert runs("--epochs", "2")[0] == [0, 1]  # Other settings: other folds.
 
 
 def test_folds_below_two_is_a_usage_error(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipelines import atomic as pipelines_atomic
+from tests.failing_files import patch_local_writes
 from trainer import atomic, errors, records
 
 
@@ -28,23 +28,12 @@ def test_non_finite_floats_are_written_as_null(tmp_path):
 
 def _crash_after_part(monkeypatch):
     """The file being written gets half of what it is given, then the process 'dies'."""
-    real_create = pipelines_atomic.LOCAL.create
 
-    class HalfThenRaise:
-        def __init__(self, path):
-            self._file = real_create(path)
+    def half_then_killed(file, content):
+        file.write(content[: len(content) // 2])
+        raise KeyboardInterrupt("killed mid-write")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._file.close()
-
-        def write(self, content):
-            self._file.write(content[: len(content) // 2])
-            raise KeyboardInterrupt("killed mid-write")
-
-    monkeypatch.setattr(pipelines_atomic.LOCAL, "create", HalfThenRaise)
+    patch_local_writes(monkeypatch, half_then_killed)
 
 
 def test_a_crash_mid_write_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from pipelines import locks
+from tests.failing_files import patch_local_writes
 from tests.image_files import write_glasses_like
 from trainer import errors, flags, task
 
@@ -300,7 +301,6 @@ def test_a_job_dir_that_is_a_file_is_one_line_saying_what_to_do(tmp_path, capsys
 
 
 def test_predict_on_a_full_disk_is_one_line_naming_the_output_and_leaves_no_temporary(tmp_path, capsys, monkeypatch):
-    from pipelines import atomic
     from trainer import export
 
     def serving(image_bytes):
@@ -312,22 +312,11 @@ def test_predict_on_a_full_disk_is_one_line_naming_the_output_and_leaves_no_temp
     (tmp_path / "export").mkdir()
     (tmp_path / "export" / "saved_model.pb").write_bytes(b"")
     images = write_glasses_like(tmp_path, [0, 1])
-    create = atomic.LOCAL.create
 
-    class FullDisk:  # The file is made; no byte fits on the disk.
-        def __init__(self, path):
-            self._file = create(path)
+    def full_disk(file, content):  # The file is made; no byte fits on the disk.
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._file.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(atomic.LOCAL, "create", FullDisk)
+    patch_local_writes(monkeypatch, full_disk)
     (tmp_path / "out").mkdir()
     output = tmp_path / "out" / "predictions.csv"
     status = task.main(["predict", "--job_dir", str(tmp_path), "--input", str(images), "--output", str(output)])
