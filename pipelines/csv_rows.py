@@ -84,11 +84,13 @@ def resolve_columns(spec: str, header: list[str], *, reserved: Iterable[str] = (
 def parse_vector(row: list[str], indices: tuple[int, ...], names: tuple[str, ...]) -> bytes:
     """A row's --numeric_columns cells -> float32 bytes; ValueError naming the column when one is
     missing, not a number, or not finite (inf, nan, or too large for float32)."""
-    # One conversion for the whole row: the Kaggle layout has 512 columns, and a numpy call per
-    # cell made this the costliest step of a rerun served by the decode cache.
+    # One numpy conversion of the row's strings: the Kaggle layout has 512 columns, and a Python
+    # float() a cell was the largest part of the labels CSV's parse (docs/benchmarks.md section 1).
+    # numpy converts a str as float() does (underscores, spaces, other scripts' digits), then
+    # rounds the double to float32: the values are those of float() a cell, bit for bit.
     try:
         with np.errstate(over="ignore"):  # 1e39 becomes inf, rejected below.
-            values = np.array([float(row[index]) for index in indices], np.float32)
+            values = np.array([row[index] for index in indices], np.float32)
     except ValueError:
         raise ValueError(_first_vector_problem(row, indices, names)) from None
     if not np.isfinite(values).all():

@@ -6,10 +6,13 @@ empty shards, reading the statistics back, the manifest) is in ``pipelines.outpu
 
 from __future__ import annotations
 
+import functools
 import gzip
+import io
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import apache_beam as beam
@@ -31,8 +34,12 @@ EXAMPLES_PER_SHARD = 1000
 # The shards' gzip level: on the job's records (50x50 RGB and 512-value vectors) level 3
 # compresses 51-62 MB/s against 41-47 at 9 (gzip's default, the same ratio as 6), to within
 # 1.5% of its size (smaller on 256-px sources); the compression is the largest part of the
-# writer's work, on the thread that runs the steps after the decode (docs/benchmarks.md section 1).
+# writer's work (docs/benchmarks.md section 1), off the thread that runs the steps after the decode.
 SHARD_GZIP_LEVEL = 3
+# Framed records a shard's sink gzips at once, on a thread of its own: a shard's records are
+# ~10 KB (50x50 RGB and a 512-value vector), so a hand-over per 25 of them; the job's up to ~20
+# open shards hold at most twice this each.
+SHARD_WRITE_CHUNK = 256 << 10
 # Images whose channel statistics are computed at once (their float64 copies: 16 bytes a value).
 STATISTICS_CHUNK = 64
 
@@ -63,16 +70,40 @@ def shard_name(split: str, image_id: str, shards: Mapping[str, int]) -> str:
     return f"{split}-{int(unit_hash('shard', image_id) * count):05d}-of-{count:05d}"
 
 
+@functools.cache
+def _shard_compressor() -> ThreadPoolExecutor:
+    """The thread that gzips the shards of this process (zlib releases the GIL while it compresses)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="shard-gzip")
+
+
 class _GzipTFRecordSink(fileio.FileSink):
-    """A fileio sink writing GZIP-compressed TFRecords (what tf.data.TFRecordDataset reads)."""
+    """A fileio sink writing GZIP-compressed TFRecords (what tf.data.TFRecordDataset reads).
+
+    The records are framed here, SHARD_WRITE_CHUNK bytes of them gzipped at a time on
+    :func:`_shard_compressor`'s thread while this one encodes the next: one chunk of a shard in
+    flight at most, in order, so the file's bytes are those of gzipping record by record.
+    """
 
     def open(self, fh) -> None:
         self._file = gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=SHARD_GZIP_LEVEL)
+        self._chunk = io.BytesIO()
+        self._writing: Future | None = None
 
     def write(self, record: tuple[str, bytes]) -> None:
-        _TFRecordUtil.write_record(self._file, record[1])
+        _TFRecordUtil.write_record(self._chunk, record[1])
+        if self._chunk.tell() >= SHARD_WRITE_CHUNK:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """The chunk to the compressing thread, once the one before it is written (its error raised here)."""
+        if self._writing is not None:
+            self._writing.result()
+        self._writing = _shard_compressor().submit(self._file.write, self._chunk.getvalue())
+        self._chunk = io.BytesIO()
 
     def flush(self) -> None:
+        self._hand_over()
+        self._writing.result()
         self._file.close()  # Writes the gzip trailer; fileio closes the file itself.
 
 

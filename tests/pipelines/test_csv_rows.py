@@ -229,3 +229,28 @@ def test_a_bad_vector_value_is_kept_as_the_rows_vector_error(cells, message):
 def test_a_labels_csv_without_the_numeric_columns_is_refused():
     with pytest.raises(csv_rows.CsvError, match="1 --numeric_columns not in its header"):
         _vector_layout(header=("id", "label", "a"))
+
+
+@pytest.mark.parametrize("cell", ["1_000", " 2.5 ", "\t-3", "+1", ".5", "5.", "\uff11", "3.4028235e38", "1e-50", "-0"])
+def test_a_vector_cell_reads_as_pythons_float_rounded_to_float32(cell):
+    _, row = csv_rows.parse_label_row(f"7,yes,{cell},0", _vector_layout())
+    assert row.vector == np.array([float(cell), 0.0], np.float32).tobytes()
+
+
+def test_vector_values_round_from_the_double_as_float_then_float32_did():
+    # Decimals with up to 17 digits, some next to a float32 rounding boundary: parsed straight
+    # to float32 they could round differently from the double that float() gives.
+    rng = np.random.default_rng(0)
+    doubles = np.concatenate([rng.standard_normal(500) * 10.0 ** rng.integers(-40, 38, 500), rng.standard_normal(500)])
+    # Just above the midpoint of two float32s, 1.5 and 1.5 + 2**-23: its double is the midpoint,
+    # which rounds to 1.5; straight to float32 it would round up.
+    above_halfway = "1.500000059604644775390625001"
+    cells = [repr(float(d)) for d in doubles] + [f"{d:.9g}" for d in doubles] + [above_halfway]
+    names = tuple(f"c{i}" for i in range(len(cells)))
+    layout = _vector_layout()._replace(
+        width=2 + len(cells), vector_columns=names, vector_indices=tuple(range(2, 2 + len(cells)))
+    )
+    _, row = csv_rows.parse_label_row("7,yes," + ",".join(cells), layout)
+    with np.errstate(over="ignore"):
+        expected = np.array([float(cell) for cell in cells], np.float32)
+    assert row.vector_error == "" and row.vector == expected.tobytes()

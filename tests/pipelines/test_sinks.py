@@ -10,7 +10,13 @@ from tfx_bsl.coders import example_coder
 from pipelines import features
 from pipelines.preprocessing import raw_metadata
 from pipelines.records import DecodedImage
-from pipelines.sinks import SHARD_GZIP_LEVEL, STATISTICS_CHUNK, _GzipTFRecordSink, analysis_record_batch
+from pipelines.sinks import (
+    SHARD_GZIP_LEVEL,
+    SHARD_WRITE_CHUNK,
+    STATISTICS_CHUNK,
+    _GzipTFRecordSink,
+    analysis_record_batch,
+)
 
 
 @pytest.mark.parametrize("vector_length", [0, 5])
@@ -92,3 +98,50 @@ def test_the_shard_sink_writes_gzip_tfrecords_at_its_level_that_tensorflow_reads
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(path), compression_type="GZIP")] == records
     # Not gzip's default level 9 (the header's XFL byte 2: "slowest compression"; 0 for level 3).
     assert SHARD_GZIP_LEVEL == 3 and path.read_bytes()[8] == 0
+
+
+def test_the_shard_sink_writes_the_bytes_of_gzipping_record_by_record(tmp_path):
+    import gzip
+
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+
+    rng = np.random.default_rng(2)
+    # ~10 KB records, half noise, half runs: several of the sink's chunks, and a last part one.
+    records = [rng.integers(0, 256, 5000 + i, dtype=np.uint8).tobytes() + bytes([i % 7]) * 5000 for i in range(150)]
+    assert sum(map(len, records)) > 5 * SHARD_WRITE_CHUNK
+    name = "train-00000-of-00001.tfrecord.gz"
+    (tmp_path / "sink").mkdir()
+    (tmp_path / "plain").mkdir()
+    with open(tmp_path / "sink" / name, "wb") as fh:
+        sink = _GzipTFRecordSink()
+        sink.open(fh)
+        for record in records:
+            sink.write((name, record))
+        sink.flush()
+    written = (tmp_path / "sink" / name).read_bytes()
+    mtime = int.from_bytes(written[4:8], "little")  # The header's time (of the sink's open).
+    with (
+        open(tmp_path / "plain" / name, "wb") as fh,
+        gzip.GzipFile(fileobj=fh, mode="wb", compresslevel=SHARD_GZIP_LEVEL, mtime=mtime) as plain,
+    ):
+        for record in records:
+            _TFRecordUtil.write_record(plain, record)
+    assert written == (tmp_path / "plain" / name).read_bytes()
+
+
+def test_a_shard_sinks_write_error_on_its_gzip_thread_reaches_the_writer():
+    class FullAfterTheHeader:
+        name = "full"
+        written = 0
+
+        def write(self, data):
+            if self.written > 100:  # The header went through (in several writes).
+                raise OSError(28, "No space left on device")
+            self.written += len(data)
+
+    sink = _GzipTFRecordSink()
+    sink.open(FullAfterTheHeader())
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(3):
+            sink.write(("train", b"x" * SHARD_WRITE_CHUNK))
+        sink.flush()
