@@ -162,6 +162,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
     # [DecodedImage] without pixels or vector: they wait in the batch's staging file (``staged``)
     # for the writer, so that nothing below holds them in memory at a stage boundary
     audit = _images(staged, "AuditedImages") | "QualityAudit" >> AuditQuality(
+        stash_dir=staging_dir,
         threshold=config.outlier_threshold,
         distance=config.duplicate_distance,
         similarity=config.duplicate_similarity,

@@ -59,7 +59,7 @@ def decode_staged(record: bytes) -> tuple[str, bytes]:
     return image_id, pixels
 
 
-class _BundleFiles:
+class BundleFiles:
     """One bundle's staging files of one kind: a new file every ``per_file`` records, each
     closed by :meth:`close` at the end of the bundle, before the bundle's outputs count: a
     retried bundle writes new files, and the ones a failed attempt left are never read."""
@@ -120,7 +120,7 @@ class StageVectors(beam.DoFn):
         self._dir = staging_dir
 
     def start_bundle(self) -> None:
-        self._files = _BundleFiles(self._dir, ".vectors", VECTORS_PER_FILE)
+        self._files = BundleFiles(self._dir, ".vectors", VECTORS_PER_FILE)
 
     def process(self, element: tuple[str, LabelRow]) -> Iterator[tuple[str, LabelRow]]:
         image_id, row = element

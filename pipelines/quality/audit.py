@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,7 +15,15 @@ import threadpoolctl
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.stats import ApproximateQuantilesCombineFn
 
-from pipelines.quality.duplicates import Member, alike_pair, bands, bucket_pairs, duplicate_groups, id_order
+from pipelines.quality.duplicates import (
+    Member,
+    alike_pair,
+    bands,
+    bucket_entry,
+    bucket_pairs,
+    duplicate_groups,
+    id_order,
+)
 from pipelines.quality.face_space import (
     ATYPICALITY_BATCH,
     FaceSpace,
@@ -23,12 +32,13 @@ from pipelines.quality.face_space import (
     with_atypicality,
 )
 from pipelines.quality.outliers import outlier_reasons, robust_values, robust_z
+from pipelines.quality.stash import AuditedImage, Stashed, StashPixels, read_stashed
 
 NAMESPACE = "facepipe.quality"
 
 
 class _FlagOutliers(beam.DoFn):
-    """(DecodedImage-like record) -> one JSON-able line with its statistics, z-scores and flags."""
+    """AuditedImage -> one JSON-able line with its statistics, z-scores and flags."""
 
     def __init__(self, threshold: float):
         self._threshold = threshold
@@ -66,13 +76,57 @@ def one_blas_thread() -> None:
 
 
 class _Atypicality(beam.DoFn):
-    """[image] -> each image with its quality's atypicality (:func:`with_atypicality`)."""
+    """[AuditedImage] -> each with its quality's atypicality (:func:`with_atypicality`), its
+    patches read back from the stash for it."""
+
+    def __init__(self, stash_dir: str):
+        self._stash_dir = stash_dir
 
     def setup(self) -> None:
         one_blas_thread()
 
-    def process(self, images: list[Any], spaces: Mapping[int, FaceSpace | None]) -> list[Any]:
-        return with_atypicality(images, spaces)
+    def process(self, images: list[AuditedImage], spaces: Mapping[int, FaceSpace | None]) -> list[AuditedImage]:
+        pixels = read_stashed(self._stash_dir, ((im.id, im.stashed) for im in images))
+        with_patches = [im._replace(quality=im.quality._replace(patches=pixels[im.stashed][1])) for im in images]
+        return [im._replace(quality=im.quality._replace(patches=b"")) for im in with_atypicality(with_patches, spaces)]
+
+
+class _AlikeThumbnails(beam.DoFn):
+    """[((lower id, higher id), [packed end])] (candidate pairs, their ends as :func:`_packed_end`
+    made them) -> (Member, Member) for each pair whose thumbnails, read back from the stash, are
+    alike (:func:`alike_pair`)."""
+
+    def __init__(self, stash_dir: str, min_similarity: float):
+        self._stash_dir = stash_dir
+        self._min_similarity = min_similarity
+
+    def process(self, pairs: list[tuple[tuple[str, str], Iterable[bytes]]]) -> Iterator[tuple[Member, Member]]:
+        ends = [[_unpacked_end(end) for end in kv[1]] for kv in pairs]
+        pixels = read_stashed(self._stash_dir, ((m.id, stashed) for pair in ends for m, stashed in pair))
+        for pair in ends:
+            yield from alike_pair([(m, pixels[stashed][0]) for m, stashed in pair], self._min_similarity)
+
+
+class _BucketFn(beam.CombineFn):
+    """An LSH bucket's :func:`bucket_entry` bytes -> them all in one bytes object. A local runner
+    holds a grouping's values as Python objects, and the buckets hold every image once per band:
+    combined per bundle, a bucket is one object per bundle, not one per image (~50 bytes each)."""
+
+    def create_accumulator(self) -> list[bytes]:
+        return []
+
+    def add_input(self, entries: list[bytes], entry: bytes) -> list[bytes]:
+        entries.append(entry)
+        return entries
+
+    def merge_accumulators(self, accumulators: Iterable[list[bytes]]) -> list[bytes]:
+        return [b"".join(itertools.chain.from_iterable(accumulators))]
+
+    def compact(self, entries: list[bytes]) -> list[bytes]:
+        return [b"".join(entries)]
+
+    def extract_output(self, entries: list[bytes]) -> bytes:
+        return b"".join(entries)
 
 
 class _FaceSpaceFn(beam.CombineFn):
@@ -127,75 +181,81 @@ class AuditQuality(beam.PTransform):
     (band, value), pairs within ``distance`` bits in a bucket, then their two thumbnails
     compared at ``similarity``) plus exact copies by content hash; the resulting edges are few
     (a pair per duplicate, not per image), so one global combine builds the groups from them.
+
+    What waits at its stage boundaries is small: the thumbnails and patches wait in files in
+    ``stash_dir`` (pipelines/quality/stash.py), the LSH buckets hold ids and hashes.
     """
 
-    def __init__(self, *, threshold: float, distance: int, similarity: float, examples: int = 5):
+    def __init__(self, *, stash_dir: str, threshold: float, distance: int, similarity: float, examples: int = 5):
         super().__init__()
+        self._stash_dir = stash_dir
         self._threshold = threshold
         self._distance = distance
         self._similarity = similarity
         self._examples = examples
 
     def expand(self, images):
-        distance, min_similarity = self._distance, self._similarity
+        distance = self._distance
         spaces = beam.pvalue.AsDict(
             images
             | "KeyFolds" >> beam.Map(lambda im: (face_space_fold(im.content_hash), im.quality.patches))
             | "FaceSpaces" >> beam.CombinePerKey(_FaceSpaceFn())
             # (fold, FaceSpace): 16 64x64 projections per fold; none for a fold too small
         )
-        images = (
+        audited = (
             images
+            | "StashPixels" >> beam.ParDo(StashPixels(self._stash_dir))
+            # AuditedImage: the thumbnail and patches in a stash file, ``stashed`` says where
             # Whole blocks: a call costs one padded block of ATYPICALITY_BATCH rows per fold
             # however few images it has (Beam's adaptive sizes from 16 up paid it per 16-64).
             | "BatchForAtypicality"
             >> beam.BatchElements(min_batch_size=ATYPICALITY_BATCH, max_batch_size=ATYPICALITY_BATCH)
-            # [image]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
-            | "Atypicality" >> beam.ParDo(_Atypicality(), spaces)
+            # [AuditedImage]: ATYPICALITY_BATCH (fewer at a bundle's end), so that the atypicality is one numpy pass per batch
+            | "Atypicality" >> beam.ParDo(_Atypicality(self._stash_dir), spaces)
         )
-        # images: as given, their quality's atypicality set
-        measured = images | "WithoutPixels" >> beam.Map(
-            lambda im: im._replace(quality=im.quality._replace(thumbnail=b"", patches=b""))
-        )
-        # images without their thumbnail and patches: what waits for the medians below needs
-        # neither (a local runner holds every such record in memory until they are known)
-        values = measured | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
+        # audited: AuditedImage, its quality's atypicality set. The three steps that wait for
+        # the whole data set (the medians, the MADs, the candidate partners) read these records
+        # themselves: a local runner then holds them once (the consumers of one PCollection
+        # share its buffer), not a record of each step's own beside them.
+        values = audited | "Values" >> beam.FlatMap(lambda im: robust_values(im.quality).items())
         medians = beam.pvalue.AsDict(values | "ValueMedians" >> MedianPerKey())
-        deviations = values | "Deviation" >> beam.Map(lambda kv, med: (kv[0], abs(kv[1] - med[kv[0]])), medians)
+        deviations = audited | "Deviation" >> beam.FlatMap(_deviations, medians)
         mads = beam.pvalue.AsDict(deviations | "DeviationMedians" >> MedianPerKey())
-        lines = measured | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
+        lines = audited | "FlagOutliers" >> beam.ParDo(_FlagOutliers(self._threshold), medians, mads)
 
-        with_thumbnails = images | "Members" >> beam.Map(
-            lambda im: (Member(im.id, im.split, im.content_hash, im.quality.phash), im.quality.thumbnail)
-        )
-        members = with_thumbnails | "WithoutThumbnails" >> beam.Keys()
-        # The LSH buckets hold each image once per band (distance + 1 times): they carry no
-        # thumbnail; the few candidate pairs they find fetch their two thumbnails after.
+        # The LSH buckets hold each image once per band (distance + 1 times): its hash and id
+        # in one bytes object; the few candidate pairs they find read their two thumbnails from the stash after.
         partners = beam.pvalue.AsDict(
-            members
-            | "KeyBands" >> beam.FlatMap(lambda m: ((band, m) for band in bands(m.phash, distance)))
-            | "GroupBands" >> beam.GroupByKey()
-            # ((band index, band value), [Member])
+            audited
+            | "KeyBands"
+            >> beam.FlatMap(
+                lambda im: ((band, bucket_entry(im.id, im.quality.phash)) for band in bands(im.quality.phash, distance))
+            )
+            | "GroupBands" >> beam.CombinePerKey(_BucketFn())
+            # ((band index, band value), the bucket's entries (bucket_entry: hash and id) in one bytes)
             | "CloseHashes" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], distance))
-            # (Member, Member) within ``distance`` bits, once per bucket they share
-            | "BothEnds" >> beam.FlatMap(lambda pair: [(pair[0].id, pair[1].id), (pair[1].id, pair[0].id)])
+            # (id, id) within ``distance`` bits, once per bucket they share
+            | "BothEnds" >> beam.FlatMap(lambda pair: [pair, pair[::-1]])
             | "PartnersById" >> beam.GroupByKey()
             # (id, [ids of its candidate partners]): a dict side input, read once per bundle (a
             # multimap's lookups are one runner request per image)
         )
         near = (
-            with_thumbnails
+            audited
             | "KeyByCandidatePair" >> beam.FlatMap(_candidate_pair_ends, partners)
-            # ((lower id, higher id), (Member, thumbnail)) per candidate pair the image is in
+            # ((lower id, higher id), the image's Member and Stashed packed in one bytes object)
+            # per candidate pair the image is in
             | "GroupCandidatePairs" >> beam.GroupByKey()
-            | "AlikeThumbnails" >> beam.FlatMap(lambda kv: alike_pair(kv[1], min_similarity))
+            | "BatchCandidatePairs" >> beam.BatchElements(max_batch_size=ATYPICALITY_BATCH)
+            # [((lower id, higher id), [packed end])]: one read of the stash per file and batch
+            | "AlikeThumbnails" >> beam.ParDo(_AlikeThumbnails(self._stash_dir, self._similarity))
         )
         exact = (
-            members
-            | "KeyContent" >> beam.Map(lambda m: (m.content_hash, m))
+            audited
+            | "KeyContent" >> beam.Map(lambda im: (im.content_hash, _packed_end(im)))
             | "GroupContent" >> beam.GroupByKey()
-            # (content hash, [Member]): a chain of edges connects every copy
-            | "ExactPairs" >> beam.FlatMap(lambda kv: _chain(kv[1]))
+            # (content hash, [packed end]): a chain of edges connects every copy
+            | "ExactPairs" >> beam.FlatMap(lambda kv: _chain(_unpacked_end(end)[0] for end in kv[1]))
         )
         groups = (
             (near, exact)
@@ -222,12 +282,50 @@ class AuditQuality(beam.PTransform):
         return {"images": lines, "groups": groups, "stats": stats}
 
 
+def _deviations(image: AuditedImage, medians: Mapping[str, float]) -> Iterator[tuple[str, float]]:
+    """(statistic, |value - its median|) of each of the image's robust values."""
+    for name, value in robust_values(image.quality).items():
+        yield name, abs(value - medians[name])
+
+
+# An image as the duplicate groupings hold it (a candidate pair's end, a copy by content):
+# content hash, phash, the stash record's offset and length, the
+# lengths of the id, split and stash file name in bytes; then those three.
+_END_HEAD = struct.Struct(">32sQQIIII")
+
+
+def _packed_end(image: AuditedImage) -> bytes:
+    """The image's Member and Stashed in one bytes object: a local runner holds a grouping's
+    values as Python objects, and a (Member, Stashed) costs twice this, a Member alone 1.5x."""
+    texts = [text.encode("utf-8") for text in (image.id, image.split, image.stashed.name)]
+    head = _END_HEAD.pack(
+        image.content_hash.to_bytes(32, "big"),
+        image.quality.phash,
+        image.stashed.offset,
+        image.stashed.length,
+        *map(len, texts),
+    )
+    return head + b"".join(texts)
+
+
+def _unpacked_end(packed: bytes) -> tuple[Member, Stashed]:
+    content_hash, phash, offset, length, *lengths = _END_HEAD.unpack_from(packed)
+    texts, start = [], _END_HEAD.size
+    for size in lengths:
+        texts.append(packed[start : start + size].decode("utf-8"))
+        start += size
+    if start != len(packed):
+        raise ValueError(f"a packed candidate end of {len(packed)} bytes does not match its lengths")
+    image_id, split, name = texts
+    return Member(image_id, split, int.from_bytes(content_hash, "big"), phash), Stashed(name, offset, length)
+
+
 def _candidate_pair_ends(
-    member_thumbnail: tuple[Member, bytes], partners: Mapping[str, Sequence[str]]
-) -> Iterator[tuple[tuple[str, str], tuple[Member, bytes]]]:
-    member = member_thumbnail[0]
-    for partner in set(partners.get(member.id, ())):
-        yield tuple(sorted((member.id, partner), key=id_order)), member_thumbnail
+    image: AuditedImage, partners: Mapping[str, Sequence[str]]
+) -> Iterator[tuple[tuple[str, str], bytes]]:
+    end = _packed_end(image)
+    for partner in set(partners.get(image.id, ())):
+        yield tuple(sorted((image.id, partner), key=id_order)), end
 
 
 def _chain(members: Iterable[Member]) -> Iterator[tuple[Member, Member]]:

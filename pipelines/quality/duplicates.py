@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ def hamming(a: int, b: int) -> int:
 
 
 class Member(NamedTuple):
-    """An image as the duplicate search sees it (its thumbnail travels apart, see :class:`AuditQuality`)."""
+    """An image as the duplicate groups see it (its thumbnail waits in the stash, see :class:`AuditQuality`)."""
 
     id: str
     split: str
@@ -56,12 +57,31 @@ def bands(phash: int, distance: int) -> list[tuple[int, int]]:
     return [(i, (phash >> lo) & ((1 << (hi - lo)) - 1)) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
 
 
-def bucket_pairs(members: Iterable[Member], distance: int) -> Iterator[tuple[Member, Member]]:
-    """Pairs (lower id first) of one LSH bucket's members whose hashes are within ``distance`` bits."""
-    ordered = sorted(set(members), key=lambda m: id_order(m.id))
-    for i, a in enumerate(ordered):
-        for b in ordered[i + 1 :]:
-            if hamming(a.phash, b.phash) <= distance:
+# A bucket entry: the hash (HASH_BITS) and the id's length in bytes, then the id.
+_ENTRY_HEAD = struct.Struct(">QI")
+
+
+def bucket_entry(image_id: str, phash: int) -> bytes:
+    """An image as an LSH bucket holds it: its hash and id in a few bytes; a bucket's entries are
+    concatenated (:func:`bucket_pairs`)."""
+    encoded = image_id.encode("utf-8")
+    return _ENTRY_HEAD.pack(phash, len(encoded)) + encoded
+
+
+def bucket_pairs(entries: bytes, distance: int) -> Iterator[tuple[str, str]]:
+    """(id, id) pairs (lower id first) of one LSH bucket's concatenated :func:`bucket_entry`
+    members (an image may be there more than once) whose hashes are within ``distance`` bits."""
+    members, start = set(), 0
+    while start < len(entries):
+        phash, length = _ENTRY_HEAD.unpack_from(entries, start)
+        start += _ENTRY_HEAD.size + length
+        if start > len(entries):
+            raise ValueError(f"a bucket's entries end inside an entry ({len(entries)} bytes)")
+        members.add((entries[start - length : start].decode("utf-8"), phash))
+    ordered = sorted(members, key=lambda m: id_order(m[0]))
+    for i, (a, a_hash) in enumerate(ordered):
+        for b, b_hash in ordered[i + 1 :]:
+            if hamming(a_hash, b_hash) <= distance:
                 yield a, b
 
 

@@ -6,11 +6,13 @@ import itertools
 
 import cv2
 import numpy as np
+import pytest
 
 from pipelines.quality.duplicates import (
     Member,
     alike_pair,
     bands,
+    bucket_entry,
     bucket_pairs,
     duplicate_groups,
     hamming,
@@ -49,7 +51,9 @@ def test_copies_have_similar_thumbnails_and_other_faces_do_not() -> None:
 def test_a_pair_with_one_hash_but_different_thumbnails_is_not_a_near_duplicate() -> None:
     a, b = quality(face(3)), quality(face(4))
     same_hash = [Member("1", "train", 1, a.phash), Member("2", "train", 2, a.phash)]
-    assert list(bucket_pairs(same_hash, K)) == [(same_hash[0], same_hash[1])]  # no thumbnail check yet
+    assert list(bucket_pairs(b"".join(bucket_entry(m.id, m.phash) for m in same_hash), K)) == [
+        ("1", "2")
+    ]  # no thumbnail check yet
     assert alike_pair([(same_hash[1], b.thumbnail), (same_hash[0], a.thumbnail)], S) == []
     copy = Member("3", "train", 3, a.phash ^ 0b101)
     brightened = quality(cv2.convertScaleAbs(face(3), alpha=1.05)).thumbnail
@@ -72,8 +76,8 @@ def test_banding_finds_every_pair_within_k_like_brute_force() -> None:
         for image_id, h in members:
             assert len(bands(h, k)) == k + 1
             for band in bands(h, k):
-                buckets.setdefault(band, []).append(_member(image_id, h))
-        found = {(a.id, b.id) for bucket in buckets.values() for a, b in bucket_pairs(bucket, k)}
+                buckets.setdefault(band, []).append(bucket_entry(image_id, h))
+        found = {pair for bucket in buckets.values() for pair in bucket_pairs(b"".join(bucket), k)}
         assert found == {tuple(sorted(pair, key=lambda i: (len(i), i))) for pair in brute}
         assert any(hamming(ha, hb) <= k for (_, ha), (_, hb) in itertools.combinations(members, 2))
 
@@ -104,3 +108,12 @@ def test_groups_are_connected_components_with_kind_kept_and_leakage() -> None:
             "leakage": False,
         },
     ]
+
+
+def test_a_bucket_entry_keeps_any_id_and_all_64_bits_of_the_hash() -> None:
+    top, near_top = 2**64 - 1, (2**64 - 1) ^ 0b11
+    entries = b"".join([bucket_entry("visage-10é", top), bucket_entry("2", near_top), bucket_entry("visage-10é", top)])
+    assert list(bucket_pairs(entries, 2)) == [("2", "visage-10é")]
+    assert list(bucket_pairs(entries, 1)) == []
+    with pytest.raises(ValueError, match="end inside an entry"):
+        list(bucket_pairs(entries[:-1], 2))
