@@ -137,12 +137,22 @@ def decode_with_size(
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if image is None:
             raise UndecodableImage("undecodable", f"OpenCV could not decode this {container}")
+        if color_mode == "rgb" and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+            # BGR -> RGB only swaps channels, and the resize treats each channel alike: swapping
+            # the resized image gives the same pixels for a fraction of the work (section 1 of
+            # docs/benchmarks.md). A grey conversion or a 16-bit scaling rounds: not reordered.
+            image = _resized(image, size)
         image = to_uint8_color(image, color_mode)
+    return CachedPixels(np.ascontiguousarray(_resized(image, size)), (width, height))
+
+
+def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` (HxW or HxWxC) at ``size`` (width, height), HxWxC; itself when already that size."""
     if (image.shape[1], image.shape[0]) != size:
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)  # cache.INTERPOLATION
         if image.ndim == 2:
             image = image[:, :, np.newaxis]
-    return CachedPixels(np.ascontiguousarray(image), (width, height))
+    return image
 
 
 def decode_and_resize(

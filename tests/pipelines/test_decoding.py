@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -63,3 +64,15 @@ def test_exif_orientation_is_ignored_alike_by_the_pipeline_the_thumbnails_and_th
     served = tf.io.decode_image(data, channels=3).numpy()
     assert served.shape == (32, 64, 3)
     np.testing.assert_allclose(served.astype(float), decoded.pixels.astype(float), atol=3)
+
+
+@pytest.mark.parametrize("shape", [(61, 97), (64, 64), (30, 20), (50, 50), (1024, 1024)])
+def test_a_colour_png_resized_before_its_channels_are_swapped_has_the_pixels_of_the_swap_then_resize(shape):
+    # Noise: every channel and every pixel differ, so a channel resized with another's weights shows.
+    bgr = np.random.default_rng(sum(shape)).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    data = cv2.imencode(".png", bgr)[1].tobytes()
+    swapped_then_resized = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (50, 50), interpolation=cv2.INTER_AREA)
+    decoded = decoding.decode_with_size(data, size=(50, 50), color_mode="rgb", max_pixels=features.MAX_PIXELS)
+    assert decoded.original_size == (shape[1], shape[0])
+    assert decoded.pixels.shape == (50, 50, 3) and decoded.pixels.flags.c_contiguous
+    np.testing.assert_array_equal(decoded.pixels, swapped_then_resized)
