@@ -39,7 +39,7 @@ from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, checkpoints, distribute, errors, fitting, job_layout, models, records, tuner_files
+from trainer import atomic, checkpoints, data, distribute, errors, fitting, job_layout, models, records, tuner_files
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 # What a trial is scored by: the validation people's loss (its best epoch's). Finer than
@@ -415,4 +415,22 @@ def tune(
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     records.write_json(best_path, best)
     logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
+    _warn_if_few_validation_examples(run)
     return best
+
+
+# Below this many validation examples a search's choice is a guess: on face2comics (10 per
+# fold) tune's pick cost one test image in 80 on every seed, on ORL (40-50) it held
+# (docs/benchmarks.md section 9).
+FEW_VALIDATION_EXAMPLES = 30
+
+
+def _warn_if_few_validation_examples(run: fitting.Run) -> None:
+    count = data.examples_size(run.data_dir.manifest, run.examples.validation) if run.examples.validation else 0
+    if count < FEW_VALIDATION_EXAMPLES:
+        logging.warning(
+            "the search chose by the validation loss of %d example(s): too few to tell close points apart "
+            "(docs/benchmarks.md section 9); compare them by cross-validation (bench/quality.py) or fix the "
+            "hyperparameters the docs measured for this kind of data (configs/)",
+            count,
+        )

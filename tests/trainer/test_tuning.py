@@ -6,12 +6,13 @@ import csv
 import dataclasses
 import json
 import tempfile
+import types
 
 import keras
 import keras_tuner as kt
 import pytest
 
-from trainer import models, task, tuning
+from trainer import data, models, task, tuning
 from trainer.recipe import DEFAULT_RECIPE
 
 # keras-tuner 1.4.8 calls threading.currentThread().getName() on every oracle call.
@@ -121,6 +122,19 @@ def test_resumable_grid_oracle_survives_two_kills(tmp_path):
     oracle.reload()
     rest = _run_to_end(oracle)
     assert len(done + rest) == 6 and len(set(done + rest)) == 6
+
+
+@pytest.mark.parametrize("per_class, warned", [((10, 5), True), ((15, 15), False)])
+def test_a_search_on_few_validation_examples_warns_that_its_choice_is_a_guess(caplog, per_class, warned):
+    manifest = {"counts": {"written": {"validation": {"0": per_class[0], "1": per_class[1]}}}}
+    run = types.SimpleNamespace(data_dir=types.SimpleNamespace(manifest=manifest), examples=data.FitExamples())
+    with caplog.at_level("WARNING"):
+        tuning._warn_if_few_validation_examples(run)
+    warnings = [r.getMessage() for r in caplog.records if "validation loss of" in r.getMessage()]
+    assert len(warnings) == int(warned)
+    assert all(
+        w.startswith(f"the search chose by the validation loss of {sum(per_class)} example(s)") for w in warnings
+    )
 
 
 # ---------------------------------------------------------------------------------------
