@@ -148,7 +148,7 @@ _UNUSABLE_HINTS = {
 
 
 def _unusable_hint(unusable: dict[str, int], config: PreprocessConfig) -> str:
-    """ "check ...": the flags behind the reasons, the commonest reason first."""
+    """The error's advice: "check" the flags behind the reasons, the commonest reason first."""
     hints = []
     for reason in sorted(unusable, key=lambda r: (-unusable[r], r)):
         hint = _UNUSABLE_HINTS.get(reason, _LABEL_FLAGS).format(min_side=config.min_side)

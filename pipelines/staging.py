@@ -21,6 +21,7 @@ import hashlib
 import struct
 import uuid
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -31,7 +32,6 @@ from apache_beam.io.tfrecordio import (
 
 from pipelines.records import UNLABELLED_SPLIT, DecodedImage, LabelRow, VectorLocation
 
-_LENGTHS = struct.Struct("<II")  # id, pixels lengths in bytes
 # Vectors per vectors file (2 KB each for 512 columns): a file is read back by offset.
 VECTORS_PER_FILE = 10_000
 DIGEST_BYTES = 16
@@ -42,21 +42,49 @@ def vector_digest(vector: bytes) -> bytes:
     return hashlib.blake2b(vector, digest_size=DIGEST_BYTES).digest()
 
 
+def pack_fields(*fields: bytes) -> bytes:
+    """One record of ``fields``: their lengths (uint32, little-endian), then the fields."""
+    return struct.pack(f"<{len(fields)}I", *map(len, fields)) + b"".join(fields)
+
+
+def unpack_fields(record: bytes, count: int, what: str) -> list[bytes]:
+    """The ``count`` fields of a :func:`pack_fields` record; ValueError when the record's length is not
+    what its lengths say (``what`` names the record)."""
+    head = struct.Struct(f"<{count}I")
+    lengths = head.unpack_from(record) if len(record) >= head.size else None
+    expected = head.size + sum(lengths or ())
+    if lengths is None or len(record) != expected:
+        how = "shorter" if len(record) < expected else "longer"
+        raise ValueError(f"a {what} of {len(record)} bytes does not match its lengths ({how} than they say)")
+    fields, start = [], head.size
+    for length in lengths:
+        fields.append(record[start : start + length])
+        start += length
+    return fields
+
+
+def read_located(located: Iterable[tuple[Any, str, int, int]]) -> Iterator[tuple[Any, bytes]]:
+    """(key, path, offset, length) -> (key, the bytes read there): one open per file (files in the
+    order first named, records by offset within one); a short read gives fewer bytes."""
+    by_file: dict[str, list[tuple[Any, int, int]]] = {}
+    for key, path, offset, length in located:
+        by_file.setdefault(path, []).append((key, offset, length))
+    for path, records in by_file.items():
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            for key, offset, length in sorted(records, key=lambda record: record[1]):
+                f.seek(offset)
+                yield key, f.read(length)
+
+
 def encode_staged(image: DecodedImage) -> bytes:
     """The staging record of an image: its id (to check it on the way back) and pixels."""
-    image_id = image.id.encode("utf-8")
-    return b"".join([_LENGTHS.pack(len(image_id), len(image.pixels)), image_id, image.pixels])
+    return pack_fields(image.id.encode("utf-8"), image.pixels)
 
 
 def decode_staged(record: bytes) -> tuple[str, bytes]:
     """(id, pixels) of a staging record."""
-    id_length, pixel_length = _LENGTHS.unpack_from(record)
-    start = _LENGTHS.size
-    image_id = record[start : start + id_length].decode("utf-8")
-    pixels = record[start + id_length : start + id_length + pixel_length]
-    if len(pixels) != pixel_length:
-        raise ValueError(f"a staging record of {image_id!r} is {len(record)} bytes, shorter than its lengths say")
-    return image_id, pixels
+    image_id, pixels = unpack_fields(record, 2, "staging record")
+    return image_id.decode("utf-8"), pixels
 
 
 class BundleFiles:
@@ -138,23 +166,18 @@ class StageVectors(beam.DoFn):
 
 def _with_vectors(images: list[DecodedImage]) -> Iterator[DecodedImage]:
     """Images -> the same with each staged vector read back (one open per vectors file, by offset)."""
-    by_file: dict[str, list[DecodedImage]] = {}
+    located = []
     for image in images:
         if image.vector_location is None:
             yield image
         else:
-            by_file.setdefault(image.vector_location.path, []).append(image)
-    for path, located in by_file.items():
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for image in sorted(located, key=lambda im: im.vector_location.offset):
-                f.seek(image.vector_location.offset)
-                record = f.read(image.vector_location.length)
-                digest, vector = record[:DIGEST_BYTES], record[DIGEST_BYTES:]
-                if len(record) != image.vector_location.length or vector_digest(vector) != digest:
-                    raise ValueError(
-                        f"the vectors file {path} has no intact vector of {image.id!r} at {image.vector_location.offset}"
-                    )
-                yield image._replace(vector=vector, vector_location=None)
+            located.append((image, *image.vector_location))
+    for image, record in read_located(located):
+        where = image.vector_location
+        digest, vector = record[:DIGEST_BYTES], record[DIGEST_BYTES:]
+        if len(record) != where.length or vector_digest(vector) != digest:
+            raise ValueError(f"the vectors file {where.path} has no intact vector of {image.id!r} at {where.offset}")
+        yield image._replace(vector=vector, vector_location=None)
 
 
 class _ReadStagingFile(beam.DoFn):

@@ -10,18 +10,15 @@ of their own beside the staged pixels (:class:`StashPixels`); the records carry 
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.records import DecodedImage, ImageQuality
-from pipelines.staging import BundleFiles
+from pipelines.staging import BundleFiles, pack_fields, read_located, unpack_fields
 
-_LENGTHS = struct.Struct("<III")  # id, thumbnail, patches lengths in bytes
 # Records per stash file (1.3 KB each): a file is read back by offset.
 RECORDS_PER_FILE = 10_000
 
@@ -36,19 +33,13 @@ class Stashed(NamedTuple):
 
 def encode_stashed(image_id: str, thumbnail: bytes, patches: bytes) -> bytes:
     """The stash record of an image: its id (checked on the way back), thumbnail and patches."""
-    encoded_id = image_id.encode("utf-8")
-    return b"".join([_LENGTHS.pack(len(encoded_id), len(thumbnail), len(patches)), encoded_id, thumbnail, patches])
+    return pack_fields(image_id.encode("utf-8"), thumbnail, patches)
 
 
 def decode_stashed(record: bytes) -> tuple[str, bytes, bytes]:
     """(id, thumbnail, patches) of a stash record."""
-    id_length, thumbnail_length, patches_length = _LENGTHS.unpack_from(record)
-    start = _LENGTHS.size
-    if len(record) != start + id_length + thumbnail_length + patches_length:
-        raise ValueError(f"a stash record of {len(record)} bytes does not match its lengths")
-    image_id = record[start : start + id_length].decode("utf-8")
-    start += id_length
-    return image_id, record[start : start + thumbnail_length], record[start + thumbnail_length :]
+    image_id, thumbnail, patches = unpack_fields(record, 3, "stash record")
+    return image_id.decode("utf-8"), thumbnail, patches
 
 
 class AuditedImage(NamedTuple):
@@ -94,17 +85,12 @@ class StashPixels(beam.DoFn):
 def read_stashed(directory: str, wanted: Iterable[tuple[str, Stashed]]) -> dict[Stashed, tuple[bytes, bytes]]:
     """(id, Stashed) pairs -> {Stashed: (thumbnail, patches)}: one open per stash file, by offset;
     a record that is not the id's is an error."""
-    by_file: dict[str, dict[Stashed, str]] = {}
-    for image_id, stashed in wanted:
-        by_file.setdefault(stashed.name, {})[stashed] = image_id
+    ids = {stashed: image_id for image_id, stashed in wanted}
     found = {}
-    for name, located in by_file.items():
-        path = FileSystems.join(directory, name)
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            for stashed in sorted(located, key=lambda s: s.offset):
-                f.seek(stashed.offset)
-                record = f.read(stashed.length)
-                if len(record) != stashed.length or decode_stashed(record)[0] != located[stashed]:
-                    raise ValueError(f"the stash file {path} has no record of {located[stashed]!r} at {stashed.offset}")
-                found[stashed] = decode_stashed(record)[1:]
+    for stashed, record in read_located((s, FileSystems.join(directory, s.name), s.offset, s.length) for s in ids):
+        decoded = decode_stashed(record) if len(record) == stashed.length else None
+        if decoded is None or decoded[0] != ids[stashed]:
+            path = FileSystems.join(directory, stashed.name)
+            raise ValueError(f"the stash file {path} has no record of {ids[stashed]!r} at {stashed.offset}")
+        found[stashed] = decoded[1:]
     return found
