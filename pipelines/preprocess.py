@@ -180,8 +180,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: PreprocessConfig, *, estimat
         dead_letters.append(deduped[DEAD_LETTER])
     # unique: [DecodedImage] without pixels, vector or quality, one per duplicate group with keep_one
     if config.balance == "downsample":
-        balanced = _images(unique, "ToBalance") | "Balance" >> DownsampleToSmallestClass(config.seed)
-        kept = balanced["kept"] | "Rebatch" >> staging.GroupByStagingFile()
+        # On the batches themselves: a kept image stays in its batch, so no grouping by staging
+        # file follows (it held every kept image as Python objects, docs/benchmarks.md section 2).
+        balanced = unique | "Balance" >> DownsampleToSmallestClass(config.seed)
+        kept = balanced["kept"]
         dead_letters.append(balanced[DEAD_LETTER])
     else:
         kept = unique

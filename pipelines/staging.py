@@ -206,20 +206,6 @@ class _ReadStagingFile(beam.DoFn):
         yield from _with_vectors(restored)
 
 
-class GroupByStagingFile(beam.PTransform):
-    """DecodedImage staged by StagePixels -> [DecodedImage] of one staging file (after a step
-    that needs the images one by one, the class balance)."""
-
-    def expand(self, images):
-        return (
-            images
-            | "KeyByStagingFile" >> beam.Map(lambda image: (image.staged, image))
-            | "GroupByStagingFile" >> beam.GroupByKey()
-            # (staging file, [DecodedImage without pixels]): a batch at most
-            | "Images" >> beam.Values()
-        )
-
-
 class RestorePixels(beam.PTransform):
     """[DecodedImage] of one staging file (StagePixels; their vectors by StageVectors) -> each
     image with its pixels and vector, for the writer: one read of the file per batch."""

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -358,40 +358,46 @@ def balance_plan(histograms: dict, split: str, label: int) -> tuple[int, int]:
     raise AssertionError(f"balance plan for {split}/{label}: fewer images than the smallest class")
 
 
-class _RouteByBucket(beam.DoFn):
-    """DecodedImage -> kept (main), ``boundary`` ((split, label), image) or a dead letter."""
+class _BoundaryIds(beam.DoFn):
+    """[DecodedImage] -> ((split, label), id) of each image in its class's cutoff bucket."""
+
+    def __init__(self, seed: int):
+        self._seed = seed
+
+    def process(self, batch: list[DecodedImage], histograms: dict) -> Iterator[tuple[tuple[str, int], str]]:
+        for image in batch:
+            cutoff, _ = balance_plan(histograms, image.split, image.label)
+            if _bucket(balance_priority(image.id, self._seed)) == cutoff:
+                yield (image.split, image.label), image.id
+
+
+def _ranked_survivors(element: tuple[tuple[str, int], Iterable[str]], histograms: dict, seed: int) -> list[str]:
+    """((split, label), [ids in the cutoff bucket]) -> the wanted number of lowest-priority ids."""
+    (split, label), ids = element
+    _, wanted = balance_plan(histograms, split, label)
+    return sorted(ids, key=lambda image_id: (balance_priority(image_id, seed), image_id))[:wanted]
+
+
+class _KeepBalanced(beam.DoFn):
+    """[DecodedImage] -> the batch's images that the balance keeps (a batch, none when empty),
+    and a dead letter for each one it drops."""
 
     def __init__(self, seed: int):
         self._seed = seed
         self._dropped = Metrics.counter(NAMESPACE, "balanced_out")
 
-    def process(self, image: DecodedImage, histograms: dict) -> Iterator:
-        cutoff, _ = balance_plan(histograms, image.split, image.label)
-        bucket = _bucket(balance_priority(image.id, self._seed))
-        if bucket < cutoff:
-            yield image
-        elif bucket == cutoff:
-            yield beam.pvalue.TaggedOutput("boundary", ((image.split, image.label), image))
-        else:
-            self._dropped.inc()
-            yield dead_letter(image_id=image.id, stage="balance", reason=BALANCED_OUT, detail=image.split)
-
-
-class _RankBoundaryBucket(beam.DoFn):
-    """((split, label), [DecodedImage]) -> the wanted number of lowest-priority images."""
-
-    def __init__(self, seed: int):
-        self._seed = seed
-        self._dropped = Metrics.counter(NAMESPACE, "balanced_out")
-
-    def process(self, element, histograms: dict) -> Iterator:
-        (split, label), images = element
-        _, wanted = balance_plan(histograms, split, label)
-        ranked = sorted(images, key=lambda image: (balance_priority(image.id, self._seed), image.id))
-        yield from ranked[:wanted]
-        for image in ranked[wanted:]:
-            self._dropped.inc()
-            yield dead_letter(image_id=image.id, stage="balance", reason=BALANCED_OUT, detail=split)
+    def process(self, batch: list[DecodedImage], histograms: dict, survivors: dict) -> Iterator:
+        kept = []
+        for image in batch:
+            cutoff, _ = balance_plan(histograms, image.split, image.label)
+            bucket = _bucket(balance_priority(image.id, self._seed))
+            if bucket < cutoff or (bucket == cutoff and image.id in survivors):
+                kept.append(image)
+            else:
+                self._dropped.inc()
+                yield dead_letter(image_id=image.id, stage="balance", reason=BALANCED_OUT, detail=image.split)
+        if kept:
+            yield kept
 
 
 class DownsampleToSmallestClass(beam.PTransform):
@@ -399,33 +405,40 @@ class DownsampleToSmallestClass(beam.PTransform):
 
     Survivors are the images with the lowest hash of (seed, id): deterministic, and
     computed on the workers from per-class histograms (a side input of 1024 counts per
-    split and class), so neither the driver nor any worker ever holds the ids of a class.
-    Output: ``kept`` DecodedImage and ``dead_letter`` records with reason ``balanced_out``.
+    split and class) and the ids ranked within each class's cutoff bucket (a side input of
+    the few survivors there), so neither the driver nor any worker ever holds the ids of a class.
+    Input: batches [DecodedImage]. Output: ``kept`` the same batches with the images kept (each
+    a part of one input batch: its staging file stays whole), ``dead_letter`` records with
+    reason ``balanced_out``.
     """
 
     def __init__(self, seed: int):
         super().__init__()
         self._seed = seed
 
-    def expand(self, images):
+    def expand(self, batches):
         seed = self._seed
         histograms = (
-            images
-            | "KeyBucket" >> beam.Map(lambda im: ((im.split, im.label), _bucket(balance_priority(im.id, seed))))
+            batches
+            | "KeyBucket"
+            >> beam.FlatMap(
+                lambda batch: [((im.split, im.label), _bucket(balance_priority(im.id, seed))) for im in batch]
+            )
             | "Histogram" >> beam.CombinePerKey(_HistogramFn())
             # ((split, label), [count per bucket])
         )
         side = beam.pvalue.AsDict(histograms)
-        routed = images | "Route" >> beam.ParDo(_RouteByBucket(seed), side).with_outputs(
-            "boundary", DEAD_LETTER, main="kept"
-        )
-        ranked = (
-            routed.boundary
+        survivors = (
+            batches
+            | "BoundaryIds" >> beam.ParDo(_BoundaryIds(seed), side)
+            # ((split, label), id): the images of each class's cutoff bucket, ~1/1024 of its images
             | "GroupBoundary" >> beam.GroupByKey()
-            # ((split, label), [DecodedImage in the cutoff bucket])
-            | "Rank" >> beam.ParDo(_RankBoundaryBucket(seed), side).with_outputs(DEAD_LETTER, main="kept")
+            | "Rank" >> beam.FlatMap(_ranked_survivors, side, seed)
+            | "KeySurvivors" >> beam.Map(lambda image_id: (image_id, True))
+            # (id, True): the cutoff buckets' survivors
         )
-        return {
-            "kept": (routed.kept, ranked.kept) | "FlattenKept" >> beam.Flatten(),
-            DEAD_LETTER: (routed[DEAD_LETTER], ranked[DEAD_LETTER]) | "FlattenDropped" >> beam.Flatten(),
-        }
+        kept = batches | "Keep" >> beam.ParDo(_KeepBalanced(seed), side, beam.pvalue.AsDict(survivors)).with_outputs(
+            DEAD_LETTER, main="kept"
+        )
+        # kept: [DecodedImage], a part of one input batch
+        return {"kept": kept.kept, DEAD_LETTER: kept[DEAD_LETTER]}

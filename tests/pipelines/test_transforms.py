@@ -283,14 +283,22 @@ def _decoded(image_id: str, label: int, split: str = "train") -> DecodedImage:
     return DecodedImage(image_id, label, split, b"\0", 0, image_id)
 
 
+def _batches(images: list[DecodedImage], size: int) -> list[list[DecodedImage]]:
+    """Batches of ``size`` images, each image's ``staged`` naming its batch (as StagePixels' file)."""
+    return [[im._replace(staged=f"batch{i}") for im in images[i : i + size]] for i in range(0, len(images), size)]
+
+
 class TestDownsampleToSmallestClass:
-    def test_each_split_keeps_smallest_class_count_of_lowest_priority_ids(self):
+    @pytest.mark.parametrize("bundles", [1, "one per batch"])
+    def test_each_split_keeps_smallest_class_count_of_lowest_priority_ids(self, bundles):
         images = [_decoded(f"a{i}", 0) for i in range(300)] + [_decoded(f"b{i}", 1) for i in range(120)]
         images += [_decoded(f"v{i}", i % 2, "validation") for i in range(31)]
+        batches = _batches(images, 7)
         expected_train_0 = sorted((f"a{i}" for i in range(300)), key=lambda i: (balance_priority(i, 7), i))[:120]
-        with offline_test_pipeline() as p:
-            result = p | beam.Create(images) | DownsampleToSmallestClass(seed=7)
-            kept = result["kept"] | "Key" >> beam.Map(lambda im: (im.split, im.label))
+        with offline_test_pipeline(bundles=len(batches) if bundles == "one per batch" else bundles) as p:
+            result = p | beam.Create(batches) | DownsampleToSmallestClass(seed=7)
+            kept_images = result["kept"] | "Images" >> beam.FlatMap(lambda batch: batch)
+            kept = kept_images | "Key" >> beam.Map(lambda im: (im.split, im.label))
             counts = kept | beam.combiners.Count.PerElement()
             assert_that(
                 counts,
@@ -298,9 +306,7 @@ class TestDownsampleToSmallestClass:
                 label="BalancedCounts",
             )
             train_0 = (
-                result["kept"]
-                | beam.Filter(lambda im: im.split == "train" and im.label == 0)
-                | beam.Map(lambda im: im.id)
+                kept_images | beam.Filter(lambda im: im.split == "train" and im.label == 0) | beam.Map(lambda im: im.id)
             )
             assert_that(train_0, equal_to(expected_train_0), label="LowestPriorityKept")
             dropped = (
@@ -309,3 +315,16 @@ class TestDownsampleToSmallestClass:
                 | "CountDropped" >> beam.combiners.Count.PerElement()
             )
             assert_that(dropped, equal_to([("balanced_out", 180 + 1)]), label="DroppedAccounted")
+
+    def test_a_kept_image_stays_in_its_batch_and_a_batch_with_none_kept_leaves_none(self):
+        # Class 0 has 40 images, class 1 has 4: most batches lose every image, some keep a few.
+        images = [_decoded(f"a{i}", 0) for i in range(40)] + [_decoded(f"b{i}", 1) for i in range(4)]
+        batches = _batches(images, 3)
+        survivors = set(sorted((f"a{i}" for i in range(40)), key=lambda i: (balance_priority(i, 7), i))[:4])
+        survivors |= {f"b{i}" for i in range(4)}
+        expected = [(batch[0].staged, ids) for batch in batches if (ids := sorted(survivors & {im.id for im in batch}))]
+        assert len(expected) < len(batches)
+        with offline_test_pipeline() as p:
+            result = p | beam.Create(batches) | DownsampleToSmallestClass(seed=7)
+            parts = result["kept"] | beam.Map(lambda batch: (batch[0].staged, sorted(im.id for im in batch)))
+            assert_that(parts, equal_to(expected))
