@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
+import numpy as np
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import sources
+from pipelines import sources, staging
 from pipelines.options import parse_args
 from pipelines.records import NO_LABEL
 from pipelines.sources import LabelledImages, resolve_vector_columns
@@ -250,3 +251,42 @@ def test_what_beams_match_skips_is_listed_at_any_depth_the_glob_reaches(tmp_path
     assert sources.skipped_by_match(str(images / "*.png")) == [str(images / "face-2.png")]
     assert sources.skipped_by_match(str(images / "face-1.png")) == []  # No glob: the file itself.
     assert sources.skipped_by_match("gs://bucket/images/**") == []
+
+
+@pytest.mark.parametrize("bundles", [1, 8])
+def test_the_join_by_id_gives_each_id_its_file_rows_staged_vector_and_override_in_bundles_of_any_size(
+    tmp_path, bundles
+):
+    _write_images(tmp_path)  # ids 1..6
+    (tmp_path / "labels.csv").write_text(
+        "id,label,f1,f2\n" + "".join(f"{i},{(i + 1) % 2},{i}.5,-{i}\n" for i in range(1, 6))
+    )
+    (tmp_path / "more.csv").write_text("id,label,f1,f2\n6,1,6.5,-6\n")  # 6's row in a second labels CSV
+    (tmp_path / "overrides.csv").write_text("id,label\n1,0\n")
+    config = _config(
+        tmp_path,
+        *("--labels_csv", str(tmp_path / "more.csv"), "--numeric_columns", "f1,f2"),
+        *("--overrides_csv", str(tmp_path / "overrides.csv"), "--exclude", "2"),
+    )
+    staging_dir = tmp_path / "staging"
+    staging_dir.mkdir()
+    p = offline_test_pipeline(bundles=bundles)
+    images = p | LabelledImages(resolve_vector_columns(config), staging_dir=str(staging_dir))
+    carried = images["images"] | beam.Map(
+        lambda im: (
+            im.id,
+            im.label,
+            im.overridden,
+            im.path.endswith(f"face-{im.id}.png"),
+            im.vector,
+            im.vector_location.length,
+        )
+    )
+    digest = lambda i: staging.vector_digest(np.array([i + 0.5, -i], np.float32).tobytes())  # noqa: E731
+    expected = [("1", 0, True, True, digest(1), 24)] + [
+        (str(i), (i + 1) % 2, False, True, digest(i), 24) for i in (3, 4, 5, 6)
+    ]
+    assert_that(carried, equal_to(expected), label="Joined")
+    reasons = images["dead_letter"] | "Reasons" >> beam.Map(lambda r: (r["id"], r["reason"]))
+    assert_that(reasons, equal_to([("2", "excluded")]), label="DeadLetters")
+    p.run().wait_until_finish()
