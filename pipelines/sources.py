@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -277,23 +277,17 @@ class LabelledImages(beam.PTransform):
         if config.exclude_ids:
             exclusion_rows.append(pipeline | "ExcludeIds" >> beam.Create([(i, None) for i in config.exclude_ids]))
 
-        # Each CSV is an input of its own, and each value waits in the join as one bytes object
-        # (its input's name and itself, encoded): the grouping holds every image and row at once,
-        # and decoded, a row was a dozen Python objects (docs/benchmarks.md section 2).
+        # Each CSV is an input of its own: a Flatten before the join would hold every row (and
+        # its --numeric_columns vector) in memory once more on a local runner.
         joined = {"images": keyed.keyed}
         for kind, rows in (("labels", label_rows), ("overrides", override_rows), ("exclusions", exclusion_rows)):
             joined.update({f"{kind}{i}": pcoll for i, pcoll in enumerate(rows)})
         resolved = (
-            [pcoll | f"Encode_{name}" >> beam.Map(encode_joined, name) for name, pcoll in joined.items()]
-            # (id, bytes): (input name, value) encoded
-            | "FlattenById" >> beam.Flatten(pipeline=pipeline.pipeline)
-            | "JoinById" >> beam.GroupByKey()
-            # (id, [bytes]): the id's images ((path, size, folder_label, group)), LabelRows, overrides
-            # (int) and exclusions (None), each with its input's name
+            joined
+            | "JoinById" >> beam.CoGroupByKey()
+            # (id, {"images": [...], "labels0": [LabelRow], ..., "overrides0": [int], ..., "exclusions0": [None], ...})
             | "ResolveLabels"
-            >> beam.ParDo(ResolveLabel(tuple(joined), with_vector=config.vector_length > 0)).with_outputs(
-                DEAD_LETTER, main="images"
-            )
+            >> beam.ParDo(ResolveLabel(with_vector=config.vector_length > 0)).with_outputs(DEAD_LETTER, main="images")
         )
         dead_letters = [keyed[DEAD_LETTER], resolved[DEAD_LETTER], *label_dead, *override_dead, *exclusion_dead]
         return {
@@ -304,33 +298,18 @@ class LabelledImages(beam.PTransform):
         }
 
 
-# The join by id's values: (input name, value) as one bytes object, Beam's own encoding.
-_JOINED_CODER = beam.coders.FastPrimitivesCoder()
-
-
-def encode_joined(element: tuple[str, object], name: str) -> tuple[str, bytes]:
-    """(id, value) of the join's input ``name`` -> (id, bytes): what waits in the join's grouping."""
-    image_id, value = element
-    return image_id, _JOINED_CODER.encode((name, value))
-
-
 class ResolveLabel(beam.DoFn):
-    """(id, [encode_joined's bytes]) -> the id's fate (labels.resolve_label): a LabelledImage or dead letters.
+    """Decides each id's fate (labels.resolve_label): a LabelledImage or dead letters.
 
-    ``names``: the join's inputs ("images", "labels0", ..., "overrides0", ..., "exclusions0", ...).
     ``with_vector``: the job carries --numeric_columns, so an image without its vector is a dead letter.
     """
 
-    def __init__(self, names: Sequence[str], *, with_vector: bool = False):
-        self._names = tuple(names)
+    def __init__(self, *, with_vector: bool = False):
         self._with_vector = with_vector
         self._counters = {name: Metrics.counter(NAMESPACE, name) for name in labels.COUNTED_OUTCOMES}
 
-    def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[LabelledImage | beam.pvalue.TaggedOutput]:
-        image_id, encoded = element
-        joined = {name: [] for name in self._names}
-        for name, value in map(_JOINED_CODER.decode, encoded):
-            joined[name].append(value)
+    def process(self, element) -> Iterator[LabelledImage | beam.pvalue.TaggedOutput]:
+        image_id, joined = element
 
         def rows(kind: str) -> list:
             return [row for name, values in joined.items() if name.startswith(kind) for row in values]
