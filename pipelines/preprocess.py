@@ -327,27 +327,7 @@ def _terminate_children(signum: int, frame: Any) -> None:
     sys.exit(128 + signum)
 
 
-# glibc's malloc serves a large block from its heap once a block that large was freed (its mmap
-# threshold rises with each, up to 32 MB), and the local runner's stage buffers (encoded elements,
-# in chunks of up to 10 MB) then leave holes in the heap that a small live block keeps from the
-# system: ~40 MB of the peak at 20 000 images (docs/benchmarks.md section 2). A fixed threshold
-# gives each block of 1 MiB or more an mmap of its own, returned to the system when freed.
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
-
-
-def large_blocks_returned_when_freed() -> bool:
-    """Fixes glibc's mmap threshold at MMAP_THRESHOLD for this process; False where the C library
-    is not glibc (nothing changed)."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # Not Linux, or a C library without mallopt (musl).
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
 def main() -> None:
-    large_blocks_returned_when_freed()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("apache_beam").setLevel(logging.WARNING)
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import hashlib
 import json
@@ -26,7 +25,7 @@ from pipelines import features, locks
 from pipelines.cli import UsageError
 from pipelines.config import PreprocessConfig
 from pipelines.manifest import PipelineError, summary_table
-from pipelines.preprocess import child_pids, large_blocks_returned_when_freed, run
+from pipelines.preprocess import child_pids, run
 from pipelines.sinks import sum_hashes
 from pipelines.sources import LabelledImages
 from tests.image_files import labelled_image, offline_test_pipeline, write_glasses_like
@@ -681,44 +680,3 @@ def test_an_output_that_cannot_be_made_is_one_line_and_leaves_nothing(tmp_path):
     assert process.returncode == 1
     assert process.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'file' / 'out'}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "images", "labels.csv"]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_a_large_block_gets_its_own_mmap_even_after_a_larger_one_was_freed():
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-
-    def mapped() -> int:
-        return libc.mallinfo2().hblkhd
-
-    assert large_blocks_returned_when_freed()
-    # Unfixed, freeing an mmapped 16 MB block raises glibc's threshold to 16 MB: the next 2 MB
-    # block would come from the heap, and stay there as a hole once freed.
-    libc.free(libc.malloc(16 << 20))
-    before = mapped()
-    block = libc.malloc(2 << 20)
-    try:
-        assert mapped() - before >= 2 << 20
-    finally:
-        libc.free(block)
-    assert mapped() == before  # Freed: back to the system.
-
-
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
