@@ -144,6 +144,26 @@ def fold_examples(examples: Examples, folds: np.ndarray, fold: int, num_folds: i
     )
 
 
+def pooled_folds(examples: Examples, splits: tuple[str, ...], num_folds: int, name: str) -> list[data.FitExamples]:
+    """K-fold over the examples of ``splits`` pooled: fold k validates on its groups' examples and
+    trains on the other folds'. Every example validates exactly once; the other splits are never read.
+    """
+    pooled = np.isin(examples.splits, splits)
+    ids, labels = examples.ids[pooled], examples.labels[pooled]
+    fold_of = assign_folds(examples.groups[pooled], num_folds)
+
+    def subset(keep: np.ndarray, what: str) -> data.Subset:
+        return data.Subset(f"{name} {what}", ids[keep], labels[keep])
+
+    return [
+        data.FitExamples(
+            train=subset(fold_of != k, f"fold {k + 1}/{num_folds} train"),
+            validation=subset(fold_of == k, f"fold {k + 1}/{num_folds} validation"),
+        )
+        for k in range(num_folds)
+    ]
+
+
 def _predict_unlabelled(
     model: keras.Model, data_dir: data.DataDir, paths: np.ndarray, totals: np.ndarray, errors: np.ndarray
 ) -> None:

@@ -154,8 +154,12 @@ def run_tune(args: argparse.Namespace) -> None:
     elif tuner_name == "hyperband":
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
+    run = _fit_run(args, data_dir, preset, None, **_modelling(args))
     hypermodel = tuning.FaceHyperModel(
-        _fit_run(args, data_dir, preset, None, **_modelling(args)), space=args.search_space, overrides=overrides
+        run,
+        space=args.search_space,
+        overrides=overrides,
+        cross_validation=tuning.validation_folds(run, tuner_name),
     )
     best = tuning.tune(
         job_dir=args.job_dir,

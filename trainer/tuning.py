@@ -33,13 +33,26 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import tensorflow as tf
 from keras_tuner.src.backend import io as kt_io
 from keras_tuner.src.distribute import utils as dist_utils
 from keras_tuner.src.engine import tuner_utils
 from keras_tuner.src.tuners import gridsearch
 
-from trainer import atomic, checkpoints, data, distribute, errors, fitting, job_layout, models, records, tuner_files
+from trainer import (
+    atomic,
+    checkpoints,
+    data,
+    distribute,
+    errors,
+    fitting,
+    folds,
+    job_layout,
+    models,
+    records,
+    tuner_files,
+)
 
 TUNERS = ("grid", "random", "hyperband", "bayesian")
 # What a trial is scored by: the validation people's loss (its best epoch's). Finer than
@@ -80,15 +93,25 @@ class FaceHyperModel(kt.HyperModel):
         patience), with the trial's hyperparameters; no ``job_dir`` (the tuner keeps the trials).
       space: "small", "full" or "wide". Defaults to "full".
       overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
+      cross_validation: The folds every trial fits instead of the run's examples
+        (:func:`validation_folds`), scored by the mean of their best validation losses; () none.
     """
 
-    def __init__(self, run: fitting.Run, *, space: str = "full", overrides: Mapping[str, Sequence[Any]] | None = None):
+    def __init__(
+        self,
+        run: fitting.Run,
+        *,
+        space: str = "full",
+        overrides: Mapping[str, Sequence[Any]] | None = None,
+        cross_validation: Sequence[data.FitExamples] = (),
+    ):
         super().__init__(name=run.preset.name, tunable=True)
         if run.job_dir is not None:
             raise ValueError("a tuner's trials write no job_dir: the tuner keeps them")
         self.run = run
         self.preset = run.preset
         self.space = {**run.preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
+        self.cross_validation = tuple(cross_validation)
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         models.declare_hyperparameters(hp, self.space, self.preset.defaults)
@@ -108,7 +131,20 @@ class FaceHyperModel(kt.HyperModel):
         logging.info("trial fit start: %s", json.dumps(hp.values, sort_keys=True))
         # The tuner's callbacks and fit arguments (Hyperband's epochs, search's verbose).
         callbacks = kwargs.pop("callbacks", [])
-        return fitting.fit(self.trial(hp), model=model, callbacks=callbacks, fit_arguments=kwargs).history
+        trial = self.trial(hp)
+        if not self.cross_validation:
+            return fitting.fit(trial, model=model, callbacks=callbacks, fit_arguments=kwargs).history
+        # Fold 0 fits the tuner's model (its callbacks keep that fold's best epoch); each other
+        # fold a fresh one with its own seed, as find_label_issues' folds do.
+        best_losses = []
+        for k, examples in enumerate(self.cross_validation):
+            fold = dataclasses.replace(trial, examples=examples, seed=trial.seed + k)
+            fitted = fitting.fit(
+                fold, model=model if k == 0 else None, callbacks=callbacks if k == 0 else (), fit_arguments=kwargs
+            )
+            best_losses.append(min(fitted.history.history[OBJECTIVE.name]))
+        logging.info("trial scored by %d folds: best %s %s", len(best_losses), OBJECTIVE.name, best_losses)
+        return {OBJECTIVE.name: float(np.mean(best_losses))}
 
 
 class ResumableGridSearchOracle(kt.oracles.GridSearchOracle):
@@ -415,14 +451,49 @@ def tune(
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     records.write_json(best_path, best)
     logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
-    _warn_if_few_validation_examples(run)
+    if not hypermodel.cross_validation:
+        _warn_if_few_validation_examples(run)
     return best
 
 
 # Below this many validation examples a search's choice is a guess: on face2comics (10 per
 # fold) tune's pick cost one test image in 80 on every seed, on ORL (40-50) it held
-# (docs/benchmarks.md section 9).
+# (docs/benchmarks.md section 9). Below it, each point is scored by VALIDATION_FOLDS-fold
+# cross-validation over the train and validation splits pooled (:func:`validation_folds`).
 FEW_VALIDATION_EXAMPLES = 30
+VALIDATION_FOLDS = 3
+
+
+def validation_folds(run: fitting.Run, tuner_name: str) -> list[data.FitExamples]:
+    """The folds tune scores each point on when the run's validation split holds fewer than
+    FEW_VALIDATION_EXAMPLES examples: VALIDATION_FOLDS group folds of the train and validation
+    splits pooled, so that every one of their examples validates once (the test split is never
+    read). [] when the split is large enough, when the examples are not splits, for Hyperband
+    (it continues a trial's checkpoint: one fit) and when there are too few groups.
+    """
+    train, validation = run.examples.train, run.examples.validation
+    if tuner_name == "hyperband" or not isinstance(train, str) or not isinstance(validation, str):
+        return []
+    if data.examples_size(run.data_dir.manifest, validation) >= FEW_VALIDATION_EXAMPLES:
+        return []
+    examples = folds.read_examples(run.data_dir)
+    pooled = np.isin(examples.splits, (train, validation))
+    if len(np.unique(examples.groups[pooled])) < VALIDATION_FOLDS:
+        return []
+    cross_validation = folds.pooled_folds(examples, (train, validation), VALIDATION_FOLDS, "tune")
+    logging.info(
+        "the %s split holds %d examples, fewer than %d: each point is scored by %d-fold cross-validation over the "
+        "%s and %s splits' %d examples (the mean of the folds' best %s)",
+        validation,
+        data.examples_size(run.data_dir.manifest, validation),
+        FEW_VALIDATION_EXAMPLES,
+        VALIDATION_FOLDS,
+        train,
+        validation,
+        int(pooled.sum()),
+        OBJECTIVE.name,
+    )
+    return cross_validation
 
 
 def _warn_if_few_validation_examples(run: fitting.Run) -> None:

@@ -191,6 +191,27 @@ def test_a_fold_trains_on_the_other_folds_and_validates_on_their_validation_spli
     assert folds.fold_examples(examples, fold_of, 0, 2).validation is None
 
 
+def test_pooled_folds_validate_every_pooled_example_once_and_never_read_the_other_splits():
+    splits = np.array(["train", "validation", "test"] * 6)
+    examples = folds.Examples(
+        ids=np.array([f"id{i}" for i in range(18)]),
+        labels=np.arange(18) % 2,
+        groups=np.array([f"person{i // 2}" for i in range(18)]),  # Two photos a person.
+        splits=splits,
+    )
+    chosen = folds.pooled_folds(examples, ("train", "validation"), 3, "tune")
+    pooled = set(examples.ids[splits != "test"])
+    validated = [i for fold in chosen for i in fold.validation.ids]
+    assert sorted(validated) == sorted(pooled)  # Each pooled example validates exactly once.
+    group_of = dict(zip(examples.ids, examples.groups, strict=True))
+    for fold in chosen:
+        assert set(fold.train.ids) | set(fold.validation.ids) == pooled
+        assert not {group_of[i] for i in fold.train.ids} & {group_of[i] for i in fold.validation.ids}
+        label_of = dict(zip(examples.ids, examples.labels, strict=True))
+        assert [label_of[i] for i in fold.train.ids] == list(fold.train.labels)
+    assert chosen[0].validation.name == "tune fold 1/3 validation"
+
+
 def test_class_weights_follow_the_runs_training_examples(rgb_dir):
     data_dir = data.DataDir.read(rgb_dir)
     assert fitting.Run(data_dir=data_dir, preset=models.GLASSES_CNN).class_weights is None  # 24 + 24 train images.

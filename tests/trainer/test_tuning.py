@@ -137,6 +137,13 @@ def test_a_search_on_few_validation_examples_warns_that_its_choice_is_a_guess(ca
     )
 
 
+@pytest.mark.parametrize("tuner_name, validation, folds", [("grid", (15, 15), 0), ("hyperband", (5, 5), 0)])
+def test_tune_keeps_one_fit_a_point_on_a_large_validation_split_or_with_hyperband(tuner_name, validation, folds):
+    manifest = {"counts": {"written": {"validation": {"0": validation[0], "1": validation[1]}}}}
+    run = types.SimpleNamespace(data_dir=types.SimpleNamespace(manifest=manifest), examples=data.FitExamples())
+    assert len(tuning.validation_folds(run, tuner_name)) == folds
+
+
 # ---------------------------------------------------------------------------------------
 # Real searches over the small data set, in process.
 
@@ -286,3 +293,19 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
         ]
     )
     assert seen["tuner_name"] == "random"
+
+
+def test_tune_cross_validates_each_point_when_the_validation_split_is_small(rgb_dir, tmp_path, capsys):
+    # rgb_dir validates on 16 images (< FEW_VALIDATION_EXAMPLES): every point is fitted on 3 folds
+    # of the 64 train and validation images pooled, and scored by the mean of their best val_loss.
+    job_dir = tmp_path / "job"
+    argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--model", "glasses_cnn"]
+    task.main([*argv, "--search_space", "small", "--epochs", "1", "--verbose", "0"])
+    messages = [line.split(": ", 1)[-1] for line in capsys.readouterr().err.splitlines()]  # The log lines' messages.
+    assert any("3-fold cross-validation over the train and validation splits' 64 examples" in m for m in messages)
+    scored = [m for m in messages if m.startswith("trial scored by 3 folds")]
+    assert len(scored) == tuning.grid_size(models.GLASSES_CNN.space("small"))
+    assert not any("validation loss of" in m for m in messages)  # The few-examples warning: not needed.
+    best = json.loads((job_dir / "best_hyperparameters.json").read_text())
+    fold_losses = [json.loads(m.split("val_loss ", 1)[1]) for m in scored]
+    assert best["score"] == pytest.approx(min(sum(losses) / 3 for losses in fold_losses))
