@@ -11,7 +11,8 @@
 (``models.DEFAULT_MODELS``: face_cnn for grey or RGB images, image_latent with a
 ``--numeric_columns`` vector), logged with why; the seeds' presets by name. ``tune``
 searches the ``small`` space by default (face_cnn: ``input_norm`` none or local, two grid
-points chosen by validation loss). ``--tuner`` defaults to hyperband for ``--search_space
+points chosen by validation loss; on a validation split of fewer than 30 examples by 3-fold
+cross-validation over the train and validation splits pooled). ``--tuner`` defaults to hyperband for ``--search_space
 wide`` (too large for a grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
 ``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--bn_statistics`` (what
 BatchNormalization normalises with at inference), ``--augment`` (training inputs only;

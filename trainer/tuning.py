@@ -467,9 +467,10 @@ VALIDATION_FOLDS = 3
 def validation_folds(run: fitting.Run, tuner_name: str) -> list[data.FitExamples]:
     """The folds tune scores each point on when the run's validation split holds fewer than
     FEW_VALIDATION_EXAMPLES examples: VALIDATION_FOLDS group folds of the train and validation
-    splits pooled, so that every one of their examples validates once (the test split is never
-    read). [] when the split is large enough, when the examples are not splits, for Hyperband
-    (it continues a trial's checkpoint: one fit) and when there are too few groups.
+    splits pooled, so that every one of their examples validates once (the test split is left
+    out). [] when the split is large enough, when the examples are not splits, for Hyperband
+    (it continues a trial's checkpoint: one fit), when there are too few groups, and when a
+    fold would train without a class the pooled examples have.
     """
     train, validation = run.examples.train, run.examples.validation
     if tuner_name == "hyperband" or not isinstance(train, str) or not isinstance(validation, str):
@@ -481,6 +482,9 @@ def validation_folds(run: fitting.Run, tuner_name: str) -> list[data.FitExamples
     if len(np.unique(examples.groups[pooled])) < VALIDATION_FOLDS:
         return []
     cross_validation = folds.pooled_folds(examples, (train, validation), VALIDATION_FOLDS, "tune")
+    classes = set(np.unique(examples.labels[pooled]).tolist())
+    if any(set(fold.train.class_counts) != classes for fold in cross_validation):
+        return []
     logging.info(
         "the %s split holds %d examples, fewer than %d: each point is scored by %d-fold cross-validation over the "
         "%s and %s splits' %d examples (the mean of the folds' best %s)",

@@ -10,9 +10,11 @@ import types
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import pytest
 
 from trainer import data, models, task, tuning
+from trainer import folds as trainer_folds
 from trainer.recipe import DEFAULT_RECIPE
 
 # keras-tuner 1.4.8 calls threading.currentThread().getName() on every oracle call.
@@ -142,6 +144,24 @@ def test_tune_keeps_one_fit_a_point_on_a_large_validation_split_or_with_hyperban
     manifest = {"counts": {"written": {"validation": {"0": validation[0], "1": validation[1]}}}}
     run = types.SimpleNamespace(data_dir=types.SimpleNamespace(manifest=manifest), examples=data.FitExamples())
     assert len(tuning.validation_folds(run, tuner_name)) == folds
+
+
+@pytest.mark.parametrize("class_1_groups, folds", [(3, 3), (1, 0)])
+def test_tune_keeps_one_fit_a_point_when_a_fold_would_train_without_a_class(monkeypatch, class_1_groups, folds):
+    # Class 0: twelve people of one photo; class 1: people of three photos each (the largest groups,
+    # spread over the folds first). With one such person, two folds would train without class 1.
+    groups = [f"p{i}" for i in range(12)] + [f"q{i}" for i in range(class_1_groups) for _ in range(3)]
+    n = len(groups)
+    examples = trainer_folds.Examples(
+        ids=np.array([f"id{i}" for i in range(n)]),
+        labels=np.array([0] * 12 + [1] * (n - 12)),
+        groups=np.array(groups),
+        splits=np.array(["train", "validation"] * (n // 2) + ["train"] * (n % 2)),
+    )
+    monkeypatch.setattr(trainer_folds, "read_examples", lambda data_dir: examples)
+    manifest = {"counts": {"written": {"validation": {"0": 5, "1": 5}}}}
+    run = types.SimpleNamespace(data_dir=types.SimpleNamespace(manifest=manifest), examples=data.FitExamples())
+    assert len(tuning.validation_folds(run, "grid")) == folds
 
 
 # ---------------------------------------------------------------------------------------
