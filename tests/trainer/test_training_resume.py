@@ -89,6 +89,13 @@ def _fits(log: str) -> list[str]:
     return [line.split("trial fit start: ", 1)[1] for line in log.splitlines() if "trial fit start: " in line]
 
 
+def _fit_inside_trial(trial: int) -> int:
+    """The Model.fit call of the second fold of the n-th trial: rgb_dir validates on 16 images, so
+    tune fits every point on VALIDATION_FOLDS folds (tuning.validation_folds); a kill there
+    comes after one of the trial's folds has finished."""
+    return (trial - 1) * tuning.VALIDATION_FOLDS + 2
+
+
 def _completed_trials(project_dir: pathlib.Path) -> list[dict]:
     trials = [json.loads(p.read_text()) for p in sorted(project_dir.glob("trial_*/trial.json"))]
     return [t for t in trials if t["status"] == "COMPLETED"]
@@ -114,7 +121,9 @@ def test_grid_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
     grid = tuning.grid_size({**models.GLASSES_CNN.space("small"), "epochs": [1]})
     assert grid == 4
 
-    first = _fits(_run_killed(tmp_path, argv, kill_at_fit=3, kill_at_epoch=0))  # dies inside trial 3
+    killed = _run_killed(tmp_path, argv, kill_at_fit=_fit_inside_trial(3), kill_at_epoch=0)  # dies inside trial 3
+    assert f"{tuning.VALIDATION_FOLDS}-fold cross-validation" in killed
+    first = _fits(killed)
     assert len(first) == 3
     project = job_dir / "tuning/glasses_cnn_grid"
     assert len(_completed_trials(project)) == 2
@@ -138,7 +147,7 @@ def test_random_tuning_resumes_after_sigkill(rgb_dir, tmp_path):
     job_dir = tmp_path / "job"
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(job_dir), "--tuner", "random", "--max_trials", "3"]
     argv += ["--model", "glasses_cnn", "--search_space", "small", "--epochs", "1", "--verbose", "0"]
-    first = _fits(_run_killed(tmp_path, argv, kill_at_fit=2, kill_at_epoch=0))
+    first = _fits(_run_killed(tmp_path, argv, kill_at_fit=_fit_inside_trial(2), kill_at_epoch=0))
     assert len(first) == 2
     second = _fits(_run(argv))
     assert second[0] == first[1] and len(second) == 2 and first[0] not in second
