@@ -475,7 +475,8 @@ def validation_folds(run: fitting.Run, tuner_name: str) -> list[data.FitExamples
     train, validation = run.examples.train, run.examples.validation
     if tuner_name == "hyperband" or not isinstance(train, str) or not isinstance(validation, str):
         return []
-    if data.examples_size(run.data_dir.manifest, validation) >= FEW_VALIDATION_EXAMPLES:
+    validating = data.examples_size(run.data_dir.manifest, validation)
+    if validating >= FEW_VALIDATION_EXAMPLES:
         return []
     examples = folds.read_examples(run.data_dir)
     pooled = np.isin(examples.splits, (train, validation))
@@ -489,7 +490,7 @@ def validation_folds(run: fitting.Run, tuner_name: str) -> list[data.FitExamples
         "the %s split holds %d examples, fewer than %d: each point is scored by %d-fold cross-validation over the "
         "%s and %s splits' %d examples (the mean of the folds' best %s)",
         validation,
-        data.examples_size(run.data_dir.manifest, validation),
+        validating,
         FEW_VALIDATION_EXAMPLES,
         VALIDATION_FOLDS,
         train,
