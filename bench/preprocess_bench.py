@@ -18,7 +18,9 @@ face2comics: 10 000) and PNGs at 256 px, then measures side by side in the same 
   pipeline_small  the job on 40 images: its fixed cost (start-up, graph, tf.Transform), taken
                   off for the steady state
 The loops are medians of --runs, the jobs of --runs when the set has 2000 images or fewer
-(else one run each). It prints images/s and the ratios the goals are stated in. The default
+(else one run each). It prints images/s and the ratios the goals are stated in, and the ceiling
+of the job's ratio to the seeds' loop: the all-cores limit's (no job over the same files does better),
+and a job's at that limit plus the run's fixed cost. The default
 job's and the multi-processing job's outputs are compared (records by id, dead letters,
 quality files, fingerprint), and with ``--baseline DIR`` (a checkout of other facepipe code,
 e.g. ``git worktree add /tmp/base main``) the default job of that code too.
@@ -213,6 +215,13 @@ def _throughput_of(name: str, args: argparse.Namespace, cores: int) -> None:
         f"limit; fixed cost {seconds['pipeline_small']:.1f} s; decode threads/1 core "
         f"{rate['decode_threads'] / rate['decode_1core']:.2f}, processes/1 core "
         f"{rate['decode_allcores'] / rate['decode_1core']:.2f}; {_load()}",
+        flush=True,
+    )
+    # No job over these files beats its own decode on every core: the ceiling of its ratio to the seeds' loop.
+    at_limit = len(paths) / (len(paths) / rate["decode_allcores"] + seconds["pipeline_small"])
+    print(
+        f"{name:<9} ceiling: the all-cores limit is {rate['decode_allcores'] / rate['seeds_loop']:.2f}x the seeds' "
+        f"loop; a job at the limit plus this run's fixed cost {at_limit / rate['seeds_loop']:.2f}x",
         flush=True,
     )
 
