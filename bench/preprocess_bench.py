@@ -229,7 +229,7 @@ def _throughput_of(name: str, args: argparse.Namespace, cores: int) -> None:
         flush=True,
     )
     # No job over these files beats its own decode on every core: the ceiling of its ratio to the seeds' loop.
-    at_limit = len(paths) / (len(paths) / rate["decode_allcores"] + seconds["pipeline_small"])
+    at_limit = len(paths) / (seconds["decode_allcores"] + seconds["pipeline_small"])
     print(
         f"{name:<9} ceiling: the all-cores limit is {rate['decode_allcores'] / rate['seeds_loop']:.2f}x the seeds' "
         f"loop; a job at the limit plus this run's fixed cost {at_limit / rate['seeds_loop']:.2f}x",
