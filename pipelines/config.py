@@ -88,6 +88,9 @@ class PreprocessConfig:
     # 0: one per core the worker may use. The decoders release the GIL (docs/benchmarks.md).
     decode_threads: int = 0
     card: DatasetCard = dataclasses.field(default_factory=DatasetCard)
+    # The --dataset layout ("glasses", "comics"; "" none): the manifest's "dataset", from which
+    # the trainer takes what cross-validation found best for that task (trainer/models.py).
+    dataset: str = ""
 
     @property
     def channels(self) -> int:

@@ -21,7 +21,8 @@ from pipelines.config import PreprocessConfig
 from pipelines.dead_letters import BAD_INPUT_REASONS, UNUSABLE_REASONS
 
 # Options that do not change the examples: where they are written, whether that was allowed,
-# into how many files, when to give up, where decoded pixels are cached and by how many threads.
+# into how many files, when to give up, where decoded pixels are cached and by how many threads,
+# how the data set is described and which named layout (--dataset) found the files.
 # Every other option is part of the fingerprint.
 _NOT_DATA_OPTIONS = (
     "output_dir",
@@ -33,6 +34,7 @@ _NOT_DATA_OPTIONS = (
     "strict",
     "decode_threads",
     "card",
+    "dataset",
 )
 # Where the inputs are: not part of ``data``, so that a data set copied elsewhere (local to
 # gs://, another machine) keeps its fingerprint. The CSVs enter by role, name and content.
@@ -112,7 +114,7 @@ def _fingerprint(config: PreprocessConfig, stats: dict[str, Any]) -> dict[str, A
         "content: the same over the bytes of every decoded image (independent of order; copies add up). "
         "csvs: SHA-256 of each labels, overrides and exclusions CSV. options: SHA-256 of the options that "
         "change the examples (not output, overwrite, num_shards, max_bad_fraction, cache_dir, decode_threads, strict, "
-        "nor the input paths). "
+        "outlier_threshold, the card, the --dataset name, nor the input paths). "
         "decoder: the versions of what decodes and resizes the images (OpenCV, simplejpeg, the cache format).",
     }
 
@@ -207,6 +209,8 @@ def build_manifest(
         "output_dir": config.output_dir,
         "image": {"height": height, "width": width, "channels": config.channels, "color_mode": config.color_mode},
         "classes": list(classes),
+        # The --dataset layout, if any: the trainer's defaults for that task (trainer/models.py).
+        "dataset": config.dataset or None,
         "label_map": {name: index for index, name in enumerate(classes)},
         "counts": {
             "images_seen": listed,

@@ -383,6 +383,7 @@ def parse_args(argv: Sequence[str] | None, *, prog: str = PROG) -> tuple[Preproc
         numeric_columns=numeric,
         cache_dir=args.cache_dir,
         decode_threads=args.decode_threads,
+        dataset=args.dataset or "",
         card=DatasetCard(
             **{
                 field.name: getattr(args, f"dataset_{field.name}") or preset.get("card", {}).get(field.name, "")

@@ -142,6 +142,11 @@ class DataDir:
         """Length of the examples' ``latent`` vector (0: preprocessed without --numeric_columns)."""
         return features.vector_length(self.manifest)
 
+    @property
+    def named_dataset(self) -> str | None:
+        """The layout preprocess --dataset named ("glasses", "comics"), None for none."""
+        return self.manifest.get("dataset")
+
     def dataset(self, split: Examples, **kwargs: Any) -> tf.data.Dataset:
         """:func:`make_dataset` of this directory: ``kwargs`` are its keyword arguments."""
         return make_dataset(self.path, split, manifest=self.manifest, tft_output=self.tft_output, **kwargs)

@@ -185,7 +185,9 @@ def check_model(
             )
         ], None
     try:
-        preset, why = models.get_preset(model, shape=shape, vector_length=features.vector_length(manifest))
+        preset, why = models.get_preset(
+            model, shape=shape, vector_length=features.vector_length(manifest), dataset=manifest.get("dataset")
+        )
     except ValueError as e:
         return [Finding(False, str(e))], None
     refusal = missing_vector(preset, data_dir, manifest)

@@ -96,7 +96,10 @@ def _preset(args: argparse.Namespace, data_dir: data.DataDir, *, vector: bool = 
     """``--model``'s preset, or the default for the data's shape (``vector`` False: for its images alone)."""
     try:
         preset, why = models.get_preset(
-            args.model, shape=data_dir.image_shape, vector_length=data_dir.vector_length if vector else 0
+            args.model,
+            shape=data_dir.image_shape,
+            vector_length=data_dir.vector_length if vector else 0,
+            dataset=data_dir.named_dataset,
         )
     except ValueError as e:  # No measured default for this shape (neither grey nor RGB).
         raise errors.UsageError(str(e)) from e
@@ -155,12 +158,9 @@ def run_tune(args: argparse.Namespace) -> None:
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
     run = _fit_run(args, data_dir, preset, None, **_modelling(args))
-    hypermodel = tuning.FaceHyperModel(
-        run,
-        space=args.search_space,
-        overrides=overrides,
-        cross_validation=tuning.validation_folds(run, tuner_name),
-    )
+    hypermodel = tuning.FaceHyperModel(run, space=args.search_space, overrides=overrides)
+    if tuning.grid_size(hypermodel.space) > 1:  # One point: nothing to score (tuning.tune).
+        hypermodel.cross_validation = tuple(tuning.validation_folds(run, tuner_name))
     best = tuning.tune(
         job_dir=args.job_dir,
         hypermodel=hypermodel,
@@ -172,7 +172,10 @@ def run_tune(args: argparse.Namespace) -> None:
     if best is None:
         print(f"tuner {os.environ['KERASTUNER_TUNER_ID']} finished its trials; the chief writes the results")
         return
-    print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
+    if best["score"] is None:
+        print(f"nothing to search in the {args.search_space} space: train uses {best['hyperparameters']}")
+    else:
+        print(f"best {tuning.OBJECTIVE.name} {best['score']:.4f}: {best['hyperparameters']}")
     print(
         f"tuning outputs in {args.job_dir}/{job_layout.TUNING_DIR}, best hyperparameters in {args.job_dir}/{job_layout.BEST_HPARAMS_FILE}"
     )

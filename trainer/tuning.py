@@ -110,6 +110,7 @@ class FaceHyperModel(kt.HyperModel):
             raise ValueError("a tuner's trials write no job_dir: the tuner keeps them")
         self.run = run
         self.preset = run.preset
+        self.space_name = space
         self.space = {**run.preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
         self.cross_validation = tuple(cross_validation)
 
@@ -390,6 +391,8 @@ def tune(
       The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
     """
     run = hypermodel.run
+    if grid_size(hypermodel.space) == 1:
+        return _one_point(job_dir, hypermodel, tuner_name)
     project_name = job_layout.tuning_project(hypermodel.preset.name, tuner_name)
     directory = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR)
     tuner = make_tuner(
@@ -433,25 +436,59 @@ def tune(
     tuner.search(verbose=run.verbose)  # The chief: blocks while it serves.
 
     rows = results_rows(tuner)
-    csv_path, md_path = write_results(rows, job_dir)
+    write_results(rows, job_dir)
     print(format_markdown(rows))
     best_trial = [t for t in tuner.oracle.get_best_trials(1) if t.status == kt.engine.trial.TrialStatus.COMPLETED]
     if not best_trial:
         raise RuntimeError(f"no trial completed in {directory}/{project_name}; see the trial logs there")
     best_trial = best_trial[0]
+    return _write_best(
+        job_dir,
+        hypermodel,
+        tuner_name,
+        trial_id=best_trial.trial_id,
+        score=best_trial.score,
+        values={k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
+    )
+
+
+def _one_point(job_dir: str, hypermodel: FaceHyperModel, tuner_name: str) -> dict[str, Any] | None:
+    """A space of one point has nothing to compare: that point is the best, with no trial run
+    (a task's settled values, :meth:`models.Preset.settled`, or flags that fix every value)."""
+    hp = kt.HyperParameters()
+    hypermodel.declare_hyperparameters(hp)
+    logging.info(
+        "nothing to search: the %s space of %s holds one point (%s); --search_space full searches its grid",
+        hypermodel.space_name,
+        hypermodel.preset.name,
+        json.dumps(hp.values, sort_keys=True),
+    )
+    if role() == "worker":
+        return None
+    write_results([{"trial": None, "status": "NOT RUN: one point", "score": None, **hp.values}], job_dir)
+    return _write_best(job_dir, hypermodel, tuner_name, trial_id=None, score=None, values=hp.values)
+
+
+def _write_best(
+    job_dir: str, hypermodel: FaceHyperModel, tuner_name: str, *, trial_id: str | None, score: float | None, values
+) -> dict[str, Any]:
+    """Writes and returns best_hyperparameters.json (warns when the choice rests on few examples)."""
+    run = hypermodel.run
     best = {
         "model": hypermodel.preset.name,
         "tuner": tuner_name,
-        "trial_id": best_trial.trial_id,
-        "score": best_trial.score,
+        "trial_id": trial_id,
+        "score": score,
         "objective": OBJECTIVE.name,
-        "hyperparameters": {k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
+        "hyperparameters": dict(values),
         records.DATA_FINGERPRINT_KEY: run.data_dir.fingerprint,
     }
     best_path = tf.io.gfile.join(job_dir, job_layout.BEST_HPARAMS_FILE)
     records.write_json(best_path, best)
-    logging.info("results: %s, %s; wrote best hyperparameters: %s", csv_path, md_path, best_path)
-    if not hypermodel.cross_validation:
+    logging.info(
+        "results in %s; wrote best hyperparameters: %s", tf.io.gfile.join(job_dir, job_layout.TUNING_DIR), best_path
+    )
+    if trial_id is not None and not hypermodel.cross_validation:
         _warn_if_few_validation_examples(run)
     return best
 

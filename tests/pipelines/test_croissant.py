@@ -158,3 +158,8 @@ def test_name_license_and_citation_come_from_the_flags_or_the_kaggle_source_and_
         assert "dead_letters" not in {record_set.id for record_set in dataset.metadata.record_sets}
     if layout == "kaggle_glasses":
         assert {"not_an_image", "unlabelled"} <= expected
+
+
+def test_the_manifest_names_the_dataset_layout_that_the_trainer_takes_its_defaults_from(output):
+    layout, _, manifest = output
+    assert manifest["dataset"] == {"kaggle_glasses": "glasses", "kaggle_comics": "comics"}.get(layout)

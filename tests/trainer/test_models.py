@@ -128,6 +128,21 @@ def test_the_model_flag_wins_and_an_unknown_one_is_refused():
         models.default_preset((24, 24, 4))  # Neither grey nor RGB: no measured default.
 
 
+def test_for_comics_data_the_default_settles_input_norm_none_and_the_named_preset_keeps_its_own():
+    preset, why = models.get_preset(None, shape=(128, 128, 3), dataset="comics")
+    assert preset.name == "face_cnn" and models.fixed_hyperparameters(preset).get("input_norm") == "none"
+    assert "for the comics data set input_norm none: " in why and "face2comics" in why
+    # Settled: tune's default space leaves it out; the full grid still searches it.
+    assert "input_norm" not in preset.spaces["small"] and preset.space("small")["input_norm"] == ["none"]
+    assert preset.space("full")["input_norm"] == ["none", "local"]
+    with_vector, _ = models.get_preset(None, shape=(128, 128, 3), vector_length=4, dataset="comics")
+    assert with_vector.name == "image_latent" and with_vector.defaults["input_norm"] == "none"
+    for named, dataset in (("face_cnn", "comics"), (None, "glasses"), (None, None)):
+        other, _ = models.get_preset(named, shape=(128, 128, 3), dataset=dataset)
+        assert other.defaults["input_norm"] == "local" and "input_norm" in other.spaces["small"]
+    assert models.FACE_CNN.defaults["input_norm"] == "local"  # The preset itself is unchanged.
+
+
 def test_tunes_default_space_for_face_cnn_is_input_norm_none_or_local():
     for preset in (models.FACE_CNN, models.IMAGE_LATENT):
         space = {name: values for name, values in preset.space("small").items() if len(values) > 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import shutil
 import tempfile
 import types
 
@@ -254,6 +255,34 @@ def test_train_without_tuning_uses_preset_defaults_and_epochs_override(rgb_dir, 
         json.dumps({"model": "comics_cnn", "hyperparameters": {"dropout": 0.7}})
     )
     assert tuning.read_best_hyperparameters(str(job_dir), model="glasses_cnn") is None
+
+
+def test_on_comics_data_tune_has_nothing_to_search_and_train_uses_the_settled_values(rgb_dir, tmp_path, capsys):
+    data_dir, job_dir = tmp_path / "comics", tmp_path / "job"
+    shutil.copytree(rgb_dir, data_dir)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    (data_dir / "manifest.json").write_text(
+        json.dumps({**manifest, "dataset": "comics"})
+    )  # preprocess --dataset comics
+    where = ["--data_dir", str(data_dir), "--job_dir", str(job_dir), "--verbose", "0"]
+    task.main(["tune", *where])
+    printed = capsys.readouterr()
+    assert "nothing to search in the small space" in printed.out
+    (line,) = [line for line in printed.err.splitlines() if "model: " in line]
+    assert "model: face_cnn (default for 16x16 RGB images: " in line
+    assert "for the comics data set input_norm none: " in line
+    assert not (job_dir / "tuning/face_cnn_grid").exists()  # No trial was trained.
+    best = json.loads((job_dir / "best_hyperparameters.json").read_text())
+    assert (best["model"], best["score"], best["hyperparameters"]) == (
+        "face_cnn",
+        None,
+        {**models.FACE_CNN.defaults, "input_norm": "none"},
+    )
+    task.main(["train", *where, "--epochs", "1"])
+    config = json.loads((job_dir / "training_config.json").read_text())
+    assert config["hyperparameters"]["input_norm"] == "none"
+    model = keras.saving.load_model(job_dir / "model.keras")
+    assert "local_contrast" not in {layer.name for layer in model.layers}
 
 
 @pytest.mark.parametrize("tuner_name", ["hyperband", "bayesian"])
