@@ -2,7 +2,8 @@
 
     python bench/quality.py --data_root ../shared/data [--workdir DIR] [--folds 4]
         [--parts orl,comics,vector,demo,dead_units] [--presets default,P,...] [--augment none,light,...] [--epochs N]
-        [--orl_image_size 92,112] [--orl_color_mode grayscale] [--seeds 0,1,2] [--hyperparameters JSON]
+        [--orl_image_size 92,112] [--orl_color_mode grayscale] [--comics_color_mode rgb] [--comics_image_size 256]
+        [--seeds 0,1,2] [--hyperparameters JSON]
         [--rotate_validation] [--train_flags "--patience 0"]
 
 The headline rows (preset ``default``) are the README's commands as a user types them, with
@@ -296,12 +297,14 @@ def cross_validate(
     orl_image: dict[str, str],
     seeds: Sequence[int] = (0,),
     comics_color_mode: str | None = None,
+    comics_image_size: str | None = None,
     train_flags: Sequence[str] = (),
     rotate_validation: bool = False,
 ) -> list[dict]:
     """Every (preset, augment) of ``configs``, trained with every seed, over ``folds`` grouped folds of one set.
 
-    ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode.
+    ``epochs`` None: each preset's own; ``orl_image``: the ORL set's image_size / color_mode;
+    ``comics_color_mode``, ``comics_image_size``: face2comics' for the named presets' rows.
     Several ``seeds``: one row per seed, and one for the mean of their probabilities.
     ``train_flags``: given to every train. ``rotate_validation``: seed s validates on the
     (s mod 6)-th sixth of the training people, so that the seeds' ensemble trained on all of them.
@@ -315,6 +318,7 @@ def cross_validate(
     else:
         header, rows, groups, strata, flags = _comics_inputs(root)
         named_flags = ["--color_mode", comics_color_mode] if comics_color_mode else []
+        named_flags += ["--image_size", comics_image_size] if comics_image_size else []
     recipe_flags, recipe_train_flags = README_RECIPES[part]
     # Per preset, the preprocess flags over ``flags``: the headline rows the README's recipe.
     variant_of = {preset: tuple(recipe_flags if preset == DEFAULT else named_flags) for preset, _ in configs}
@@ -514,6 +518,10 @@ def main() -> None:
         "the headline row: the README's rgb)",
     )
     parser.add_argument(
+        "--comics_image_size",
+        help="face2comics: preprocess --image_size of the named presets' rows (default: the layout's 128)",
+    )
+    parser.add_argument(
         "--seeds",
         default="0",
         help="comma list: train every fold once per seed (train --seed); several: their ensemble too",
@@ -564,6 +572,7 @@ def main() -> None:
             {"image_size": args.orl_image_size, "color_mode": args.orl_color_mode},
             seeds=[int(seed) for seed in args.seeds.split(",")],
             comics_color_mode=args.comics_color_mode,
+            comics_image_size=args.comics_image_size,
             train_flags=train_flags,
             rotate_validation=args.rotate_validation,
         )
