@@ -246,7 +246,7 @@ _FACE_CNN_WHY = (
     "best under subject-grouped cross-validation on ORL glasses (0.975 with its default input_norm local; "
     "glasses_cnn 0.581), at ranking wrong labels (precision@N 0.815, glasses_cnn 0.333; with input_norm "
     "local 0.852-0.881 on three fresh demo sets) and on face2comics (0.988 with input_norm none, which "
-    "tune chooses there; comics_cnn 0.950)"
+    "--dataset comics data takes; comics_cnn 0.950)"
 )
 _IMAGE_LATENT_WHY = (
     "face_cnn's tower on the image beside an MLP on the vector: 0.999 under face-grouped 4-fold "
