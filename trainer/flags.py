@@ -9,10 +9,12 @@
 
 ``--model`` defaults to the preset cross-validation found best for the data's shape
 (``models.DEFAULT_MODELS``: face_cnn for grey or RGB images, image_latent with a
-``--numeric_columns`` vector), logged with why; the seeds' presets by name. ``tune``
+``--numeric_columns`` vector; on ``--dataset comics`` data with ``input_norm`` none,
+``models.DATASET_DEFAULTS``), logged with why; the seeds' presets by name. ``tune``
 searches the ``small`` space by default (face_cnn: ``input_norm`` none or local, two grid
 points chosen by validation loss; on a validation split of fewer than 30 examples by 3-fold
-cross-validation over the train and validation splits pooled). ``--tuner`` defaults to hyperband for ``--search_space
+cross-validation over the train and validation splits pooled; a space of one point, as on
+comics data, trains no trial). ``--tuner`` defaults to hyperband for ``--search_space
 wide`` (too large for a grid), else grid. tune and train share the training recipe flags: ``--warmup_epochs``,
 ``--lr_schedule``, ``--clipnorm`` (the optimizer), ``--bn_statistics`` (what
 BatchNormalization normalises with at inference), ``--augment`` (training inputs only;
