@@ -277,7 +277,11 @@ def render_markdown(card: Mapping[str, Any]) -> str:
         f"- preset: `{model['preset']}`, {model['parameters']:,} parameters (model.keras)",
         f"- seed {model['seed']}, class weights {model['class_weight'] or 'none'}",
     ]
-    if model["tuning"]:
+    if model["tuning"] and model["tuning"]["trial_id"] is None:  # A space of one point: no trial ran.
+        lines.append(
+            "- hyperparameters: tune's search space held one point, so no trial ran (best_hyperparameters.json)"
+        )
+    elif model["tuning"]:
         lines.append(f"- hyperparameters chosen by the {model['tuning']['tuner']} tuner (best_hyperparameters.json)")
     lines += ["", "| hyperparameter | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted((model["hyperparameters"] or {}).items())]

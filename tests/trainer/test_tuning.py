@@ -283,6 +283,8 @@ def test_on_comics_data_tune_has_nothing_to_search_and_train_uses_the_settled_va
     assert config["hyperparameters"]["input_norm"] == "none"
     model = keras.saving.load_model(job_dir / "model.keras")
     assert "local_contrast" not in {layer.name for layer in model.layers}
+    task.main(["evaluate", "--data_dir", str(data_dir), "--job_dir", str(job_dir)])
+    assert "tune's search space held one point, so no trial ran" in (job_dir / "eval/model_card.md").read_text()
 
 
 @pytest.mark.parametrize("tuner_name", ["hyperband", "bayesian"])
