@@ -263,7 +263,10 @@ def _train_evaluate(
         with open(os.path.join(job_dir, job_layout.BEST_HPARAMS_FILE)) as f:
             best = json.load(f)
         space = {k for k, v in models.PRESETS[best["model"]].space("small").items() if len(v) > 1}
-        tuned = {"model": best["model"], "score": best["score"], **{k: best["hyperparameters"][k] for k in space}}
+        # trial_id None: a space of one point on this data (a task's settled values), no trial ran.
+        searched = best["trial_id"] is not None
+        tuned = {"model": best["model"], "searched": searched, "score": best["score"]}
+        tuned.update({k: best["hyperparameters"][k] for k in space})
     model = [] if preset == DEFAULT else ["--model", preset]
     train_s = _run([*trainer, "train", *where, *model, "--verbose", "0", "--overwrite", *extra])
     evaluate_s = _run([*trainer, "evaluate", *where])

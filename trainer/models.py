@@ -162,7 +162,7 @@ FACE_CNN = Preset(
         "epochs": 30,
         # Local contrast normalisation: what cross-validation found best on both glasses sets
         # (ORL 0.975 vs 0.933; the demo set's out-of-fold accuracy 0.959-0.965 vs 0.914-0.924);
-        # not on face2comics (0.954 vs 0.988), where tune's small search picks none.
+        # not on face2comics (0.954 vs 0.988): --dataset comics data takes none (DATASET_DEFAULTS).
         "input_norm": "local",
     },
     spaces={
@@ -177,7 +177,8 @@ FACE_CNN = Preset(
         },
         # tune's default: local contrast normalisation or none, chosen by validation loss.
         # Cross-validated, it decides the most (ORL 0.975 with it vs 0.933; face2comics
-        # 0.954 vs 0.988) and either way by the data: docs/benchmarks.md section 9.
+        # 0.954 vs 0.988) and either way by the data: docs/benchmarks.md section 9. On
+        # --dataset comics data it is settled (none), so this space has one point there.
         "small": {"input_norm": ["none", "local"]},
         "wide": {
             "width": [16, 24, 32],

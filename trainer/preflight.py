@@ -235,7 +235,8 @@ def check_model(
 
 
 def check_tuning_project(job_dir: str, preset: models.Preset, *, tuner: str, overwrite: bool) -> list[Finding]:
-    """An existing tuning project is resumed; --overwrite would delete it (workers may never)."""
+    """An existing tuning project is resumed; --overwrite would delete it (workers may never); a
+    small space of one point touches no project."""
     project = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR, job_layout.tuning_project(preset.name, tuner))
     if overwrite and tuning.role() == "worker":
         return [
@@ -247,6 +248,8 @@ def check_tuning_project(job_dir: str, preset: models.Preset, *, tuner: str, ove
                 ),
             )
         ]
+    if tuning.grid_size(preset.space("small")) == 1:  # A task's settled values (models.DATASET_DEFAULTS).
+        return [Finding(True, f"{preset.name}'s small space holds one point on this data: tune trains no trial")]
     if not tf.io.gfile.isdir(project):
         return [Finding(True, f"tuning project {project} is new")]
     trials = tf.io.gfile.glob(tf.io.gfile.join(project, "trial_*", "trial.json"))

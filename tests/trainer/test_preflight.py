@@ -168,6 +168,14 @@ def test_an_existing_tuning_project_would_be_overwritten(data_dir, tmp_path, cap
     assert project.exists()  # Preflight deletes nothing.
 
 
+def test_on_comics_data_tune_trains_no_trial_so_overwrite_deletes_no_project(data_dir, tmp_path, capsys):
+    (tmp_path / "job/tuning/face_cnn_grid/trial_0000").mkdir(parents=True)
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    (data_dir / "manifest.json").write_text(json.dumps({**manifest, "dataset": "comics"}))
+    code, lines = run(capsys, data_dir, tmp_path / "job", "--overwrite")
+    assert code == 0 and "ok    face_cnn's small space holds one point on this data: tune trains no trial" in lines
+
+
 def test_an_empty_split_fails(make_data_dir, tmp_path, capsys):
     data_dir = make_data_dir(
         "no_test", height=8, width=8, channels=3, n_per_class_split={"train": 4, "validation": 2, "test": 0}
