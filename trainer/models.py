@@ -272,7 +272,7 @@ DATASET_DEFAULTS: dict[str, tuple[dict[str, Any], str]] = {
         "local contrast takes out the flat shading that tells a comic from a photo: pair-grouped "
         "cross-validation on face2comics 0.988 without it, 0.954 with it (grey, 3 seeds); chosen by tune per "
         "fold on 10-60 validation images, the same photo in 80 wrong on 3 seeds; settled, the README's colour "
-        "recipe 0.992 over 3 seeds (docs/benchmarks.md section 9)",
+        "recipe 0.993 over 5 seeds (docs/benchmarks.md section 9)",
     ),
 }
 
