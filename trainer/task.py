@@ -158,13 +158,10 @@ def run_tune(args: argparse.Namespace) -> None:
         # Hyperband schedules epochs itself, up to max_epochs; a grid over them is redundant.
         overrides["epochs"] = [max(preset.space(args.search_space)["epochs"])]
     run = _fit_run(args, data_dir, preset, None, **_modelling(args))
-    hypermodel = tuning.FaceHyperModel(run, space=args.search_space, overrides=overrides)
-    if tuning.grid_size(hypermodel.space) > 1:  # One point: nothing to score (tuning.tune).
-        hypermodel.cross_validation = tuple(tuning.validation_folds(run, tuner_name))
+    hypermodel = tuning.FaceHyperModel(run, space=args.search_space, overrides=overrides, tuner_name=tuner_name)
     best = tuning.tune(
         job_dir=args.job_dir,
         hypermodel=hypermodel,
-        tuner_name=tuner_name,
         max_trials=args.max_trials,
         executions_per_trial=args.executions_per_trial,
         overwrite=args.overwrite,

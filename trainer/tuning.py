@@ -93,8 +93,8 @@ class FaceHyperModel(kt.HyperModel):
         patience), with the trial's hyperparameters; no ``job_dir`` (the tuner keeps the trials).
       space: "small", "full" or "wide". Defaults to "full".
       overrides: {hp name: values} replacing the preset's candidates (e.g. --epochs).
-      cross_validation: The folds every trial fits instead of the run's examples
-        (:func:`validation_folds`), scored by the mean of their best validation losses; () none.
+      tuner_name: The tuner that runs the trials: whether they may cross-validate
+        (:attr:`cross_validation`). Defaults to "grid".
     """
 
     def __init__(
@@ -103,7 +103,7 @@ class FaceHyperModel(kt.HyperModel):
         *,
         space: str = "full",
         overrides: Mapping[str, Sequence[Any]] | None = None,
-        cross_validation: Sequence[data.FitExamples] = (),
+        tuner_name: str = "grid",
     ):
         super().__init__(name=run.preset.name, tunable=True)
         if run.job_dir is not None:
@@ -112,7 +112,14 @@ class FaceHyperModel(kt.HyperModel):
         self.preset = run.preset
         self.space_name = space
         self.space = {**run.preset.space(space), **{k: list(v) for k, v in (overrides or {}).items()}}
-        self.cross_validation = tuple(cross_validation)
+        self.tuner_name = tuner_name
+
+    @functools.cached_property
+    def cross_validation(self) -> tuple[data.FitExamples, ...]:
+        """The folds every trial fits instead of the run's examples (:func:`validation_folds`),
+        scored by the mean of their best validation losses; () none. Read when a trial fits, so
+        a space of one point, which fits none, reads no examples for them."""
+        return tuple(validation_folds(self.run, self.tuner_name))
 
     def declare_hyperparameters(self, hp: kt.HyperParameters) -> None:
         models.declare_hyperparameters(hp, self.space, self.preset.defaults)
@@ -370,14 +377,14 @@ def tune(
     *,
     job_dir: str,
     hypermodel: FaceHyperModel,
-    tuner_name: str = "grid",
     max_trials: int | None = None,
     executions_per_trial: int = 1,
     overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Runs (or resumes) the search; writes the results table and the best hyperparameters.
 
-    The trials fit ``hypermodel.run`` (its seed, strategy, verbosity, early stopping); the
+    ``hypermodel.tuner_name`` runs the search. The trials fit ``hypermodel.run`` (its seed,
+    strategy, verbosity, early stopping); the
     data's fingerprint is recorded in best_hyperparameters.json. In a distributed search
     (see the module docstring) the chief serves the oracle until every worker has stopped,
     then writes the results; a worker trains the trials it is given and writes nothing but
@@ -390,9 +397,9 @@ def tune(
     Returns:
       The contents of ``best_hyperparameters.json``; None on a distributed search's worker.
     """
-    run = hypermodel.run
+    run, tuner_name = hypermodel.run, hypermodel.tuner_name
     if grid_size(hypermodel.space) == 1:
-        return _one_point(job_dir, hypermodel, tuner_name)
+        return _one_point(job_dir, hypermodel)
     project_name = job_layout.tuning_project(hypermodel.preset.name, tuner_name)
     directory = tf.io.gfile.join(job_dir, job_layout.TUNING_DIR)
     tuner = make_tuner(
@@ -445,14 +452,13 @@ def tune(
     return _write_best(
         job_dir,
         hypermodel,
-        tuner_name,
         trial_id=best_trial.trial_id,
         score=best_trial.score,
         values={k: v for k, v in best_trial.hyperparameters.values.items() if not k.startswith("tuner/")},
     )
 
 
-def _one_point(job_dir: str, hypermodel: FaceHyperModel, tuner_name: str) -> dict[str, Any] | None:
+def _one_point(job_dir: str, hypermodel: FaceHyperModel) -> dict[str, Any] | None:
     """A space of one point has nothing to compare: that point is the best, with no trial run
     (a task's settled values, :meth:`models.Preset.settled`, or flags that fix every value)."""
     hp = kt.HyperParameters()
@@ -466,17 +472,22 @@ def _one_point(job_dir: str, hypermodel: FaceHyperModel, tuner_name: str) -> dic
     if role() == "worker":
         return None
     write_results([{"trial": None, "status": "NOT RUN: one point", "score": None, **hp.values}], job_dir)
-    return _write_best(job_dir, hypermodel, tuner_name, trial_id=None, score=None, values=hp.values)
+    return _write_best(job_dir, hypermodel, trial_id=None, score=None, values=hp.values)
 
 
 def _write_best(
-    job_dir: str, hypermodel: FaceHyperModel, tuner_name: str, *, trial_id: str | None, score: float | None, values
+    job_dir: str,
+    hypermodel: FaceHyperModel,
+    *,
+    trial_id: str | None,
+    score: float | None,
+    values: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Writes and returns best_hyperparameters.json (warns when the choice rests on few examples)."""
     run = hypermodel.run
     best = {
         "model": hypermodel.preset.name,
-        "tuner": tuner_name,
+        "tuner": hypermodel.tuner_name,
         "trial_id": trial_id,
         "score": score,
         "objective": OBJECTIVE.name,

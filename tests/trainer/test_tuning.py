@@ -319,7 +319,7 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
     monkeypatch.setattr(tuning, "tune", fake_tune)
     argv = ["tune", "--data_dir", rgb_dir, "--job_dir", str(tmp_path / "job"), "--model", "glasses_cnn"]
     task.main([*argv, "--search_space", space])
-    assert seen["tuner_name"] == expected
+    assert seen["hypermodel"].tuner_name == expected
     hypermodel = seen["hypermodel"]
     assert hypermodel.space["filters"] == (
         [50, 100, 150, 200, 250, 300] if space == "wide" else models.GLASSES_CNN.space("small")["filters"]
@@ -343,7 +343,7 @@ def test_wide_space_makes_tune_pick_hyperband(rgb_dir, tmp_path, monkeypatch, sp
             "random",
         ]
     )
-    assert seen["tuner_name"] == "random"
+    assert seen["hypermodel"].tuner_name == "random"
 
 
 def test_tune_cross_validates_each_point_when_the_validation_split_is_small(rgb_dir, tmp_path, capsys):
